@@ -1,0 +1,31 @@
+"""Errors a user can fix. The CLI prints their message (no traceback) and exits with code 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Something in the user's input (recipe, data, command line) is wrong; the message says how to fix it."""
+
+
+class DataNotFoundError(UserError, FileNotFoundError):
+    """A data set's files are missing.
+
+    ``expected_shape`` is the (C, H, W) the data set would yield when the factory knows it without the
+    files; ``cl-run check`` then goes on with a synthetic batch of that shape.
+    """
+
+    def __init__(self, message: str, expected_shape: tuple[int, int, int] | None = None):
+        super().__init__(message)
+        self.expected_shape = expected_shape
+
+
+class DataError(UserError):
+    """A data file exists but cannot be used (corrupt, wrong format, wrong size); the message names it."""
+
+
+class ComponentError(UserError):
+    """A component could not be found or built (unknown name, bad arguments, duplicate name)."""
+
+
+class PluginLoadError(UserError):
+    """A plugin failed to load while strict loading was requested."""

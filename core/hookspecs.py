@@ -1,0 +1,68 @@
+"""pluggy hook specifications.
+
+Two families, kept in two plugin managers so that neither can be confused with the other:
+
+* discovery hooks (process-wide, ``DiscoverySpecs``): a plugin module offers named components;
+* run hooks (one manager per run, ``RunSpecs``): the callbacks a recipe names observe the run.
+
+pluggy calls implementations with keyword arguments only, so a spec may gain arguments in a later
+version but never lose or rename one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+import pluggy
+
+if TYPE_CHECKING:
+    from clrun.component import Component
+    from clrun.training.run import Run
+
+PROJECT = "clrun"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class DiscoverySpecs:
+    """Hooks a plugin module (built-in or from an entry point) implements."""
+
+    @hookspec
+    def clrun_components(self) -> Iterable["Component"]:
+        """Offer components: return an iterable of ``clrun.Component``.
+
+        Offering is not selecting: installing a plugin never changes what an existing recipe does.
+        Names are ``"namespace/name"``; two plugins offering the same ``(kind, name)`` is an error
+        that names both.
+        """
+
+
+class RunSpecs:
+    """Hooks a callback (a component of kind ``callback``, or a built-in logger) implements.
+
+    Every hook receives ``run``, the live ``clrun.Run``: its model, recipe, run directory, device,
+    current epoch and step, and ``run.log(...)`` to add metrics to the current step or epoch.
+    """
+
+    @hookspec
+    def clrun_run_start(self, run: "Run") -> None:
+        """Called once after everything is built (and a checkpoint restored), before the first step."""
+
+    @hookspec
+    def clrun_step_end(self, run: "Run", step: int, metrics: Mapping[str, float]) -> None:
+        """Called after each optimizer step with that step's scalar metrics (loss, lr, ...)."""
+
+    @hookspec
+    def clrun_epoch_end(self, run: "Run", epoch: int, metrics: dict[str, float]) -> None:
+        """Called after each epoch; ``metrics`` holds the epoch means. Add entries to it to report them.
+
+        Callbacks run in recipe order, after which the epoch's metrics are written and printed.
+        """
+
+    @hookspec
+    def clrun_run_end(self, run: "Run", metrics: dict[str, float]) -> None:
+        """Called once when training finished normally; add final results (e.g. accuracy) to ``metrics``."""
+
+    @hookspec
+    def clrun_run_error(self, run: "Run", error: BaseException) -> None:
+        """Called when the run stops on an exception (including KeyboardInterrupt), before it propagates."""

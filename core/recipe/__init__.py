@@ -1,0 +1,55 @@
+"""Recipes: YAML files that choose components by name and set the training loop's options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clrun.recipe.nodes import Node, load_yaml_file, parse_yaml
+from clrun.recipe.overrides import apply_overrides
+from clrun.recipe.problems import Problem, RecipeError
+from clrun.recipe.schema import DataSection, Recipe, RunSection, TrainSection, ViewSection
+from clrun.recipe.spec import ComponentSpec
+from clrun.recipe.validate import INVALID, Validator
+from clrun.registry import Registry
+
+__all__ = [
+    "ComponentSpec", "DataSection", "Problem", "Recipe", "RecipeError", "RunSection", "TrainSection",
+    "ViewSection", "load_recipe", "recipe_from_node", "resolved",
+]
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing every problem at once."""
+    node = load_yaml_file(str(path))
+    apply_overrides(node, overrides)
+    recipe = recipe_from_node(node, registry)
+    recipe.source = str(path)
+    return recipe
+
+
+def recipe_from_node(node: Node, registry: Registry | None = None) -> Recipe:
+    if registry is None:
+        from clrun.plugin_manager import default_registry
+
+        registry = default_registry()
+    validator = Validator(registry)
+    recipe = validator.check(node, Recipe, "")
+    if validator.problems or recipe is INVALID:
+        raise RecipeError(validator.problems)
+    return recipe
+
+
+def resolved(recipe: Recipe) -> dict:
+    """The recipe with every default filled in, as plain data (written to the run folder)."""
+    import dataclasses
+
+    def plain(value):
+        if isinstance(value, ComponentSpec):
+            return value.plain()
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(recipe)

@@ -1,0 +1,113 @@
+"""The recipe's sections. Their typed fields are the schema a recipe file is checked against.
+
+Component entries (``Annotated[ComponentSpec, Nested(kind)]``) are checked against the chosen
+component's own factory signature; everything else here belongs to the training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal, Optional
+
+from clrun.component import Nested
+from clrun.recipe.spec import ComponentSpec
+
+
+def _at_least(value: Any, minimum: int, name: str) -> None:
+    if value is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+@dataclass
+class DataSection:
+    """Where images come from and how they are batched (decoding and resizing happen in CPU workers)."""
+
+    dataset: Annotated[ComponentSpec, Nested("dataset")]
+    batch_size: int = 256
+    num_workers: int = 2
+    # Contrastive losses compare images within a batch: a short last batch changes the task, so drop it.
+    drop_last: bool = True
+    # Per-channel normalization applied on the device after each view's augmentations and at evaluation.
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+
+    def __post_init__(self) -> None:
+        _at_least(self.batch_size, 1, "batch_size")
+        _at_least(self.num_workers, 0, "num_workers")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("set both mean and std, or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be > 0, got {self.std}")
+
+
+@dataclass
+class ViewSection:
+    """One kind of augmented view: its pipeline (run batched on the device) and how many to draw."""
+
+    transforms: Annotated[list, Nested("augmentation", many=True)]
+    count: int = 1
+    name: str = ""
+    # Local views (multi-crop) feed the online branch only; global views also define the eval input size.
+    local: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least(self.count, 1, "count")
+
+
+@dataclass
+class TrainSection:
+    """How long and how to train."""
+
+    epochs: int = 10
+    # Stop after this many optimizer steps in total (smoke tests, `cl-run check`); None runs all epochs.
+    max_steps: Optional[int] = None
+    device: str = "auto"  # "auto" takes CUDA when present, else the CPU
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_clip: Optional[float] = None
+    # NHWC memory layout for the network and the views: faster convolutions on CPUs (oneDNN) and
+    # on tensor-core GPUs.
+    channels_last: bool = False
+    # Large-batch (LARS) practice: biases and normalization weights get no weight decay (nor LARS adaptation).
+    exclude_bias_and_norm_from_weight_decay: bool = True
+    checkpoint_every: int = 1  # epochs; a final checkpoint is always written
+    progress: bool = True  # progress bar on a terminal
+    threads: Optional[int] = None  # torch CPU threads; None keeps torch's default
+
+    def __post_init__(self) -> None:
+        _at_least(self.epochs, 1, "epochs")
+        _at_least(self.max_steps, 1, "max_steps")
+        _at_least(self.checkpoint_every, 1, "checkpoint_every")
+        _at_least(self.threads, 1, "threads")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
+
+
+@dataclass
+class RunSection:
+    """Where the run folder goes: ``<dir>/<name>`` (name defaults to the recipe file's stem)."""
+
+    dir: str = "runs"
+    name: Optional[str] = None
+
+
+@dataclass
+class Recipe:
+    """A whole recipe: components chosen by name, plus the loop's own settings."""
+
+    data: DataSection
+    views: list[ViewSection]
+    backbone: Annotated[ComponentSpec, Nested("backbone")]
+    projector: Annotated[ComponentSpec, Nested("projector")]
+    loss: Annotated[ComponentSpec, Nested("loss")]
+    optimizer: Annotated[ComponentSpec, Nested("optimizer")]
+    scheduler: Optional[Annotated[ComponentSpec, Nested("scheduler")]] = None
+    callbacks: Annotated[list, Nested("callback", many=True)] = field(default_factory=list)
+    train: TrainSection = field(default_factory=TrainSection)
+    run: RunSection = field(default_factory=RunSection)
+    seed: int = 0
+    # Set by load_recipe: the file it came from (not a recipe key).
+    source: ClassVar[str] = "<api>"
+
+    def __post_init__(self) -> None:
+        if not self.views:
+            raise ValueError("views: at least one view is needed")

@@ -1,0 +1,60 @@
+"""A validated component entry, ready to build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from clrun.component import Component
+from clrun.errors import ComponentError, UserError
+from clrun.recipe.types import parameters
+
+
+@dataclass
+class ComponentSpec:
+    """A component chosen by a recipe with its checked keyword arguments (nested entries unbuilt)."""
+
+    component: Component
+    params: dict[str, Any]
+    where: str = "<api>"  # file:line:col of the entry, for build errors
+    path: str = ""  # dotted recipe path of the entry
+
+    @property
+    def name(self) -> str:
+        return self.component.name
+
+    def build(self, **injected: Any) -> Any:
+        """Build nested entries, then call the factory with the recipe's settings and the injected values
+        the factory declares (a projector's ``in_dim``, an optimizer's ``params``...)."""
+        params, var_keyword = parameters(self.component.factory)
+        kwargs = {k: _build(v) for k, v in self.params.items()}
+        kwargs.update({k: v for k, v in injected.items() if var_keyword or k in params})
+        try:
+            return self.component.factory(**kwargs)
+        except UserError:
+            raise
+        except (ValueError, TypeError, RuntimeError) as exc:
+            path = f"{self.path}: " if self.path else ""
+            raise ComponentError(
+                f"{self.where}: error: {path}{self.component.kind} {self.name!r} could not be built: {exc}"
+            ) from exc
+
+    def plain(self) -> dict[str, Any]:
+        """The entry as it would be written in a recipe (for the resolved recipe in the run folder)."""
+        return {"name": self.name, **{k: _plain(v) for k, v in self.params.items()}}
+
+
+def _build(value: Any) -> Any:
+    if isinstance(value, ComponentSpec):
+        return value.build()
+    if isinstance(value, list):
+        return [_build(v) for v in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ComponentSpec):
+        return value.plain()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,165 @@
+"""The training loop. Read it top to bottom: build, (resume), epochs of steps, callbacks, checkpoints."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from clrun.errors import UserError
+from clrun.plugin_manager import ClrunPluginManager
+from clrun.hookspecs import RunSpecs
+from clrun.recipe import Recipe, resolved
+from clrun.training import checkpoint, run_dir
+from clrun.training.build import build_parts
+from clrun.training.reporting import Console, MetricsLog
+from clrun.training.run import Run
+from clrun.training.step import NonFiniteLossError, train_step
+
+
+def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
+    """Train ``recipe``; with ``resume`` (a run folder or checkpoint), continue that run in its folder."""
+    seed_everything(recipe.seed)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    device = resolve_device(recipe.train.device)
+
+    # Data first: a missing data root must stop the run before anything else is built or written.
+    dataset = recipe.data.dataset.build()
+    sampler_rng = torch.Generator()
+    loader = make_loader(recipe, dataset, sampler_rng, device)
+    parts = build_parts(recipe, example_batch(dataset), device, steps_per_epoch=len(loader))
+    callbacks = [spec.build() for spec in recipe.callbacks]
+
+    state = checkpoint.load(checkpoint.find(resume)) if resume else None
+    directory = checkpoint.find(resume).parent if resume else run_dir.create(recipe.run.dir, recipe.run.name or Path(recipe.source).stem)
+    run = Run(recipe, parts, device, directory, steps_per_epoch=len(loader))
+    if state is not None:
+        restore(run, state)
+    else:
+        run_dir.write_recipe(directory, resolved(recipe))
+    hooks = run_hooks([Console(recipe.train.progress), MetricsLog(), *callbacks])
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "fp16")
+
+    hooks.clrun_run_start(run=run)
+    try:
+        epoch_metrics: dict[str, float] = {}
+        while run.epoch < recipe.train.epochs and not reached_max_steps(run):
+            sampler_rng.manual_seed(recipe.seed * 100_003 + run.epoch)  # data order depends on the epoch only
+            sums: dict[str, float] = defaultdict(float)
+            steps, started = 0, time.time()
+            for images, _ in loader:
+                try:
+                    metrics = train_step(parts, images, device, recipe.train.precision, scaler, recipe.train.grad_clip)
+                except NonFiniteLossError as exc:
+                    raise NonFiniteLossError(
+                        f"{exc} at epoch {run.epoch + 1}, step {run.step + 1}; the step was not applied and the "
+                        f"last good checkpoint is in {directory}. Lower optimizer.lr, set train.grad_clip, "
+                        f"or use train.precision=fp32"
+                    ) from None
+                run.step += 1
+                steps += 1
+                for k, v in metrics.items():
+                    sums[k] += v
+                hooks.clrun_step_end(run=run, step=run.step, metrics=metrics)
+                if reached_max_steps(run):
+                    break
+            run.epoch += 1
+            elapsed = time.time() - started
+            epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
+            epoch_metrics.update(images_per_s=steps * recipe.data.batch_size / elapsed, epoch_time_s=elapsed)
+            hooks.clrun_epoch_end(run=run, epoch=run.epoch, metrics=epoch_metrics)
+            if run.epoch % recipe.train.checkpoint_every == 0:
+                save(run)
+        if run.epoch % recipe.train.checkpoint_every != 0:
+            save(run)
+        final = {k: v for k, v in epoch_metrics.items() if k in ("loss",)}
+        hooks.clrun_run_end(run=run, metrics=final)
+        run.summary = final
+    except BaseException as exc:
+        hooks.clrun_run_error(run=run, error=exc)
+        raise
+    return run
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={name}: no CUDA device is available here; use train.device=cpu or auto")
+    return device
+
+
+def make_loader(recipe: Recipe, dataset: Dataset, rng: torch.Generator, device: torch.device) -> DataLoader:
+    data = recipe.data
+    if len(dataset) == 0:
+        raise UserError(f"{recipe.data.dataset.where}: error: data.dataset: the data set is empty")
+    if data.drop_last and len(dataset) < data.batch_size:
+        raise UserError(
+            f"{recipe.data.dataset.where}: error: data.batch_size: {data.batch_size} is more than the data set's "
+            f"{len(dataset)} images, so no full batch can be made; lower data.batch_size"
+        )
+    return DataLoader(
+        dataset, batch_size=data.batch_size, sampler=RandomSampler(dataset, generator=rng), num_workers=data.num_workers, drop_last=data.drop_last,
+        pin_memory=device.type == "cuda", persistent_workers=data.num_workers > 0,
+    )
+
+
+def example_batch(dataset: Dataset, size: int = 4) -> torch.Tensor:
+    """A few images to measure view sizes and the backbone's width with."""
+    return torch.stack([dataset[i][0] for i in range(min(size, len(dataset)))])
+
+
+def run_hooks(callbacks: list) -> object:
+    """A per-run hook relay. pluggy calls the last registered first, so register in reverse: recipe
+    callbacks then run in recipe order, before the metrics file and the console see the metrics."""
+    pm = ClrunPluginManager(RunSpecs)
+    for i, cb in reversed(list(enumerate(callbacks))):
+        pm.register(cb, name=f"callback-{i}-{type(cb).__name__}")
+    try:
+        pm.check_pending()
+    except Exception as exc:
+        raise UserError(f"a callback implements a hook cl-run does not have (misspelled?): {exc}") from None
+    return pm.hook
+
+
+def reached_max_steps(run: Run) -> bool:
+    return run.recipe.train.max_steps is not None and run.step >= run.recipe.train.max_steps
+
+
+def save(run: Run) -> None:
+    parts = run.parts
+    state = {
+        "format": 1,
+        "epoch": run.epoch,
+        "step": run.step,
+        "network": parts.network.state_dict(),
+        "loss": parts.loss_fn.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
+        "rng": checkpoint.rng_state(),
+    }
+    checkpoint.save_atomic(state, run.directory / checkpoint.FILE)
+
+
+def restore(run: Run, state: dict) -> None:
+    parts = run.parts
+    parts.network.load_state_dict(state["network"])
+    parts.loss_fn.load_state_dict(state["loss"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    if parts.scheduler is not None and state["scheduler"] is not None:
+        parts.scheduler.load_state_dict(state["scheduler"])
+    checkpoint.set_rng_state(state["rng"])
+    run.epoch, run.step = int(state["epoch"]), int(state["step"])

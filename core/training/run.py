@@ -1,0 +1,63 @@
+"""The live run that callbacks see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from clrun.recipe.schema import Recipe
+from clrun.training.build import Parts
+from clrun.training.views import to_float
+
+
+@dataclass
+class Run:
+    """State of a training run: what it trains, where it writes, how far it got.
+
+    Callbacks receive it in every hook. ``encoder`` is the product (the backbone); use ``features``
+    to embed a labeled data set for evaluation.
+    """
+
+    recipe: Recipe
+    parts: Parts
+    device: torch.device
+    directory: Path | None  # None for `cl-run check`, which writes nothing
+    steps_per_epoch: int
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        return self.parts.network.backbone
+
+    @torch.no_grad()
+    def features(self, dataset: Dataset, batch_size: int = 512) -> tuple[Tensor, Tensor, Tensor]:
+        """(backbone features, projector outputs, labels) of a whole data set, in eval mode, on the CPU.
+
+        Images get no augmentation: to float, resized to the global views' size when they differ,
+        normalized as in training.
+        """
+        network, views = self.parts.network, self.parts.views
+        was_training = network.training
+        network.eval()
+        feats, projs, labels = [], [], []
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.recipe.data.num_workers)
+        try:
+            for images, y in loader:
+                x = to_float(images.to(self.device, non_blocking=True))
+                if tuple(x.shape[-2:]) != tuple(self.parts.eval_size):
+                    x = F.interpolate(x, size=self.parts.eval_size, mode="bilinear", antialias=True, align_corners=False)
+                f = network.backbone(views.normalize(x))
+                feats.append(f.float().cpu())
+                projs.append(network.projector(f).float().cpu())
+                labels.append(torch.as_tensor(y))
+        finally:
+            network.train(was_training)
+        return torch.cat(feats), torch.cat(projs), torch.cat(labels)

@@ -1,0 +1,50 @@
+"""One optimizer step: views on the device, online network, loss, backward, update."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from clrun.training.build import Parts
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss was NaN or infinite; the step was not applied, so the weights are still the last good ones."""
+
+
+def split_loss(result: Any) -> tuple[Tensor, dict[str, float]]:
+    """A loss returns a scalar tensor or ``{"loss": tensor, **metrics}``."""
+    if isinstance(result, Tensor):
+        return result, {}
+    if isinstance(result, dict) and isinstance(result.get("loss"), Tensor):
+        extras = {k: float(v) for k, v in result.items() if k != "loss"}
+        return result["loss"], extras
+    raise TypeError(f"a loss must return a scalar tensor or a dict with 'loss'; got {type(result).__name__}")
+
+
+def train_step(parts: Parts, images: Tensor, device: torch.device, precision: str,
+               scaler: torch.amp.GradScaler, grad_clip: float | None) -> dict[str, float]:
+    views = parts.views(images.to(device, non_blocking=True))
+    dtype = PRECISIONS[precision]
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        out = parts.network(views, parts.views.is_global)
+        loss, extras = split_loss(parts.loss_fn(out))
+    value = loss.item()
+    if value != value or value in (float("inf"), float("-inf")):
+        # Checked before backward: a NaN step must never reach the weights.
+        raise NonFiniteLossError(f"the loss is {value}")
+    parts.optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(parts.optimizer)
+        torch.nn.utils.clip_grad_norm_(parts.network.parameters(), grad_clip)
+    lr = parts.optimizer.param_groups[0]["lr"]  # the rate this step used
+    scaler.step(parts.optimizer)
+    scaler.update()
+    if parts.scheduler is not None:
+        parts.scheduler.step()
+    return {"loss": value, "lr": lr, **extras}

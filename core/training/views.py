@@ -1,0 +1,56 @@
+"""Augmented views, made on the device in batch from uint8 images."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from clrun.recipe.schema import DataSection, ViewSection
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; identity when the recipe sets no mean/std."""
+
+    def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        super().__init__()
+        self.enabled = mean is not None
+        shape = (1, -1, 1, 1)
+        self.register_buffer("mean", torch.tensor(mean or [0.0]).view(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(std or [1.0]).view(shape), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std if self.enabled else x
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 (B, C, H, W) in [0, 255] to float in [0, 1], the range kornia ops expect."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+class Views(nn.Module):
+    """Each view's augmentation pipeline, applied ``count`` times with independent randomness.
+
+    ``forward(uint8 batch) -> list of float batches``, one per drawn view in recipe order.
+    """
+
+    def __init__(self, views: list[ViewSection], data: DataSection) -> None:
+        super().__init__()
+        self.pipelines = nn.ModuleList()
+        self.counts: list[int] = []
+        self.is_global: list[bool] = []
+        for view in views:
+            self.pipelines.append(nn.Sequential(*(t.build() for t in view.transforms)))
+            self.counts.append(view.count)
+            self.is_global += [not view.local] * view.count
+        self.normalize = Normalize(data.mean, data.std)
+        self.channels_last = False  # set by the builder when the network uses NHWC
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> list[Tensor]:
+        x = to_float(images)
+        views = [self.normalize(pipeline(x)) for pipeline, n in zip(self.pipelines, self.counts) for _ in range(n)]
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views

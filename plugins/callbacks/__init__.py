@@ -1,0 +1,1 @@
+"""Built-in callbacks (components of kind ``callback``)."""

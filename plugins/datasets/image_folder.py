@@ -1,0 +1,151 @@
+"""The user's own images: a folder searched recursively, optionally one subfolder per class."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from clrun import ComponentError, DataError, DataNotFoundError
+
+DEFAULT_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# What PIL raises on a file it cannot decode: UnidentifiedImageError and truncation are OSErrors;
+# some plugins raise SyntaxError or ValueError on malformed headers.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def find_images(root: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """Image files under ``root`` (recursively), relative to it, sorted so the order is the same everywhere.
+
+    Extensions match case-insensitively (cameras write .JPG). Hidden files and folders are skipped:
+    macOS leaves ``._name.jpg`` resource forks next to real images, and they would fail to decode.
+    Symlinked folders are followed, since data sets are often assembled from links.
+    """
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(extensions):
+                found.append(Path(dirpath, name).relative_to(root))
+    return sorted(found)
+
+
+def _normalize_extensions(extensions: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """Lower-case, dot-prefixed extensions; a recipe may write "JPG" or "jpg" for ".jpg"."""
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    normalized = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions if e)
+    if not normalized:
+        raise ComponentError("clrun/image_folder: `extensions` is empty; give at least one, e.g. ['.jpg', '.png']")
+    return normalized
+
+
+class ImageFolder(Dataset):
+    """Images from a folder tree, decoded, resized and center-cropped to ``size`` x ``size`` on access.
+
+    root:       the folder; searched recursively.
+    size:       side of the square images served (the shorter side is resized to it, then center-cropped).
+    labels:     "subfolders": the class is the first-level subfolder an image sits in (ImageNet layout);
+                "none": unlabeled (label -1); "auto": "subfolders" when every image is inside a first-level
+                subfolder and there are at least two of them, else "none".
+    channels:   1 (grayscale) or 3 (RGB); every image is converted.
+    extensions: file name endings to include (case-insensitive).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        size: int = 224,
+        labels: Literal["auto", "subfolders", "none"] = "auto",
+        channels: Literal[1, 3] = 3,
+        extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
+    ):
+        if channels not in (1, 3):
+            raise ComponentError(f"clrun/image_folder: channels must be 1 or 3, got {channels!r}")
+        if size < 1:
+            raise ComponentError(f"clrun/image_folder: size must be at least 1, got {size}")
+        if labels not in ("auto", "subfolders", "none"):
+            raise ComponentError(f"clrun/image_folder: labels must be 'auto', 'subfolders' or 'none', got {labels!r}")
+        self.image_shape: tuple[int, int, int] = (channels, size, size)
+        self.size = size
+        self.mode = "L" if channels == 1 else "RGB"
+        extensions = _normalize_extensions(extensions)
+
+        # The shape is known without any file, so `cl-run check` can go on with a synthetic batch.
+        if root is None:
+            raise DataNotFoundError(
+                "clrun/image_folder: no data root given: set data.dataset.root (a folder of images, optionally "
+                "one subfolder per class), e.g. `cl-run RECIPE data.dataset.root=/data/imagenet/train`",
+                expected_shape=self.image_shape,
+            )
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise DataNotFoundError(f"clrun/image_folder: data root {folder} {what}", expected_shape=self.image_shape)
+        files = find_images(folder, extensions)
+        if not files:
+            patterns = ", ".join(f"**/*{e}" for e in extensions)
+            raise DataNotFoundError(
+                f"clrun/image_folder: no images in {folder} (searched {patterns}, case-insensitive)",
+                expected_shape=self.image_shape,
+            )
+
+        # A first-level subfolder is the class; files directly in root have no class.
+        in_root = [f for f in files if len(f.parts) == 1]
+        subfolders = sorted({f.parts[0] for f in files if len(f.parts) > 1})
+        if labels == "auto":
+            labels = "subfolders" if not in_root and len(subfolders) >= 2 else "none"
+        if labels == "subfolders":
+            if in_root:
+                raise DataError(
+                    f"clrun/image_folder: labels='subfolders' but {len(in_root)} image(s) sit directly in {folder} "
+                    f"(e.g. {in_root[0]}): move them into a class subfolder, or set labels='none'"
+                )
+            self.classes: list[str] = subfolders
+            index = {name: i for i, name in enumerate(subfolders)}
+            self.targets: list[int] = [index[f.parts[0]] for f in files]
+        else:
+            self.classes = []
+            self.targets = [-1] * len(files)
+        self.label_mode: str = labels
+        self.root = folder
+        self.files: list[Path] = [folder / f for f in files]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path = self.files[i]
+        try:
+            image = self._load(path)
+        except _DECODE_ERRORS as e:
+            raise DataError(
+                f"clrun/image_folder: cannot read image {path} ({type(e).__name__}: {e}); remove or replace it"
+            ) from e
+        # np.array copies into a writable array (torch warns on PIL's read-only buffer); HWC -> CHW.
+        array = np.array(image, dtype=np.uint8).reshape(self.size, self.size, -1)
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous(), self.targets[i]
+
+    def _load(self, path: Path) -> Image.Image:
+        """Decode ``path`` and return it as a ``size`` x ``size`` image in ``self.mode``."""
+        size = self.size
+        with Image.open(path) as image:
+            # Lets the JPEG decoder scale down by 2/4/8 while decoding (never below `size`): much less work
+            # for photos far larger than the target, which is the common case.
+            image.draft(self.mode, (size, size))
+            if image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")  # avoids PIL's warning about palette transparency
+            image = image.convert(self.mode)  # forces the full decode inside the `try` of the caller
+        # Resize the shorter side to `size` and center-crop, done as one resample of the centered square
+        # (same result, and only the kept pixels are interpolated). PIL's bilinear filter widens its
+        # support when shrinking, i.e. it is antialiased.
+        w, h = image.size
+        side = min(w, h)
+        left, top = (w - side) / 2, (h - side) / 2
+        return image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))

@@ -1,0 +1,120 @@
+"""NT-Xent, the normalized temperature-scaled cross-entropy loss of SimCLR."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Disable autocast on ``device_type`` (a no-op context where that device has no autocast)."""
+    try:
+        return torch.autocast(device_type=device_type, enabled=False)
+    except RuntimeError:  # device type without autocast support
+        return contextlib.nullcontext()
+
+
+class NTXentLoss(nn.Module):
+    r"""NT-Xent (normalized temperature-scaled cross entropy), the loss of SimCLR.
+
+    Chen, Kornblith, Norouzi and Hinton (2020), "A Simple Framework for Contrastive Learning of
+    Visual Representations", ICML 2020 (arXiv:2002.05709), eq. (1). Also known as InfoNCE with
+    in-batch negatives.
+
+    Input: the projector outputs of exactly two global views of the same ``N`` images, each a
+    tensor of shape ``(N, D)``; row ``n`` of both views comes from image ``n``. Local views (multi-crop)
+    are ignored. Stacking the views gives ``2N`` vectors ``z_1 .. z_2N`` where ``j(i)`` is the
+    other view of the same image (``i + N`` or ``i - N``). With ``u_i = z_i / ||z_i||`` and
+    ``s_ik = u_i . u_k / tau``:
+
+        l_i  = -log( exp(s_{i j(i)}) / sum_{k != i} exp(s_ik) )
+        loss = (1 / 2N) * sum_{i=1}^{2N} l_i
+
+    so every image is the anchor once per view, its other view is the positive and the remaining
+    ``2N - 2`` vectors are the negatives. It is computed as a cross entropy over the ``(2N, 2N)``
+    logit matrix with the diagonal masked to ``-inf`` (one matmul). Normalization, the matmul and
+    the softmax run in at least float32, also under autocast (float64 inputs stay float64).
+
+    Args:
+        temperature: ``tau > 0``. SimCLR uses 0.5 by default (0.1 to 0.2 with large batches and
+            LARS); MoCo v2 and many follow-ups use 0.07 to 0.2. Lower values weight hard negatives
+            more.
+
+    Returns (from ``forward``): a dict with the scalar ``"loss"`` and detached 0-dim metrics:
+
+        contrastive_acc: fraction of the 2N anchors whose positive has the highest logit among
+                         all ``k != i`` (top-1 accuracy of the instance-discrimination task);
+        logit_entropy:   mean entropy (nats) of the softmax over ``k != i``; ``log(2N - 1)`` for
+                         uniform similarities, near 0 when the task is easy (a hardness signal);
+        pos_cosine:      mean cosine similarity of the positive pairs;
+        neg_cosine:      mean cosine similarity of the negative pairs.
+    """
+
+    def __init__(self, temperature: float = 0.5):
+        super().__init__()
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise ValueError(f"clrun/ntxent: temperature must be a number > 0, got {temperature!r}")
+        if not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(
+                f"clrun/ntxent: temperature must be > 0 (SimCLR uses 0.5; 0.07 to 0.2 is common), got {temperature!r}"
+            )
+        self.temperature = float(temperature)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+    def forward(self, out: Any) -> dict[str, Tensor]:
+        views = [p for p, g in zip(out.projections, out.is_global) if g]
+        if len(views) != 2:
+            raise ValueError(
+                f"clrun/ntxent compares exactly 2 global views; the recipe makes {len(views)}. "
+                "Use views with count 2 (two global crops of every image), or a loss that handles "
+                "another number of views."
+            )
+        z1, z2 = views
+        if z1.ndim != 2 or z1.shape != z2.shape:
+            raise ValueError(
+                "clrun/ntxent needs the two global views' projections as (batch, dim) tensors of the "
+                f"same shape; got {tuple(z1.shape)} and {tuple(z2.shape)}"
+            )
+        n = z1.shape[0]
+        if n < 2:
+            raise ValueError(
+                f"clrun/ntxent needs at least 2 images per batch to have negatives; got batch size {n}. "
+                "Raise the batch size, or drop the last incomplete batch if it is the one with a single image."
+            )
+
+        dtype = torch.promote_types(z1.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
+        with _autocast_off(z1.device.type):
+            z = F.normalize(torch.cat([z1, z2], dim=0).to(dtype), dim=1)
+            cos = z @ z.T  # (2N, 2N) cosine similarities: the one matmul
+            self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+            logits = (cos / self.temperature).masked_fill(self_mask, float("-inf"))
+            idx = torch.arange(2 * n, device=z.device)
+            targets = (idx + n) % (2 * n)  # j(i): the other view of the same image
+            loss = F.cross_entropy(logits, targets)
+
+            with torch.no_grad():
+                logits_d = logits.detach()
+                cos_d = cos.detach()
+                acc = (logits_d.argmax(dim=1) == targets).to(dtype).mean()
+                log_p = F.log_softmax(logits_d, dim=1)
+                # the diagonal has p = 0 and log p = -inf; its contribution to the entropy is 0
+                entropy = -(log_p.exp() * log_p.masked_fill(self_mask, 0.0)).sum(dim=1).mean()
+                pos_cos = cos_d[idx, targets].mean()
+                neg_mask = ~self_mask
+                neg_mask[idx, targets] = False
+                neg_cos = cos_d[neg_mask].mean()
+
+        return {
+            "loss": loss,
+            "contrastive_acc": acc,
+            "logit_entropy": entropy,
+            "pos_cosine": pos_cos,
+            "neg_cosine": neg_cos,
+        }
