@@ -11,7 +11,6 @@ Exit codes: 0 success, 1 training failed, 2 bad input (recipe, data, plugin), 13
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 
@@ -111,8 +110,9 @@ def cmd_plugins(args) -> int:
     for p in registry.plugins:
         print(f"ok      {p.name:<40} {p.dist} {p.version}  ({p.components} components)")
     for b in registry.broken:
-        print(f"BROKEN  {b.name:<40} {b.dist} {b.version}  {b.error}")
-    if os.environ.get(plugin_manager.ENV_NO_AUTOLOAD) or args.no_plugins:
+        error = b.error.replace("\n", "\n" + " " * 10)  # keep multi-line errors (pluggy's) indented
+        print(f"BROKEN  {b.name:<40} {b.dist} {b.version}  {error}")
+    if not registry.autoload:
         print("(entry-point autoloading is off: only built-ins are loaded)")
     return 0
 

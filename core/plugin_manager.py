@@ -64,9 +64,14 @@ def load_registry(autoload: bool | None = None, strict: bool | None = None) -> R
     autoload = not _env_flag(ENV_NO_AUTOLOAD) if autoload is None else autoload
     strict = _env_flag(ENV_STRICT) if strict is None else strict
     registry = Registry()
+    registry.autoload = autoload
     builtins = importlib.import_module(BUILTIN_PACKAGE)
     for module_name in builtins.BUILTIN_MODULES:
-        error = _register(registry, importlib.import_module(module_name), module_name, "cl-run", __version__)
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise PluginLoadError(f"built-in plugin {module_name} failed to import: {type(exc).__name__}: {exc}") from exc
+        error = _register(registry, module, module_name, "cl-run", __version__)
         if error:
             raise PluginLoadError(f"built-in plugin {module_name} failed to load: {error}")
     if autoload:
@@ -75,7 +80,7 @@ def load_registry(autoload: bool | None = None, strict: bool | None = None) -> R
             version = ep.dist.version if ep.dist else "?"
             try:
                 plugin = ep.load()
-            except Exception as exc:  # any import-time failure of third-party code
+            except (Exception, SystemExit) as exc:  # any import-time failure of third-party code
                 error = f"{type(exc).__name__}: {exc}"
             else:
                 error = _register(registry, plugin, ep.name, dist, version)

@@ -46,6 +46,7 @@ class Registry:
         self._components: dict[tuple[str, str], Component] = {}
         self.plugins: list[PluginInfo] = []
         self.broken: list[BrokenPlugin] = []
+        self.autoload = True  # whether entry-point plugins were loaded (False: built-ins only)
 
     def add(self, component: Component, provider: str) -> None:
         self.add_all([component], provider)

@@ -28,7 +28,12 @@ def check(recipe: Recipe, batch_size: int = 4) -> list[str]:
         raise DataNotFoundError(f"{recipe.data.dataset.where}: error: data.dataset: fewer than 2 images; a batch needs 2 or more")
     device = torch.device("cpu")
     parts = build_parts(recipe, images, device, steps_per_epoch=1)
-    callbacks = [spec.build() for spec in recipe.callbacks]
+    for spec in recipe.callbacks:
+        try:
+            spec.build()
+            lines.append(f"callback: {spec.name} built")
+        except DataNotFoundError as exc:  # e.g. an evaluation set that lives on the training machine only
+            lines.append(f"callback: {spec.name}: its data is not available here ({exc})")
     view_shapes = [tuple(v.shape[1:]) for v in parts.views(images)]
     lines.append(f"views: {len(view_shapes)} -> {', '.join('x'.join(map(str, s)) for s in view_shapes)}")
     n_params = sum(p.numel() for p in parts.network.backbone.parameters())
@@ -38,6 +43,4 @@ def check(recipe: Recipe, batch_size: int = 4) -> list[str]:
     metrics = train_step(parts, images, device, precision, scaler, recipe.train.grad_clip)
     lines.append(f"step: {recipe.loss.name} loss {metrics['loss']:.4f} on a batch of {images.shape[0]}; "
                  f"{recipe.optimizer.name} stepped")
-    if callbacks:
-        lines.append(f"callbacks: {', '.join(s.name for s in recipe.callbacks)} built")
     return lines

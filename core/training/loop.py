@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pluggy
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
@@ -126,12 +127,15 @@ def run_hooks(callbacks: list) -> object:
     """A per-run hook relay. pluggy calls the last registered first, so register in reverse: recipe
     callbacks then run in recipe order, before the metrics file and the console see the metrics."""
     pm = ClrunPluginManager(RunSpecs)
-    for i, cb in reversed(list(enumerate(callbacks))):
-        pm.register(cb, name=f"callback-{i}-{type(cb).__name__}")
     try:
+        for i, cb in reversed(list(enumerate(callbacks))):
+            pm.register(cb, name=f"callback-{i}-{type(cb).__name__}")
         pm.check_pending()
-    except Exception as exc:
-        raise UserError(f"a callback implements a hook cl-run does not have (misspelled?): {exc}") from None
+    except pluggy.PluginValidationError as exc:
+        raise UserError(
+            f"a callback does not match cl-run's run hooks (a misspelled hook name, or arguments the hook "
+            f"does not have?): {exc}"
+        ) from None
     return pm.hook
 
 

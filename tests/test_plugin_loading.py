@@ -1,0 +1,417 @@
+"""Plugin loading against fake installed distributions.
+
+Each test writes ``<name>-<version>.dist-info/`` folders (METADATA and entry_points.txt) and the plugin
+modules into ``tmp_path`` and puts ``tmp_path`` on ``sys.path``: ``importlib.metadata`` then finds them
+exactly like installed packages. Other installed plugins (the example plugin, when installed) may
+load too; the tests only look at the fake ones and the built-ins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+
+import clrun
+from clrun import plugin_manager
+from clrun.cli import main
+from clrun.errors import ComponentError, PluginLoadError, UserError
+from clrun.plugin_manager import PluginWarning, load_registry
+from clrun.registry import UnknownComponentError
+from clrun.training.loop import run_hooks
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+class FakeSite:
+    """A folder of fake installed distributions; ``activate()`` puts it on sys.path."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root = root
+        self.monkeypatch = monkeypatch
+        self.modules: list[str] = []
+
+    def add(self, dist: str, entry_points: dict[str, str], modules: dict[str, str], version: str = "1.0") -> None:
+        info = self.root / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
+        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[clrun]\n{lines}", encoding="utf-8")
+        for module, source in modules.items():
+            (self.root / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+            self.modules.append(module)
+
+    def activate(self) -> None:
+        self.monkeypatch.syspath_prepend(str(self.root))
+        importlib.invalidate_caches()  # also clears importlib.metadata's directory caches
+
+    def cleanup(self) -> None:
+        for module in self.modules:
+            sys.modules.pop(module, None)
+        importlib.invalidate_caches()
+
+
+@pytest.fixture(autouse=True)
+def clean_state(monkeypatch):
+    """No load switches from the environment, and no process-wide registry leaking between tests."""
+    monkeypatch.delenv(plugin_manager.ENV_NO_AUTOLOAD, raising=False)
+    monkeypatch.delenv(plugin_manager.ENV_STRICT, raising=False)
+    plugin_manager.set_default_registry(None)
+    yield
+    plugin_manager.set_default_registry(None)
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    s = FakeSite(tmp_path, monkeypatch)
+    yield s
+    s.cleanup()
+
+
+GOOD_PLUGIN = """
+    import torch
+    import clrun
+
+    class Zero(torch.nn.Module):
+        def forward(self, out):
+            return out.projections[0].sum() * 0
+
+
+    @clrun.hookimpl
+    def clrun_components():
+        return [clrun.Component("loss", "fakegood/zero", Zero, "a loss that is always zero")]
+"""
+
+BROKEN_PLUGIN = """
+    import clrun
+
+    raise RuntimeError("boom from fake_broken_mod")
+"""
+
+
+def add_good(site: FakeSite) -> None:
+    site.add("fake-good", {"fakegood": "fake_good_mod"}, {"fake_good_mod": GOOD_PLUGIN}, version="2.3")
+
+
+def add_broken(site: FakeSite) -> None:
+    site.add("fake-broken", {"fakebroken": "fake_broken_mod"}, {"fake_broken_mod": BROKEN_PLUGIN}, version="0.4")
+
+
+def broken_named(registry, name):
+    found = [b for b in registry.broken if b.name == name]
+    assert found, f"{name!r} is not among the broken plugins: {registry.broken}"
+    return found[0]
+
+
+def load_quietly(**kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        return load_registry(**kwargs)
+
+
+# -- (a) a plugin that fails to import ---------------------------------------------------------------
+def test_import_error_is_recorded_warned_and_skipped(site):
+    add_good(site)
+    add_broken(site)
+    site.activate()
+    with pytest.warns(PluginWarning, match="fakebroken") as record:
+        registry = load_registry(autoload=True, strict=False)
+    broken = broken_named(registry, "fakebroken")
+    assert (broken.dist, broken.version) == ("fake-broken", "0.4")
+    assert "RuntimeError" in broken.error and "boom from fake_broken_mod" in broken.error
+    assert any("boom from fake_broken_mod" in str(w.message) for w in record)
+    # The others still load: the good fake plugin and every built-in.
+    assert "fakegood/zero" in registry.names("loss")
+    assert "clrun/ntxent" in registry.names("loss")
+    good = [p for p in registry.plugins if p.name == "fakegood"]
+    assert good and (good[0].dist, good[0].version, good[0].components) == ("fake-good", "2.3", 1)
+    assert registry.get("loss", "fakegood/zero").provider == "fakegood (fake-good 2.3)"
+    assert "fakebroken" not in [p.name for p in registry.plugins]
+
+
+def test_strict_loading_raises_naming_the_broken_plugin(site):
+    add_good(site)
+    add_broken(site)
+    site.activate()
+    with pytest.raises(PluginLoadError, match="fakebroken") as info:
+        load_registry(autoload=True, strict=True)
+    assert "fake-broken" in str(info.value) and "boom from fake_broken_mod" in str(info.value)
+    assert isinstance(info.value, UserError)
+
+
+def test_strict_loading_from_the_environment(site, monkeypatch):
+    add_broken(site)
+    site.activate()
+    monkeypatch.setenv(plugin_manager.ENV_STRICT, "1")
+    with pytest.raises(PluginLoadError, match="fakebroken"):
+        load_registry()
+    monkeypatch.setenv(plugin_manager.ENV_STRICT, "0")
+    assert broken_named(load_quietly(), "fakebroken")
+
+
+def test_a_hook_that_raises_or_returns_junk_breaks_only_its_plugin(site):
+    site.add("fake-raises", {"fakeraises": "fake_raises_mod"}, {"fake_raises_mod": """
+        import clrun
+
+        @clrun.hookimpl
+        def clrun_components():
+            raise KeyError("no such thing")
+    """})
+    site.add("fake-junk", {"fakejunk": "fake_junk_mod"}, {"fake_junk_mod": """
+        import clrun
+
+        @clrun.hookimpl
+        def clrun_components():
+            return [clrun.Component("loss", "fakejunk/ok", dict), "not a component"]
+    """})
+    add_good(site)
+    site.activate()
+    registry = load_quietly(autoload=True, strict=False)
+    assert "no such thing" in broken_named(registry, "fakeraises").error
+    assert "not a component" in broken_named(registry, "fakejunk").error
+    assert "fakejunk/ok" not in registry.names("loss"), "a broken plugin must leave none of its components behind"
+    assert "fakegood/zero" in registry.names("loss")
+
+
+# -- (b) two plugins offering the same (kind, name) -------------------------------------------------
+DUPLICATE = """
+    import torch
+    import clrun
+
+    @clrun.hookimpl
+    def clrun_components():
+        return [
+            clrun.Component("loss", "{own}/extra", torch.nn.Identity),
+            clrun.Component("loss", "{name}", torch.nn.Identity),
+        ]
+"""
+
+
+def test_duplicate_name_breaks_the_second_plugin_naming_both(site):
+    # Entry points load in name order: "dupa" first, so "dupb" is the second provider.
+    site.add("fake-dup-a", {"dupa": "fake_dup_a"}, {"fake_dup_a": DUPLICATE.format(own="dupa", name="shared/same")})
+    site.add("fake-dup-b", {"dupb": "fake_dup_b"}, {"fake_dup_b": DUPLICATE.format(own="dupb", name="shared/same")}, version="7.0")
+    site.activate()
+    with pytest.warns(PluginWarning, match="dupb"):
+        registry = load_registry(autoload=True, strict=False)
+    broken = broken_named(registry, "dupb")
+    assert "shared/same" in broken.error
+    assert "dupa (fake-dup-a 1.0)" in broken.error and "dupb (fake-dup-b 7.0)" in broken.error
+    assert "dupa" not in [b.name for b in registry.broken]
+    assert registry.get("loss", "shared/same").provider == "dupa (fake-dup-a 1.0)"
+    # All or nothing: the second plugin's other component is not registered either.
+    assert "dupa/extra" in registry.names("loss")
+    assert "dupb/extra" not in registry.names("loss")
+
+
+def test_duplicate_of_a_builtin_name_breaks_the_plugin(site):
+    site.add("fake-shadow", {"shadow": "fake_shadow"}, {"fake_shadow": DUPLICATE.format(own="shadow", name="clrun/ntxent")})
+    site.activate()
+    registry = load_quietly(autoload=True, strict=False)
+    error = broken_named(registry, "shadow").error
+    assert "clrun/ntxent" in error and "shadow (fake-shadow 1.0)" in error and "cl-run" in error
+    assert registry.get("loss", "clrun/ntxent").provider.endswith("(cl-run 0.1.0)")
+
+
+# -- (c) a misspelled discovery hook ----------------------------------------------------------------
+def test_misspelled_hook_breaks_the_plugin_and_names_the_hook(site):
+    site.add("fake-typo", {"typo": "fake_typo_mod"}, {"fake_typo_mod": """
+        import torch
+        import clrun
+
+        @clrun.hookimpl
+        def clrun_componets():
+            return [clrun.Component("loss", "typo/identity", torch.nn.Identity)]
+    """})
+    site.add("fake-typo2", {"typo2": "fake_typo2_mod"}, {"fake_typo2_mod": """
+        def clrun_component():  # unmarked, still a clrun_* hook name: rejected, not silently ignored
+            return []
+    """})
+    site.activate()
+    with pytest.warns(PluginWarning, match="clrun_compone(ts|nt)"):
+        registry = load_registry(autoload=True, strict=False)
+    assert "clrun_componets" in broken_named(registry, "typo").error
+    assert "clrun_component" in broken_named(registry, "typo2").error
+    assert "typo/identity" not in registry.names("loss")
+    with pytest.raises(PluginLoadError, match="clrun_componets"):
+        load_registry(autoload=True, strict=True)
+
+
+def test_hook_with_a_wrong_signature_breaks_the_plugin(site):
+    site.add("fake-sig", {"fakesig": "fake_sig_mod"}, {"fake_sig_mod": """
+        import clrun
+
+        @clrun.hookimpl
+        def clrun_components(registry):
+            return []
+    """})
+    site.activate()
+    registry = load_quietly(autoload=True, strict=False)
+    assert "registry" in broken_named(registry, "fakesig").error
+
+
+# -- (d) autoload off -------------------------------------------------------------------------------
+def assert_builtins_only(registry) -> None:
+    assert "clrun/ntxent" in registry.names("loss")
+    assert registry.plugins and all(p.dist == "cl-run" for p in registry.plugins)
+    assert registry.broken == []
+    assert "fakegood/zero" not in registry.names("loss")
+
+
+def test_autoload_false_loads_only_builtins(site):
+    add_good(site)
+    add_broken(site)
+    site.activate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)  # the broken fake plugin is never even imported
+        assert_builtins_only(load_registry(autoload=False))
+    assert "fake_broken_mod" not in sys.modules and "fake_good_mod" not in sys.modules
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes"])
+def test_environment_switch_disables_autoload(site, monkeypatch, value):
+    add_good(site)
+    add_broken(site)
+    site.activate()
+    monkeypatch.setenv(plugin_manager.ENV_NO_AUTOLOAD, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)
+        assert_builtins_only(load_registry())
+        assert_builtins_only(plugin_manager.default_registry())
+
+
+def test_environment_switch_set_to_0_keeps_autoload(site, monkeypatch):
+    add_good(site)
+    site.activate()
+    monkeypatch.setenv(plugin_manager.ENV_NO_AUTOLOAD, "0")
+    assert "fakegood/zero" in load_registry().names("loss")
+    # an explicit argument wins over the environment
+    monkeypatch.setenv(plugin_manager.ENV_NO_AUTOLOAD, "1")
+    assert "fakegood/zero" in load_registry(autoload=True).names("loss")
+
+
+# -- (e) unknown names in a broken plugin's namespace -----------------------------------------------
+def test_unknown_name_in_a_broken_plugins_namespace_names_the_plugin(site):
+    add_broken(site)
+    add_good(site)
+    site.activate()
+    registry = load_quietly(autoload=True, strict=False)
+    message = registry.unknown_message("loss", "fakebroken/fancy")
+    assert "fakebroken/fancy" in message
+    assert "fakebroken" in message.replace("fakebroken/fancy", "") and "fake-broken" in message
+    assert "boom from fake_broken_mod" in message
+    with pytest.raises(UnknownComponentError, match="boom from fake_broken_mod") as info:
+        registry.get("loss", "fakebroken/fancy")
+    assert isinstance(info.value, ComponentError) and isinstance(info.value, UserError)
+    # A name in another namespace gets no such note.
+    assert "fake-broken" not in registry.unknown_message("loss", "fakegood/fancy")
+    assert "fake-broken" not in registry.unknown_message("loss", "nowhere/fancy")
+
+
+def test_unknown_name_through_the_public_api_names_the_broken_plugin(site):
+    add_broken(site)
+    site.activate()
+    plugin_manager.set_default_registry(load_quietly(autoload=True, strict=False))
+    with pytest.raises(ComponentError, match="fake-broken"):
+        clrun.create("loss", "fakebroken/fancy")
+
+
+# -- (f) the CLI with a broken plugin ---------------------------------------------------------------
+def test_cli_plugins_shows_the_broken_plugin_and_stays_usable(site, capsys):
+    add_good(site)
+    add_broken(site)
+    site.activate()
+    with pytest.warns(PluginWarning, match="fakebroken"):
+        code = main(["plugins"])
+    out = capsys.readouterr().out
+    assert code == 0
+    broken_lines = [line for line in out.splitlines() if line.startswith("BROKEN")]
+    assert len([line for line in broken_lines if "fakebroken" in line]) == 1, out
+    line = next(line for line in broken_lines if "fakebroken" in line)
+    assert "fake-broken 0.4" in line and "boom from fake_broken_mod" in line
+    assert any(line.startswith("ok") and "fakegood" in line and "fake-good 2.3" in line for line in out.splitlines()), out
+    assert "clrun.plugins.losses.components" in out
+
+    with pytest.warns(PluginWarning, match="fakebroken"):
+        code = main(["components", "loss"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "clrun/ntxent" in out and "fakegood/zero" in out and "fakebroken" not in out
+
+
+def test_cli_strict_plugins_fails_cleanly(site, capsys):
+    add_broken(site)
+    site.activate()
+    assert main(["--strict-plugins", "plugins"]) == 2
+    err = capsys.readouterr().err
+    assert "fakebroken" in err and "boom from fake_broken_mod" in err and "Traceback" not in err
+
+
+def test_cli_no_plugins_skips_entry_points(site, capsys):
+    add_broken(site)
+    site.activate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)
+        assert main(["--no-plugins", "plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "BROKEN" not in out and "autoloading is off" in out
+
+
+def test_cli_autoload_note_follows_the_environment_switch(site, capsys, monkeypatch):
+    """`cl-run plugins` says autoloading is off exactly when the switch turns it off ("0" keeps it on)."""
+    add_good(site)
+    site.activate()
+    monkeypatch.setenv(plugin_manager.ENV_NO_AUTOLOAD, "0")
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "fakegood" in out  # entry points were loaded...
+    assert "autoloading is off" not in out  # ...so the listing must not claim otherwise
+
+
+# -- (g) run hooks of callbacks ---------------------------------------------------------------------
+class GoodCallback:
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def clrun_epoch_end(self, run, epoch, metrics):
+        self.epochs.append(epoch)
+        metrics["seen"] = 1.0
+
+
+class MisspelledCallback:
+    def clrun_epoch_ends(self, run, epoch, metrics):
+        pass
+
+
+class MarkedMisspelledCallback:
+    @clrun.hookimpl
+    def clrun_run_ended(self, run, metrics):
+        pass
+
+
+class WrongSignatureCallback:
+    def clrun_epoch_end(self, run, epoch, metrics, extra):
+        pass
+
+
+def test_run_hooks_call_a_correct_callback():
+    cb = GoodCallback()
+    hooks = run_hooks([cb])
+    metrics: dict[str, float] = {}
+    hooks.clrun_epoch_end(run=None, epoch=3, metrics=metrics)
+    assert cb.epochs == [3] and metrics == {"seen": 1.0}
+
+
+@pytest.mark.parametrize("callback, name", [(MisspelledCallback(), "clrun_epoch_ends"),
+                                            (MarkedMisspelledCallback(), "clrun_run_ended")])
+def test_run_hooks_reject_a_misspelled_hook(callback, name):
+    with pytest.raises(UserError, match=name):
+        run_hooks([GoodCallback(), callback])
+
+
+def test_run_hooks_reject_a_hook_with_a_wrong_signature_as_a_user_error():
+    with pytest.raises(UserError, match="clrun_epoch_end"):
+        run_hooks([WrongSignatureCallback()])
