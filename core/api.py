@@ -30,6 +30,7 @@ def create(kind: str, name: str, **params: Any) -> Any:
     spec = validator.component(_node({"name": name, **params}, where), kind, "")
     if validator.problems or spec is INVALID:
         raise ComponentError("\n".join(f"{where}: {p.path + ': ' if p.path else ''}{p.message}" for p in validator.problems))
+    spec.where = where  # no file position to name for an API call
     return spec.build(**injected)
 
 

@@ -20,9 +20,15 @@ __all__ = [
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None) -> Recipe:
     """Read, override and validate a recipe; raise RecipeError listing every problem at once."""
-    node = load_yaml_file(str(path))
-    apply_overrides(node, overrides)
-    recipe = recipe_from_node(node, registry)
+    problems: list[Problem] = []  # duplicate keys: reported with everything validation finds
+    node = load_yaml_file(str(path), problems)
+    try:
+        apply_overrides(node, overrides)
+        recipe = recipe_from_node(node, registry)
+    except RecipeError as exc:
+        raise RecipeError(problems + exc.problems) from None
+    if problems:
+        raise RecipeError(problems)
     recipe.source = str(path)
     return recipe
 

@@ -41,8 +41,12 @@ class Node:
         return self.value
 
 
-def parse_yaml(text: str, file: str) -> Node:
-    """Parse one YAML document into a Node tree; raise RecipeError listing every duplicate key."""
+def parse_yaml(text: str, file: str, problems: list[Problem] | None = None) -> Node:
+    """Parse one YAML document into a Node tree; raise RecipeError listing every duplicate key.
+
+    With ``problems``, duplicate keys (the first value is kept) are appended to it instead, so the
+    caller can validate the tree and report them together with the rest.
+    """
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -55,10 +59,12 @@ def parse_yaml(text: str, file: str) -> Node:
         loader.dispose()
     if root is None:
         return Node({}, file, 1, 1)
-    problems: list[Problem] = []
-    node = _convert(root, file, loader, problems)
-    if problems:
-        raise RecipeError(problems)
+    found: list[Problem] = []
+    node = _convert(root, file, loader, found)
+    if problems is not None:
+        problems.extend(found)
+    elif found:
+        raise RecipeError(found)
     return node
 
 
@@ -93,10 +99,10 @@ def _convert(node: yaml.Node, file: str, loader: yaml.SafeLoader, problems: list
     return Node(value, file, line, col, raw=raw)
 
 
-def load_yaml_file(path: str) -> Node:
+def load_yaml_file(path: str, problems: list[Problem] | None = None) -> Node:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
         raise RecipeError([Problem(path, 1, 1, "", f"cannot read recipe: {exc.strerror or exc}")]) from None
-    return parse_yaml(text, path)
+    return parse_yaml(text, path, problems)

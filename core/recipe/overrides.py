@@ -47,9 +47,11 @@ def _set(root: Node, parts: list[str], value: Node) -> str | None:
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node.value, dict):
+            if last or part not in node.value:
+                # the key is the override's own: problems with it point at the argument (col 1)
+                node.key_positions[part] = (value.line, 1)
             if last:
                 node.value[part] = value
-                node.key_positions[part] = (value.line, value.col)
                 return None
             if part not in node.value:
                 node.value[part] = Node({}, value.file, value.line, value.col)

@@ -24,5 +24,6 @@ class RecipeError(UserError):
     """One or more problems in a recipe; ``str()`` lists them, one per line, in file order."""
 
     def __init__(self, problems: list[Problem]):
-        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.col))
+        # Files first, then sources such as <command line>, in position order.
+        self.problems = sorted(problems, key=lambda p: (p.file.startswith("<"), p.file, p.line, p.col))
         super().__init__("\n".join(str(p) for p in self.problems))

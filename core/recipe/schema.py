@@ -13,9 +13,17 @@ from clrun.component import Nested
 from clrun.recipe.spec import ComponentSpec
 
 
+class FieldError(ValueError):
+    """A section's consistency check that concerns one field: reported at that field's value."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def _at_least(value: Any, minimum: int, name: str) -> None:
     if value is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise FieldError(name, f"must be >= {minimum}, got {value}")
 
 
 @dataclass

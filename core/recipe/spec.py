@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clrun.component import Component
-from clrun.errors import ComponentError, UserError
+from clrun.errors import ComponentError, DataError, DataNotFoundError
 from clrun.recipe.types import parameters
 
 
@@ -31,9 +31,9 @@ class ComponentSpec:
         kwargs.update({k: v for k, v in injected.items() if var_keyword or k in params})
         try:
             return self.component.factory(**kwargs)
-        except UserError:
-            raise
-        except (ValueError, TypeError, RuntimeError) as exc:
+        except (DataError, DataNotFoundError):
+            raise  # they name the file or folder at fault, and `cl-run check` looks for the latter
+        except (ComponentError, ValueError, TypeError, RuntimeError) as exc:
             path = f"{self.path}: " if self.path else ""
             raise ComponentError(
                 f"{self.where}: error: {path}{self.component.kind} {self.name!r} could not be built: {exc}"

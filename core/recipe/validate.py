@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal
 from clrun.component import INJECTED, Nested
 from clrun.recipe.nodes import Node
 from clrun.recipe.problems import Problem
+from clrun.recipe.schema import FieldError
 from clrun.recipe.spec import ComponentSpec
 from clrun.recipe.types import NoneType, describe, describe_value, hints, is_union, parameters
 from clrun.registry import Registry
@@ -107,8 +108,12 @@ class Validator:
         members = typing.get_args(annotation)
         if node.value is None and NoneType in members:
             return None
-        # Members we can check come first; one we cannot (a Tensor, an enum) would accept anything.
-        candidates = sorted((a for a in members if a is not NoneType), key=lambda a: not _checkable(a))
+        candidates = [a for a in members if a is not NoneType]
+        # YAML gives only scalars, lists and mappings: a member we cannot check (a Tensor, an enum)
+        # would accept anything, so it is tried only when no member can be checked.
+        checkable = [a for a in candidates if _checkable(a)]
+        if checkable:
+            candidates = checkable
         if len(candidates) == 1:
             return self.check(node, candidates[0], path)
         for member in candidates:
@@ -148,7 +153,7 @@ class Validator:
             child_path = f"{path}.{key}" if path else key
             if key in skip:
                 line, col = node.key_positions.get(key, (child.line, child.col))
-                self.problems.append(Problem(node.file, line, col, child_path, f"{key!r} is set by cl-run itself for {what}; remove it"))
+                self.problems.append(Problem(child.file, line, col, child_path, f"{key!r} is set by cl-run itself for {what}; remove it"))
                 ok = False
             elif key in accepted:
                 value = self.check(child, types_.get(key, accepted[key].annotation), child_path)
@@ -159,7 +164,7 @@ class Validator:
             else:
                 line, col = node.key_positions.get(key, (child.line, child.col))
                 hint = did_you_mean(key, accepted) or f"; {what} takes: {', '.join(accepted) or 'no settings'}"
-                self.problems.append(Problem(node.file, line, col, child_path, f"unknown key {key!r} for {what}{hint}"))
+                self.problems.append(Problem(child.file, line, col, child_path, f"unknown key {key!r} for {what}{hint}"))
                 ok = False
         for name, p in accepted.items():
             if p.default is inspect.Parameter.empty and name not in node.value:
@@ -174,6 +179,9 @@ class Validator:
             return INVALID
         try:
             return cls(**kwargs)
+        except FieldError as exc:  # a check on one field: point at its value
+            child = node.value.get(exc.field, node)
+            return self.error(child, f"{path}.{exc.field}" if path else exc.field, str(exc))
         except ValueError as exc:  # the section's own consistency checks (__post_init__)
             return self.error(node, path, str(exc))
 

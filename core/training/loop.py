@@ -58,10 +58,11 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
                 try:
                     metrics = train_step(parts, images, device, recipe.train.precision, scaler, recipe.train.grad_clip)
                 except NonFiniteLossError as exc:
+                    saved = (directory / checkpoint.FILE).is_file()
+                    where = f"the last good checkpoint is in {directory}" if saved else "no checkpoint was written yet"
                     raise NonFiniteLossError(
-                        f"{exc} at epoch {run.epoch + 1}, step {run.step + 1}; the step was not applied and the "
-                        f"last good checkpoint is in {directory}. Lower optimizer.lr, set train.grad_clip, "
-                        f"or use train.precision=fp32"
+                        f"{exc} at epoch {run.epoch + 1}, step {run.step + 1}; the step was not applied and "
+                        f"{where}. Lower optimizer.lr, set train.grad_clip, or use train.precision=fp32"
                     ) from None
                 run.step += 1
                 steps += 1

@@ -23,10 +23,14 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
 class Console:
     """A progress bar per epoch (on a terminal) and a one-line summary per epoch, always."""
 
-    def __init__(self, progress: bool, stream=sys.stdout) -> None:
+    def __init__(self, progress: bool, stream=None) -> None:
         self.progress = progress and sys.stderr.isatty()
-        self.stream = stream
+        self._stream = stream  # None: whatever sys.stdout is when a line is printed
         self.bar = None
+
+    @property
+    def stream(self):
+        return self._stream if self._stream is not None else sys.stdout
 
     def clrun_run_start(self, run: Run) -> None:
         where = f" -> {run.directory}" if run.directory else ""

@@ -54,7 +54,10 @@ class Run:
                 x = to_float(images.to(self.device, non_blocking=True))
                 if tuple(x.shape[-2:]) != tuple(self.parts.eval_size):
                     x = F.interpolate(x, size=self.parts.eval_size, mode="bilinear", antialias=True, align_corners=False)
-                f = network.backbone(views.normalize(x))
+                x = views.normalize(x)
+                if views.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                f = network.backbone(x)
                 feats.append(f.float().cpu())
                 projs.append(network.projector(f).float().cpu())
                 labels.append(torch.as_tensor(y))
