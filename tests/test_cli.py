@@ -24,12 +24,6 @@ from clrun import plugin_manager
 from clrun.cli import main
 from clrun.plugins import BUILTIN_MODULES
 
-# Console binds ``stream=sys.stdout`` when clrun.training.reporting is first imported (a core bug, see
-# test_training_prints_epochs_to_stdout). Import it here, at collection, while sys.stdout is the
-# session's own stream: otherwise every in-process training run of these tests would print to the
-# closed capture of whichever test imported it first and fail with "I/O operation on closed file".
-import clrun.training.reporting  # noqa: E402,F401
-
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 CL_RUN = Path(sys.executable).with_name("cl-run")  # the console script installed next to this Python
 BAD_KEY_LINE = "38:3: error: train.epoch: unknown key 'epoch' for section 'train'; did you mean 'epochs'?"
@@ -204,6 +198,22 @@ def test_training_prints_epochs_to_stdout(trained):
     _, out = trained
     assert any(line.startswith("epoch 1/2  loss ") for line in out.splitlines())
     assert any(line.startswith("epoch 2/2  loss ") for line in out.splitlines())
+
+
+def test_callback_metrics_reach_the_summary_metrics_file_and_console(capsys, tmp_path):
+    """Recipe callbacks run before the metrics file and the console, so what they add is reported."""
+    data = "{name: clrun/synthetic, num_images: 64, num_classes: 4}"
+    knn = f"[{{name: clrun/knn, k: 5, every: 1, train: {data}, test: {data}}}]"
+    code, out, err = cl_run(capsys, TINY, "train.epochs=2", f"run.dir={tmp_path}", f"callbacks={knn}")
+    assert code == 0, err
+    run = tmp_path / "tiny"
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert 0.0 <= summary["knn_top1"] <= 1.0 and 0.0 <= summary["knn_top1_projector"] <= 1.0
+    epochs = [r for r in read_metrics(run) if r["kind"] == "epoch"]
+    assert "knn_top1" in epochs[0]  # every: 1, evaluated after epoch 1 of 2
+    done = [line for line in out.splitlines() if line.startswith("done  ")]
+    assert done and "knn_top1 " in done[0]
+    assert out.index("kNN top-1 (k=5) on 64 test images") < out.index("done  ")
 
 
 def test_resume_continues_the_run(trained, capsys, tmp_path):

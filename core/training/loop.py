@@ -44,7 +44,7 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
         restore(run, state)
     else:
         run_dir.write_recipe(directory, resolved(recipe))
-    hooks = run_hooks([Console(recipe.train.progress), MetricsLog(), *callbacks])
+    hooks = run_hooks([*callbacks, MetricsLog(), Console(recipe.train.progress)])  # called in this order
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "fp16")
 
     hooks.clrun_run_start(run=run)
@@ -125,8 +125,9 @@ def example_batch(dataset: Dataset, size: int = 4) -> torch.Tensor:
 
 
 def run_hooks(callbacks: list) -> object:
-    """A per-run hook relay. pluggy calls the last registered first, so register in reverse: recipe
-    callbacks then run in recipe order, before the metrics file and the console see the metrics."""
+    """A per-run hook relay that calls ``callbacks`` in list order (pluggy calls the last registered
+    first, so they are registered in reverse): recipe callbacks add their metrics before the metrics
+    file and the console, which come last, see them."""
     pm = ClrunPluginManager(RunSpecs)
     try:
         for i, cb in reversed(list(enumerate(callbacks))):
