@@ -23,8 +23,9 @@ class DataError(UserError):
     """A data file exists but cannot be used (corrupt, wrong format, wrong size); the message names it."""
 
 
-class ComponentError(UserError):
-    """A component could not be found or built (unknown name, bad arguments, duplicate name)."""
+class ComponentError(UserError, ValueError):
+    """A component could not be found, built or used as configured (unknown name, bad arguments,
+    duplicate name, a loss given views it cannot compare). Also a ValueError, as bad values are."""
 
 
 class PluginLoadError(UserError):

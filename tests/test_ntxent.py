@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from clrun import Component
+from clrun import Component, UserError
 from clrun.plugins.losses import components as loss_components
 from clrun.plugins.losses.ntxent import NTXentLoss
 
@@ -272,7 +272,7 @@ def test_autocast_does_not_lower_the_precision():
 
 def test_batch_size_one_error():
     z = torch.randn(1, 8)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(UserError) as info:  # the CLI prints a UserError's message, no traceback
         NTXentLoss()(step_outputs([z, z.clone()], [True, True]))
     assert str(info.value).startswith(
         "clrun/ntxent needs at least 2 images per batch to have negatives; got batch size 1"
@@ -281,7 +281,7 @@ def test_batch_size_one_error():
 
 def test_three_global_views_error():
     views = [torch.randn(4, 8) for _ in range(3)]
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(UserError) as info:
         NTXentLoss()(step_outputs(views, [True, True, True]))
     assert str(info.value).startswith(
         "clrun/ntxent compares exactly 2 global views; the recipe makes 3. Use views with count 2"

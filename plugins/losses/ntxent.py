@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clrun import ComponentError
+
 
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     """Disable autocast on ``device_type`` (a no-op context where that device has no autocast)."""
@@ -58,9 +60,9 @@ class NTXentLoss(nn.Module):
     def __init__(self, temperature: float = 0.5):
         super().__init__()
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise ValueError(f"clrun/ntxent: temperature must be a number > 0, got {temperature!r}")
+            raise ComponentError(f"clrun/ntxent: temperature must be a number > 0, got {temperature!r}")
         if not math.isfinite(temperature) or temperature <= 0:
-            raise ValueError(
+            raise ComponentError(
                 f"clrun/ntxent: temperature must be > 0 (SimCLR uses 0.5; 0.07 to 0.2 is common), got {temperature!r}"
             )
         self.temperature = float(temperature)
@@ -71,20 +73,20 @@ class NTXentLoss(nn.Module):
     def forward(self, out: Any) -> dict[str, Tensor]:
         views = [p for p, g in zip(out.projections, out.is_global) if g]
         if len(views) != 2:
-            raise ValueError(
+            raise ComponentError(
                 f"clrun/ntxent compares exactly 2 global views; the recipe makes {len(views)}. "
                 "Use views with count 2 (two global crops of every image), or a loss that handles "
                 "another number of views."
             )
         z1, z2 = views
         if z1.ndim != 2 or z1.shape != z2.shape:
-            raise ValueError(
+            raise ComponentError(
                 "clrun/ntxent needs the two global views' projections as (batch, dim) tensors of the "
                 f"same shape; got {tuple(z1.shape)} and {tuple(z2.shape)}"
             )
         n = z1.shape[0]
         if n < 2:
-            raise ValueError(
+            raise ComponentError(
                 f"clrun/ntxent needs at least 2 images per batch to have negatives; got batch size {n}. "
                 "Raise the batch size, or drop the last incomplete batch if it is the one with a single image."
             )
