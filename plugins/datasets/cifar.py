@@ -156,11 +156,7 @@ class CIFAR10(_Cifar):
     seed:   seed of the subset draw.
     """
 
-    layout = CIFAR10_LAYOUT
-
-    def __init__(self, root: str, split: Literal["train", "test"] = "train", subset: int | None = None, seed: int = 0):
-        # Restated (not inherited) so that the signature, the recipe schema, shows on this class.
-        super().__init__(root, split, subset, seed)
+    layout = CIFAR10_LAYOUT  # the signature (the recipe schema) is _Cifar.__init__'s
 
 
 class CIFAR100(_Cifar):
@@ -173,6 +169,3 @@ class CIFAR100(_Cifar):
     """
 
     layout = CIFAR100_LAYOUT
-
-    def __init__(self, root: str, split: Literal["train", "test"] = "train", subset: int | None = None, seed: int = 0):
-        super().__init__(root, split, subset, seed)
