@@ -36,15 +36,19 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
     loader = make_loader(recipe, dataset, sampler_rng, device)
     parts = build_parts(recipe, example_batch(dataset), device, steps_per_epoch=len(loader))
     callbacks = [spec.build() for spec in recipe.callbacks]
+    hooks = run_hooks([*callbacks, MetricsLog(), Console(recipe.train.progress)])  # called in this order
 
-    state = checkpoint.load(checkpoint.find(resume)) if resume else None
-    directory = checkpoint.find(resume).parent if resume else run_dir.create(recipe.run.dir, recipe.run.name or Path(recipe.source).stem)
+    # Only now, with everything built, is the run folder created (or the resumed one reopened).
+    if resume:
+        saved = checkpoint.find(resume)
+        state, directory = checkpoint.load(saved), saved.parent
+    else:
+        state, directory = None, run_dir.create(recipe.run.dir, recipe.run.name or Path(recipe.source).stem)
     run = Run(recipe, parts, device, directory, steps_per_epoch=len(loader))
     if state is not None:
         restore(run, state)
     else:
         run_dir.write_recipe(directory, resolved(recipe))
-    hooks = run_hooks([*callbacks, MetricsLog(), Console(recipe.train.progress)])  # called in this order
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "fp16")
 
     hooks.clrun_run_start(run=run)
