@@ -57,10 +57,6 @@ class Component:
         if not callable(self.factory):
             raise ValueError(f"Component {self.name!r}: factory must be callable, got {type(self.factory).__name__}")
 
-    @property
-    def namespace(self) -> str:
-        return self.name.split("/", 1)[0]
-
 
 @dataclass(frozen=True)
 class Nested:
