@@ -12,6 +12,7 @@ KINDS: tuple[str, ...] = (
     "augmentation",
     "backbone",
     "projector",
+    "predictor",
     "loss",
     "optimizer",
     "scheduler",
@@ -20,9 +21,11 @@ KINDS: tuple[str, ...] = (
 
 # Arguments the training loop supplies itself, per kind: a recipe must not set them, and a factory
 # that declares them receives them. They are how a component learns about the rest of the run
-# (a projector's input width, the parameters an optimizer updates, the length of a schedule).
+# (a head's input width, the parameters an optimizer updates, the length of a schedule).
 INJECTED: dict[str, tuple[str, ...]] = {
-    "projector": ("in_dim",),
+    "projector": ("in_dim",),  # the backbone's feature width
+    "predictor": ("in_dim",),  # the projector's output width
+    "loss": ("in_dim",),  # the projector's output width: sizes a loss's queue or prototypes
     "optimizer": ("params",),
     "scheduler": ("optimizer", "total_steps", "steps_per_epoch"),
 }

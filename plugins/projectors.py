@@ -1,7 +1,8 @@
-"""Built-in ``projector`` components: the MLP head of SimCLR and the identity (no head).
+"""Built-in heads: the MLP (a projector, or a predictor) and the identity projector (no head).
 
-A projector maps the backbone's features ``(B, in_dim)`` to the vectors the loss compares. The
-training loop injects ``in_dim`` (the backbone's feature width); a recipe must not set it.
+A projector maps the backbone's features ``(B, in_dim)`` to the vectors the loss compares; a
+predictor maps the projector's outputs on the online branch only (BYOL, SimSiam). The training loop
+injects ``in_dim`` (the width of the head's input); a recipe must not set it.
 """
 
 from __future__ import annotations
@@ -110,4 +111,11 @@ def clrun_components() -> list[Component]:
             "SimCLR's MLP projection head g(.): Linear-BN-ReLU layers, optional output batch norm",
         ),
         Component("projector", "clrun/identity", IdentityProjector, "no projector: the loss sees the backbone features"),
+        # The same MLP is the predictor head of BYOL and SimSiam (online branch only).
+        Component(
+            "predictor",
+            "clrun/mlp",
+            MLPProjector,
+            "an MLP predictor head on the online branch: Linear-BN-ReLU layers, optional output batch norm",
+        ),
     ]

@@ -118,8 +118,9 @@ def test_identity_projector():
 def test_components_offered():
     offered = projectors.clrun_components()
     assert isinstance(offered, list) and all(isinstance(c, Component) for c in offered)
-    by_name = {c.name: c for c in offered}
-    assert set(by_name) == {"clrun/mlp", "clrun/identity"}
-    assert by_name["clrun/mlp"].kind == "projector" and by_name["clrun/mlp"].factory is MLPProjector
-    assert by_name["clrun/identity"].kind == "projector" and by_name["clrun/identity"].factory is IdentityProjector
-    assert by_name["clrun/identity"].summary == "no projector: the loss sees the backbone features"
+    by_kind_name = {(c.kind, c.name): c for c in offered}
+    assert set(by_kind_name) == {("projector", "clrun/mlp"), ("projector", "clrun/identity"), ("predictor", "clrun/mlp")}
+    assert by_kind_name["projector", "clrun/mlp"].factory is MLPProjector
+    assert by_kind_name["predictor", "clrun/mlp"].factory is MLPProjector  # the same MLP heads the online branch
+    assert by_kind_name["projector", "clrun/identity"].factory is IdentityProjector
+    assert by_kind_name["projector", "clrun/identity"].summary == "no projector: the loss sees the backbone features"

@@ -91,6 +91,28 @@ class TrainSection:
 
 
 @dataclass
+class TargetSection:
+    """A momentum (EMA) target network: a copy of backbone + projector that never receives gradients.
+
+    After every optimizer step its weights move towards the online ones,
+    ``target = m * target + (1 - m) * online``, with ``m`` going from ``momentum`` to ``final_momentum``
+    over the run (``cosine``: ``m = final - (final - momentum) * (cos(pi * step / total_steps) + 1) / 2``;
+    ``constant``: ``m = momentum`` throughout). It sees the global views only; losses get its projector
+    outputs as ``target_projections``.
+    """
+
+    momentum: float = 0.996
+    final_momentum: float = 1.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+    def __post_init__(self) -> None:
+        for name in ("momentum", "final_momentum"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise FieldError(name, f"must be between 0 and 1 (e.g. 0.99 or 0.996), got {value}")
+
+
+@dataclass
 class RunSection:
     """Where the run folder goes: ``<dir>/<name>`` (name defaults to the recipe file's stem)."""
 
@@ -109,6 +131,9 @@ class Recipe:
     loss: Annotated[ComponentSpec, Nested("loss")]
     optimizer: Annotated[ComponentSpec, Nested("optimizer")]
     scheduler: Optional[Annotated[ComponentSpec, Nested("scheduler")]] = None
+    # An extra head on the online branch only: backbone -> projector -> predictor.
+    predictor: Optional[Annotated[ComponentSpec, Nested("predictor")]] = None
+    target: Optional[TargetSection] = None
     callbacks: Annotated[list, Nested("callback", many=True)] = field(default_factory=list)
     train: TrainSection = field(default_factory=TrainSection)
     run: RunSection = field(default_factory=RunSection)

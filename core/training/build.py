@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from clrun.recipe.schema import Recipe
-from clrun.training.network import OnlineNetwork, feature_dim
+from clrun.training.network import OnlineNetwork, output_dim
+from clrun.training.target import TargetNetwork
 from clrun.training.views import Views
 
 
@@ -17,10 +18,12 @@ from clrun.training.views import Views
 class Parts:
     views: Views
     network: OnlineNetwork
+    target: Optional[TargetNetwork]
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
     eval_size: tuple[int, int]
+    total_steps: int
 
 
 def param_groups(modules: list[nn.Module], weight_decay_on_all: bool) -> list[dict[str, Any]]:
@@ -35,26 +38,30 @@ def param_groups(modules: list[nn.Module], weight_decay_on_all: bool) -> list[di
 
 
 def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per_epoch: int) -> Parts:
-    """``example``: a few uint8 images from the data set, used to measure view sizes and feature width."""
+    """``example``: a few uint8 images from the data set, used to measure view sizes and head widths."""
     views = Views(recipe.views, recipe.data)
     example_views = views(example)
     global_sizes = [tuple(v.shape[-2:]) for v, g in zip(example_views, views.is_global) if g]
     backbone = recipe.backbone.build()
-    width = feature_dim(backbone, example_views[0])
-    projector = recipe.projector.build(in_dim=width)
-    network = OnlineNetwork(backbone, projector).to(device)
+    example_features = torch.zeros(2, output_dim(backbone, example_views[0], "backbone"))
+    projector = recipe.projector.build(in_dim=example_features.shape[1])
+    projection_dim = output_dim(projector, example_features, "projector")
+    predictor = recipe.predictor.build(in_dim=projection_dim) if recipe.predictor is not None else None
+    network = OnlineNetwork(backbone, projector, predictor).to(device)
     if recipe.train.channels_last:
         network = network.to(memory_format=torch.channels_last)
         views.channels_last = True
-    loss_fn = recipe.loss.build().to(device)
+    steps = total_steps(recipe, steps_per_epoch)
+    # Copied after the move, so it shares the online network's device and memory layout.
+    target = TargetNetwork(network, recipe.target, steps) if recipe.target is not None else None
+    loss_fn = recipe.loss.build(in_dim=projection_dim).to(device)
     groups = param_groups([network, loss_fn], not recipe.train.exclude_bias_and_norm_from_weight_decay)
     optimizer = recipe.optimizer.build(params=groups)
     scheduler = None
     if recipe.scheduler is not None:
-        scheduler = recipe.scheduler.build(
-            optimizer=optimizer, total_steps=total_steps(recipe, steps_per_epoch), steps_per_epoch=steps_per_epoch
-        )
-    return Parts(views.to(device), network, loss_fn, optimizer, scheduler, global_sizes[0] if global_sizes else example_views[0].shape[-2:])
+        scheduler = recipe.scheduler.build(optimizer=optimizer, total_steps=steps, steps_per_epoch=steps_per_epoch)
+    eval_size = global_sizes[0] if global_sizes else tuple(example_views[0].shape[-2:])
+    return Parts(views.to(device), network, target, loss_fn, optimizer, scheduler, eval_size, steps)
 
 
 def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:

@@ -60,7 +60,7 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
             steps, started = 0, time.time()
             for images, _ in loader:
                 try:
-                    metrics = train_step(parts, images, device, recipe.train.precision, scaler, recipe.train.grad_clip)
+                    metrics = train_step(parts, images, device, recipe.train.precision, scaler, recipe.train.grad_clip, run.step)
                 except NonFiniteLossError as exc:
                     saved = (directory / checkpoint.FILE).is_file()
                     where = f"the last good checkpoint is in {directory}" if saved else "no checkpoint was written yet"
@@ -156,6 +156,7 @@ def save(run: Run) -> None:
         "epoch": run.epoch,
         "step": run.step,
         "network": parts.network.state_dict(),
+        "target": parts.target.state_dict() if parts.target is not None else None,
         "loss": parts.loss_fn.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
@@ -167,6 +168,11 @@ def save(run: Run) -> None:
 def restore(run: Run, state: dict) -> None:
     parts = run.parts
     parts.network.load_state_dict(state["network"])
+    if parts.target is not None:
+        if state.get("target") is None:
+            raise UserError("--resume: the checkpoint has no target network but the recipe has a `target:` section; "
+                            "resume with the recipe the run was started with")
+        parts.target.load_state_dict(state["target"])
     parts.loss_fn.load_state_dict(state["loss"])
     parts.optimizer.load_state_dict(state["optimizer"])
     if parts.scheduler is not None and state["scheduler"] is not None:

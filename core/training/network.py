@@ -1,45 +1,61 @@
-"""The online network: backbone -> projector, with views of equal size stacked into one call."""
+"""The online network: backbone -> projector -> optional predictor, with views of equal size stacked."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from clrun.training.outputs import StepOutputs
 
-
-def feature_dim(backbone: nn.Module, example: Tensor) -> int:
-    """The backbone's output width, measured on a tiny batch so any backbone works (timm's
+def output_dim(module: nn.Module, example: Tensor, what: str) -> int:
+    """A module's output width, measured on a tiny batch in eval mode so any module works (timm's
     ``num_features`` and ``head_hidden_size`` disagree for some models; third-party ones may have neither)."""
-    was_training = backbone.training
-    backbone.eval()
+    was_training = module.training
+    module.eval()
     with torch.no_grad():
-        out = backbone(example[:2])
-    backbone.train(was_training)
+        out = module(example[:2])
+    module.train(was_training)
     if out.ndim != 2:
-        raise ValueError(
-            f"the backbone must return pooled (batch, features) tensors; it returned shape {tuple(out.shape)}"
-        )
+        raise ValueError(f"the {what} must return (batch, features) tensors; it returned shape {tuple(out.shape)}")
     return int(out.shape[1])
 
 
+def size_groups(views: list[Tensor]) -> list[list[int]]:
+    """Indices of the views that share an image size, in first-seen order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, v in enumerate(views):
+        groups.setdefault(tuple(v.shape[1:]), []).append(i)
+    return list(groups.values())
+
+
+def embed(backbone: nn.Module, projector: nn.Module, views: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """(features, projections) per view. Views of the same size go through in one call: fewer, larger
+    kernels, and BatchNorm statistics over all those views together, as contrastive papers do."""
+    features: list[Optional[Tensor]] = [None] * len(views)
+    projections: list[Optional[Tensor]] = [None] * len(views)
+    for indices in size_groups(views):
+        f = backbone(torch.cat([views[i] for i in indices]))
+        z = projector(f)
+        for i, fi, zi in zip(indices, f.chunk(len(indices)), z.chunk(len(indices))):
+            features[i], projections[i] = fi, zi
+    return features, projections  # type: ignore[return-value]
+
+
 class OnlineNetwork(nn.Module):
-    def __init__(self, backbone: nn.Module, projector: nn.Module) -> None:
+    """The trained branch. ``forward(views) -> (features, projections, predictions or None)``, per view."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.projector = projector
+        self.predictor = predictor
 
-    def forward(self, views: list[Tensor], is_global: list[bool]) -> StepOutputs:
-        # Stack views of the same size into one backbone call: fewer, larger kernels, and BatchNorm
-        # statistics over all views together, as contrastive papers do.
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, v in enumerate(views):
-            groups.setdefault(tuple(v.shape[1:]), []).append(i)
-        features: list[Tensor | None] = [None] * len(views)
-        projections: list[Tensor | None] = [None] * len(views)
-        for indices in groups.values():
-            f = self.backbone(torch.cat([views[i] for i in indices]))
-            z = self.projector(f)
-            for i, fi, zi in zip(indices, f.chunk(len(indices)), z.chunk(len(indices))):
-                features[i], projections[i] = fi, zi
-        return StepOutputs(features=features, projections=projections, is_global=list(is_global))
+    def forward(self, views: list[Tensor]) -> tuple[list[Tensor], list[Tensor], Optional[list[Tensor]]]:
+        features, projections = embed(self.backbone, self.projector, views)
+        predictions = None
+        if self.predictor is not None:
+            # One predictor call over all views: like the projector, its BatchNorm sees them together.
+            sizes = [len(z) for z in projections]
+            predictions = list(self.predictor(torch.cat(projections)).split(sizes))
+        return features, projections, predictions

@@ -1,19 +1,28 @@
-"""What a loss receives: everything the views produced in one step."""
+"""What a loss receives: everything the networks produced in one step."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from torch import Tensor
 
 
 @dataclass
 class StepOutputs:
-    """The online network's outputs for one batch, per view (index i is view i in recipe order).
+    """The step's outputs, per view. Index ``i`` of the per-view lists is view ``i`` in recipe order
+    (a view with ``count: 2`` contributes two consecutive entries); every tensor has the batch's
+    ``B`` rows in the same image order, so row ``n`` of every view comes from image ``n``.
 
-    features:     backbone features, each (B, F)
-    projections:  projector outputs, each (B, D)
-    is_global:    whether view i is a global view (local views: multi-crop)
+    features:           online backbone features, each ``(B, F)``
+    projections:        online projector outputs, each ``(B, D)``
+    is_global:          whether view ``i`` is a global view (local views: multi-crop, usually smaller)
+    predictions:        online predictor outputs, each ``(B, D')``; ``None`` when the recipe has no predictor
+    target_projections: the momentum target network's projector outputs for the *global* views only,
+                        in global-view order (entry ``k`` is the ``k``-th global view), each ``(B, D)``,
+                        computed without gradient; ``None`` when the recipe has no target network
+    step:               optimizer steps completed before this one (0 on the first step)
+    total_steps:        optimizer steps the run will take in all
 
     A loss returns a scalar tensor, or a dict with ``"loss"`` and extra scalar metrics to log.
     """
@@ -21,7 +30,22 @@ class StepOutputs:
     features: list[Tensor]
     projections: list[Tensor]
     is_global: list[bool]
+    predictions: Optional[list[Tensor]] = None
+    target_projections: Optional[list[Tensor]] = None
+    step: int = 0
+    total_steps: int = 1
+
+    def _global(self, per_view: list[Tensor]) -> list[Tensor]:
+        return [t for t, g in zip(per_view, self.is_global) if g]
+
+    @property
+    def global_features(self) -> list[Tensor]:
+        return self._global(self.features)
 
     @property
     def global_projections(self) -> list[Tensor]:
-        return [p for p, g in zip(self.projections, self.is_global) if g]
+        return self._global(self.projections)
+
+    @property
+    def global_predictions(self) -> Optional[list[Tensor]]:
+        return None if self.predictions is None else self._global(self.predictions)

@@ -1,4 +1,4 @@
-"""One optimizer step: views on the device, online network, loss, backward, update."""
+"""One optimizer step: views on the device, online (and target) network, loss, backward, update."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from clrun.training.build import Parts
+from clrun.training.outputs import StepOutputs
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -26,12 +27,23 @@ def split_loss(result: Any) -> tuple[Tensor, dict[str, float]]:
     raise TypeError(f"a loss must return a scalar tensor or a dict with 'loss'; got {type(result).__name__}")
 
 
-def train_step(parts: Parts, images: Tensor, device: torch.device, precision: str,
-               scaler: torch.amp.GradScaler, grad_clip: float | None) -> dict[str, float]:
+def step_outputs(parts: Parts, images: Tensor, device: torch.device, step: int) -> StepOutputs:
+    """Views on the device, the online network on all of them, the target network on the global ones."""
     views = parts.views(images.to(device, non_blocking=True))
+    is_global = parts.views.is_global
+    features, projections, predictions = parts.network(views)
+    targets = None
+    if parts.target is not None:
+        targets = parts.target([v for v, g in zip(views, is_global) if g])
+    return StepOutputs(features, projections, list(is_global), predictions, targets, step, parts.total_steps)
+
+
+def train_step(parts: Parts, images: Tensor, device: torch.device, precision: str,
+               scaler: torch.amp.GradScaler, grad_clip: float | None, step: int) -> dict[str, float]:
+    """One optimizer step; ``step`` is the number of steps completed before it."""
     dtype = PRECISIONS[precision]
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        out = parts.network(views, parts.views.is_global)
+        out = step_outputs(parts, images, device, step)
         loss, extras = split_loss(parts.loss_fn(out))
     value = loss.item()
     if value != value or value in (float("inf"), float("-inf")):
@@ -41,10 +53,15 @@ def train_step(parts: Parts, images: Tensor, device: torch.device, precision: st
     scaler.scale(loss).backward()
     if grad_clip is not None:
         scaler.unscale_(parts.optimizer)
-        torch.nn.utils.clip_grad_norm_(parts.network.parameters(), grad_clip)
+        params = [p for group in parts.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     lr = parts.optimizer.param_groups[0]["lr"]  # the rate this step used
     scaler.step(parts.optimizer)
     scaler.update()
     if parts.scheduler is not None:
         parts.scheduler.step()
-    return {"loss": value, "lr": lr, **extras}
+    metrics = {"loss": value, "lr": lr, **extras}
+    if parts.target is not None:
+        metrics["target_momentum"] = float(parts.target.momentum)  # the momentum this update uses
+        parts.target.update(parts.network)
+    return metrics
