@@ -7,6 +7,8 @@ injects ``in_dim`` (the width of the head's input); a recipe must not set it.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor, nn
 
 from clrun import Component, hookimpl
@@ -101,6 +103,19 @@ class IdentityProjector(nn.Module):
         return x
 
 
+def mlp_predictor(
+    in_dim: int,
+    hidden_dim: int = 2048,
+    out_dim: Optional[int] = None,
+    num_layers: int = 2,
+    batch_norm: bool = True,
+    last_batch_norm: bool = False,
+) -> MLPProjector:
+    """The MLP as a predictor head (BYOL, SimSiam): ``out_dim`` defaults to ``in_dim``, the projection width,
+    because the loss compares predictions with projections."""
+    return MLPProjector(in_dim, hidden_dim, in_dim if out_dim is None else out_dim, num_layers, batch_norm, last_batch_norm)
+
+
 @hookimpl
 def clrun_components() -> list[Component]:
     return [
@@ -115,7 +130,7 @@ def clrun_components() -> list[Component]:
         Component(
             "predictor",
             "clrun/mlp",
-            MLPProjector,
+            mlp_predictor,
             "an MLP predictor head on the online branch: Linear-BN-ReLU layers, optional output batch norm",
         ),
     ]

@@ -121,6 +121,9 @@ def test_components_offered():
     by_kind_name = {(c.kind, c.name): c for c in offered}
     assert set(by_kind_name) == {("projector", "clrun/mlp"), ("projector", "clrun/identity"), ("predictor", "clrun/mlp")}
     assert by_kind_name["projector", "clrun/mlp"].factory is MLPProjector
-    assert by_kind_name["predictor", "clrun/mlp"].factory is MLPProjector  # the same MLP heads the online branch
+    predictor = by_kind_name["predictor", "clrun/mlp"].factory(in_dim=24, hidden_dim=16)
+    assert isinstance(predictor, MLPProjector)  # the same MLP heads the online branch
+    assert predictor(torch.randn(3, 24)).shape == (3, 24)  # out_dim defaults to in_dim: predictions match projections
+    assert by_kind_name["predictor", "clrun/mlp"].factory(in_dim=24, out_dim=8).out_dim == 8
     assert by_kind_name["projector", "clrun/identity"].factory is IdentityProjector
     assert by_kind_name["projector", "clrun/identity"].summary == "no projector: the loss sees the backbone features"

@@ -25,10 +25,12 @@ class ComponentSpec:
 
     def build(self, **injected: Any) -> Any:
         """Build nested entries, then call the factory with the recipe's settings and the injected values
-        the factory declares (a projector's ``in_dim``, an optimizer's ``params``...)."""
-        params, var_keyword = parameters(self.component.factory)
+        the factory declares by name (a projector's ``in_dim``, an optimizer's ``params``...)."""
+        params, _ = parameters(self.component.factory)
         kwargs = {k: _build(v) for k, v in self.params.items()}
-        kwargs.update({k: v for k, v in injected.items() if var_keyword or k in params})
+        # Only to factories that name them: a ``**kwargs`` catch-all (an nn.Module subclass without its
+        # own __init__ has one) would otherwise receive values it never asked for.
+        kwargs.update({k: v for k, v in injected.items() if k in params})
         try:
             return self.component.factory(**kwargs)
         except (DataError, DataNotFoundError):

@@ -1,0 +1,120 @@
+"""Barlow Twins' loss: the cross-correlation matrix of two views' projections, pushed to the identity."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clrun import ComponentError
+from clrun.plugins.losses.ntxent import _autocast_off
+
+
+def _check(name: str, value: Any, expected: str, positive: bool) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (positive and value == 0)
+    ):
+        raise ComponentError(f"clrun/barlow_twins: {name} must be {expected}, got {value!r}")
+    return float(value)
+
+
+class BarlowTwinsLoss(nn.Module):
+    r"""The redundancy-reduction loss of Barlow Twins.
+
+    Zbontar, Jing, Misra, LeCun and Deny (2021), "Barlow Twins: Self-Supervised Learning via
+    Redundancy Reduction", ICML 2021 (arXiv:2103.03230), eqs. (1) and (2); the constants follow the
+    official code (facebookresearch/barlowtwins).
+
+    Input: the projector outputs ``z^A, z^B`` of two global views of the same ``N`` images, each of
+    shape ``(N, D)``; row ``n`` of both comes from image ``n``. Local views (multi-crop) are ignored.
+    Each view is standardized per dimension over the batch, like ``BatchNorm1d(D, affine=False)`` in
+    training mode (biased variance, ``eps = 1e-5``):
+
+        zn_{n,i} = (z_{n,i} - mean_n z_{n,i}) / sqrt(var_n z_{n,i} + 1e-5)
+
+    and with the ``(D, D)`` cross-correlation matrix ``C = zn^A^T zn^B / N``,
+
+        on_diagonal  = sum_i (1 - C_ii)^2                 (invariance)
+        off_diagonal = sum_i sum_{j != i} C_ij^2          (redundancy reduction)
+        loss         = scale_loss * (on_diagonal + lambd * off_diagonal)
+
+    With more than two global views, the loss and the metrics are averaged over all unordered pairs
+    of global views. The standardization and the matmul run in at least float32, also under autocast
+    (float64 inputs stay float64). A batch needs at least 2 images.
+
+    Args:
+        lambd: ``lambda >= 0``, the weight of the off-diagonal (redundancy) term; 0.0051 in the
+            official code (the paper's 5e-3 for D = 8192).
+        scale_loss: ``> 0``, a factor on the whole loss; 1 in the paper (solo-learn uses 0.1 on
+            CIFAR). With plain SGD it acts like a learning-rate factor; with LARS or Adam it mostly
+            does not matter.
+
+    Returns (from ``forward``): a dict with the scalar ``"loss"`` and detached 0-dim metrics:
+
+        on_diagonal:  ``sum_i (1 - C_ii)^2``, unweighted (0 when the views agree perfectly);
+        off_diagonal: ``sum_{i != j} C_ij^2``, unweighted (0 for decorrelated dimensions).
+    """
+
+    def __init__(self, lambd: float = 0.0051, scale_loss: float = 1.0):
+        super().__init__()
+        self.lambd = _check("lambd", lambd, "a finite number >= 0 (the official code uses 0.0051)", False)
+        self.scale_loss = _check(
+            "scale_loss", scale_loss, "a finite number > 0 (1.0 in the paper; solo-learn uses 0.1 on CIFAR)", True
+        )
+
+    def extra_repr(self) -> str:
+        return f"lambd={self.lambd}, scale_loss={self.scale_loss}"
+
+    def forward(self, out: Any) -> dict[str, Tensor]:
+        views = [z for z, g in zip(out.projections, out.is_global) if g]
+        if len(views) < 2:
+            raise ComponentError(
+                f"clrun/barlow_twins compares at least 2 global views; the recipe makes {len(views)}. "
+                "Use a global view section with count 2 (a section without `local: true`)."
+            )
+        shape = tuple(views[0].shape)
+        if len(shape) != 2 or any(tuple(z.shape) != shape for z in views):
+            raise ComponentError(
+                "clrun/barlow_twins needs the global views' projections as (batch, dim) tensors of the same "
+                "shape; got " + ", ".join(str(tuple(z.shape)) for z in views)
+            )
+        n, d = shape
+        if n < 2:
+            raise ComponentError(
+                f"clrun/barlow_twins needs at least 2 images per batch to standardize each dimension over "
+                f"the batch; got batch size {n}. Raise the batch size, or drop the last incomplete batch if "
+                "it is the one with a single image."
+            )
+
+        dtype = torch.float32
+        for z in views:
+            dtype = torch.promote_types(dtype, z.dtype)  # fp16/bf16 -> fp32, fp64 stays
+        with _autocast_off(views[0].device.type):
+            standardized = []
+            for z in views:
+                z = z.to(dtype)
+                mean = z.mean(dim=0)
+                var = z.var(dim=0, unbiased=False)
+                standardized.append((z - mean) / torch.sqrt(var + 1e-5))
+            eye = torch.eye(d, dtype=torch.bool, device=views[0].device)
+            losses, on_terms, off_terms = [], [], []
+            for a, b in itertools.combinations(standardized, 2):
+                c = a.T @ b / n  # (D, D) cross-correlation
+                on = (1.0 - torch.diagonal(c)).pow(2).sum()
+                off = c.masked_fill(eye, 0.0).pow(2).sum()
+                losses.append(on + self.lambd * off)
+                on_terms.append(on.detach())
+                off_terms.append(off.detach())
+            loss = self.scale_loss * torch.stack(losses).mean()
+        return {
+            "loss": loss,
+            "on_diagonal": torch.stack(on_terms).mean(),
+            "off_diagonal": torch.stack(off_terms).mean(),
+        }

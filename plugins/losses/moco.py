@@ -1,0 +1,150 @@
+"""MoCo's loss: InfoNCE between online queries and momentum keys, with a queue of past keys as negatives."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clrun import ComponentError
+from clrun.plugins.losses.ntxent import _autocast_off
+from clrun.plugins.losses.queue import ring_enqueue
+
+NEEDS_TARGET = (
+    "clrun/moco needs a momentum target network: add a `target:` section to the recipe (e.g. momentum: 0.99)"
+)
+
+
+def _int_arg(owner: str, name: str, value: object, minimum: int, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ComponentError(f"{owner}: {name} must be an integer >= {minimum}{hint}, got {value!r}")
+    return value
+
+
+def _positive_float_arg(owner: str, name: str, value: object, hint: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ComponentError(f"{owner}: {name} must be a number > 0{hint}, got {value!r}")
+    return float(value)
+
+
+class MoCoLoss(nn.Module):
+    r"""Momentum Contrast: InfoNCE of online queries against momentum keys and a FIFO queue of old keys.
+
+    He, Fan, Wu, Xie and Girshick (2020), "Momentum Contrast for Unsupervised Visual Representation
+    Learning", CVPR 2020 (arXiv:1911.05722), eq. (1) and Algorithm 1; Chen, Fan, Girshick and He
+    (2020), "Improved Baselines with Momentum Contrastive Learning" (MoCo v2, arXiv:2003.04297) for
+    the MLP head, ``tau = 0.2`` and the defaults; symmetrized over the global views as solo-learn's
+    ``mocov2plus`` does.
+
+    Input: the online projections of the ``G >= 2`` global views (``out.projections``, each
+    ``(N, D)``) and the momentum target network's projections of the same views
+    (``out.target_projections``, each ``(N, D)``; entry ``k`` is the ``k``-th global view). Row ``n``
+    of every tensor comes from image ``n``; local views are ignored. With the queries
+    ``q_i = normalize(projection of global view i)``, the keys ``k_j = normalize(target projection of
+    global view j)`` (a stop-gradient) and the queue ``Q`` of ``queue_size`` unit vectors (rows),
+
+        l(q, k)_n = -log( exp(q_n.k_n / tau) / (exp(q_n.k_n / tau) + sum_m exp(q_n.Q_m / tau)) )
+        loss      = mean over ordered pairs (i, j), i != j, of mean_n l(q_i, k_j)_n
+
+    i.e. a cross entropy over the logits ``[q_n.k_n, q_n.Q^T] / tau`` with target index 0; with two
+    global views ``loss = (l(q_1, k_2) + l(q_2, k_1)) / 2``. The normalization and products run in
+    at least float32, also under autocast (float64 inputs stay float64).
+
+    After the loss, in training mode only (``self.training``), the keys of all global views of the
+    batch (``G * N`` rows, in global-view order) are copied into the queue, first in first out: the
+    ``queue`` buffer ``(queue_size, D)`` is a ring and the ``queue_ptr`` buffer (0-dim int64) is the
+    row the next key goes to; a write that passes the last row wraps around, and a write of more
+    than ``queue_size`` keys keeps the newest. Both are persistent buffers, so ``state_dict()``
+    holds the whole state. The queue starts as random unit vectors (from torch's global RNG), as in
+    MoCo; the first ``queue_size / (G N)`` steps therefore use some random negatives.
+
+    Args:
+        in_dim:      the projections' width ``D`` (injected by the training loop; sizes the queue).
+        queue_size:  number of negative keys kept (MoCo: 65536; MoCo v2 on CIFAR often 4096).
+        temperature: ``tau > 0`` (MoCo v1: 0.07, MoCo v2: 0.2).
+
+    Returns (from ``forward``): a dict with the scalar ``"loss"`` and detached 0-dim metrics:
+
+        contrastive_acc: fraction of the (pair, image) queries whose positive key has the highest
+                         logit (top-1 accuracy; a tie counts for the positive, like ``argmax``);
+        pos_cosine:      mean cosine similarity of query and positive key over all pairs;
+        neg_cosine:      mean cosine similarity of the queries and the queue entries.
+    """
+
+    def __init__(self, in_dim: int, queue_size: int = 65536, temperature: float = 0.2):
+        super().__init__()
+        self.in_dim = _int_arg("clrun/moco", "in_dim", in_dim, 1, " (the projections' width, set by the training loop)")
+        self.queue_size = _int_arg(
+            "clrun/moco", "queue_size", queue_size, 1, " (MoCo uses 65536; keep it a few times the batch size)"
+        )
+        self.temperature = _positive_float_arg(
+            "clrun/moco", "temperature", temperature, " (MoCo v2 uses 0.2, MoCo v1 0.07)"
+        )
+        # Random unit vectors, drawn from torch's global RNG (seeded by the run), as in MoCo.
+        self.register_buffer("queue", F.normalize(torch.randn(self.queue_size, self.in_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, queue_size={self.queue_size}, temperature={self.temperature}"
+
+    def _inputs(self, out: Any) -> tuple[list[Tensor], list[Tensor]]:
+        targets = getattr(out, "target_projections", None)
+        if targets is None:
+            raise ComponentError(NEEDS_TARGET)
+        queries = [p for p, g in zip(out.projections, out.is_global) if g]
+        if len(queries) < 2:
+            raise ComponentError(
+                f"clrun/moco needs at least 2 global views (each view's query is matched with the key of "
+                f"another global view); the recipe makes {len(queries)}. "
+                "Use a global view section with count 2 (a section without `local: true`)."
+            )
+        if len(targets) != len(queries):
+            raise ComponentError(
+                f"clrun/moco got {len(targets)} target projections for {len(queries)} global views; "
+                "it needs one per global view"
+            )
+        shapes = [tuple(t.shape) for t in queries + list(targets)]
+        n = shapes[0][0] if len(shapes[0]) == 2 else -1
+        if any(s != (n, self.in_dim) for s in shapes):
+            raise ComponentError(
+                f"clrun/moco needs the global views' projections and target projections as (batch, "
+                f"{self.in_dim}) tensors with the same batch size; got {shapes}"
+            )
+        if n < 1:
+            raise ComponentError("clrun/moco needs at least 1 image per batch; got an empty batch")
+        return queries, list(targets)
+
+    def forward(self, out: Any) -> dict[str, Tensor]:
+        queries, targets = self._inputs(out)
+        g = len(queries)
+        dtype = torch.promote_types(queries[0].dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
+        with _autocast_off(queries[0].device.type):
+            q = [F.normalize(t.to(dtype), dim=1) for t in queries]
+            k = [F.normalize(t.detach().to(dtype), dim=1) for t in targets]
+            # A copy: the queue is written below, and autograd keeps this operand for the backward pass.
+            queue = self.queue.detach().to(dtype=dtype, copy=True)
+            neg = [qi @ queue.T for qi in q]  # (N, queue_size) cosines, once per query view
+            lse_neg = [torch.logsumexp(c / self.temperature, dim=1) for c in neg]
+            losses, pos = [], []
+            for i in range(g):
+                for j in range(g):
+                    if i != j:
+                        p = (q[i] * k[j]).sum(dim=1)  # (N,) positive cosines
+                        s = p / self.temperature
+                        # -log softmax at index 0 of [s, neg / tau]
+                        losses.append((torch.logaddexp(s, lse_neg[i]) - s).mean())
+                        pos.append((i, p))
+            loss = torch.stack(losses).mean()
+
+            with torch.no_grad():
+                max_neg = [c.max(dim=1).values for c in neg]
+                acc = torch.cat([(p.detach() >= max_neg[i]).to(dtype) for i, p in pos]).mean()
+                pos_cos = torch.cat([p.detach() for _, p in pos]).mean()
+                neg_cos = torch.stack([c.detach().mean() for c in neg]).mean()
+
+        if self.training:
+            ring_enqueue(self.queue, self.queue_ptr, torch.cat(k, dim=0))
+        return {"loss": loss, "contrastive_acc": acc, "pos_cosine": pos_cos, "neg_cosine": neg_cos}

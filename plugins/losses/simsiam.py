@@ -1,0 +1,105 @@
+"""SimSiam's loss: negative cosine between predictions and stop-gradient projections of another view."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clrun import ComponentError
+from clrun.plugins.losses.ntxent import _autocast_off
+
+NEEDS_PREDICTOR = (
+    "clrun/simsiam needs a predictor head on the online branch: add a `predictor:` section to the recipe "
+    "(e.g. name: clrun/mlp)"
+)
+
+
+class SimSiamLoss(nn.Module):
+    r"""The symmetrized negative cosine similarity of SimSiam, with a stop-gradient on the targets.
+
+    Chen and He (2021), "Exploring Simple Siamese Representation Learning", CVPR 2021
+    (arXiv:2011.10566), eqs. (1) to (4).
+
+    Input: the online predictor's outputs ``p_i`` for every view ``i`` (``out.predictions``, each of
+    shape ``(N, D)``) and the online projector's outputs ``z_j`` of the global views
+    (``out.projections``, each ``(N, D)``); row ``n`` of every tensor comes from image ``n``. There is
+    no target network: the targets are the online projections themselves, detached (the paper's
+    ``stopgrad``), so they receive no gradient from the term they are the target of; view ``j`` still
+    gets gradient through its own prediction ``p_j``. With
+
+        D(p, z) = -(1/N) sum_n cos(p_n, stopgrad(z_n))
+
+    the loss is the mean over the pairs (view ``i`` predicts global view ``j``, ``i != j``):
+
+        loss = mean_{global view j, view i != j} D(p_i, z_j)
+
+    which for two global views is the paper's ``L = D(p_1, z_2)/2 + D(p_2, z_1)/2``, in ``[-1, 1]``.
+    Local views (multi-crop) only predict the global views. The normalization and products run in at
+    least float32, also under autocast (float64 inputs stay float64).
+
+    SimSiam has no loss hyper-parameters; its predictor (the paper: an MLP 2048 -> 512 -> 2048 with a
+    bottleneck) is the recipe's ``predictor:`` section.
+
+    Returns (from ``forward``): a dict with the scalar ``"loss"`` and the detached 0-dim metric
+
+        output_std_ratio: the paper's collapse indicator (section 4.1, Fig. 2): the standard deviation
+                          over the batch of the l2-normalized global projections ``z / ||z||``,
+                          averaged over the ``D`` channels and multiplied by ``sqrt(D)``; about 1 for
+                          well-spread outputs (the std of a random unit vector's entries is
+                          ``1/sqrt(D)``), 0 when the outputs have collapsed to a constant. Averaged over
+                          the global views; the unbiased std, so NaN for a batch of one image.
+    """
+
+    def forward(self, out: Any) -> dict[str, Tensor]:
+        predictions = getattr(out, "predictions", None)
+        if predictions is None:
+            raise ComponentError(NEEDS_PREDICTOR)
+        global_idx = [i for i, g in enumerate(out.is_global) if g]
+        if len(global_idx) < 2:
+            raise ComponentError(
+                f"clrun/simsiam needs at least 2 global views (each view's prediction is compared with the "
+                f"projection of another global view); the recipe makes {len(global_idx)}. "
+                "Use a global view section with count 2 (a section without `local: true`)."
+            )
+        if len(predictions) != len(out.is_global):
+            raise ComponentError(
+                f"clrun/simsiam got {len(predictions)} predictions for {len(out.is_global)} views; "
+                "it needs one per view"
+            )
+        shape = tuple(predictions[0].shape)
+        if len(shape) != 2 or any(tuple(p.shape) != shape for p in predictions):
+            raise ComponentError(
+                "clrun/simsiam needs every view's predictions as (batch, dim) tensors of the same shape; got "
+                + ", ".join(str(tuple(p.shape)) for p in predictions)
+            )
+        projections = [out.projections[j] for j in global_idx]
+        for z in projections:
+            if tuple(z.shape) != shape:
+                raise ComponentError(
+                    f"clrun/simsiam needs global projections of the predictions' shape {shape}; got "
+                    f"{tuple(z.shape)}. The predictor's output width must equal the projector's (out_dim)."
+                )
+
+        dtype = torch.float32
+        for x in (*predictions, *projections):
+            dtype = torch.promote_types(dtype, x.dtype)  # fp16/bf16 -> fp32, fp64 stays
+        with _autocast_off(predictions[0].device.type):
+            p = [F.normalize(x.to(dtype), dim=1) for x in predictions]
+            z = [F.normalize(x.detach().to(dtype), dim=1) for x in projections]  # stopgrad
+            terms = []
+            for k, j in enumerate(global_idx):
+                for i in range(len(p)):
+                    if i != j:
+                        terms.append(-(p[i] * z[k]).sum(dim=1).mean())
+            loss = torch.stack(terms).mean()
+
+            with torch.no_grad():
+                if shape[0] < 2:  # no spread to measure (torch.std would warn every step)
+                    std_ratio = z[0].new_full((), float("nan"))
+                else:
+                    std_ratio = torch.stack([zk.std(dim=0).mean() for zk in z]).mean() * math.sqrt(shape[1])
+        return {"loss": loss, "output_std_ratio": std_ratio}

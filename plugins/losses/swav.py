@@ -1,0 +1,206 @@
+"""SwAV's loss: swapped prediction of Sinkhorn-Knopp cluster codes over learned prototypes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clrun import ComponentError
+from clrun.plugins.losses.moco import _int_arg, _positive_float_arg
+from clrun.plugins.losses.ntxent import _autocast_off
+from clrun.plugins.losses.sinkhorn import sinkhorn_knopp
+
+
+class SwAVLoss(nn.Module):
+    r"""SwAV: predict the cluster code of one view from another view, codes from Sinkhorn-Knopp.
+
+    Caron, Misra, Mairal, Goyal, Bojanowski and Joulin (2020), "Unsupervised Learning of Visual
+    Features by Contrasting Cluster Assignments", NeurIPS 2020 (arXiv:2006.09882), eqs. (2)-(3) and
+    the official code (facebookresearch/swav, main_swav.py), whose defaults these are.
+
+    Input: the online projections of all views (``out.projections``, each ``(N, D)``, global and
+    local; row ``n`` of every view comes from image ``n``). The loss owns ``K`` prototypes
+    ``C = self.prototypes.weight`` ``(K, D)``, an ``nn.Linear(D, K, bias=False)`` trained with the
+    network. In training mode every forward first rescales the prototype rows to unit length in
+    place (as the official code does before each iteration). Then, with ``z_v = normalize(view v)``
+    and ``s_v = z_v C^T`` ``(N, K)``:
+
+        q_i    = sinkhorn_knopp(s_i, sinkhorn_iterations, epsilon)   for every global view i
+                 (no gradient; each row sums to 1, each column to about N / K)
+        l_i    = mean_{views v != i} mean_n ( -sum_k q_i[n, k] log softmax(s_v[n] / temperature)[k] )
+        loss   = mean over the global views i of l_i
+
+    While ``out.step < freeze_prototypes_steps`` the prototypes get no gradient (the scores use the
+    detached weight, so ``prototypes.weight.grad`` stays ``None`` and the optimizer skips it), as
+    the official ``freeze_prototypes_niters``.
+
+    Optional queue (``queue_length > 0``, for small batches): the buffer ``queue``
+    ``(queue_views, queue_length, D)`` holds the newest normalized projections of each global view
+    (row 0 the newest) and ``queue_fill`` how many rows are filled. When ``out.step >=
+    queue_start_step`` and the queue is full, the scores of view ``i``'s queue rows (with the current
+    prototypes) are appended to the batch's scores before Sinkhorn-Knopp, and the codes of the batch's
+    rows are kept. After the loss, in training mode, the batch's ``z_i`` go in front:
+    ``queue[i] = cat(z_i, queue[i])[:queue_length]`` (the official ``queue[i, bs:] = queue[i, :-bs];
+    queue[i, :bs] = z``). Filling starts with the first step, so the queue is in use from
+    ``queue_start_step`` on once ``queue_length / N`` steps have passed. The prototypes, ``queue`` and
+    ``queue_fill`` are all in ``state_dict()``.
+
+    Scores, codes and the softmax run in at least float32, also under autocast (float64 stays
+    float64).
+
+    Args:
+        in_dim:                  the projections' width ``D`` (injected by the training loop).
+        num_prototypes:          ``K`` (SwAV: 3000 on ImageNet; a few hundred for small data sets).
+        temperature:             of the softmax over prototypes (SwAV: 0.1).
+        sinkhorn_iterations:     Sinkhorn-Knopp iterations (SwAV: 3).
+        epsilon:                 entropic regularization of the codes (SwAV: 0.05; lower is sharper).
+        freeze_prototypes_steps: steps during which the prototypes are not trained (SwAV: 313).
+        queue_length:            projections kept per global view; 0 turns the queue off (SwAV: 3840
+                                 with batches of 256, started at epoch 15).
+        queue_start_step:        first step at which a full queue is used.
+        queue_views:             number of global views the queue is sized for (the recipe must make
+                                 exactly this many when the queue is on).
+
+    Returns (from ``forward``): a dict with the scalar ``"loss"`` and detached 0-dim metrics:
+
+        code_entropy:    entropy (nats) of the mean code over the batch and global views; ``log K``
+                         when every prototype gets the same share;
+        prototypes_used: fraction of the prototypes that are the top assignment of some code;
+        queue_used:      (only with a queue) 1 when this step's codes used the queue, else 0.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_prototypes: int = 3000,
+        temperature: float = 0.1,
+        sinkhorn_iterations: int = 3,
+        epsilon: float = 0.05,
+        freeze_prototypes_steps: int = 313,
+        queue_length: int = 0,
+        queue_start_step: int = 0,
+        queue_views: int = 2,
+    ):
+        super().__init__()
+        name = "clrun/swav"
+        self.in_dim = _int_arg(name, "in_dim", in_dim, 1, " (the projections' width, set by the training loop)")
+        self.num_prototypes = _int_arg(
+            name, "num_prototypes", num_prototypes, 2, " (SwAV uses 3000 on ImageNet)"
+        )
+        self.temperature = _positive_float_arg(name, "temperature", temperature, " (SwAV uses 0.1)")
+        self.sinkhorn_iterations = _int_arg(
+            name, "sinkhorn_iterations", sinkhorn_iterations, 1, " (SwAV uses 3)"
+        )
+        self.epsilon = _positive_float_arg(name, "epsilon", epsilon, " (SwAV uses 0.05)")
+        self.freeze_prototypes_steps = _int_arg(
+            name, "freeze_prototypes_steps", freeze_prototypes_steps, 0,
+            " (SwAV uses 313; 0 trains them from the start)",
+        )
+        self.queue_length = _int_arg(
+            name, "queue_length", queue_length, 0, " (0 turns the queue off; SwAV uses 3840 with batches of 256)"
+        )
+        self.queue_start_step = _int_arg(name, "queue_start_step", queue_start_step, 0, "")
+        self.queue_views = _int_arg(
+            name, "queue_views", queue_views, 1, " (the number of global views the recipe makes)"
+        )
+        # Initialized like any nn.Linear (torch's global RNG); rows are normalized at each training forward.
+        self.prototypes = nn.Linear(self.in_dim, self.num_prototypes, bias=False)
+        self.register_buffer("queue", torch.zeros(self.queue_views, self.queue_length, self.in_dim))
+        self.register_buffer("queue_fill", torch.zeros((), dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_dim={self.in_dim}, num_prototypes={self.num_prototypes}, temperature={self.temperature}, "
+            f"sinkhorn_iterations={self.sinkhorn_iterations}, epsilon={self.epsilon}, "
+            f"freeze_prototypes_steps={self.freeze_prototypes_steps}, queue_length={self.queue_length}, "
+            f"queue_start_step={self.queue_start_step}, queue_views={self.queue_views}"
+        )
+
+    def _check(self, out: Any) -> list[int]:
+        views = out.projections
+        global_idx = [i for i, g in enumerate(out.is_global) if g]
+        if not global_idx:
+            raise ComponentError(
+                "clrun/swav needs at least 1 global view (its codes are the targets); the recipe makes 0. "
+                "Add a global view section (a section without `local: true`)."
+            )
+        if len(views) < 2:
+            raise ComponentError(
+                f"clrun/swav needs at least 2 views (the code of one view is predicted from another); "
+                f"the recipe makes {len(views)}. Use a global view section with count 2."
+            )
+        if self.queue_length > 0 and len(global_idx) != self.queue_views:
+            raise ComponentError(
+                f"clrun/swav's queue is sized for queue_views={self.queue_views} global views, but the recipe "
+                f"makes {len(global_idx)}; set queue_views: {len(global_idx)} in the loss section"
+            )
+        shapes = [tuple(v.shape) for v in views]
+        n = shapes[0][0] if len(shapes[0]) == 2 else -1
+        if any(s != (n, self.in_dim) for s in shapes):
+            raise ComponentError(
+                f"clrun/swav needs every view's projections as (batch, {self.in_dim}) tensors with the same "
+                f"batch size; got {shapes}"
+            )
+        if n < 1:
+            raise ComponentError("clrun/swav needs at least 1 image per batch; got an empty batch")
+        return global_idx
+
+    def forward(self, out: Any) -> dict[str, Tensor]:
+        global_idx = self._check(out)
+        views = out.projections
+        n = views[0].shape[0]
+        step = int(out.step)
+        weight = self.prototypes.weight
+        if self.training:
+            with torch.no_grad():  # unit prototypes, in place, before every training step (official code)
+                weight.copy_(F.normalize(weight, dim=1))
+        else:  # evaluation leaves the state alone
+            weight = F.normalize(weight, dim=1)
+        if step < self.freeze_prototypes_steps:
+            weight = weight.detach()  # frozen: no gradient reaches the prototypes
+        use_queue = (
+            self.queue_length > 0 and step >= self.queue_start_step and int(self.queue_fill) == self.queue_length
+        )
+
+        dtype = torch.promote_types(views[0].dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
+        with _autocast_off(views[0].device.type):
+            w = weight.to(dtype)
+            z = [F.normalize(v.to(dtype), dim=1) for v in views]
+            scores = [zv @ w.T for zv in z]  # (N, K) per view
+            with torch.no_grad():
+                codes = []
+                for slot, i in enumerate(global_idx):
+                    s = scores[i].detach()
+                    if use_queue:
+                        s = torch.cat([s, self.queue[slot].to(dtype) @ w.detach().T])
+                    codes.append(sinkhorn_knopp(s, self.sinkhorn_iterations, self.epsilon)[:n])
+            per_global = []
+            for q, i in zip(codes, global_idx):
+                swapped = [
+                    -(q * F.log_softmax(scores[v] / self.temperature, dim=1)).sum(dim=1).mean()
+                    for v in range(len(views))
+                    if v != i
+                ]
+                per_global.append(torch.stack(swapped).mean())
+            loss = torch.stack(per_global).mean()
+
+            with torch.no_grad():
+                all_codes = torch.cat(codes)
+                mean_code = all_codes.mean(dim=0)
+                entropy = -(mean_code * mean_code.clamp_min(torch.finfo(dtype).tiny).log()).sum()
+                used = torch.zeros(self.num_prototypes, dtype=torch.bool, device=all_codes.device)
+                used[all_codes.argmax(dim=1)] = True
+                metrics = {"code_entropy": entropy, "prototypes_used": used.to(dtype).mean()}
+                if self.queue_length > 0:
+                    metrics["queue_used"] = torch.tensor(float(use_queue), dtype=dtype)
+
+        if self.training and self.queue_length > 0:
+            with torch.no_grad():
+                for slot, i in enumerate(global_idx):
+                    fresh = z[i].detach().to(self.queue.dtype)
+                    self.queue[slot] = torch.cat([fresh, self.queue[slot]])[: self.queue_length]
+                self.queue_fill.fill_(min(int(self.queue_fill) + n, self.queue_length))
+        return {"loss": loss, **metrics}

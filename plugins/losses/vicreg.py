@@ -1,0 +1,126 @@
+"""VICReg's loss: variance, invariance and covariance regularization of two views' projections."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clrun import ComponentError
+from clrun.plugins.losses.ntxent import _autocast_off
+
+STD_EPS = 1e-4  # inside the square root of the variance term, as in the paper and the official code
+
+
+def _check(name: str, value: Any, default: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ComponentError(
+            f"clrun/vicreg: {name} must be a finite number >= 0 (the paper uses {default:g}), got {value!r}"
+        )
+    return float(value)
+
+
+class VICRegLoss(nn.Module):
+    r"""Variance-Invariance-Covariance Regularization.
+
+    Bardes, Ponce and LeCun (2022), "VICReg: Variance-Invariance-Covariance Regularization for
+    Self-Supervised Learning", ICLR 2022 (arXiv:2105.04906), eqs. (1) to (6); the reductions follow
+    the official code (facebookresearch/vicreg).
+
+    Input: the projector outputs ``z^A, z^B`` of two global views of the same ``N`` images, each of
+    shape ``(N, D)``; row ``n`` of both comes from image ``n``. Local views (multi-crop) are ignored.
+    With ``zc = z - mean_n z`` (per dimension),
+
+        invariance = (1 / (N D)) sum_{n,i} (z^A_{n,i} - z^B_{n,i})^2             (F.mse_loss)
+        variance   = v(z^A) / 2 + v(z^B) / 2,
+                     v(z) = (1/D) sum_i relu(1 - sqrt(Var_n(z_i) + 1e-4))        (unbiased Var)
+        covariance = c(z^A) + c(z^B),
+                     c(z) = (1/D) sum_{i != j} Cov(z)_ij^2,  Cov(z) = zc^T zc / (N - 1)
+        loss       = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+
+    With more than two global views, the loss and the metrics are averaged over all unordered pairs
+    of global views. The statistics run in at least float32, also under autocast (float64 inputs
+    stay float64). A batch needs at least 2 images.
+
+    Args:
+        sim_coeff: ``lambda >= 0``, the weight of the invariance term; 25 in the paper.
+        std_coeff: ``mu >= 0``, the weight of the variance term; 25 in the paper.
+        cov_coeff: ``nu >= 0``, the weight of the covariance term; 1 in the paper.
+        (At least one must be > 0.)
+
+    Returns (from ``forward``): a dict with the scalar ``"loss"`` and detached 0-dim metrics, the
+    unweighted terms:
+
+        invariance: the mean squared distance between the views (0 when they agree);
+        variance:   the hinge on the per-dimension std (0 when every std is >= 1; 1 when collapsed);
+        covariance: the scaled sum of squared off-diagonal covariances (0 for decorrelated dimensions).
+    """
+
+    def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0):
+        super().__init__()
+        self.sim_coeff = _check("sim_coeff", sim_coeff, 25.0)
+        self.std_coeff = _check("std_coeff", std_coeff, 25.0)
+        self.cov_coeff = _check("cov_coeff", cov_coeff, 1.0)
+        if self.sim_coeff == self.std_coeff == self.cov_coeff == 0:
+            raise ComponentError(
+                "clrun/vicreg: sim_coeff, std_coeff and cov_coeff are all 0, so the loss is constant; "
+                "set at least one > 0 (the paper uses 25, 25 and 1)"
+            )
+
+    def extra_repr(self) -> str:
+        return f"sim_coeff={self.sim_coeff}, std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}"
+
+    def forward(self, out: Any) -> dict[str, Tensor]:
+        views = [z for z, g in zip(out.projections, out.is_global) if g]
+        if len(views) < 2:
+            raise ComponentError(
+                f"clrun/vicreg compares at least 2 global views; the recipe makes {len(views)}. "
+                "Use a global view section with count 2 (a section without `local: true`)."
+            )
+        shape = tuple(views[0].shape)
+        if len(shape) != 2 or any(tuple(z.shape) != shape for z in views):
+            raise ComponentError(
+                "clrun/vicreg needs the global views' projections as (batch, dim) tensors of the same "
+                "shape; got " + ", ".join(str(tuple(z.shape)) for z in views)
+            )
+        n, d = shape
+        if n < 2:
+            raise ComponentError(
+                f"clrun/vicreg needs at least 2 images per batch to estimate variances and covariances; "
+                f"got batch size {n}. Raise the batch size, or drop the last incomplete batch if it is the "
+                "one with a single image."
+            )
+
+        dtype = torch.float32
+        for z in views:
+            dtype = torch.promote_types(dtype, z.dtype)  # fp16/bf16 -> fp32, fp64 stays
+        with _autocast_off(views[0].device.type):
+            views = [z.to(dtype) for z in views]
+            eye = torch.eye(d, dtype=torch.bool, device=views[0].device)
+            var_terms, cov_terms = [], []  # per view: each pair reuses its views' terms
+            for z in views:
+                zc = z - z.mean(dim=0)
+                std = torch.sqrt(zc.pow(2).sum(dim=0) / (n - 1) + STD_EPS)
+                var_terms.append(F.relu(1.0 - std).mean())
+                cov = zc.T @ zc / (n - 1)
+                cov_terms.append(cov.masked_fill(eye, 0.0).pow(2).sum() / d)
+            losses, inv_parts, var_parts, cov_parts = [], [], [], []
+            for a, b in itertools.combinations(range(len(views)), 2):
+                inv = F.mse_loss(views[a], views[b])
+                var = var_terms[a] / 2 + var_terms[b] / 2
+                cov = cov_terms[a] + cov_terms[b]
+                losses.append(self.sim_coeff * inv + self.std_coeff * var + self.cov_coeff * cov)
+                inv_parts.append(inv.detach())
+                var_parts.append(var.detach())
+                cov_parts.append(cov.detach())
+            loss = torch.stack(losses).mean()
+        return {
+            "loss": loss,
+            "invariance": torch.stack(inv_parts).mean(),
+            "variance": torch.stack(var_parts).mean(),
+            "covariance": torch.stack(cov_parts).mean(),
+        }
