@@ -38,6 +38,11 @@ def check(recipe: Recipe, batch_size: int = 4) -> list[str]:
     lines.append(f"views: {len(view_shapes)} -> {', '.join('x'.join(map(str, s)) for s in view_shapes)}")
     n_params = sum(p.numel() for p in parts.network.backbone.parameters())
     lines.append(f"backbone: {recipe.backbone.name} ({n_params / 1e6:.2f}M parameters)")
+    heads = [recipe.projector.name] + ([recipe.predictor.name] if recipe.predictor is not None else [])
+    lines.append(f"heads: {' -> '.join(heads)}")
+    if recipe.target is not None:
+        t = recipe.target
+        lines.append(f"target: momentum copy of backbone + projector, {t.momentum} -> {t.final_momentum} ({t.schedule})")
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     precision = "fp32"  # the CPU check verifies the wiring; reduced precision is a device matter
     metrics = train_step(parts, images, device, precision, scaler, recipe.train.grad_clip, step=0)
