@@ -1,0 +1,35 @@
+"""Every recipe shipped in ``recipes/`` passes ``cl-run check``: it validates, builds on the CPU and
+takes one optimizer step on a tiny batch (random images of the right shape where the data set is not
+on this machine, e.g. CIFAR-10 or an ImageNet folder). Discovered, so a new recipe is checked too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clrun import plugin_manager
+from clrun.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+def test_the_recipes_are_found():
+    names = {p.stem for p in RECIPES}
+    methods = ("simclr", "mocov2", "byol", "simsiam", "swav", "barlow_twins", "vicreg")
+    for method in methods:  # a CPU Fashion-MNIST recipe and a CIFAR-10 ResNet-18 recipe for each method
+        assert f"{method}_cifar10_r18" in names
+        assert method == "simclr" or f"{method}_fmnist" in names
+    assert "quickstart" in names  # SimCLR's Fashion-MNIST recipe
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipe_passes_check(recipe, registry, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(plugin_manager, "load_registry", lambda autoload=None, strict=None: registry)
+    monkeypatch.chdir(tmp_path)  # relative data roots resolve to nothing here; check writes nothing
+    code = main(["check", str(recipe)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[-1] == f"{recipe}: OK"
+    assert list(tmp_path.iterdir()) == []
