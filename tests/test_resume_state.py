@@ -120,3 +120,23 @@ def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, monkeypatch)
     for key in a:
         if not key.startswith("rng."):
             assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_with_a_recipe_that_does_not_fit_names_the_part(tmp_path, monkeypatch):
+    path = recipe_file(tmp_path, "moco")
+    interrupted = train_until_first_checkpoint(load(path, tmp_path, 2, "interrupted"), monkeypatch)
+    saved = interrupted / checkpoint.FILE
+    refit = "resume with the recipe the run was started with (recipe.yaml in its run folder)"
+
+    bigger_queue = clrun.load_recipe(path, ["loss.queue_size=48", f"run.dir={tmp_path}"])
+    with pytest.raises(clrun.UserError) as info:
+        clrun.train(bigger_queue, resume=interrupted)
+    message = str(info.value)
+    assert message.startswith(f"--resume: {saved}: its loss state does not fit this recipe (")
+    assert "size mismatch for queue" in message and message.endswith(refit)
+
+    no_target = clrun.load_recipe(path, ["target=null", f"run.dir={tmp_path}"])
+    with pytest.raises(clrun.UserError) as info:
+        clrun.train(no_target, resume=interrupted)
+    assert str(info.value) == (f"--resume: {saved}: the checkpoint has a target network but the recipe has no "
+                               f"`target:` section; {refit}")

@@ -46,7 +46,7 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
         state, directory = None, run_dir.create(recipe.run.dir, recipe.run.name or Path(recipe.source).stem)
     run = Run(recipe, parts, device, directory, steps_per_epoch=len(loader))
     if state is not None:
-        restore(run, state)
+        restore(run, state, saved)
     else:
         run_dir.write_recipe(directory, resolved(recipe))
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "fp16")
@@ -65,7 +65,7 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
                     saved = (directory / checkpoint.FILE).is_file()
                     where = f"the last good checkpoint is in {directory}" if saved else "no checkpoint was written yet"
                     raise NonFiniteLossError(
-                        f"{exc} at epoch {run.epoch + 1}, step {run.step + 1}; the step was not applied and "
+                        f"{exc} at epoch {run.epoch + 1}, step {run.step + 1}; the optimizer step was not taken and "
                         f"{where}. Lower optimizer.lr, set train.grad_clip, or use train.precision=fp32"
                     ) from None
                 run.step += 1
@@ -165,15 +165,26 @@ def save(run: Run) -> None:
     checkpoint.save_atomic(state, run.directory / checkpoint.FILE)
 
 
-def restore(run: Run, state: dict) -> None:
+def restore(run: Run, state: dict, source: str | Path = "the checkpoint") -> None:
+    """Load a checkpoint into a freshly built run; a checkpoint from a different recipe is a user error
+    that names the part that does not fit, never a raw size-mismatch traceback."""
     parts = run.parts
-    parts.network.load_state_dict(state["network"])
-    if parts.target is not None:
-        if state.get("target") is None:
-            raise UserError("--resume: the checkpoint has no target network but the recipe has a `target:` section; "
-                            "resume with the recipe the run was started with")
-        parts.target.load_state_dict(state["target"])
-    parts.loss_fn.load_state_dict(state["loss"])
+    refit = "resume with the recipe the run was started with (recipe.yaml in its run folder)"
+    for key, module in (("network", parts.network), ("target", parts.target), ("loss", parts.loss_fn)):
+        saved = state.get(key)
+        if module is None and saved is None:
+            continue
+        if saved is None:
+            raise UserError(f"--resume: {source}: the recipe has a `target:` section but the checkpoint has no "
+                            f"target network; {refit}")
+        if module is None:
+            raise UserError(f"--resume: {source}: the checkpoint has a target network but the recipe has no "
+                            f"`target:` section; {refit}")
+        try:
+            module.load_state_dict(saved)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())
+            raise UserError(f"--resume: {source}: its {key} state does not fit this recipe ({detail}); {refit}") from None
     parts.optimizer.load_state_dict(state["optimizer"])
     if parts.scheduler is not None and state["scheduler"] is not None:
         parts.scheduler.load_state_dict(state["scheduler"])

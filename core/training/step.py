@@ -14,7 +14,10 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss was NaN or infinite; the step was not applied, so the weights are still the last good ones."""
+    """The loss was NaN or infinite; no optimizer step was taken, so the weights are still the last good ones.
+
+    A stateful loss may already have queued this batch's keys: the run stops, and resuming from the
+    checkpoint restores that state with the weights."""
 
 
 def split_loss(result: Any) -> tuple[Tensor, dict[str, float]]:
