@@ -275,7 +275,7 @@ def test_nan_loss_stops_with_exit_1(capsys, tmp_path):
     assert code == 1
     (line,) = [line for line in err.splitlines() if line.startswith("cl-run: training stopped: ")]
     assert "the loss is nan at epoch 1, step 1" in line
-    assert "not applied" in line
+    assert "the optimizer step was not taken" in line
     run = tmp_path / "tiny"
     assert not (run / "checkpoint.pt").exists()
     if (run / "metrics.jsonl").exists():  # no step was applied, so none was logged
