@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from clrun import ComponentError
+from clrun.plugins.losses.inputs import compute_dtype, global_projections
 from clrun.plugins.losses.ntxent import _autocast_off
 
 
@@ -73,29 +74,9 @@ class BarlowTwinsLoss(nn.Module):
         return f"lambd={self.lambd}, scale_loss={self.scale_loss}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        views = [z for z, g in zip(out.projections, out.is_global) if g]
-        if len(views) < 2:
-            raise ComponentError(
-                f"clrun/barlow_twins compares at least 2 global views; the recipe makes {len(views)}. "
-                "Use a global view section with count 2 (a section without `local: true`)."
-            )
-        shape = tuple(views[0].shape)
-        if len(shape) != 2 or any(tuple(z.shape) != shape for z in views):
-            raise ComponentError(
-                "clrun/barlow_twins needs the global views' projections as (batch, dim) tensors of the same "
-                "shape; got " + ", ".join(str(tuple(z.shape)) for z in views)
-            )
-        n, d = shape
-        if n < 2:
-            raise ComponentError(
-                f"clrun/barlow_twins needs at least 2 images per batch to standardize each dimension over "
-                f"the batch; got batch size {n}. Raise the batch size, or drop the last incomplete batch if "
-                "it is the one with a single image."
-            )
-
-        dtype = torch.float32
-        for z in views:
-            dtype = torch.promote_types(dtype, z.dtype)  # fp16/bf16 -> fp32, fp64 stays
+        views = global_projections("clrun/barlow_twins", out, "standardize each dimension over the batch")
+        n, d = views[0].shape
+        dtype = compute_dtype(views)
         with _autocast_off(views[0].device.type):
             standardized = []
             for z in views:

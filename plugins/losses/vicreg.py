@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clrun import ComponentError
+from clrun.plugins.losses.inputs import compute_dtype, global_projections
 from clrun.plugins.losses.ntxent import _autocast_off
 
 STD_EPS = 1e-4  # inside the square root of the variance term, as in the paper and the official code
@@ -75,29 +76,9 @@ class VICRegLoss(nn.Module):
         return f"sim_coeff={self.sim_coeff}, std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        views = [z for z, g in zip(out.projections, out.is_global) if g]
-        if len(views) < 2:
-            raise ComponentError(
-                f"clrun/vicreg compares at least 2 global views; the recipe makes {len(views)}. "
-                "Use a global view section with count 2 (a section without `local: true`)."
-            )
-        shape = tuple(views[0].shape)
-        if len(shape) != 2 or any(tuple(z.shape) != shape for z in views):
-            raise ComponentError(
-                "clrun/vicreg needs the global views' projections as (batch, dim) tensors of the same "
-                "shape; got " + ", ".join(str(tuple(z.shape)) for z in views)
-            )
-        n, d = shape
-        if n < 2:
-            raise ComponentError(
-                f"clrun/vicreg needs at least 2 images per batch to estimate variances and covariances; "
-                f"got batch size {n}. Raise the batch size, or drop the last incomplete batch if it is the "
-                "one with a single image."
-            )
-
-        dtype = torch.float32
-        for z in views:
-            dtype = torch.promote_types(dtype, z.dtype)  # fp16/bf16 -> fp32, fp64 stays
+        views = global_projections("clrun/vicreg", out, "estimate variances and covariances")
+        n, d = views[0].shape
+        dtype = compute_dtype(views)
         with _autocast_off(views[0].device.type):
             views = [z.to(dtype) for z in views]
             eye = torch.eye(d, dtype=torch.bool, device=views[0].device)
