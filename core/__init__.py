@@ -15,7 +15,7 @@ __version__ = "0.1.0"  # before the imports: the plugin manager reads it
 
 from clrun.api import components, create, load_recipe, train
 from clrun.component import KINDS, Component, Nested
-from clrun.errors import ComponentError, DataError, DataNotFoundError, PluginLoadError, UserError
+from clrun.errors import ComponentError, DataError, DataNotFoundError, PluginLoadError, TrainingHalted, UserError
 from clrun.hookspecs import hookimpl
 from clrun.training.outputs import StepOutputs
 from clrun.training.run import Run
@@ -37,5 +37,6 @@ __all__ = [
     "DataNotFoundError",
     "ComponentError",
     "PluginLoadError",
+    "TrainingHalted",
     "__version__",
 ]

@@ -16,7 +16,7 @@ import warnings
 
 from clrun import plugin_manager
 from clrun.component import KINDS
-from clrun.errors import UserError
+from clrun.errors import TrainingHalted, UserError
 from clrun.recipe.problems import RecipeError
 
 COMMANDS = ("train", "check", "components", "plugins")
@@ -78,6 +78,9 @@ def cmd_train(args) -> int:
         run = train(recipe, resume=args.resume)
     except NonFiniteLossError as exc:
         print(f"cl-run: training stopped: {exc}", file=sys.stderr)
+        return 1
+    except TrainingHalted as exc:
+        print(f"cl-run: training halted: {exc}", file=sys.stderr)
         return 1
     print(f"run folder: {run.directory}")
     return 0

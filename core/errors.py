@@ -30,3 +30,8 @@ class ComponentError(UserError, ValueError):
 
 class PluginLoadError(UserError):
     """A plugin failed to load while strict loading was requested."""
+
+
+class TrainingHalted(RuntimeError):
+    """A callback stopped the run on purpose (e.g. the collapse alarm); the message says why and which
+    checkpoint is kept. The CLI prints it and exits with code 1."""

@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 import pluggy
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from clrun.component import Component
+    from clrun.training.outputs import StepOutputs
     from clrun.training.run import Run
 
 PROJECT = "clrun"
@@ -51,6 +54,15 @@ class RunSpecs:
     @hookspec
     def clrun_step_end(self, run: "Run", step: int, metrics: Mapping[str, float]) -> None:
         """Called after each optimizer step with that step's scalar metrics (loss, lr, ...)."""
+
+    @hookspec
+    def clrun_step_outputs(self, run: "Run", outputs: "StepOutputs", labels: "Tensor") -> None:
+        """Called after each optimizer step with what the step's views produced and the batch's labels.
+
+        ``outputs`` are the tensors the loss saw (computed before this step's update); detach them before
+        use, never backpropagate through them. ``labels`` are the data set's labels, ``-1`` for unlabeled
+        images. This is where an online probe trains on the encoder's features as pre-training runs.
+        """
 
     @hookspec
     def clrun_epoch_end(self, run: "Run", epoch: int, metrics: dict[str, float]) -> None:

@@ -34,7 +34,7 @@ def unit(v: np.ndarray) -> np.ndarray:
 def numpy_moco(queries: list[np.ndarray], keys: list[np.ndarray], queue: np.ndarray, tau: float) -> dict[str, float]:
     """MoCo's loss and diagnostics, query by query, straight from the formula."""
     g, n = len(queries), queries[0].shape[0]
-    losses, correct, pos, neg = [], 0, [], []
+    losses, correct, pos, neg, entropy = [], 0, [], [], []
     for i in range(g):
         for j in range(g):
             if i == j:
@@ -46,6 +46,8 @@ def numpy_moco(queries: list[np.ndarray], keys: list[np.ndarray], queue: np.ndar
                 top = max(logits)
                 lse = top + math.log(sum(math.exp(x - top) for x in logits))
                 losses.append(lse - logits[0])
+                probs = [math.exp(x - lse) for x in logits]
+                entropy.append(-sum(p * math.log(p) for p in probs if p > 0))
                 correct += int(np.argmax(logits) == 0)
                 pos.append(logits[0] * tau)
     for i in range(g):
@@ -55,6 +57,7 @@ def numpy_moco(queries: list[np.ndarray], keys: list[np.ndarray], queue: np.ndar
     return {
         "loss": sum(losses) / len(losses),
         "contrastive_acc": correct / len(losses),
+        "logit_entropy": sum(entropy) / len(entropy),
         "pos_cosine": sum(pos) / len(pos),
         "neg_cosine": sum(neg) / len(neg),
     }
@@ -162,6 +165,7 @@ def test_loss_metrics_and_gradients_match_numpy(n, d, size, g, tau):
     assert res["contrastive_acc"].item() == pytest.approx(ref["contrastive_acc"], abs=1e-12)
     assert_close(res["pos_cosine"].item(), ref["pos_cosine"])
     assert_close(res["neg_cosine"].item(), ref["neg_cosine"])
+    assert_close(res["logit_entropy"].item(), ref["logit_entropy"])
     for got, want in zip(grads, finite_difference(queries, keys, queue, tau)):
         assert_close(got, want, rtol=1e-6)
 
@@ -204,7 +208,7 @@ def test_metrics_are_detached_scalars():
     rng = np.random.default_rng(2)
     queries, keys = make_inputs(rng, 4, 4, 2)
     res, _ = run_module(fp64_loss(4, 3, 0.2, random_queue(rng, 3, 4)), queries, keys)
-    assert set(res) == {"loss", "contrastive_acc", "pos_cosine", "neg_cosine"}
+    assert set(res) == {"loss", "contrastive_acc", "logit_entropy", "pos_cosine", "neg_cosine"}
     assert res["loss"].requires_grad
     for key, value in res.items():
         assert value.ndim == 0

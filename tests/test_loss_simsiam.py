@@ -256,9 +256,27 @@ def test_prediction_width_mismatch_error():
     )
 
 
-def test_takes_no_arguments():
+def test_takes_only_the_ablation_switches():
     with pytest.raises(TypeError):
         SimSiamLoss(temperature=0.1)
+
+
+def test_without_stop_gradient_the_targets_get_the_formulas_gradient():
+    # the paper's collapsing ablation: d loss / d z is no longer zero but the formula's own derivative
+    preds, projections = make_inputs([True, True], 5, 4, seed=11)
+    p = [torch.tensor(x, requires_grad=True) for x in preds]
+    z = [torch.tensor(x, requires_grad=True) for x in projections]
+    SimSiamLoss(stop_gradient=False)(outputs(z, [True, True], p))["loss"].backward()
+    grads = ref.central_difference(lambda xs: numpy_simsiam(preds, xs, [True, True])["loss"], projections)
+    for tensor, g in zip(z, grads):
+        ref.assert_close(tensor.grad.numpy(), g, rtol=1e-6, atol_scale=1e-7)
+
+
+def test_without_a_required_predictor_the_projections_predict_each_other():
+    _, projections = make_inputs([True, True], 5, 4, seed=12)
+    z = [torch.tensor(x) for x in projections]
+    res = SimSiamLoss(require_predictor=False)(outputs(z, [True, True]))
+    ref.assert_close(res["loss"].item(), numpy_simsiam(projections, projections, [True, True])["loss"])
 
 
 # ---------------------------------------------------------------- registration

@@ -70,8 +70,8 @@ def train_until_first_checkpoint(recipe, monkeypatch) -> Path:
     """Run ``recipe`` and stop it, as a crash would, right after its first checkpoint is written."""
     save = loop.save
 
-    def save_then_stop(run):
-        save(run)
+    def save_then_stop(run, *args):
+        save(run, *args)
         raise Interrupted(run.directory)
 
     with monkeypatch.context() as patched:

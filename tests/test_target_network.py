@@ -87,7 +87,7 @@ def test_step_outputs_carry_predictions_and_targets_of_global_views_only(tmp_pat
     recipe = recipe_with(tmp_path, HEADS, local=True)
     parts, images = build(recipe)
     parts.loss_fn = recorder = Recorder()
-    metrics = train_step(parts, images, torch.device("cpu"), "fp32", torch.amp.GradScaler("cpu", enabled=False), None, step=7)
+    metrics, _ = train_step(parts, images, torch.device("cpu"), "fp32", torch.amp.GradScaler("cpu", enabled=False), None, step=7)
     out = recorder.seen[0]
     assert out.is_global == [True, True, False, False, False]
     assert [tuple(p.shape) for p in out.projections] == [(8, 32)] * 5

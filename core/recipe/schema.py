@@ -113,6 +113,42 @@ class TargetSection:
 
 
 @dataclass
+class AlarmSection:
+    """The collapse alarm: fires when a health signal of the watched branch stays beyond its threshold
+    for ``patience`` consecutive checks. ``warn`` prints and goes on; ``halt`` stops the run, and while a
+    signal is beyond its threshold no checkpoint is written, so the last one on disk is a healthy one."""
+
+    action: Literal["warn", "halt", "off"] = "warn"
+    patience: int = 2
+    branch: Literal["projector", "backbone"] = "projector"
+    # Collapsed embeddings have std_sqrt_d -> 0, rankme -> 1 and uniformity -> 0; healthy ones ~1, tens, ~-3.
+    min_std_sqrt_d: float = 0.1
+    min_rankme: float = 2.0
+    max_uniformity: float = -0.1
+
+    def __post_init__(self) -> None:
+        _at_least(self.patience, 1, "patience")
+
+
+@dataclass
+class HealthSection:
+    """The health monitor (on by default): alignment, uniformity, std of normalized embeddings, RankMe and
+    positive/negative cosines of backbone features and projector outputs, measured on two augmented views
+    of a fixed sample of training images, in eval mode, with its own random stream."""
+
+    enabled: bool = True
+    every: int = 1  # epochs
+    samples: int = 1024  # images in the fixed sample (RankMe is bounded by 2x this)
+    batch_size: int = 256
+    alarm: AlarmSection = field(default_factory=AlarmSection)
+
+    def __post_init__(self) -> None:
+        _at_least(self.every, 1, "every")
+        _at_least(self.samples, 2, "samples")
+        _at_least(self.batch_size, 1, "batch_size")
+
+
+@dataclass
 class RunSection:
     """Where the run folder goes: ``<dir>/<name>`` (name defaults to the recipe file's stem)."""
 
@@ -135,6 +171,7 @@ class Recipe:
     predictor: Optional[Annotated[ComponentSpec, Nested("predictor")]] = None
     target: Optional[TargetSection] = None
     callbacks: Annotated[list, Nested("callback", many=True)] = field(default_factory=list)
+    health: HealthSection = field(default_factory=HealthSection)
     train: TrainSection = field(default_factory=TrainSection)
     run: RunSection = field(default_factory=RunSection)
     seed: int = 0

@@ -24,6 +24,8 @@ class Parts:
     scheduler: Any
     eval_size: tuple[int, int]
     total_steps: int
+    feature_dim: int  # the backbone's output width
+    projection_dim: int  # the projector's output width
 
 
 def param_groups(modules: list[nn.Module], weight_decay_on_all: bool) -> list[dict[str, Any]]:
@@ -61,7 +63,8 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     if recipe.scheduler is not None:
         scheduler = recipe.scheduler.build(optimizer=optimizer, total_steps=steps, steps_per_epoch=steps_per_epoch)
     eval_size = global_sizes[0] if global_sizes else tuple(example_views[0].shape[-2:])
-    return Parts(views.to(device), network, target, loss_fn, optimizer, scheduler, eval_size, steps)
+    return Parts(views.to(device), network, target, loss_fn, optimizer, scheduler, eval_size, steps,
+                 example_features.shape[1], projection_dim)
 
 
 def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:

@@ -45,7 +45,7 @@ def check(recipe: Recipe, batch_size: int = 4) -> list[str]:
         lines.append(f"target: momentum copy of backbone + projector, {t.momentum} -> {t.final_momentum} ({t.schedule})")
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     precision = "fp32"  # the CPU check verifies the wiring; reduced precision is a device matter
-    metrics = train_step(parts, images, device, precision, scaler, recipe.train.grad_clip, step=0)
+    metrics, _ = train_step(parts, images, device, precision, scaler, recipe.train.grad_clip, step=0)
     lines.append(f"step: {recipe.loss.name} loss {metrics['loss']:.4f} on a batch of {images.shape[0]}; "
                  f"{recipe.optimizer.name} stepped")
     return lines

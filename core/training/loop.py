@@ -6,6 +6,7 @@ import random
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pluggy
@@ -13,10 +14,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from clrun.errors import UserError
+from clrun.health.monitor import AlarmAction, HealthMonitor
 from clrun.plugin_manager import ClrunPluginManager
 from clrun.hookspecs import RunSpecs
 from clrun.recipe import Recipe, resolved
 from clrun.training import checkpoint, run_dir
+from clrun.training.artifacts import RunArtifacts
 from clrun.training.build import build_parts
 from clrun.training.reporting import Console, MetricsLog
 from clrun.training.run import Run
@@ -36,7 +39,13 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
     loader = make_loader(recipe, dataset, sampler_rng, device)
     parts = build_parts(recipe, example_batch(dataset), device, steps_per_epoch=len(loader))
     callbacks = [spec.build() for spec in recipe.callbacks]
-    hooks = run_hooks([*callbacks, MetricsLog(), Console(recipe.train.progress)])  # called in this order
+    # Called in this order: the recipe's callbacks and the health monitor add their metrics before the
+    # metrics file and the console see them; the alarm acts once the epoch is recorded; the report last.
+    builtins = [MetricsLog(), Console(recipe.train.progress)]
+    if recipe.health.enabled:
+        monitor = HealthMonitor(recipe.health, dataset, recipe.seed)
+        builtins = [monitor, *builtins, AlarmAction(monitor)]
+    hooks = run_hooks([*callbacks, *builtins, RunArtifacts()])
 
     # Only now, with everything built, is the run folder created (or the resumed one reopened).
     if resume:
@@ -46,7 +55,7 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
         state, directory = None, run_dir.create(recipe.run.dir, recipe.run.name or Path(recipe.source).stem)
     run = Run(recipe, parts, device, directory, steps_per_epoch=len(loader))
     if state is not None:
-        restore(run, state, saved)
+        restore(run, state, saved, callbacks)
     else:
         run_dir.write_recipe(directory, resolved(recipe))
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "fp16")
@@ -58,9 +67,9 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
             sampler_rng.manual_seed(recipe.seed * 100_003 + run.epoch)  # data order depends on the epoch only
             sums: dict[str, float] = defaultdict(float)
             steps, started = 0, time.time()
-            for images, _ in loader:
+            for images, labels in loader:
                 try:
-                    metrics = train_step(parts, images, device, recipe.train.precision, scaler, recipe.train.grad_clip, run.step)
+                    metrics, outputs = train_step(parts, images, device, recipe.train.precision, scaler, recipe.train.grad_clip, run.step)
                 except NonFiniteLossError as exc:
                     saved = (directory / checkpoint.FILE).is_file()
                     where = f"the last good checkpoint is in {directory}" if saved else "no checkpoint was written yet"
@@ -70,9 +79,11 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
                     ) from None
                 run.step += 1
                 steps += 1
+                hooks.clrun_step_outputs(run=run, outputs=outputs, labels=labels)
+                del outputs  # the step's activations: free them before the next step
+                hooks.clrun_step_end(run=run, step=run.step, metrics=metrics)
                 for k, v in metrics.items():
                     sums[k] += v
-                hooks.clrun_step_end(run=run, step=run.step, metrics=metrics)
                 if reached_max_steps(run):
                     break
             run.epoch += 1
@@ -81,9 +92,9 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
             epoch_metrics.update(images_per_s=steps * recipe.data.batch_size / elapsed, epoch_time_s=elapsed)
             hooks.clrun_epoch_end(run=run, epoch=run.epoch, metrics=epoch_metrics)
             if run.epoch % recipe.train.checkpoint_every == 0:
-                save(run)
+                save(run, callbacks)
         if run.epoch % recipe.train.checkpoint_every != 0:
-            save(run)
+            save(run, callbacks)
         final = {k: v for k, v in epoch_metrics.items() if k in ("loss",)}
         hooks.clrun_run_end(run=run, metrics=final)
         run.summary = final
@@ -149,7 +160,10 @@ def reached_max_steps(run: Run) -> bool:
     return run.recipe.train.max_steps is not None and run.step >= run.recipe.train.max_steps
 
 
-def save(run: Run) -> None:
+def save(run: Run, callbacks: list = ()) -> None:
+    """Write the checkpoint, unless a callback holds checkpoints (the state may be collapsing)."""
+    if run.checkpoint_hold is not None:
+        return
     parts = run.parts
     state = {
         "format": 1,
@@ -161,11 +175,18 @@ def save(run: Run) -> None:
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
         "rng": checkpoint.rng_state(),
+        "callbacks": callback_states(callbacks),
     }
     checkpoint.save_atomic(state, run.directory / checkpoint.FILE)
+    run.checkpoint_epoch = run.epoch
 
 
-def restore(run: Run, state: dict, source: str | Path = "the checkpoint") -> None:
+def callback_states(callbacks: list) -> dict[str, Any]:
+    """The state of every callback that has one (``state_dict``), keyed by position and class name."""
+    return {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")}
+
+
+def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callbacks: list = ()) -> None:
     """Load a checkpoint into a freshly built run; a checkpoint from a different recipe is a user error
     that names the part that does not fit, never a raw size-mismatch traceback."""
     parts = run.parts
@@ -188,5 +209,12 @@ def restore(run: Run, state: dict, source: str | Path = "the checkpoint") -> Non
     parts.optimizer.load_state_dict(state["optimizer"])
     if parts.scheduler is not None and state["scheduler"] is not None:
         parts.scheduler.load_state_dict(state["scheduler"])
+    saved_callbacks = state.get("callbacks") or {}
+    for key, cb in ((f"{i}:{type(cb).__name__}", cb) for i, cb in enumerate(callbacks)):
+        if hasattr(cb, "load_state_dict"):
+            if key not in saved_callbacks:
+                raise UserError(f"--resume: {source}: it holds no state for callback {key}; {refit}")
+            cb.load_state_dict(saved_callbacks[key])
     checkpoint.set_rng_state(state["rng"])
     run.epoch, run.step = int(state["epoch"]), int(state["step"])
+    run.checkpoint_epoch = run.epoch

@@ -6,6 +6,7 @@ import sys
 import time
 from typing import Any, Mapping
 
+from clrun.errors import TrainingHalted
 from clrun.training import run_dir
 from clrun.training.run import Run
 
@@ -79,6 +80,13 @@ class MetricsLog:
         run_dir.append_metrics(run.directory, {"kind": "epoch", "epoch": epoch, "step": run.step, **metrics})
 
     def clrun_run_end(self, run: Run, metrics: dict[str, float]) -> None:
+        self._final(run, metrics)
+
+    def clrun_run_error(self, run: Run, error: BaseException) -> None:
+        if isinstance(error, TrainingHalted):  # a deliberate stop: record why, for the report
+            self._final(run, {"halted": str(error)})
+
+    def _final(self, run: Run, metrics: dict[str, Any]) -> None:
         record = {"epoch": run.epoch, "step": run.step, "wall_time_s": round(time.time() - self.started, 2), **metrics}
         run_dir.append_metrics(run.directory, {"kind": "final", **record})
         run_dir.write_summary(run.directory, record)

@@ -32,32 +32,39 @@ class Run:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
     summary: dict[str, Any] = field(default_factory=dict)
+    # Set by a callback (the collapse alarm) to skip checkpoint writes while the state looks unhealthy.
+    checkpoint_hold: str | None = None
+    checkpoint_epoch: int | None = None  # the epoch of the checkpoint on disk, if any
 
     @property
     def encoder(self) -> torch.nn.Module:
         return self.parts.network.backbone
 
+    def preprocess(self, images: Tensor) -> Tensor:
+        """A batch as the encoder sees it at evaluation: on the run's device, float, resized to the
+        global views' size when it differs, normalized as in training; no augmentation."""
+        x = to_float(images.to(self.device, non_blocking=True))
+        if tuple(x.shape[-2:]) != tuple(self.parts.eval_size):
+            x = F.interpolate(x, size=self.parts.eval_size, mode="bilinear", antialias=True, align_corners=False)
+        x = self.parts.views.normalize(x)
+        if self.parts.views.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     @torch.no_grad()
     def features(self, dataset: Dataset, batch_size: int = 512) -> tuple[Tensor, Tensor, Tensor]:
         """(backbone features, projector outputs, labels) of a whole data set, in eval mode, on the CPU.
 
-        Images get no augmentation: to float, resized to the global views' size when they differ,
-        normalized as in training.
+        Images get no augmentation (see ``preprocess``).
         """
-        network, views = self.parts.network, self.parts.views
+        network = self.parts.network
         was_training = network.training
         network.eval()
         feats, projs, labels = [], [], []
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.recipe.data.num_workers)
         try:
             for images, y in loader:
-                x = to_float(images.to(self.device, non_blocking=True))
-                if tuple(x.shape[-2:]) != tuple(self.parts.eval_size):
-                    x = F.interpolate(x, size=self.parts.eval_size, mode="bilinear", antialias=True, align_corners=False)
-                x = views.normalize(x)
-                if views.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                f = network.backbone(x)
+                f = network.backbone(self.preprocess(images))
                 feats.append(f.float().cpu())
                 projs.append(network.projector(f).float().cpu())
                 labels.append(torch.as_tensor(y))

@@ -42,8 +42,9 @@ def step_outputs(parts: Parts, images: Tensor, device: torch.device, step: int) 
 
 
 def train_step(parts: Parts, images: Tensor, device: torch.device, precision: str,
-               scaler: torch.amp.GradScaler, grad_clip: float | None, step: int) -> dict[str, float]:
-    """One optimizer step; ``step`` is the number of steps completed before it."""
+               scaler: torch.amp.GradScaler, grad_clip: float | None, step: int) -> tuple[dict[str, float], StepOutputs]:
+    """One optimizer step; ``step`` is the number of steps completed before it. Returns the step's
+    metrics and outputs (for callbacks such as an online probe; the graph is already freed)."""
     dtype = PRECISIONS[precision]
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         out = step_outputs(parts, images, device, step)
@@ -67,4 +68,4 @@ def train_step(parts: Parts, images: Tensor, device: torch.device, precision: st
     if parts.target is not None:
         metrics["target_momentum"] = float(parts.target.momentum)  # the momentum this update uses
         parts.target.update(parts.network)
-    return metrics
+    return metrics, out

@@ -70,6 +70,8 @@ class MoCoLoss(nn.Module):
 
         contrastive_acc: fraction of the (pair, image) queries whose positive key has the highest
                          logit (top-1 accuracy; a tie counts for the positive, like ``argmax``);
+        logit_entropy:   mean entropy (nats) of the softmax over [positive, queue]; ``log(1 + K)`` for
+                         uniform similarities, near 0 when the task is easy (a hardness signal);
         pos_cosine:      mean cosine similarity of query and positive key over all pairs;
         neg_cosine:      mean cosine similarity of the queries and the queue entries.
     """
@@ -140,6 +142,15 @@ class MoCoLoss(nn.Module):
             loss = torch.stack(losses).mean()
 
             with torch.no_grad():
+                # H = log Z - E_p[logit], the queue part's expectation taken under its own softmax.
+                neg_mean_logit = [(F.softmax(c / self.temperature, dim=1) * c / self.temperature).sum(dim=1) for c in neg]
+                entropy = []
+                for i, p in pos:
+                    s_ = p.detach() / self.temperature
+                    log_z = torch.logaddexp(s_, lse_neg[i].detach())
+                    expected = (s_ - log_z).exp() * s_ + (lse_neg[i].detach() - log_z).exp() * neg_mean_logit[i]
+                    entropy.append(log_z - expected)
+                entropy = torch.cat(entropy).mean()
                 max_neg = [c.max(dim=1).values for c in neg]
                 acc = torch.cat([(p.detach() >= max_neg[i]).to(dtype) for i, p in pos]).mean()
                 pos_cos = torch.cat([p.detach() for _, p in pos]).mean()
@@ -147,4 +158,4 @@ class MoCoLoss(nn.Module):
 
         if self.training:
             ring_enqueue(self.queue, self.queue_ptr, torch.cat(k, dim=0))
-        return {"loss": loss, "contrastive_acc": acc, "pos_cosine": pos_cos, "neg_cosine": neg_cos}
+        return {"loss": loss, "contrastive_acc": acc, "logit_entropy": entropy, "pos_cosine": pos_cos, "neg_cosine": neg_cos}

@@ -41,8 +41,16 @@ class SimSiamLoss(nn.Module):
     Local views (multi-crop) only predict the global views. The normalization and products run in at
     least float32, also under autocast (float64 inputs stay float64).
 
-    SimSiam has no loss hyper-parameters; its predictor (the paper: an MLP 2048 -> 512 -> 2048 with a
-    bottleneck) is the recipe's ``predictor:`` section.
+    Its predictor (the paper: an MLP 2048 -> 512 -> 2048 with a bottleneck) is the recipe's
+    ``predictor:`` section.
+
+    Args:
+        stop_gradient: the paper's ``stopgrad`` on the targets (default). ``False`` reproduces its
+            ablation (section 4.1, Fig. 2): gradients flow into the targets too and the outputs collapse
+            to a constant within a few epochs. For studying collapse (and testing the collapse alarm)
+            only.
+        require_predictor: ``False`` lets the loss compare the projections directly when the recipe has
+            no predictor (the paper's "no predictor" ablation, Table 1, which collapses as well).
 
     Returns (from ``forward``): a dict with the scalar ``"loss"`` and the detached 0-dim metric
 
@@ -54,10 +62,20 @@ class SimSiamLoss(nn.Module):
                           the global views; the unbiased std, so NaN for a batch of one image.
     """
 
+    def __init__(self, stop_gradient: bool = True, require_predictor: bool = True) -> None:
+        super().__init__()
+        self.stop_gradient = stop_gradient
+        self.require_predictor = require_predictor
+
+    def extra_repr(self) -> str:
+        return f"stop_gradient={self.stop_gradient}, require_predictor={self.require_predictor}"
+
     def forward(self, out: Any) -> dict[str, Tensor]:
         predictions = getattr(out, "predictions", None)
-        if predictions is None:
+        if predictions is None and self.require_predictor:
             raise ComponentError(NEEDS_PREDICTOR)
+        if predictions is None:
+            predictions = out.projections
         global_idx = [i for i, g in enumerate(out.is_global) if g]
         if len(global_idx) < 2:
             raise ComponentError(
@@ -89,7 +107,7 @@ class SimSiamLoss(nn.Module):
             dtype = torch.promote_types(dtype, x.dtype)  # fp16/bf16 -> fp32, fp64 stays
         with _autocast_off(predictions[0].device.type):
             p = [F.normalize(x.to(dtype), dim=1) for x in predictions]
-            z = [F.normalize(x.detach().to(dtype), dim=1) for x in projections]  # stopgrad
+            z = [F.normalize((x.detach() if self.stop_gradient else x).to(dtype), dim=1) for x in projections]
             terms = []
             for k, j in enumerate(global_idx):
                 for i in range(len(p)):

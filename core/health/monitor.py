@@ -1,0 +1,121 @@
+"""The health monitor: a built-in run callback that measures the representation every few epochs.
+
+It embeds two augmented views of a fixed sample of training images with the current network as the
+loss sees it (train mode: BatchNorm normalizes with batch statistics; its running statistics lag for the
+first hundred steps and would make a healthy young network look collapsed in eval mode). The network's
+buffers are restored afterwards and the views are drawn in a forked random stream seeded the same way
+each time: checks are comparable across epochs, and turning the monitor on or off leaves the training,
+and so its results, unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from clrun.errors import TrainingHalted
+from clrun.health.alarm import CollapseAlarm
+from clrun.health.metrics import health_metrics, histogram, pair_cosines
+from clrun.recipe.schema import HealthSection
+
+FILE = "health.jsonl"
+HALT_ADVICE = (
+    "A loss without negatives needs a predictor, a stop-gradient or a momentum target to avoid collapse; "
+    "also try a lower optimizer.lr. To only be warned, set health.alarm.action=warn"
+)
+
+
+class HealthMonitor:
+    """Adds ``alignment``, ``uniformity``, ``std_sqrt_d``, ``rankme``, ``pos_cosine``, ``neg_cosine`` of
+    the backbone features (suffix ``_backbone``) and of the projector outputs (``_projector``) to the
+    epoch's metrics (a loss's own ``pos_cosine`` is its training batches', so the names differ), appends each check with similarity histograms to ``health.jsonl``, and feeds the alarm."""
+
+    def __init__(self, section: HealthSection, dataset: Dataset, seed: int) -> None:
+        self.section, self.dataset, self.seed = section, dataset, seed
+        self.alarm = CollapseAlarm(section.alarm)
+        self.images: Tensor | None = None
+        self.fired: str | None = None  # the alarm message of the latest check, for AlarmAction
+
+    def clrun_run_start(self, run) -> None:
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + 7919))
+        self.images = torch.stack([self.dataset[int(i)][0] for i in order[: self.section.samples]])
+
+    def clrun_epoch_end(self, run, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch % self.section.every and epoch < run.recipe.train.epochs:
+            return
+        metrics_now, hists = self.measure(run)
+        metrics.update(metrics_now)
+        now, fired = self.alarm.observe(metrics_now, epoch)
+        halting = self.section.alarm.action == "halt"
+        # While a signal is beyond its threshold the state may be collapsing: keep the last healthy checkpoint.
+        run.checkpoint_hold = "health" if (halting and now) else None
+        self.fired = self.alarm.message(fired, epoch) if fired else None
+        record = {
+            "epoch": epoch, "step": run.step, "metrics": metrics_now, "histograms": hists,
+            "alarm": {"branch": self.section.alarm.branch, "signals": [c.metric for c in now], "fired": self.fired},
+        }
+        with open(Path(run.directory) / FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    @torch.no_grad()
+    def measure(self, run) -> tuple[dict[str, float], dict[str, dict]]:
+        network, views = run.parts.network, run.parts.views
+        buffers = [b.clone() for b in network.buffers()]  # BatchNorm running statistics, restored below
+        devices = [run.device] if run.device.type == "cuda" else []
+        feats: list[list[Tensor]] = [[], []]
+        projs: list[list[Tensor]] = [[], []]
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                for batch in self.images.split(self.section.batch_size):
+                    pair = two_views(views, batch.to(run.device), run)
+                    for k, x in enumerate(pair):
+                        f = network.backbone(x)
+                        feats[k].append(f.float().cpu())
+                        projs[k].append(network.projector(f).float().cpu())
+        finally:
+            for b, saved in zip(network.buffers(), buffers):
+                b.copy_(saved)
+        metrics, hists = {}, {}
+        for branch, suffix, (a, b) in (("backbone", "_backbone", feats), ("projector", "_projector", projs)):
+            a, b = torch.cat(a), torch.cat(b)
+            metrics.update({f"{k}{suffix}": v for k, v in health_metrics(a, b).items()})
+            positive, negative = pair_cosines(a, b)
+            pos_h, neg_h = histogram(positive), histogram(negative)
+            hists[branch] = {"edges": pos_h["edges"], "positive": pos_h["counts"], "negative": neg_h["counts"]}
+        return metrics, hists
+
+
+def two_views(views, images: Tensor, run) -> tuple[Tensor, Tensor]:
+    """The first two global views of ``images`` (a positive pair); with a single global view, that view
+    and the un-augmented image."""
+    made = views(images)
+    pair = [v for v, g in zip(made, views.is_global) if g][:2]
+    if len(pair) < 2:
+        pair = [made[0], run.preprocess(images)]
+    return pair[0], pair[1]
+
+
+class AlarmAction:
+    """Acts on the monitor's alarm after the epoch's metrics are written and printed: ``warn`` prints,
+    ``halt`` stops the run with a message that names the signal and the last checkpoint."""
+
+    def __init__(self, monitor: HealthMonitor) -> None:
+        self.monitor = monitor
+
+    def clrun_epoch_end(self, run, epoch: int, metrics: dict[str, float]) -> None:
+        message = self.monitor.fired
+        if message is None:
+            return
+        if self.monitor.section.alarm.action == "warn":
+            print(f"warning: {message} (health.alarm.action=halt stops the run)", flush=True)
+            return
+        if run.checkpoint_epoch is None:
+            kept = "no checkpoint was written: the signal appeared before the first one"
+        else:
+            kept = f"the last healthy checkpoint (epoch {run.checkpoint_epoch}) is {Path(run.directory) / 'checkpoint.pt'}"
+        raise TrainingHalted(f"{message}; {kept}. {HALT_ADVICE}")
