@@ -1,0 +1,188 @@
+"""Encoder export: a trained run's backbone as one ``.safetensors`` file, usable without cl-run.
+
+The backbone is what a contrastive run is for (the projector is scaffolding), so this writes only its
+tensors, under the names the bare model uses (``conv1.weight``, not ``backbone.conv1.weight``).
+
+Why safetensors: reading it needs no pickle (a ``.pt`` file can run code when loaded; a safetensors
+file is a JSON header plus raw tensor bytes), it is what timm and the Hugging Face tools read natively,
+and its header carries string metadata: the recipe the encoder was trained with, the backbone's name
+and arguments, the clrun version, epoch and step. ``read_metadata`` shows them.
+
+Loading an export of a ``timm/MODEL`` backbone in timm alone (both load with strict keys)::
+
+    >>> model = timm.create_model(MODEL, num_classes=0, in_chans=1,
+                              checkpoint_path="runs/quickstart/encoder.safetensors")
+    >>> # or, through timm's pretrained-weights path:
+    >>> model = timm.create_model(MODEL, pretrained=True, num_classes=0, in_chans=1,
+                              pretrained_cfg_overlay=dict(file="runs/quickstart/encoder.safetensors",
+                                                          num_classes=0))
+
+``num_classes=0`` in the overlay matters: timm drops the classifier and loads *non*-strictly when the
+weights' ``num_classes`` (1000 by default) differs from the model's. The ``backbone_args`` metadata
+(``in_chans`` etc.) are timm's keyword arguments, except ``small_image_stem`` (a cl-run change of the
+stem that timm cannot build): for those, and for backbones from other plugins, use ``load_encoder``,
+which rebuilds the backbone exactly as the recipe did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+import yaml
+from torch import Tensor, nn
+
+import clrun
+from clrun.errors import UserError
+from clrun.training.checkpoint import FILE as CHECKPOINT_FILE
+
+ENCODER_FILE = "encoder.safetensors"
+RECIPE_FILE = "recipe.yaml"
+_PREFIX = "backbone."
+# Backbone arguments that fetch weights: a rebuilt encoder gets its weights from the export instead.
+_WEIGHT_SOURCES = ("pretrained", "checkpoint_path")
+
+
+def encoder_state(network_state: dict[str, Any]) -> dict[str, Tensor]:
+    """The backbone's tensors of a checkpoint's ``network`` state, named as in the bare backbone.
+
+    Cloned (safetensors refuses tensors that share storage) and contiguous (it stores plain row-major
+    bytes; a ``channels_last`` run's weights are not).
+    """
+    return {
+        key[len(_PREFIX):]: value.detach().cpu().contiguous().clone()
+        for key, value in network_state.items()
+        if key.startswith(_PREFIX)
+    }
+
+
+def write_encoder(path: Path, backbone_state: dict[str, Tensor], recipe: dict[str, Any],
+                  extra: dict[str, Any] | None = None) -> Path:
+    """Write ``backbone_state`` with its recipe as metadata to ``path``, atomically: a crash leaves the
+    previous file or the complete new one, never a half-written file under that name."""
+    path = Path(path)
+    backbone = dict(recipe.get("backbone") or {})
+    name = backbone.pop("name", None)
+    if not isinstance(name, str):
+        raise ValueError("write_encoder: the recipe has no backbone.name")
+    metadata = {
+        "format": "pt",  # the safetensors convention: these are PyTorch tensors
+        "clrun_version": clrun.__version__,
+        "recipe": yaml.safe_dump(recipe, sort_keys=False),
+        "backbone": name,
+        "backbone_args": json.dumps(backbone, sort_keys=True),
+    }
+    for key, value in (extra or {}).items():
+        if key in metadata:
+            raise ValueError(f"write_encoder: extra metadata {key!r} would replace a reserved entry")
+        metadata[key] = str(value)
+
+    # Same folder, so os.replace is a rename on one file system (atomic), as in checkpoint.save_atomic.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        safetensors.torch.save_file(backbone_state, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:  # save_file takes a path only: flush its bytes to disk here
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def export(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path:
+    """Export a run's encoder: ``<run folder>/encoder.safetensors`` unless ``out`` (a file, or a folder
+    to write ``encoder.safetensors`` in). ``run_or_checkpoint`` is a run folder or its checkpoint file;
+    the recipe is read from ``recipe.yaml`` beside the checkpoint."""
+    checkpoint = _find_checkpoint(Path(run_or_checkpoint))
+    state = _load_checkpoint(checkpoint)
+    recipe = _read_recipe(checkpoint.parent / RECIPE_FILE, checkpoint)
+    backbone = encoder_state(state["network"])
+    if not backbone:
+        raise UserError(f"export: {checkpoint} holds no backbone tensors (no `backbone.*` keys in its network state)")
+
+    target = checkpoint.parent / ENCODER_FILE if out is None else Path(out)
+    if target.is_dir():
+        target = target / ENCODER_FILE
+    if target.suffix != ".safetensors":
+        # timm picks its reader by this suffix; any other name would be read as a pickle and fail.
+        raise UserError(f"export: {target}: the output file name must end in .safetensors")
+    if not target.parent.is_dir():
+        raise UserError(f"export: {target}: the folder {target.parent} does not exist")
+    return write_encoder(target, backbone, recipe, {"epoch": state.get("epoch"), "step": state.get("step")})
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata in a safetensors file's header (empty when it has none)."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"no encoder file at {file} (export one with clrun.export.export(<run folder>))")
+    try:
+        with safetensors.safe_open(str(file), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise UserError(f"{file} is not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+
+
+def load_encoder(path: str | Path) -> nn.Module:
+    """Rebuild an exported backbone as its recipe built it and load the file's weights (strict keys and
+    shapes). Returns the module in eval mode, on the CPU."""
+    file = Path(path)
+    metadata = read_metadata(file)
+    if "backbone" not in metadata:
+        raise UserError(f"{file} is not a cl-run encoder export (its metadata has no `backbone` entry); "
+                        f"export a run with clrun.export.export(<run folder>)")
+    name = metadata["backbone"]
+    args = json.loads(metadata.get("backbone_args", "{}"))
+    args.pop("checkpoint_path", None)
+    if "pretrained" in args:  # only if set: a plugin backbone may not take this argument
+        args["pretrained"] = False
+    try:
+        model = clrun.create("backbone", name, **args)
+    except UserError as exc:
+        raise UserError(f"{file}: cannot rebuild its backbone {name} with {args}: {exc}") from exc
+    state = safetensors.torch.load_file(str(file))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise UserError(f"{file}: its tensors do not fit backbone {name} with {args} ({detail})") from None
+    return model.eval()
+
+
+def _find_checkpoint(path: Path) -> Path:
+    # Not checkpoint.find: its messages speak of --resume.
+    file = path / CHECKPOINT_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise UserError(f"export: no checkpoint at {file} (pass a run folder holding {CHECKPOINT_FILE}, "
+                        f"or the checkpoint file itself)")
+    return file
+
+
+def _load_checkpoint(file: Path) -> dict[str, Any]:
+    # weights_only: a checkpoint is read without running pickled code.
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"export: {file} is not a readable cl-run checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("network"), dict):
+        raise UserError(f"export: {file} is not a cl-run checkpoint (it has no `network` state)")
+    return state
+
+
+def _read_recipe(file: Path, checkpoint: Path) -> dict[str, Any]:
+    if not file.is_file():
+        raise UserError(f"export: no {RECIPE_FILE} at {file}; the export records the recipe its checkpoint "
+                        f"{checkpoint} was trained with: put that run's {RECIPE_FILE} beside it")
+    try:
+        recipe = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"export: {file} is not valid YAML ({exc})") from exc
+    backbone = recipe.get("backbone") if isinstance(recipe, dict) else None
+    if not isinstance(backbone, dict) or not isinstance(backbone.get("name"), str):
+        raise UserError(f"export: {file} has no backbone.name; is it the run's resolved recipe?")
+    return recipe
