@@ -2,6 +2,10 @@
 
     cl-run RECIPE [dotted.key=value ...] [--resume RUN_OR_CHECKPOINT]   train
     cl-run check RECIPE [dotted.key=value ...]                          validate, build, one CPU batch
+    cl-run eval RUN_OR_CHECKPOINT [dotted.key=value ...] [--with FILE]  run the recipe's evaluators again
+    cl-run export RUN_OR_CHECKPOINT [-o FILE.safetensors]               the encoder for timm and others
+    cl-run sweep RECIPE key=v1,v2,... [dotted.key=value ...]            one run per value, one table
+    cl-run report RUN                                                   (re)write a run's plots and report
     cl-run components [KIND] [PATTERN]                                  what can be selected
     cl-run plugins                                                      loaded and broken plugins
 
@@ -19,7 +23,7 @@ from clrun.component import KINDS
 from clrun.errors import TrainingHalted, UserError
 from clrun.recipe.problems import RecipeError
 
-COMMANDS = ("train", "check", "components", "plugins")
+COMMANDS = ("train", "check", "eval", "export", "sweep", "report", "components", "plugins")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,6 +39,18 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a recipe, build it on the CPU and push one tiny batch through")
     c.add_argument("recipe")
     c.add_argument("overrides", nargs="*")
+    e = sub.add_parser("eval", help="evaluate a run or checkpoint with its recipe's evaluator callbacks")
+    e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    e.add_argument("overrides", nargs="*", help="dotted.key=value changes to the run's recipe, e.g. callbacks.0.k=50")
+    e.add_argument("--with", dest="sections", metavar="FILE", help="a YAML file whose sections (e.g. callbacks:) replace the recipe's")
+    x = sub.add_parser("export", help="write a run's encoder as safetensors with its recipe as metadata")
+    x.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    x.add_argument("-o", "--output", metavar="FILE", help="default: encoder.safetensors in the run folder")
+    w = sub.add_parser("sweep", help="train one variant per value of key=v1,v2,... and tabulate them")
+    w.add_argument("recipe")
+    w.add_argument("overrides", nargs="+", help="key=v1,v2,... (swept) and key=value (fixed)")
+    r = sub.add_parser("report", help="write a run folder's plots and report.md from its files")
+    r.add_argument("run", metavar="RUN")
     ls = sub.add_parser("components", help="list registered components")
     ls.add_argument("kind", nargs="?", choices=KINDS)
     ls.add_argument("pattern", nargs="?", help="fnmatch pattern on the name, e.g. 'timm/vit_*'")
@@ -97,6 +113,54 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from clrun.evaluation import evaluate
+    from clrun.report import write_report
+
+    results = evaluate(args.checkpoint, args.overrides, args.sections)
+    evaluations = sorted({k.removesuffix("_projector") for k in results})
+    print(f"{'evaluation':<24} {'backbone':>9} {'projector':>9}")
+    for name in evaluations:
+        cells = [results.get(name), results.get(f"{name}_projector")]
+        print(f"{name:<24} " + " ".join(f"{100 * v:>8.2f}%" if v is not None else f"{'-':>9}" for v in cells))
+    folder = checkpoint_folder(args.checkpoint)
+    print(f"results: {folder / 'eval.json'}\nreport: {write_report(folder)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from clrun.export import export
+
+    print(f"encoder: {export(args.checkpoint, args.output)}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from clrun.sweep import sweep
+
+    print(f"sweep table: {sweep(args.recipe, args.overrides)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from clrun.report import write_report
+
+    folder = Path(args.run)
+    if not (folder / "recipe.yaml").is_file():
+        raise UserError(f"report: {folder} is not a run folder (it has no recipe.yaml)")
+    print(f"report: {write_report(folder)}")
+    return 0
+
+
+def checkpoint_folder(run_or_checkpoint: str):
+    from pathlib import Path
+
+    path = Path(run_or_checkpoint)
+    return path if path.is_dir() else path.parent
+
+
 def cmd_components(args) -> int:
     registry = plugin_manager.default_registry()
     found = registry.list(args.kind, args.pattern)
@@ -120,4 +184,7 @@ def cmd_plugins(args) -> int:
     return 0
 
 
-COMMAND_FUNCTIONS = {"train": cmd_train, "check": cmd_check, "components": cmd_components, "plugins": cmd_plugins}
+COMMAND_FUNCTIONS = {
+    "train": cmd_train, "check": cmd_check, "eval": cmd_eval, "export": cmd_export, "sweep": cmd_sweep,
+    "report": cmd_report, "components": cmd_components, "plugins": cmd_plugins,
+}

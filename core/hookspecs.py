@@ -11,7 +11,7 @@ version but never lose or rename one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable
 
 import pluggy
 
@@ -44,7 +44,10 @@ class RunSpecs:
     """Hooks a callback (a component of kind ``callback``, or a built-in logger) implements.
 
     Every hook receives ``run``, the live ``clrun.Run``: its model, recipe, run directory, device,
-    current epoch and step, and ``run.log(...)`` to add metrics to the current step or epoch.
+    current epoch and step. A callback adds metrics by adding entries to the ``metrics`` dict it is given.
+    Callbacks with ``state_dict()`` / ``load_state_dict(state)`` have that state saved in every checkpoint
+    and restored on ``--resume`` (before ``clrun_run_start``); callbacks with ``evaluate(run) -> dict``
+    are what ``cl-run eval`` runs.
     """
 
     @hookspec
@@ -52,8 +55,9 @@ class RunSpecs:
         """Called once after everything is built (and a checkpoint restored), before the first step."""
 
     @hookspec
-    def clrun_step_end(self, run: "Run", step: int, metrics: Mapping[str, float]) -> None:
-        """Called after each optimizer step with that step's scalar metrics (loss, lr, ...)."""
+    def clrun_step_end(self, run: "Run", step: int, metrics: dict[str, float]) -> None:
+        """Called after each optimizer step with that step's scalar metrics (loss, lr, ...); entries added
+        here are logged with the step and averaged into the epoch's metrics."""
 
     @hookspec
     def clrun_step_outputs(self, run: "Run", outputs: "StepOutputs", labels: "Tensor") -> None:

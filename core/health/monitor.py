@@ -39,6 +39,7 @@ class HealthMonitor:
         self.alarm = CollapseAlarm(section.alarm)
         self.images: Tensor | None = None
         self.fired: str | None = None  # the alarm message of the latest check, for AlarmAction
+        self.latest: dict[str, float] = {}
 
     def clrun_run_start(self, run) -> None:
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + 7919))
@@ -49,6 +50,7 @@ class HealthMonitor:
             return
         metrics_now, hists = self.measure(run)
         metrics.update(metrics_now)
+        self.latest = metrics_now
         now, fired = self.alarm.observe(metrics_now, epoch)
         halting = self.section.alarm.action == "halt"
         # While a signal is beyond its threshold the state may be collapsing: keep the last healthy checkpoint.
@@ -60,6 +62,9 @@ class HealthMonitor:
         }
         with open(Path(run.directory) / FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def clrun_run_end(self, run, metrics: dict[str, float]) -> None:
+        metrics.update(self.latest)  # the final check belongs in the run's summary
 
     @torch.no_grad()
     def measure(self, run) -> tuple[dict[str, float], dict[str, dict]]:

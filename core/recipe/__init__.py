@@ -18,10 +18,17 @@ __all__ = [
 ]
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None) -> Recipe:
-    """Read, override and validate a recipe; raise RecipeError listing every problem at once."""
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None,
+                sections_from: str | Path | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing every problem at once.
+
+    ``sections_from``: another YAML file whose top-level sections replace the recipe's (e.g. an
+    evaluation file's ``callbacks:``); its problems are reported at its own lines.
+    """
     problems: list[Problem] = []  # duplicate keys: reported with everything validation finds
     node = load_yaml_file(str(path), problems)
+    if sections_from is not None:
+        replace_sections(node, load_yaml_file(str(sections_from), problems), str(sections_from))
     try:
         apply_overrides(node, overrides)
         recipe = recipe_from_node(node, registry)
@@ -31,6 +38,14 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), r
         raise RecipeError(problems)
     recipe.source = str(path)
     return recipe
+
+
+def replace_sections(node: Node, other: Node, file: str) -> None:
+    if not isinstance(other.value, dict):
+        raise RecipeError([Problem(file, other.line, other.col, "", "must be a mapping of recipe sections (e.g. callbacks:)")])
+    for key, section in other.value.items():
+        node.value[key] = section
+        node.key_positions[key] = other.key_positions.get(key, (section.line, section.col))
 
 
 def recipe_from_node(node: Node, registry: Registry | None = None) -> Recipe:

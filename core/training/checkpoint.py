@@ -32,22 +32,23 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path, command: str = "--resume") -> dict[str, Any]:
+    """``command`` starts error messages: the option or command the path came from."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"--resume: no checkpoint at {path}") from None
+        raise UserError(f"{command}: no checkpoint at {path}") from None
     except Exception as exc:
-        raise UserError(f"--resume: {path} is not a readable cl-run checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise UserError(f"{command}: {path} is not a readable cl-run checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
-def find(run_or_checkpoint: str | Path) -> Path:
+def find(run_or_checkpoint: str | Path, command: str = "--resume") -> Path:
     """A checkpoint file from a run folder or a checkpoint path."""
     path = Path(run_or_checkpoint)
     if path.is_dir():
         path = path / FILE
     if not path.is_file():
-        raise UserError(f"--resume: no checkpoint at {path} (pass a run folder holding {FILE}, or the file itself)")
+        raise UserError(f"{command}: no checkpoint at {path} (pass a run folder holding {FILE}, or the file itself)")
     return path
 
 

@@ -61,7 +61,10 @@ class Run:
         was_training = network.training
         network.eval()
         feats, projs, labels = [], [], []
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.recipe.data.num_workers)
+        # A private generator: a DataLoader draws its base seed from the global one even without shuffling,
+        # and an evaluation in mid-training must not change the training's augmentations.
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.recipe.data.num_workers,
+                            generator=torch.Generator())
         try:
             for images, y in loader:
                 f = network.backbone(self.preprocess(images))

@@ -2,8 +2,12 @@
 
 from clrun import Component, hookimpl
 from clrun.plugins.callbacks.knn import KNNEvaluation
+from clrun.plugins.callbacks.online_probe import OnlineProbe
+from clrun.plugins.callbacks.tensorboard import TensorBoardLogger
 
 
 @hookimpl
 def clrun_components():
-    return [Component("callback", "clrun/knn", KNNEvaluation, "weighted kNN top-1 of backbone and projector features")]
+    return [Component("callback", "clrun/knn", KNNEvaluation, "weighted kNN top-1 of backbone and projector features"),
+        Component("callback", "clrun/online_probe", OnlineProbe, "online linear probes on detached backbone and projector features"),
+        Component("callback", "clrun/tensorboard", TensorBoardLogger, "step, epoch and final metrics and the recipe to TensorBoard")]
