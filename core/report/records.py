@@ -1,0 +1,225 @@
+"""The run folder's files, read for the report, and the atomic writes of what the report adds.
+
+A report is also written for runs that crashed or were halted, so every reader here tolerates what such
+a run leaves: a missing file, a torn last line of a JSONL file, a missing key, and NaN written as the
+string ``"nan"`` (JSON has no NaN). Problems are collected, not raised: the report says what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BRANCHES = ("backbone", "projector")
+HEALTH_METRICS = ("alignment", "uniformity", "std_sqrt_d", "rankme", "pos_cosine", "neg_cosine")
+
+
+@dataclass
+class RunRecords:
+    """Everything the report draws on; an absent file leaves its field empty and its name in ``missing``."""
+
+    directory: Path
+    recipe: dict[str, Any] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] | None = None  # the summary.json record, else the metrics file's "final" line
+    health: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: dict[str, Any] | None = None  # eval.json as written by `cl-run eval`
+    missing: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def halted(self) -> str | None:
+        message = (self.final or {}).get("halted")
+        return str(message) if message else None
+
+
+def read_run(run_dir: Path) -> RunRecords:
+    run_dir = Path(run_dir)
+    records = RunRecords(directory=run_dir)
+    recipe = _read_yaml(run_dir / "recipe.yaml", records)
+    records.recipe = recipe if isinstance(recipe, dict) else {}
+    for line in _read_jsonl(run_dir / "metrics.jsonl", records):
+        kind = line.get("kind")
+        if kind == "step":
+            records.steps.append(line)
+        elif kind == "epoch":
+            records.epochs.append(line)
+        elif kind == "final":
+            records.final = line
+    summary = _read_json(run_dir / "summary.json", records)
+    if isinstance(summary, dict):
+        records.final = summary  # written atomically at the end: the authority over the metrics line
+    records.health = [h for h in _read_jsonl(run_dir / "health.jsonl", records) if isinstance(h.get("metrics"), dict)]
+    evaluation = _read_json(run_dir / "eval.json", records, optional=True)
+    if isinstance(evaluation, dict) and isinstance(evaluation.get("results"), dict):
+        records.evaluation = evaluation
+    return records
+
+
+def number(value: Any) -> float | None:
+    """A float from a metric value (``"nan"``/``"inf"`` strings included); None for anything else."""
+    if isinstance(value, bool):  # a bool is an int to Python, never a metric
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def epoch_of(record: dict[str, Any]) -> int:
+    x = number(record.get("epoch"))
+    return int(x) if x is not None and math.isfinite(x) else 0
+
+
+def is_accuracy(key: str) -> bool:
+    return key.endswith("top1") or key.endswith("top1_projector")
+
+
+def accuracy_base(key: str) -> str:
+    """``knn_top1_projector`` -> ``knn_top1``: the evaluation a key belongs to, whatever the branch."""
+    return key[: -len("_projector")] if key.endswith("_projector") else key
+
+
+# The standard evaluations first, in the order a reader compares them; any other ``*_top1`` after.
+EVALUATIONS = {
+    "knn_top1": "kNN",
+    "linear_top1": "linear probe",
+    "online_top1": "online probe",
+    "finetune_top1": "fine-tune",
+    "online_train_top1": "online probe (training batches)",
+}
+
+
+def evaluation_label(base: str) -> str:
+    return EVALUATIONS.get(base, base.removesuffix("_top1").replace("_", " ") + " top-1")
+
+
+def ordered_bases(keys) -> list[str]:
+    bases = {accuracy_base(k) for k in keys if is_accuracy(k)}
+    known = [b for b in EVALUATIONS if b in bases]
+    return known + sorted(bases - set(known))
+
+
+def health_value(metrics: dict[str, Any], name: str, branch: str) -> float | None:
+    """A health metric of one branch. The monitor writes ``<name>_backbone``; a bare ``<name>`` is the
+    backbone's in older files, but only a fallback: a loss may log its own bare ``pos_cosine``."""
+    if branch == "projector":
+        return number(metrics.get(f"{name}_projector"))
+    value = number(metrics.get(f"{name}_backbone"))
+    return value if value is not None else number(metrics.get(name))
+
+
+def health_checks(records: RunRecords) -> list[tuple[int, dict[str, Any]]]:
+    """(epoch, metrics) of every health check: health.jsonl, else the epoch records that carry health keys."""
+    if records.health:
+        return [(epoch_of(h), h["metrics"]) for h in records.health]
+    checks = []
+    for record in records.epochs:
+        if any(health_value(record, m, b) is not None for m in ("uniformity", "std_sqrt_d", "rankme")
+               for b in BRANCHES):
+            checks.append((epoch_of(record), record))
+    return checks
+
+
+def results(records: RunRecords) -> dict[str, float]:
+    """The run's final numeric results (for a run that never finished: its last epoch's); eval.json's
+    (a later, dedicated evaluation) override and add."""
+    base = records.final if records.final is not None else (records.epochs[-1] if records.epochs else {})
+    merged = {k: x for k, v in base.items() if (x := number(v)) is not None}
+    if records.evaluation:
+        merged.update({k: x for k, v in records.evaluation["results"].items() if (x := number(v)) is not None})
+    return merged
+
+
+def recipe_get(recipe: dict[str, Any], dotted: str) -> Any:
+    node: Any = recipe
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: readers (and a crash halfway)
+    only ever see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    # A unique name in the same folder (os.replace is atomic only within one file system); opened with
+    # plain open(), not mkstemp, so the file gets the usual permissions (mkstemp's are owner-only).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _read_yaml(path: Path, records: RunRecords) -> Any:
+    text = _read_text(path, records, optional=False)
+    if text is None:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        records.problems.append(f"{path.name} is not valid YAML ({type(exc).__name__})")
+        return None
+
+
+def _read_json(path: Path, records: RunRecords, optional: bool = False) -> Any:
+    text = _read_text(path, records, optional)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        records.problems.append(f"{path.name} is not valid JSON")
+        return None
+
+
+def _read_jsonl(path: Path, records: RunRecords) -> list[dict[str, Any]]:
+    text = _read_text(path, records, optional=False)
+    if text is None:
+        return []
+    lines, bad = [], 0
+    for raw in text.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError:  # typically the torn last line of a killed run
+            bad += 1
+            continue
+        if isinstance(line, dict):
+            lines.append(line)
+        else:
+            bad += 1
+    if bad:
+        records.problems.append(f"{path.name}: {bad} unreadable line(s) skipped")
+    return lines
+
+
+def _read_text(path: Path, records: RunRecords, optional: bool) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        if not optional:
+            records.missing.append(path.name)
+    except OSError as exc:
+        records.problems.append(f"{path.name} could not be read ({exc.strerror or type(exc).__name__})")
+    return None
+

@@ -1,0 +1,45 @@
+"""The collapse alarm on real data: a recipe that collapses (SimSiam's loss without stop-gradient and
+without predictor) is halted within a few epochs, naming the signal; the quickstart with the same
+budget and the same alarm trains to the end without a single signal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import clrun
+from clrun import TrainingHalted
+
+RECIPES = Path(__file__).parent.parent / "recipes"
+# 2,048 images in batches of 128: 16 steps an epoch; a 512-image health sample.
+BUDGET = ["data.dataset.subset=2048", "train.epochs=4", "health.samples=512", "callbacks=[]", "train.progress=false"]
+
+pytestmark = pytest.mark.slow
+
+
+def checks(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "health.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_collapsing_recipe_is_halted_within_a_few_epochs(tmp_path):
+    recipe = clrun.load_recipe(RECIPES / "collapse_demo_fmnist.yaml", [*BUDGET, f"run.dir={tmp_path}", "run.name=collapse"])
+    assert recipe.health.alarm.action == "halt"
+    with pytest.raises(TrainingHalted) as halted:
+        clrun.train(recipe)
+    message = str(halted.value)
+    assert message.startswith("collapse alarm at epoch ")
+    assert "projector std_sqrt_d = " in message and "< 0.1" in message
+    last = checks(tmp_path / "collapse")[-1]
+    assert last["epoch"] <= 4 and last["alarm"]["fired"] is not None
+    assert last["metrics"]["std_sqrt_d_projector"] < 0.1 and last["metrics"]["uniformity_projector"] > -0.1
+
+
+def test_the_quickstart_never_raises_a_signal(tmp_path):
+    recipe = clrun.load_recipe(RECIPES / "quickstart.yaml", [*BUDGET, "health.alarm.action=halt", f"run.dir={tmp_path}", "run.name=quick"])
+    run = clrun.train(recipe)
+    assert run.epoch == 4
+    history = checks(run.directory)
+    assert [c["alarm"]["signals"] for c in history] == [[]] * 4
+    assert all(c["metrics"]["std_sqrt_d_projector"] > 0.5 and c["metrics"]["rankme_projector"] > 10 for c in history)
