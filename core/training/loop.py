@@ -183,7 +183,11 @@ def save(run: Run, callbacks: list = ()) -> None:
 
 def callback_states(callbacks: list) -> dict[str, Any]:
     """The state of every callback that has one (``state_dict``), keyed by position and class name."""
-    return {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")}
+    return {callback_key(i, cb): cb.state_dict() for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")}
+
+
+def callback_key(index: int, callback: object) -> str:
+    return f"{index}:{type(callback).__name__}"
 
 
 def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callbacks: list = ()) -> None:
@@ -210,7 +214,7 @@ def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callba
     if parts.scheduler is not None and state["scheduler"] is not None:
         parts.scheduler.load_state_dict(state["scheduler"])
     saved_callbacks = state.get("callbacks") or {}
-    for key, cb in ((f"{i}:{type(cb).__name__}", cb) for i, cb in enumerate(callbacks)):
+    for key, cb in ((callback_key(i, cb), cb) for i, cb in enumerate(callbacks)):
         if hasattr(cb, "load_state_dict"):
             if key not in saved_callbacks:
                 raise UserError(f"--resume: {source}: it holds no state for callback {key}; {refit}")
