@@ -1,7 +1,8 @@
 """``cl-run sweep RECIPE key=v1,v2,... [key=value ...]``: train one variant per value (per combination,
 when several keys are swept) and tabulate accuracy, alignment and uniformity against the swept value.
 
-Every variant is validated before the first one trains, so a typo in the last value costs no training.
+Every variant is checked (validated, built, one batch on the CPU: ``cl-run check``) before the first one
+trains, so a bad last value costs no training.
 A variant that fails (NaN loss, collapse halt) is recorded with its error and the sweep goes on.
 """
 
@@ -48,6 +49,7 @@ def parse_arguments(arguments: list[str]) -> tuple[list[str], list[tuple[str, li
 def sweep(recipe_path: str | Path, arguments: list[str]) -> Path:
     """Run the variants one after another in one sweep folder; returns the sweep table's path."""
     from clrun.report import write_sweep_report
+    from clrun.training.check import check
     from clrun.training.loop import train
 
     fixed, swept = parse_arguments(arguments)
@@ -57,9 +59,9 @@ def sweep(recipe_path: str | Path, arguments: list[str]) -> Path:
     combos = list(itertools.product(*(values for _, values in swept)))
     labels = [",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo)) for combo in combos]
     variants = [fixed + [f"{k}={v}" for k, v in zip(keys, combo)] for combo in combos]
+    for overrides in variants:
+        check(load_recipe(recipe_path, overrides))
     base = load_recipe(recipe_path, variants[0])
-    for overrides in variants[1:]:
-        load_recipe(recipe_path, overrides)  # every variant valid before anything trains
     folder = run_dir.create(base.run.dir, f"{Path(recipe_path).stem}-sweep")
     rows: list[dict[str, Any]] = []
     for combo, label, overrides in zip(combos, labels, variants):
