@@ -35,6 +35,9 @@ class Run:
     # Set by a callback (the collapse alarm) to skip checkpoint writes while the state looks unhealthy.
     checkpoint_hold: str | None = None
     checkpoint_epoch: int | None = None  # the epoch of the checkpoint on disk, if any
+    # Features of the data sets embedded at the current step: the kNN and linear-probe evaluators at the
+    # end of a run usually embed the same train and test sets, and embedding 60k images takes a minute.
+    _feature_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def encoder(self) -> torch.nn.Module:
@@ -51,12 +54,22 @@ class Run:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    @torch.no_grad()
     def features(self, dataset: Dataset, batch_size: int = 512) -> tuple[Tensor, Tensor, Tensor]:
         """(backbone features, projector outputs, labels) of a whole data set, in eval mode, on the CPU.
 
-        Images get no augmentation (see ``preprocess``).
+        Images get no augmentation (see ``preprocess``). Cached for the current step: a data set that
+        another evaluator already embedded at this step (the same class, length and sample of images and
+        labels) is not embedded again.
         """
+        key = (self.step, batch_size, dataset_fingerprint(dataset))
+        if key not in self._feature_cache:
+            if any(k[0] != self.step for k in self._feature_cache):
+                self._feature_cache.clear()  # the network changed: older features are stale
+            self._feature_cache[key] = self._embed(dataset, batch_size)
+        return self._feature_cache[key]
+
+    @torch.no_grad()
+    def _embed(self, dataset: Dataset, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
         network = self.parts.network
         was_training = network.training
         network.eval()
@@ -74,3 +87,15 @@ class Run:
         finally:
             network.train(was_training)
         return torch.cat(feats), torch.cat(projs), torch.cat(labels)
+
+
+def dataset_fingerprint(dataset: Dataset) -> tuple:
+    """Identifies a data set's contents cheaply: its class, length, and a hash of a few items."""
+    n = len(dataset)
+    if n == 0:
+        return type(dataset).__qualname__, 0, ()
+    sample = []
+    for i in sorted({0, n // 3, n // 2, (2 * n) // 3, n - 1}):
+        image, label = dataset[i]
+        sample.append((hash(torch.as_tensor(image).numpy().tobytes()), int(label)))
+    return type(dataset).__qualname__, n, tuple(sample)
