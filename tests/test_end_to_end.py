@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import timm
+import torch
 
 import clrun
 
@@ -17,7 +19,27 @@ QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 
 
 @pytest.mark.slow
-def test_the_quickstart_recipe_reaches_80_percent_knn_top1(tmp_path):
-    """The README's promise, on the recipe exactly as shipped (only the run folder moved)."""
+def test_the_quickstart_recipe_keeps_the_readmes_promises(tmp_path):
+    """The README's numbers, on the recipe exactly as shipped (only the run folder moved): kNN 81.87%,
+    linear probe 84.95%, online probe 75.68% measured, backbone ahead of the projector on each; a healthy
+    run; a report with its plots; an encoder that timm loads and that gives the run's features."""
     run = clrun.train(clrun.load_recipe(QUICKSTART, [f"run.dir={tmp_path}", "train.progress=false"]))
-    assert run.summary["knn_top1"] >= 0.80
+    s = run.summary
+    assert s["knn_top1"] >= 0.80 and s["linear_top1"] >= 0.83 and s["online_top1"] >= 0.70
+    for evaluation in ("knn_top1", "linear_top1", "online_top1"):
+        assert s[evaluation] > s[f"{evaluation}_projector"]
+    assert s["std_sqrt_d_projector"] > 0.9 and s["uniformity_projector"] < -3.0
+
+    report = (run.directory / "report.md").read_text(encoding="utf-8")
+    assert "## Backbone vs projector" in report
+    assert f"| kNN | {100 * s['knn_top1']:.2f} | {100 * s['knn_top1_projector']:.2f} |" in report
+    for plot in ("loss", "accuracy", "alignment_uniformity", "health", "similarities"):
+        assert f"(plots/{plot}.png)" in report and (run.directory / "plots" / f"{plot}.png").stat().st_size > 10_000
+
+    model = timm.create_model("resnet10t", num_classes=0, in_chans=1,
+                              checkpoint_path=str(run.directory / "encoder.safetensors"))
+    images = torch.stack([run.recipe.callbacks[0].build().test[i][0] for i in range(16)])
+    x = run.preprocess(images).contiguous()
+    run.encoder.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), run.encoder(x), rtol=1e-5, atol=1e-5)

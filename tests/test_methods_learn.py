@@ -25,7 +25,8 @@ from clrun.training.run import Run
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
-SHORT = ["data.dataset.subset=5120", "train.epochs=4", "callbacks.0.train.subset=10000"]
+# kNN and linear probe share one 10k bank (embedded once); the online probe and kNN share the test split.
+SHORT = ["data.dataset.subset=5120", "train.epochs=4", "callbacks.0.train.subset=10000", "callbacks.1.train.subset=10000"]
 
 # recipe stem -> (budget overrides, minimum kNN gain over the untrained encoder); measured gains noted.
 CASES = {
