@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from clrun import ComponentError, Nested, Run, UserError
+from clrun.plugins.callbacks.evaluator import Evaluator
 from clrun.plugins.callbacks.linear import cosine_factor, init_linear, train_linear_classifier
 
 NAME = "clrun/finetune"
@@ -77,7 +78,7 @@ def private_rng(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
-class FineTune:
+class FineTune(Evaluator):
     """Fine-tuning evaluation: for each branch, a copy of the encoder plus a linear head trained end to end
     on the labeled ``train`` set, its top-1 accuracy on ``test``: ``finetune_top1`` for a copy of the
     backbone, ``finetune_top1_projector`` for a copy of backbone + projector (the head on the projector's
@@ -276,14 +277,8 @@ class FineTune:
             del model
         return results
 
-    def clrun_epoch_end(self, run: Run, epoch: int, metrics: dict[str, float]) -> None:
-        if self.every and epoch % self.every == 0 and epoch < run.recipe.train.epochs:
-            metrics.update(self.evaluate(run))
-
-    def clrun_run_end(self, run: Run, metrics: dict[str, float]) -> None:
-        accuracy = self.evaluate(run)
-        metrics.update(accuracy)
-        parts = [f"{100 * accuracy[KEYS[b]]:.2f}% ({'backbone features' if b == 'backbone' else 'projector outputs'})"
+    def describe(self, results: dict[str, float]) -> str:
+        parts = [f"{100 * results[KEYS[b]]:.2f}% ({'backbone features' if b == 'backbone' else 'projector outputs'})"
                  for b in self.branches]
-        print(f"fine-tuned top-1 on {len(self.test)} test images: {', '.join(parts)}; "
-              f"{self.epochs} epochs on {len(self.train)} images", flush=True)
+        return (f"fine-tuned top-1 on {len(self.test)} test images: {', '.join(parts)}; "
+                f"{self.epochs} epochs on {len(self.train)} images")

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from clrun import Nested, Run, UserError
+from clrun.plugins.callbacks.evaluator import Evaluator
 
 
 def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, num_classes: int, k: int = 20,
@@ -32,7 +33,7 @@ def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, num_classes: i
     return torch.cat(predictions)
 
 
-class KNNEvaluation:
+class KNNEvaluation(Evaluator):
     """kNN top-1 of the backbone's features (``knn_top1``) and, side by side, of the projector's outputs
     (``knn_top1_projector``): what users keep is the backbone, the projector is scaffolding.
 
@@ -67,16 +68,9 @@ class KNNEvaluation:
             accuracy[key] = (pred == test_y).float().mean().item()
         return accuracy
 
-    def clrun_epoch_end(self, run: Run, epoch: int, metrics: dict[str, float]) -> None:
-        if self.every and epoch % self.every == 0 and epoch < run.recipe.train.epochs:
-            metrics.update(self.evaluate(run))
-
-    def clrun_run_end(self, run: Run, metrics: dict[str, float]) -> None:
-        accuracy = self.evaluate(run)
-        metrics.update(accuracy)
-        print(
+    def describe(self, accuracy: dict[str, float]) -> str:
+        return (
             f"kNN top-1 (k={self.k}) on {len(self.test)} test images: {100 * accuracy['knn_top1']:.2f}% "
             f"(backbone features), {100 * accuracy['knn_top1_projector']:.2f}% (projector outputs); "
-            f"neighbour bank: {len(self.train)} images",
-            flush=True,
+            f"neighbour bank: {len(self.train)} images"
         )

@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from clrun import ComponentError, Nested, Run, UserError
+from clrun.plugins.callbacks.evaluator import Evaluator
 from clrun.plugins.callbacks.linear import accuracy, standardize, train_linear_classifier
 
 NAME = "clrun/linear_probe"
@@ -34,7 +35,7 @@ def labeled_features(name: str, run: Run, train: Dataset, test: Dataset,
     return train_out, test_out, num_classes
 
 
-class LinearProbe:
+class LinearProbe(Evaluator):
     """Linear evaluation on frozen features: a linear classifier (multinomial logistic regression) trained
     on the ``train`` set's backbone features, top-1 accuracy on the ``test`` set (``linear_top1``), and,
     side by side, the same on the projector's outputs (``linear_top1_projector``).
@@ -92,16 +93,9 @@ class LinearProbe:
             results[key] = accuracy(classifier, test_x, test_y)
         return results
 
-    def clrun_epoch_end(self, run: Run, epoch: int, metrics: dict[str, float]) -> None:
-        if self.every and epoch % self.every == 0 and epoch < run.recipe.train.epochs:
-            metrics.update(self.evaluate(run))
-
-    def clrun_run_end(self, run: Run, metrics: dict[str, float]) -> None:
-        accuracy_ = self.evaluate(run)
-        metrics.update(accuracy_)
-        print(
-            f"linear probe top-1 on {len(self.test)} test images: {100 * accuracy_['linear_top1']:.2f}% "
-            f"(backbone features), {100 * accuracy_['linear_top1_projector']:.2f}% (projector outputs); "
-            f"trained {self.epochs} epochs on {len(self.train)} images",
-            flush=True,
+    def describe(self, results: dict[str, float]) -> str:
+        return (
+            f"linear probe top-1 on {len(self.test)} test images: {100 * results['linear_top1']:.2f}% "
+            f"(backbone features), {100 * results['linear_top1_projector']:.2f}% (projector outputs); "
+            f"trained {self.epochs} epochs on {len(self.train)} images"
         )
