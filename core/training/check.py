@@ -43,6 +43,12 @@ def check(recipe: Recipe, batch_size: int = 4) -> list[str]:
     if recipe.target is not None:
         t = recipe.target
         lines.append(f"target: momentum copy of backbone + projector, {t.momentum} -> {t.final_momentum} ({t.schedule})")
+    h = recipe.health
+    if h.enabled:
+        lines.append(f"health: every {h.every} epoch(s) on {h.samples} images; collapse alarm {h.alarm.action} "
+                     f"(patience {h.alarm.patience}, {h.alarm.branch})")
+    else:
+        lines.append("health: off")
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     precision = "fp32"  # the CPU check verifies the wiring; reduced precision is a device matter
     metrics, _ = train_step(parts, images, device, precision, scaler, recipe.train.grad_clip, step=0)
