@@ -32,7 +32,10 @@ HALT_ADVICE = (
 class HealthMonitor:
     """Adds ``alignment``, ``uniformity``, ``std_sqrt_d``, ``rankme``, ``pos_cosine``, ``neg_cosine`` of
     the backbone features (suffix ``_backbone``) and of the projector outputs (``_projector``) to the
-    epoch's metrics (a loss's own ``pos_cosine`` is its training batches', so the names differ), appends each check with similarity histograms to ``health.jsonl``, and feeds the alarm."""
+    epoch's metrics (a loss's own ``pos_cosine`` is its training batches', so the names differ), appends
+    each check with similarity histograms to ``health.jsonl``, and feeds the alarm.
+
+    The alarm's streaks are not checkpointed: after ``--resume`` they start again from zero."""
 
     def __init__(self, section: HealthSection, dataset: Dataset, seed: int) -> None:
         self.section, self.dataset, self.seed = section, dataset, seed
