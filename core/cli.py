@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     rest = argv[len(flags):]
     if rest and rest[0] not in COMMANDS and not rest[0].startswith("-"):
         argv = flags + ["train"] + rest
+    if "--with" in argv[:-1]:  # argparse cannot take overrides after an option: move it to the end
+        i = argv.index("--with")
+        argv = argv[:i] + argv[i + 2:] + argv[i:i + 2]
     args = parser().parse_args(argv)
     warnings.simplefilter("default", plugin_manager.PluginWarning)
     try:

@@ -51,7 +51,7 @@ def test_eval_runs_the_evaluators_of_a_file_and_records_them(run_folder, tmp_pat
     backbone = 100 * record["results"]["knn_top1"]
     assert any(line.startswith("knn_top1") and f"{backbone:.2f}%" in line for line in out.splitlines())
     # the same checkpoint evaluated again, from the file itself and with a changed k, gives a new record
-    code, _, err = cl_run(capsys, "eval", run_folder / "checkpoint.pt", "callbacks.0.k=1", "--with", knn_file)
+    code, _, err = cl_run(capsys, "eval", run_folder / "checkpoint.pt", "--with", knn_file, "callbacks.0.k=1")
     assert code == 0, err
     assert json.loads((run_folder / "eval.json").read_text(encoding="utf-8"))["overrides"] == ["callbacks.0.k=1"]
     assert "eval.json" in (run_folder / "report.md").read_text(encoding="utf-8")
