@@ -101,7 +101,10 @@ def cmd_train(args) -> int:
     except TrainingHalted as exc:
         print(f"cl-run: training halted: {exc}", file=sys.stderr)
         return 1
-    print(f"run folder: {run.directory}")
+    from clrun import distributed
+
+    if distributed.launch_rank() == 0:  # under torchrun, one line for the one run folder
+        print(f"run folder: {run.directory}")
     return 0
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from clrun import distributed
 from clrun.errors import TrainingHalted
 from clrun.health.alarm import CollapseAlarm
 from clrun.health.metrics import health_metrics, histogram, pair_cosines
@@ -63,8 +64,9 @@ class HealthMonitor:
             "epoch": epoch, "step": run.step, "metrics": metrics_now, "histograms": hists,
             "alarm": {"branch": self.section.alarm.branch, "signals": [c.metric for c in now], "fired": self.fired},
         }
-        with open(Path(run.directory) / FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if distributed.is_main():
+            with open(Path(run.directory) / FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
     def clrun_run_end(self, run, metrics: dict[str, float]) -> None:
         metrics.update(self.latest)  # the final check belongs in the run's summary
@@ -120,7 +122,8 @@ class AlarmAction:
         if message is None:
             return
         if self.monitor.section.alarm.action == "warn":
-            print(f"warning: {message} (health.alarm.action=halt stops the run)", flush=True)
+            if distributed.is_main():
+                print(f"warning: {message} (health.alarm.action=halt stops the run)", flush=True)
             return
         if run.checkpoint_epoch is None:
             kept = "no checkpoint was written: the signal appeared before the first one"

@@ -31,6 +31,7 @@ class DataSection:
     """Where images come from and how they are batched (decoding and resizing happen in CPU workers)."""
 
     dataset: Annotated[ComponentSpec, Nested("dataset")]
+    # The global batch: with N processes (torchrun) each takes batch_size / N images per step.
     batch_size: int = 256
     num_workers: int = 2
     # Contrastive losses compare images within a batch: a short last batch changes the task, so drop it.
@@ -75,6 +76,10 @@ class TrainSection:
     # NHWC memory layout for the network and the views: faster convolutions on CPUs (oneDNN) and
     # on tensor-core GPUs.
     channels_last: bool = False
+    # torch.compile the backbone (in place): faster steps after a compile of a minute or more.
+    compile: bool = False
+    # With several processes (torchrun): BatchNorm statistics over the whole global batch (CUDA only).
+    sync_batchnorm: bool = False
     # Large-batch (LARS) practice: biases and normalization weights get no weight decay (nor LARS adaptation).
     exclude_bias_and_norm_from_weight_decay: bool = True
     checkpoint_every: int = 1  # epochs; a final checkpoint is always written

@@ -8,9 +8,12 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from clrun import distributed
+from clrun.errors import UserError
 from clrun.recipe.schema import Recipe
 from clrun.training.network import OnlineNetwork, output_dim
 from clrun.training.target import TargetNetwork
+from clrun.training.trainable import Trainable
 from clrun.training.views import Views
 
 
@@ -26,6 +29,8 @@ class Parts:
     total_steps: int
     feature_dim: int  # the backbone's output width
     projection_dim: int  # the projector's output width
+    # network + loss_fn, what a step differentiates; the loop wraps it in DDP when several processes train.
+    trainable: nn.Module
 
 
 def param_groups(modules: list[nn.Module], weight_decay_on_all: bool) -> list[dict[str, Any]]:
@@ -49,7 +54,15 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     projector = recipe.projector.build(in_dim=example_features.shape[1])
     projection_dim = output_dim(projector, example_features, "projector")
     predictor = recipe.predictor.build(in_dim=projection_dim) if recipe.predictor is not None else None
-    network = OnlineNetwork(backbone, projector, predictor).to(device)
+    network = OnlineNetwork(backbone, projector, predictor)
+    if recipe.train.sync_batchnorm and distributed.active():
+        if device.type == "cpu":
+            raise UserError(
+                "train.sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only, and this run trains on "
+                "the CPU (gloo); set train.sync_batchnorm=false here"
+            )
+        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    network = network.to(device)
     if recipe.train.channels_last:
         network = network.to(memory_format=torch.channels_last)
         views.channels_last = True
@@ -57,6 +70,9 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     # Copied after the move, so it shares the online network's device and memory layout.
     target = TargetNetwork(network, recipe.target, steps) if recipe.target is not None else None
     loss_fn = recipe.loss.build(in_dim=projection_dim).to(device)
+    if recipe.train.compile:
+        # In place (the state_dict keys stay those of the plain module), after the target's copy was taken.
+        network.backbone.compile()
     groups = param_groups([network, loss_fn], not recipe.train.exclude_bias_and_norm_from_weight_decay)
     optimizer = recipe.optimizer.build(params=groups)
     scheduler = None
@@ -64,7 +80,7 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
         scheduler = recipe.scheduler.build(optimizer=optimizer, total_steps=steps, steps_per_epoch=steps_per_epoch)
     eval_size = global_sizes[0] if global_sizes else tuple(example_views[0].shape[-2:])
     return Parts(views.to(device), network, target, loss_fn, optimizer, scheduler, eval_size, steps,
-                 example_features.shape[1], projection_dim)
+                 example_features.shape[1], projection_dim, Trainable(network, loss_fn))
 
 
 def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:

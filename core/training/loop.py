@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pluggy
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from clrun.errors import UserError
+from clrun import distributed
+
+from clrun.errors import TrainingHalted, UserError
 from clrun.health.monitor import AlarmAction, HealthMonitor
 from clrun.plugin_manager import ClrunPluginManager
 from clrun.hookspecs import RunSpecs
@@ -24,47 +26,69 @@ from clrun.training.build import build_parts
 from clrun.training.reporting import Console, MetricsLog
 from clrun.training.run import Run
 from clrun.training.step import NonFiniteLossError, train_step
+from clrun.training.trainable import distribute
 
 
 def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
-    """Train ``recipe``; with ``resume`` (a run folder or checkpoint), continue that run in its folder."""
-    seed_everything(recipe.seed)
+    """Train ``recipe``; with ``resume`` (a run folder or checkpoint), continue that run in its folder.
+
+    Under torchrun every process calls this: it joins the process group, trains its share of each
+    batch, and rank 0 alone writes the run folder, logs and reports.
+    """
+    device = resolve_device(recipe.train.device)
+    started = distributed.start(device.type)
+    try:
+        if distributed.active() and device.type == "cuda":
+            device = torch.device("cuda", distributed.local_rank())
+        return _train(recipe, resume, device)
+    finally:
+        if started:
+            distributed.stop()
+
+
+def _train(recipe: Recipe, resume: str | Path | None, device: torch.device) -> Run:
+    seed_everything(recipe.seed)  # the same on every rank: every rank builds the same initial weights
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
-    device = resolve_device(recipe.train.device)
+    main = distributed.is_main()
 
     # Data first: a missing data root must stop the run before anything else is built or written.
     dataset = recipe.data.dataset.build()
     sampler_rng = torch.Generator()
     loader = make_loader(recipe, dataset, sampler_rng, device)
     parts = build_parts(recipe, example_batch(dataset), device, steps_per_epoch=len(loader))
-    callbacks = [spec.build() for spec in recipe.callbacks]
-    # Called in this order: the recipe's callbacks and the health monitor add their metrics before the
-    # metrics file and the console see them; the alarm acts once the epoch is recorded; the report last.
-    builtins = [MetricsLog(), Console(recipe.train.progress)]
+    # Rank 0 alone runs the recipe's callbacks and writes; the health monitor runs on every rank (its
+    # forward passes take part in SyncBatchNorm's collectives) so that every rank's alarm agrees.
+    callbacks = [spec.build() for spec in recipe.callbacks] if main else []
+    builtins = [MetricsLog(), Console(recipe.train.progress)] if main else []
     if recipe.health.enabled:
         monitor = HealthMonitor(recipe.health, dataset, recipe.seed)
         builtins = [monitor, *builtins, AlarmAction(monitor)]
-    hooks = run_hooks([*callbacks, *builtins, RunArtifacts()])
+    hooks = run_hooks([*callbacks, *builtins, *([RunArtifacts()] if main else [])])
 
     # Only now, with everything built, is the run folder created (or the resumed one reopened).
     if resume:
         saved = checkpoint.find(resume)
         state, directory = checkpoint.load(saved), saved.parent
     else:
-        state, directory = None, run_dir.create(recipe.run.dir, recipe.run.name or Path(recipe.source).stem)
+        state = None
+        directory = run_dir.create(recipe.run.dir, recipe.run.name or Path(recipe.source).stem) if main else None
+        directory = distributed.broadcast_object(directory)
     run = Run(recipe, parts, device, directory, steps_per_epoch=len(loader))
     if state is not None:
         restore(run, state, saved, callbacks)
     else:
-        run_dir.write_recipe(directory, resolved(recipe))
+        if main:
+            run_dir.write_recipe(directory, resolved(recipe))
+        seed_augmentations(recipe.seed)
+    parts.trainable = distribute(parts.trainable, device)
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "fp16")
 
     hooks.clrun_run_start(run=run)
     try:
         epoch_metrics: dict[str, float] = {}
         while run.epoch < recipe.train.epochs and not reached_max_steps(run):
-            sampler_rng.manual_seed(recipe.seed * 100_003 + run.epoch)  # data order depends on the epoch only
+            set_epoch(loader, sampler_rng, recipe.seed, run.epoch)  # data order depends on the epoch only
             sums: dict[str, float] = defaultdict(float)
             steps, started = 0, time.time()
             for images, labels in loader:
@@ -90,7 +114,7 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
             elapsed = time.time() - started
             epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
             epoch_metrics.update(images_per_s=steps * recipe.data.batch_size / elapsed, epoch_time_s=elapsed)
-            hooks.clrun_epoch_end(run=run, epoch=run.epoch, metrics=epoch_metrics)
+            end_epoch(hooks, run, epoch_metrics)
             if run.epoch % recipe.train.checkpoint_every == 0:
                 save(run, callbacks)
         if run.epoch % recipe.train.checkpoint_every != 0:
@@ -104,10 +128,29 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
     return run
 
 
+def end_epoch(hooks, run: Run, metrics: dict[str, float]) -> None:
+    """The epoch-end hooks, then the ranks agree on whether to go on: a halt on any rank halts all."""
+    halted: TrainingHalted | None = None
+    try:
+        hooks.clrun_epoch_end(run=run, epoch=run.epoch, metrics=metrics)
+    except TrainingHalted as exc:
+        halted = exc
+    if distributed.any_rank(halted is not None, run.device):
+        raise halted or TrainingHalted(f"another process halted the run at epoch {run.epoch}")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_augmentations(seed: int) -> None:
+    """After the (identical) build, each rank draws its own augmentations; rank 0 keeps the stream a
+    single-process run has."""
+    rank = distributed.rank()
+    if rank:
+        seed_everything(seed + 1_000_003 * rank)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,18 +163,40 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_loader(recipe: Recipe, dataset: Dataset, rng: torch.Generator, device: torch.device) -> DataLoader:
+    """Batches of ``data.batch_size`` images, or with N processes each rank's ``batch_size / N`` share of
+    a global batch (a distributed sampler gives every rank a disjoint part of the data)."""
     data = recipe.data
+    world = distributed.world_size()
     if len(dataset) == 0:
         raise UserError(f"{recipe.data.dataset.where}: error: data.dataset: the data set is empty")
+    if data.batch_size % world:
+        raise UserError(
+            f"{recipe.data.dataset.where}: error: data.batch_size: {data.batch_size} does not split evenly over "
+            f"{world} processes; use a multiple of {world} (the batch size is the global batch, each process "
+            f"takes batch_size / {world} images)"
+        )
     if data.drop_last and len(dataset) < data.batch_size:
         raise UserError(
             f"{recipe.data.dataset.where}: error: data.batch_size: {data.batch_size} is more than the data set's "
             f"{len(dataset)} images, so no full batch can be made; lower data.batch_size"
         )
+    if world > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=distributed.rank(), shuffle=True,
+                                     seed=recipe.seed, drop_last=True)
+    else:
+        sampler = RandomSampler(dataset, generator=rng)
     return DataLoader(
-        dataset, batch_size=data.batch_size, sampler=RandomSampler(dataset, generator=rng), num_workers=data.num_workers, drop_last=data.drop_last,
-        pin_memory=device.type == "cuda", persistent_workers=data.num_workers > 0,
+        dataset, batch_size=data.batch_size // world, sampler=sampler, num_workers=data.num_workers,
+        drop_last=data.drop_last, pin_memory=device.type == "cuda", persistent_workers=data.num_workers > 0,
     )
+
+
+def set_epoch(loader: DataLoader, rng: torch.Generator, seed: int, epoch: int) -> None:
+    """Seed the epoch's data order: from the seed and the epoch only, so a resumed run sees the same order."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    else:
+        rng.manual_seed(seed * 100_003 + epoch)
 
 
 def example_batch(dataset: Dataset, size: int = 4) -> torch.Tensor:
@@ -161,8 +226,12 @@ def reached_max_steps(run: Run) -> bool:
 
 
 def save(run: Run, callbacks: list = ()) -> None:
-    """Write the checkpoint, unless a callback holds checkpoints (the state may be collapsing)."""
-    if run.checkpoint_hold is not None:
+    """Write the checkpoint (rank 0), unless a callback holds checkpoints (the state may be collapsing).
+
+    Every rank calls it: the random states of all ranks are gathered, so that a resumed distributed
+    run draws the augmentations it would have drawn."""
+    rng_states = distributed.gather_objects(checkpoint.rng_state())
+    if run.checkpoint_hold is not None or not distributed.is_main():
         return
     parts = run.parts
     state = {
@@ -174,7 +243,8 @@ def save(run: Run, callbacks: list = ()) -> None:
         "loss": parts.loss_fn.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
-        "rng": checkpoint.rng_state(),
+        "rng": rng_states[0],
+        "rng_ranks": rng_states if len(rng_states) > 1 else [],
         "callbacks": callback_states(callbacks),
     }
     checkpoint.save_atomic(state, run.directory / checkpoint.FILE)
@@ -219,6 +289,11 @@ def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callba
             if key not in saved_callbacks:
                 raise UserError(f"--resume: {source}: it holds no state for callback {key}; {refit}")
             cb.load_state_dict(saved_callbacks[key])
-    checkpoint.set_rng_state(state["rng"])
+    per_rank = state.get("rng_ranks") or []
+    if len(per_rank) == distributed.world_size():
+        checkpoint.set_rng_state(per_rank[distributed.rank()])
+    else:  # saved by a run with another number of processes: rank 0 continues its stream
+        checkpoint.set_rng_state(state["rng"])
+        seed_augmentations(run.recipe.seed + int(state["step"]))
     run.epoch, run.step = int(state["epoch"]), int(state["step"])
     run.checkpoint_epoch = run.epoch

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from clrun import distributed
 from clrun.training.build import Parts
 from clrun.training.outputs import StepOutputs
 
@@ -20,25 +21,33 @@ class NonFiniteLossError(RuntimeError):
     checkpoint restores that state with the weights."""
 
 
-def split_loss(result: Any) -> tuple[Tensor, dict[str, float]]:
+def split_loss(result: Any) -> tuple[Tensor, dict[str, Tensor]]:
     """A loss returns a scalar tensor or ``{"loss": tensor, **metrics}``."""
     if isinstance(result, Tensor):
         return result, {}
     if isinstance(result, dict) and isinstance(result.get("loss"), Tensor):
-        extras = {k: float(v) for k, v in result.items() if k != "loss"}
+        extras = {k: torch.as_tensor(v).detach() for k, v in result.items() if k != "loss"}
         return result["loss"], extras
     raise TypeError(f"a loss must return a scalar tensor or a dict with 'loss'; got {type(result).__name__}")
 
 
-def step_outputs(parts: Parts, images: Tensor, device: torch.device, step: int) -> StepOutputs:
-    """Views on the device, the online network on all of them, the target network on the global ones."""
+def forward(parts: Parts, images: Tensor, device: torch.device, step: int) -> tuple[Any, StepOutputs]:
+    """Views on the device, the target network on the global ones (no gradient), then the online
+    network and the loss (``parts.trainable``, DDP-wrapped when several processes train)."""
     views = parts.views(images.to(device, non_blocking=True))
     is_global = parts.views.is_global
-    features, projections, predictions = parts.network(views)
     targets = None
     if parts.target is not None:
         targets = parts.target([v for v, g in zip(views, is_global) if g])
-    return StepOutputs(features, projections, list(is_global), predictions, targets, step, parts.total_steps)
+    return parts.trainable(views, is_global, targets, step, parts.total_steps)
+
+
+def reduced_metrics(loss: Tensor, extras: dict[str, Tensor]) -> dict[str, float]:
+    """The loss and the loss's metrics as floats, averaged over ranks in one collective: every rank
+    logs, and checks for NaN, the same numbers (a NaN on any rank makes the mean NaN everywhere)."""
+    names = ["loss", *extras]
+    values = torch.stack([loss.detach().float().reshape(()), *(v.float().reshape(()).to(loss.device) for v in extras.values())])
+    return dict(zip(names, distributed.mean_over_ranks(values).tolist()))
 
 
 def train_step(parts: Parts, images: Tensor, device: torch.device, precision: str,
@@ -47,11 +56,12 @@ def train_step(parts: Parts, images: Tensor, device: torch.device, precision: st
     metrics and outputs (for callbacks such as an online probe; the graph is already freed)."""
     dtype = PRECISIONS[precision]
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        out = step_outputs(parts, images, device, step)
-        loss, extras = split_loss(parts.loss_fn(out))
-    value = loss.item()
+        result, out = forward(parts, images, device, step)
+        loss, extras = split_loss(result)
+    metrics = reduced_metrics(loss, extras)
+    value = metrics["loss"]
     if value != value or value in (float("inf"), float("-inf")):
-        # Checked before backward: a NaN step must never reach the weights.
+        # Checked before backward: a NaN step must never reach the weights (on any rank).
         raise NonFiniteLossError(f"the loss is {value}")
     parts.optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -64,7 +74,7 @@ def train_step(parts: Parts, images: Tensor, device: torch.device, precision: st
     scaler.update()
     if parts.scheduler is not None:
         parts.scheduler.step()
-    metrics = {"loss": value, "lr": lr, **extras}
+    metrics = {"loss": value, "lr": lr, **{k: v for k, v in metrics.items() if k != "loss"}}
     if parts.target is not None:
         metrics["target_momentum"] = float(parts.target.momentum)  # the momentum this update uses
         parts.target.update(parts.network)

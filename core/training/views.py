@@ -50,7 +50,12 @@ class Views(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor) -> list[Tensor]:
         x = to_float(images)
-        views = [self.normalize(pipeline(x)) for pipeline, n in zip(self.pipelines, self.counts) for _ in range(n)]
+        views: list[Tensor] = []
+        for pipeline, n in zip(self.pipelines, self.counts):
+            # A view drawn n times is augmented as one stacked batch of n copies: kornia draws every
+            # sample's parameters independently, so it is n independent views in one call per op.
+            stacked = x if n == 1 else x.repeat(n, *([1] * (x.ndim - 1)))
+            views += self.normalize(pipeline(stacked)).chunk(n)
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return views

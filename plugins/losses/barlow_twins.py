@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clrun import ComponentError
+from clrun import ComponentError, distributed
 from clrun.plugins.losses.inputs import compute_dtype, global_projections
 from clrun.plugins.losses.ntxent import _autocast_off
 
@@ -50,6 +50,11 @@ class BarlowTwinsLoss(nn.Module):
     of global views. The standardization and the matmul run in at least float32, also under autocast
     (float64 inputs stay float64). A batch needs at least 2 images.
 
+    Across ranks (torchrun): the views are gathered from every rank with gradients first, so
+    the standardization and the cross-correlation use the global batch (``N`` is the global batch size) and every rank computes the
+    same loss; DDP's mean of the ranks' gradients is then the single-process gradient (the official
+    code sums the cross-correlation over ranks instead, which gives the same value).
+
     Args:
         lambd: ``lambda >= 0``, the weight of the off-diagonal (redundancy) term; 0.0051 in the
             official code (the paper's 5e-3 for D = 8192).
@@ -75,6 +80,7 @@ class BarlowTwinsLoss(nn.Module):
 
     def forward(self, out: Any) -> dict[str, Tensor]:
         views = global_projections("clrun/barlow_twins", out, "standardize each dimension over the batch")
+        views = [distributed.gather(z) for z in views]  # the global batch, with gradients
         n, d = views[0].shape
         dtype = compute_dtype(views)
         with _autocast_off(views[0].device.type):

@@ -47,6 +47,11 @@ class BYOLLoss(nn.Module):
     (the paper: an MLP 256 -> 4096 -> 256, like the projector) and ``target:`` section (momentum from
     0.996 to 1 on a cosine schedule).
 
+    Across ranks (torchrun): every term is a mean over images of a per-image quantity, so each rank
+    computes the loss on its own images, unchanged; DDP's mean of the ranks' gradients is the global
+    batch's gradient. Nothing couples images except BatchNorm in the heads, whose statistics stay per
+    rank unless ``train.sync_batchnorm`` is set (the paper uses synchronized BatchNorm).
+
     Returns (from ``forward``): a dict with the scalar ``"loss"`` and the detached 0-dim metric
 
         pos_cosine: the mean cosine similarity between predictions and targets over all pairs

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError
+from clrun import ComponentError, distributed
 from clrun.plugins.losses.ntxent import _autocast_off
 from clrun.plugins.losses.queue import ring_enqueue
 
@@ -60,6 +60,13 @@ class MoCoLoss(nn.Module):
     than ``queue_size`` keys keeps the newest. Both are persistent buffers, so ``state_dict()``
     holds the whole state. The queue starts as random unit vectors (from torch's global RNG), as in
     MoCo; the first ``queue_size / (G N)`` steps therefore use some random negatives.
+
+    Across ranks (torchrun): the loss is a mean of per-query terms, so each rank computes it on its own
+    queries and keys (DDP's mean of the ranks' gradients is the global batch's gradient), and the
+    queue receives the keys of every rank (gathered without gradients, ``G * N_global`` rows per step
+    in global-view, then rank, order): the queues stay identical on all ranks, and equal to the queue
+    of a single process training on the concatenated batch. MoCo's shuffled BatchNorm of the key
+    encoder is not reproduced; SyncBatchNorm (``train.sync_batchnorm``) is the alternative.
 
     Args:
         in_dim:      the projections' width ``D`` (injected by the training loop; sizes the queue).
@@ -157,5 +164,6 @@ class MoCoLoss(nn.Module):
                 neg_cos = torch.stack([c.detach().mean() for c in neg]).mean()
 
         if self.training:
-            ring_enqueue(self.queue, self.queue_ptr, torch.cat(k, dim=0))
+            # Every rank's keys, view by view: each rank's queue gets the same rows in the same order.
+            ring_enqueue(self.queue, self.queue_ptr, torch.cat([distributed.gather_no_grad(kv) for kv in k], dim=0))
         return {"loss": loss, "contrastive_acc": acc, "logit_entropy": entropy, "pos_cosine": pos_cos, "neg_cosine": neg_cos}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError
+from clrun import ComponentError, distributed
 
 
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
@@ -41,6 +41,12 @@ class NTXentLoss(nn.Module):
     ``2N - 2`` vectors are the negatives. It is computed as a cross entropy over the ``(2N, 2N)``
     logit matrix with the diagonal masked to ``-inf`` (one matmul). Normalization, the matmul and
     the softmax run in at least float32, also under autocast (float64 inputs stay float64).
+
+    Across ranks (torchrun): both views are gathered from every rank with gradients, so ``N`` is the
+    global batch and every anchor has the ``2N - 2`` negatives of the whole batch, as in SimCLR's
+    cross-replica setup. Each rank computes the rows of its own ``2N / world`` anchors (a
+    ``(2N / world, 2N)`` logit block, not the whole matrix); the mean of the ranks' losses, and DDP's
+    mean of their gradients, are exactly the single-process loss and gradient of the global batch.
 
     Args:
         temperature: ``tau > 0``. SimCLR uses 0.5 by default (0.1 to 0.2 with large batches and
@@ -93,12 +99,16 @@ class NTXentLoss(nn.Module):
 
         dtype = torch.promote_types(z1.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
         with _autocast_off(z1.device.type):
-            z = F.normalize(torch.cat([z1, z2], dim=0).to(dtype), dim=1)
-            cos = z @ z.T  # (2N, 2N) cosine similarities: the one matmul
-            self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+            # Every rank's rows (with gradients): z holds the global batch's 2N vectors, view 1 then view 2.
+            z = F.normalize(torch.cat([distributed.gather(z1), distributed.gather(z2)], dim=0).to(dtype), dim=1)
+            total = z.shape[0]  # 2N
+            mine = anchor_rows(n, total // 2, z.device)  # this rank's anchors: its images in both views
+            cos = z[mine] @ z.T  # (2n, 2N) cosine similarities: the one matmul
+            self_mask = torch.zeros_like(cos, dtype=torch.bool)
+            rows = torch.arange(len(mine), device=z.device)
+            self_mask[rows, mine] = True
             logits = (cos / self.temperature).masked_fill(self_mask, float("-inf"))
-            idx = torch.arange(2 * n, device=z.device)
-            targets = (idx + n) % (2 * n)  # j(i): the other view of the same image
+            targets = (mine + total // 2) % total  # j(i): the other view of the same image
             loss = F.cross_entropy(logits, targets)
 
             with torch.no_grad():
@@ -108,9 +118,9 @@ class NTXentLoss(nn.Module):
                 log_p = F.log_softmax(logits_d, dim=1)
                 # the diagonal has p = 0 and log p = -inf; its contribution to the entropy is 0
                 entropy = -(log_p.exp() * log_p.masked_fill(self_mask, 0.0)).sum(dim=1).mean()
-                pos_cos = cos_d[idx, targets].mean()
+                pos_cos = cos_d[rows, targets].mean()
                 neg_mask = ~self_mask
-                neg_mask[idx, targets] = False
+                neg_mask[rows, targets] = False
                 neg_cos = cos_d[neg_mask].mean()
 
         return {
@@ -120,3 +130,11 @@ class NTXentLoss(nn.Module):
             "pos_cosine": pos_cos,
             "neg_cosine": neg_cos,
         }
+
+
+def anchor_rows(n: int, global_n: int, device: torch.device) -> Tensor:
+    """The rows of this rank's ``n`` images among the ``2 * global_n`` gathered vectors (view 1's block,
+    then view 2's; ranks in order within each): all of them in a single process."""
+    start = distributed.rank() * n
+    own = torch.arange(start, start + n, device=device)
+    return torch.cat([own, own + global_n])

@@ -44,6 +44,10 @@ class SimSiamLoss(nn.Module):
     Its predictor (the paper: an MLP 2048 -> 512 -> 2048 with a bottleneck) is the recipe's
     ``predictor:`` section.
 
+    Across ranks (torchrun): the loss is a mean over images of per-image terms, so each rank computes
+    it on its own images, unchanged, and DDP's mean of the ranks' gradients is the global batch's
+    gradient. ``output_std_ratio`` is measured on each rank's images and averaged over ranks.
+
     Args:
         stop_gradient: the paper's ``stopgrad`` on the targets (default). ``False`` reproduces its
             ablation (section 4.1, Fig. 2): gradients flow into the targets too and the outputs collapse

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from clrun import distributed
+
 
 @torch.no_grad()
 def sinkhorn_knopp(scores: Tensor, iterations: int = 3, epsilon: float = 0.05) -> Tensor:
@@ -28,6 +30,10 @@ def sinkhorn_knopp(scores: Tensor, iterations: int = 3, epsilon: float = 0.05) -
     all-zero row or column from underflow. The result equals the plain form up to rounding.
 
     Computed without gradient, in at least float32 (float64 stays float64).
+
+    Across ranks (torchrun), as the official ``distributed_sinkhorn``: each rank passes its own
+    samples' scores and the sums over samples run over the samples of all ranks (``B`` is the global
+    count), so every rank gets its rows of the codes of the whole batch.
     """
     if scores.ndim != 2:
         raise ValueError(f"sinkhorn_knopp expects scores of shape (batch, prototypes), got {tuple(scores.shape)}")
@@ -38,9 +44,21 @@ def sinkhorn_knopp(scores: Tensor, iterations: int = 3, epsilon: float = 0.05) -
     b, k = scores.shape
     dtype = torch.promote_types(scores.dtype, torch.float32)
     log_q = scores.detach().to(dtype).T / epsilon  # (K, B)
-    log_q = log_q - torch.logsumexp(log_q.reshape(-1), dim=0)
-    log_k, log_b = math.log(k), math.log(b)
+    log_q = log_q - logsumexp_over_samples(log_q, everything=True)
+    log_k, log_b = math.log(k), math.log(b * distributed.world_size())
     for _ in range(iterations):
-        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - log_k  # rows: one per prototype
+        log_q = log_q - logsumexp_over_samples(log_q) - log_k  # rows: one per prototype
         log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - log_b  # columns: one per sample
     return (log_q + log_b).exp().T
+
+
+def logsumexp_over_samples(log_q: Tensor, everything: bool = False) -> Tensor:
+    """log-sum-exp of ``log_q`` (K, B) over the samples of every rank: per prototype (K, 1), or over
+    all elements (a scalar) when ``everything``."""
+    if not distributed.active():
+        return torch.logsumexp(log_q.reshape(-1), dim=0) if everything else torch.logsumexp(log_q, dim=1, keepdim=True)
+    peak = distributed.all_reduce_max(log_q.amax() if everything else log_q.amax(dim=1, keepdim=True))
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    shifted = (log_q - peak).exp()
+    total = shifted.sum() if everything else shifted.sum(dim=1, keepdim=True)
+    return distributed.all_reduce_sum(total).log() + peak

@@ -48,6 +48,14 @@ class SwAVLoss(nn.Module):
     ``queue_start_step`` on once ``queue_length / N`` steps have passed. The prototypes, ``queue`` and
     ``queue_fill`` are all in ``state_dict()``.
 
+    Across ranks (torchrun): the codes are computed by a Sinkhorn-Knopp whose sums over samples run
+    over all ranks (the official ``distributed_sinkhorn``), and the swapped-prediction loss is a mean
+    over each rank's images, so DDP's mean of the gradients (the prototypes' included) is the global
+    batch's gradient. The queue is per rank, as in the official code: each rank keeps
+    ``queue_length`` rows of its own images' projections, so all ranks together use
+    ``world * queue_length`` (the official code divides its ``queue_length`` by the number of ranks;
+    set ``queue_length`` to that per-rank size).
+
     Scores, codes and the softmax run in at least float32, also under autocast (float64 stays
     float64).
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError
+from clrun import ComponentError, distributed
 from clrun.plugins.losses.inputs import compute_dtype, global_projections
 from clrun.plugins.losses.ntxent import _autocast_off
 
@@ -47,6 +47,11 @@ class VICRegLoss(nn.Module):
     of global views. The statistics run in at least float32, also under autocast (float64 inputs
     stay float64). A batch needs at least 2 images.
 
+    Across ranks (torchrun): the views are gathered from every rank with gradients first, so
+    the variances, covariances and the invariance term use the global batch (``N`` is the global batch size) and every rank computes the
+    same loss; DDP's mean of the ranks' gradients is then the single-process gradient, as with the
+    official code's ``FullGatherLayer``.
+
     Args:
         sim_coeff: ``lambda >= 0``, the weight of the invariance term; 25 in the paper.
         std_coeff: ``mu >= 0``, the weight of the variance term; 25 in the paper.
@@ -77,6 +82,7 @@ class VICRegLoss(nn.Module):
 
     def forward(self, out: Any) -> dict[str, Tensor]:
         views = global_projections("clrun/vicreg", out, "estimate variances and covariances")
+        views = [distributed.gather(z) for z in views]  # the global batch, with gradients
         n, d = views[0].shape
         dtype = compute_dtype(views)
         with _autocast_off(views[0].device.type):

@@ -1,0 +1,154 @@
+"""Distributed training: the process group torchrun sets up, and the collectives losses use.
+
+cl-run does no process management of its own: ``torchrun --nproc_per_node=N -m clrun RECIPE`` starts
+the processes and sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; the training loop joins the group
+(NCCL on CUDA, gloo on the CPU). Outside torchrun, or with one process, every function here is the
+identity or a no-op, so a loss written against this module runs unchanged on one device.
+
+For loss authors:
+
+    gather(t)           rows of ``t`` from every rank, rank order, *with* gradients: the backward
+                        pass sends each rank the gradient of its own rows, summed over all ranks
+    gather_no_grad(t)   the same without gradients (keys for a queue)
+    all_reduce_sum(t)   element-wise sum over ranks, without gradients
+    all_reduce_max(t)   element-wise max over ranks, without gradients
+    rank(), world_size(), is_main()
+
+How a loss is made exact across ranks: DDP *averages* parameter gradients over ranks. A loss that is
+a mean over samples of per-sample terms needs nothing (the mean of the ranks' means is the mean
+over the whole batch when every rank has the same number of samples). A loss that couples samples
+(negatives, batch statistics) gathers what it couples over with ``gather``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (or another launcher setting the same variables)
+    with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    """Whether a process group of more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Rank 0: the process that writes the run folder, logs and reports."""
+    return rank() == 0
+
+
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (0 outside torchrun), also when no group is running."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def start(device_type: str) -> bool:
+    """Join the process group torchrun describes in the environment; returns whether this call
+    started it (and so should end it). NCCL for CUDA devices, gloo for the CPU."""
+    if not launched() or (dist.is_available() and dist.is_initialized()):
+        return False
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank())
+    # A generous timeout: rank 0 alone runs mid-training evaluations while the others wait.
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
+    return True
+
+
+def stop() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather(tensor: Tensor) -> Tensor:
+    """``tensor`` (n, ...) from every rank concatenated in rank order, (world * n, ...), differentiable."""
+    if not active():
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    # Deprecated in favour of a private module (torch.distributed._functional_collectives); this one is
+    # public, works on gloo (its backward emulates reduce-scatter) and its gradients are tested here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def gather_no_grad(tensor: Tensor) -> Tensor:
+    if not active():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    if not active():
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+@torch.no_grad()
+def all_reduce_max(tensor: Tensor) -> Tensor:
+    if not active():
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
+def mean_over_ranks(values: Tensor) -> Tensor:
+    """The mean over ranks of a 1-d tensor of scalars (metrics), in one collective."""
+    return all_reduce_sum(values) / world_size() if active() else values
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when ``flag`` is true on at least one: how ranks agree to stop."""
+    if not active():
+        return flag
+    return bool(all_reduce_max(torch.tensor([int(flag)], device=device)).item())
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (e.g. the run folder rank 0 created)."""
+    if not active():
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

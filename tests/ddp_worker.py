@@ -1,0 +1,96 @@
+"""Run by ``torchrun --nproc_per_node=2 tests/ddp_worker.py OUT`` from tests/test_distributed.py.
+
+For every loss, each rank trains a copy of the same small network for a few steps twice: once alone on
+the whole batch (the reference a single process computes), and once under DistributedDataParallel on
+its half of the batch, through cl-run's own step pieces (Trainable, distribute, the losses' cross-rank
+code, the averaged metrics). It saves both so the test can compare gradients, losses and queues.
+The networks have no BatchNorm: BatchNorm statistics are per rank by design, so only BatchNorm-free
+networks have exactly the single-process gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+from torch import nn
+
+import clrun
+from clrun import distributed
+from clrun.recipe.schema import TargetSection
+from clrun.training.network import OnlineNetwork
+from clrun.training.step import reduced_metrics, split_loss
+from clrun.training.target import TargetNetwork
+from clrun.training.trainable import Trainable, distribute
+
+GLOBAL_BATCH, IN_DIM, DIM, STEPS = 8, 12, 8, 3
+
+# name -> (loss parameters, has a predictor, has a momentum target, number of views (the last local))
+CASES = {
+    "clrun/ntxent": ({"temperature": 0.3}, False, False, 2),
+    "clrun/moco": ({"queue_size": 40, "temperature": 0.2}, False, True, 2),
+    "clrun/byol": ({}, True, True, 3),
+    "clrun/simsiam": ({}, True, False, 3),
+    "clrun/swav": ({"num_prototypes": 6, "freeze_prototypes_steps": 0, "temperature": 0.1}, False, False, 3),
+    "clrun/barlow_twins": ({"lambd": 0.01}, False, False, 2),
+    "clrun/vicreg": ({}, False, False, 2),
+}
+
+
+def network(with_predictor: bool) -> OnlineNetwork:
+    torch.manual_seed(0)  # every rank and both runs start from the same weights
+    backbone = nn.Sequential(nn.Linear(IN_DIM, 16), nn.ReLU())
+    projector = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, DIM))
+    predictor = nn.Sequential(nn.Linear(DIM, 16), nn.ReLU(), nn.Linear(16, DIM)) if with_predictor else None
+    return OnlineNetwork(backbone, projector, predictor)
+
+
+def batches(views: int) -> list[list[torch.Tensor]]:
+    """STEPS batches of ``views`` views of GLOBAL_BATCH samples; the same on every rank."""
+    g = torch.Generator().manual_seed(1)
+    return [[torch.randn(GLOBAL_BATCH, IN_DIM, generator=g) for _ in range(views)]
+            for _ in range(STEPS)]
+
+
+def train(name: str, rows: slice, wrap: bool) -> dict:
+    """STEPS SGD steps on the ``rows`` of every batch; returns the first step's gradients, each
+    step's loss (averaged over ranks when wrapped) and the loss's final state."""
+    params, with_predictor, with_target, views = CASES[name]
+    net = network(with_predictor)
+    loss_fn = clrun.create("loss", name, in_dim=DIM, **params)
+    target = TargetNetwork(net, TargetSection(momentum=0.9), STEPS) if with_target else None
+    trainable = Trainable(net, loss_fn)
+    model = distribute(trainable, torch.device("cpu")) if wrap else trainable
+    optimizer = torch.optim.SGD(trainable.parameters(), lr=0.1)
+    is_global = [True, True, False][:views]
+    first_grads, losses = None, []
+    for step, batch in enumerate(batches(views)):
+        x = [v[rows] for v in batch]
+        targets = target([v for v, gl in zip(x, is_global) if gl]) if target is not None else None
+        loss, extras = split_loss(model(x, is_global, targets, step, STEPS)[0])
+        losses.append(reduced_metrics(loss, extras)["loss"] if wrap else float(loss.detach()))
+        optimizer.zero_grad()
+        loss.backward()
+        if first_grads is None:
+            first_grads = {k: p.grad.clone() for k, p in trainable.named_parameters() if p.grad is not None}
+        optimizer.step()
+        if target is not None:
+            target.update(net)
+    return {"grads": first_grads, "losses": losses, "loss_state": copy.deepcopy(loss_fn.state_dict())}
+
+
+def main(out: str) -> None:
+    # The single-process reference first, before the process group exists: with a group running,
+    # the losses would gather across ranks.
+    single = {name: train(name, slice(None), wrap=False) for name in CASES}
+    distributed.start("cpu")
+    rank, world = distributed.rank(), distributed.world_size()
+    share = GLOBAL_BATCH // world
+    ddp = {name: train(name, slice(rank * share, (rank + 1) * share), wrap=True) for name in CASES}
+    torch.save({name: {"single": single[name], "ddp": ddp[name]} for name in CASES}, f"{out}/rank{rank}.pt")
+    distributed.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

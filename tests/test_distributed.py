@@ -1,0 +1,115 @@
+"""Distributed training on the CPU: two processes under torchrun with the gloo backend.
+
+For every loss, DDP's gradients with different data on each rank must equal a single process's
+gradients on the concatenated batch, and the averaged loss must equal its loss (tests/ddp_worker.py
+computes both in each rank). A 2-process run of the quickstart recipe must write one run folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "ddp_worker.py"
+# Loaded by path: pytest runs with --import-mode=importlib, so the tests folder is not on sys.path.
+_spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
+_worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_worker)
+CASES, STEPS = _worker.CASES, _worker.STEPS
+
+
+def torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 ARGS`` (a free port), one thread per process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ddp")
+    done = torchrun(str(WORKER), str(out))
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def assert_same_gradients(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys() and expected
+    # One scale for the whole network: a parameter whose gradient is ~0 in exact arithmetic (a bias
+    # that a standardizing loss cancels) must not turn rounding noise into a large relative error.
+    scale = max(g.abs().max().item() for g in expected.values())
+    for name, g in expected.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=2e-6 * scale, msg=name)
+
+
+@pytest.mark.parametrize("loss", sorted(CASES))
+def test_ddp_gradients_equal_single_process_gradients_on_the_concatenated_batch(results, loss):
+    single = results[0][loss]["single"]
+    for rank in (0, 1):
+        assert_same_gradients(results[rank][loss]["ddp"]["grads"], single["grads"])
+
+
+@pytest.mark.parametrize("loss", sorted(CASES))
+def test_ddp_loss_averaged_over_ranks_equals_the_single_process_loss(results, loss):
+    single = results[0][loss]["single"]["losses"]
+    assert len(single) == STEPS
+    for rank in (0, 1):
+        assert results[rank][loss]["ddp"]["losses"] == pytest.approx(single, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", sorted(CASES))
+def test_loss_state_after_several_steps_is_the_same_on_both_ranks_and_as_in_one_process(results, loss):
+    single = results[0][loss]["single"]["loss_state"]
+    for rank in (0, 1):
+        state = results[rank][loss]["ddp"]["loss_state"]
+        assert state.keys() == single.keys()
+        for key, value in single.items():
+            torch.testing.assert_close(state[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_moco_queue_is_identical_on_both_ranks_after_several_steps(results):
+    a, b = (results[r]["clrun/moco"]["ddp"]["loss_state"] for r in (0, 1))
+    assert torch.equal(a["queue"], b["queue"]) and torch.equal(a["queue_ptr"], b["queue_ptr"])
+    # Every step enqueued the keys of both ranks: 2 views x 8 images x STEPS steps in a 40-row ring.
+    assert int(a["queue_ptr"]) == (2 * 8 * STEPS) % 40
+
+
+def quickstart_args(run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "-m", "clrun", "recipes/quickstart.yaml", "data.dataset.subset=1024", "data.batch_size=64",
+        "train.epochs=2", "train.max_steps=12", "train.progress=false", "health.samples=128",
+        "callbacks=[]", f"run.dir={run_dir}", *extra,
+    ]
+
+
+def test_two_process_quickstart_run_completes_and_writes_one_run_folder(tmp_path):
+    done = torchrun(*quickstart_args(tmp_path))
+    assert done.returncode == 0, done.stderr[-4000:]
+    folders = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert [p.name for p in folders] == ["quickstart"]
+    run = folders[0]
+    for name in ("recipe.yaml", "metrics.jsonl", "health.jsonl", "checkpoint.pt", "encoder.safetensors", "report.md"):
+        assert (run / name).is_file(), name
+    assert done.stdout.count("run folder:") == 1  # rank 0 alone reports
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    # 1024 images in global batches of 64 (32 per rank): 16 steps an epoch; max_steps stops at 12.
+    assert len(steps) == 12 and all(r["loss"] == r["loss"] for r in steps)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 12 and len(state["rng_ranks"]) == 2
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_a_clear_error(tmp_path):
+    done = torchrun(*quickstart_args(tmp_path, "data.batch_size=63"))
+    assert done.returncode != 0
+    assert ("data.batch_size: 63 does not split evenly over 2 processes; use a multiple of 2 (the batch size is "
+            "the global batch, each process takes batch_size / 2 images)") in done.stderr
+    assert not any(tmp_path.iterdir())  # nothing was written
