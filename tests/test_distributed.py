@@ -107,9 +107,14 @@ def test_two_process_quickstart_run_completes_and_writes_one_run_folder(tmp_path
     assert state["step"] == 12 and len(state["rng_ranks"]) == 2
 
 
-def test_a_global_batch_that_does_not_split_over_the_processes_is_a_clear_error(tmp_path):
-    done = torchrun(*quickstart_args(tmp_path, "data.batch_size=63"))
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=63", "data.batch_size: 63 does not split evenly over 2 processes; use a multiple of 2 (the "
+                           "batch size is the global batch, each process takes batch_size / 2 images)"),
+    ("train.sync_batchnorm=true", "train.sync_batchnorm: torch's SyncBatchNorm runs on CUDA devices only, and this "
+                                  "run trains on the CPU (gloo); set train.sync_batchnorm=false here"),
+])
+def test_settings_a_distributed_cpu_run_cannot_have_are_clear_errors(tmp_path, override, message):
+    done = torchrun(*quickstart_args(tmp_path, override))
     assert done.returncode != 0
-    assert ("data.batch_size: 63 does not split evenly over 2 processes; use a multiple of 2 (the batch size is "
-            "the global batch, each process takes batch_size / 2 images)") in done.stderr
-    assert not any(tmp_path.iterdir())  # nothing was written
+    assert message in done.stderr
+    assert not any(tmp_path.iterdir())  # stopped before the run folder was made
