@@ -9,10 +9,12 @@ The public API (everything a recipe user or plugin author needs) is imported fro
     clrun.components(kind=None)    the registered components
     clrun.load_recipe(path, overrides=())
     clrun.train(recipe)
+    clrun.distributed              rank, world size and collectives for losses (identities in one process)
 """
 
 __version__ = "0.1.0"  # before the imports: the plugin manager reads it
 
+from clrun import distributed
 from clrun.api import components, create, load_recipe, train
 from clrun.component import KINDS, Component, Nested
 from clrun.errors import ComponentError, DataError, DataNotFoundError, PluginLoadError, TrainingHalted, UserError
@@ -30,6 +32,7 @@ __all__ = [
     "components",
     "load_recipe",
     "train",
+    "distributed",
     "StepOutputs",
     "Run",
     "UserError",

@@ -118,3 +118,19 @@ def test_settings_a_distributed_cpu_run_cannot_have_are_clear_errors(tmp_path, o
     assert done.returncode != 0
     assert message in done.stderr
     assert not any(tmp_path.iterdir())  # stopped before the run folder was made
+
+
+@pytest.mark.slow
+def test_a_resumed_two_process_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    # No learning-rate schedule: its length depends on train.epochs, which the interrupted run lowers.
+    common = ["train.max_steps=null", "data.dataset.subset=512", "scheduler=null"]
+    straight = torchrun(*quickstart_args(tmp_path / "a", *common))
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    first = torchrun(*quickstart_args(tmp_path / "b", *common, "train.epochs=1"))
+    assert first.returncode == 0, first.stderr[-4000:]
+    resumed = torchrun(*quickstart_args(tmp_path / "b", *common), "--resume", str(tmp_path / "b" / "quickstart"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    a, b = (torch.load(tmp_path / x / "quickstart" / "checkpoint.pt", weights_only=True) for x in ("a", "b"))
+    assert a["step"] == b["step"] == 16  # 512 images in global batches of 64, 2 epochs
+    for key, value in a["network"].items():
+        assert torch.equal(value, b["network"][key]), key
