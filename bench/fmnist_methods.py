@@ -13,10 +13,7 @@ numbers (``bench/fmnist_methods.json``) are written at the end.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,6 +27,7 @@ from clrun.plugins.callbacks.knn import KNNEvaluation, knn_predict
 from clrun.training.build import build_parts
 from clrun.training.loop import example_batch, seed_everything
 from clrun.training.run import Run
+from reporting import machine  # bench/reporting.py: the script's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -45,18 +43,6 @@ RECIPES = [
     ("Barlow Twins", "barlow_twins_fmnist.yaml"),
     ("VICReg", "vicreg_fmnist.yaml"),
 ]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{datetime.date.today().isoformat()}")
 
 
 SHARED = ("data", "backbone", "optimizer", "scheduler", "train", "callbacks", "seed")

@@ -99,6 +99,7 @@ def test_two_process_quickstart_run_completes_and_writes_one_run_folder(tmp_path
     for name in ("recipe.yaml", "metrics.jsonl", "health.jsonl", "checkpoint.pt", "encoder.safetensors", "report.md"):
         assert (run / name).is_file(), name
     assert done.stdout.count("run folder:") == 1  # rank 0 alone reports
+    assert done.stdout.count("cl-run: training recipes/quickstart.yaml on cpu x 2 processes") == 1
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "step"]
     # 1024 images in global batches of 64 (32 per rank): 16 steps an epoch; max_steps stops at 12.

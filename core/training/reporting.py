@@ -6,6 +6,7 @@ import sys
 import time
 from typing import Any, Mapping
 
+from clrun import distributed
 from clrun.errors import TrainingHalted
 from clrun.training import run_dir
 from clrun.training.run import Run
@@ -35,7 +36,9 @@ class Console:
 
     def clrun_run_start(self, run: Run) -> None:
         where = f" -> {run.directory}" if run.directory else ""
-        print(f"cl-run: training {run.recipe.source} on {run.device}{where}", file=self.stream, flush=True)
+        world = distributed.world_size()
+        processes = f" x {world} processes" if world > 1 else ""
+        print(f"cl-run: training {run.recipe.source} on {run.device}{processes}{where}", file=self.stream, flush=True)
         self._new_bar(run)
 
     def _new_bar(self, run: Run) -> None:
