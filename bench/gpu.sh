@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The four benchmarks on a CUDA machine, in under 8 minutes all together: each runs under its own time
+# limit (90 + 70 + 200 + 60 s, plus at most 10 s each to stop one that overruns: 7:40 at worst). The
+# limits follow what each spends: vs_lightly.py starts a fresh process per repetition (imports, CUDA start-up),
+# loss_vs_lightly.py one per side for its memory figure.
+#
+#   bash bench/gpu.sh                        # prints the tables
+#   bash bench/gpu.sh bench/RESULTS.md       # also writes them into that file (the "(cuda)" sections)
+#
+# Environment:
+#   PYTHON     the interpreter that has cl-run, kornia, timm and lightly installed (default: python3)
+#   DATA_ROOT  a folder holding the four Fashion-MNIST idx .gz files, if not /usr/share/datasets/fashion-mnist
+#   GPU_ARGS   extra options for the three training benchmarks (e.g. "--backbone resnet10t --batch-size 256")
+#   LOSS_ARGS  extra options for loss_vs_lightly.py
+#   DEVICE     cuda (default); DEVICE=cpu runs the same plumbing on a CPU, to try this script without a GPU
+#
+# Settings: timm/resnet18 (the CIFAR recipes' backbone; the quickstart's resnet10t leaves an H200 idle) on the
+# quickstart's Fashion-MNIST recipe at batch 512, fp32 as the recipe says; 20 warm-up and 150 timed steps,
+# 3 interleaved repetitions per side. Each timed window is a few seconds of GPU work; building, process
+# start-up and CUDA initialization take most of each limit.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+export PYTHONUNBUFFERED=1
+started=$SECONDS
+
+results=()
+[ $# -ge 1 ] && results=(--results "$1")
+data=()
+[ -n "${DATA_ROOT:-}" ] && data=(--data-root "$DATA_ROOT")
+# shellcheck disable=SC2206  # GPU_ARGS and LOSS_ARGS are meant to split into options
+train=(--device "$DEVICE" --backbone resnet18 --batch-size 512 --warmup 20 --steps 150 --repeats 3 ${GPU_ARGS:-})
+# shellcheck disable=SC2206
+loss=(--device "$DEVICE" --warmup 10 --steps 100 --repeats 3 ${LOSS_ARGS:-})
+
+# Fail in seconds, not after minutes of GPU time, when something is missing.
+DEVICE=$DEVICE DATA_ROOT=${DATA_ROOT:-} "$PYTHON" - <<'EOF' || exit 1
+import os, sys
+import torch
+if os.environ["DEVICE"].startswith("cuda") and not torch.cuda.is_available():
+    sys.exit("gpu.sh: torch sees no CUDA device here (DEVICE=cpu tries the script on a CPU)")
+for module, install in (("clrun", "pip install -e ."), ("kornia", "pip install -e ."), ("timm", "pip install -e ."),
+                        ("lightly", "pip install 'lightly==1.6.0'")):
+    try:
+        __import__(module)
+    except ImportError:
+        sys.exit(f"gpu.sh: {module} is not installed for {sys.executable}: {install}")
+import clrun
+root = {"root": os.environ["DATA_ROOT"]} if os.environ["DATA_ROOT"] else {}
+try:
+    clrun.create("dataset", "clrun/fashion_mnist", split="test", **root)
+except clrun.UserError as exc:
+    sys.exit(f"gpu.sh: {exc} (or set DATA_ROOT)")
+print(f"gpu.sh: torch {torch.__version__}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+EOF
+
+status=0
+run() {  # run LIMIT SCRIPT ARGS...: one benchmark, stopped if it runs past LIMIT seconds
+  local limit=$1 script=$2
+  shift 2
+  echo "== $script (limit ${limit} s)"
+  timeout --kill-after=10 "$limit" "$PYTHON" "$script" "$@" || {
+    echo "!! $script failed or ran past ${limit} s"
+    status=1
+  }
+}
+run 90 bench/overhead.py "${train[@]}" "${data[@]}" "${results[@]}"
+run 70 bench/pipeline.py "${train[@]}" "${data[@]}" "${results[@]}"
+run 200 bench/vs_lightly.py "${train[@]}" "${data[@]}" "${results[@]}"
+run 60 bench/loss_vs_lightly.py "${loss[@]}" "${results[@]}"
+echo "gpu.sh: done in $((SECONDS - started)) s"
+exit $status
