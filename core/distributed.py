@@ -106,21 +106,21 @@ def gather_no_grad(tensor: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
-@torch.no_grad()
 def all_reduce_sum(tensor: Tensor) -> Tensor:
-    if not active():
-        return tensor
-    out = tensor.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    return _all_reduce(tensor, "SUM")
+
+
+def all_reduce_max(tensor: Tensor) -> Tensor:
+    return _all_reduce(tensor, "MAX")
 
 
 @torch.no_grad()
-def all_reduce_max(tensor: Tensor) -> Tensor:
+def _all_reduce(tensor: Tensor, op: str) -> Tensor:
+    """A reduced copy of ``tensor`` (the input is left as it is)."""
     if not active():
         return tensor
     out = tensor.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    dist.all_reduce(out, op=getattr(dist.ReduceOp, op))
     return out
 
 
