@@ -14,6 +14,9 @@ For loss authors:
     all_reduce_max(t)   element-wise max over ranks, without gradients
     rank(), world_size(), is_main()
 
+For callback authors: callbacks run on rank 0 only and must not call collectives; a copy of the
+network that a callback trains must go through ``without_sync_batchnorm``.
+
 How a loss is made exact across ranks: DDP *averages* parameter gradients over ranks. A loss that is
 a mean over samples of per-sample terms needs nothing (the mean of the ranks' means is the mean
 over the whole batch when every rank has the same number of samples). A loss that couples samples
@@ -29,7 +32,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def launched() -> bool:
@@ -107,33 +110,26 @@ def gather_no_grad(tensor: Tensor) -> Tensor:
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:
-    return _all_reduce(tensor, "SUM")
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(tensor: Tensor) -> Tensor:
-    return _all_reduce(tensor, "MAX")
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
 @torch.no_grad()
-def _all_reduce(tensor: Tensor, op: str) -> Tensor:
+def _all_reduce(tensor: Tensor, op: "dist.ReduceOp.RedOpType") -> Tensor:
     """A reduced copy of ``tensor`` (the input is left as it is)."""
     if not active():
         return tensor
     out = tensor.clone()
-    dist.all_reduce(out, op=getattr(dist.ReduceOp, op))
+    dist.all_reduce(out, op=op)
     return out
 
 
 def mean_over_ranks(values: Tensor) -> Tensor:
     """The mean over ranks of a 1-d tensor of scalars (metrics), in one collective."""
     return all_reduce_sum(values) / world_size() if active() else values
-
-
-def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """True on every rank when ``flag`` is true on at least one: how ranks agree to stop."""
-    if not active():
-        return flag
-    return bool(all_reduce_max(torch.tensor([int(flag)], device=device)).item())
 
 
 def broadcast_object(obj: Any) -> Any:
@@ -143,6 +139,31 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def without_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every SyncBatchNorm layer replaced by a per-process BatchNorm (same weights and
+    statistics), in place. For a copy that one rank trains alone (a fine-tuning evaluator): a
+    SyncBatchNorm in training mode would wait for the other ranks in a collective they never join."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            local = LocalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats).to(child.weight.device if child.affine else "cpu")
+            local.load_state_dict(child.state_dict())
+            local.train(child.training)
+            setattr(module, name, local)
+        else:
+            without_sync_batchnorm(child)
+    return module
+
+
+class LocalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over this process's batch, for inputs of any rank >= 2 (like SyncBatchNorm, which
+    does not know whether it replaced a BatchNorm1d, 2d or 3d)."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions, got {input.dim()}")
 
 
 def gather_objects(obj: Any) -> list[Any]:

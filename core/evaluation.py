@@ -40,7 +40,7 @@ def evaluate(run_or_checkpoint: str | Path, overrides: Iterable[str] = (), secti
         torch.set_num_threads(recipe.train.threads)
     device = resolve_device(recipe.train.device)
     dataset = recipe.data.dataset.build()  # a few images to measure the views with, as in training
-    parts = build_parts(recipe, example_batch(dataset), device, steps_per_epoch=1)
+    parts = build_parts(recipe, example_batch(dataset), device, steps_per_epoch=1, training=False)
     state = checkpoint.load(saved, "eval")
     try:
         parts.network.load_state_dict(state["network"])

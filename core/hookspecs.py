@@ -48,6 +48,10 @@ class RunSpecs:
     Callbacks with ``state_dict()`` / ``load_state_dict(state)`` have that state saved in every checkpoint
     and restored on ``--resume`` (before ``clrun_run_start``); callbacks with ``evaluate(run) -> dict``
     are what ``cl-run eval`` runs.
+
+    In a distributed run (torchrun) the recipe's callbacks exist on rank 0 only: they must not call
+    collectives, see rank 0's share of each batch, and a network copy they train goes through
+    ``clrun.distributed.without_sync_batchnorm``.
     """
 
     @hookspec

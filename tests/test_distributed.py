@@ -135,3 +135,27 @@ def test_a_resumed_two_process_run_ends_with_the_weights_of_an_uninterrupted_one
     assert a["step"] == b["step"] == 16  # 512 images in global batches of 64, 2 epochs
     for key, value in a["network"].items():
         assert torch.equal(value, b["network"][key]), key
+
+
+def test_a_copy_without_sync_batchnorm_computes_what_the_plain_batchnorm_network_does():
+    from torch import nn
+
+    from clrun import distributed
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.BatchNorm1d(8))
+    plain[1].running_mean.fill_(0.5)  # statistics must be carried over, not reset
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy_of(plain))
+    local = distributed.without_sync_batchnorm(synced)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in local.modules())
+    assert sum(isinstance(m, distributed.LocalBatchNorm) for m in local.modules()) == 2
+    x = torch.randn(5, 1, 8, 8)
+    for mode in (True, False):
+        plain.train(mode), local.train(mode)
+        torch.testing.assert_close(local(x), plain(x), rtol=0, atol=0)
+
+
+def copy_of(module):
+    import copy
+
+    return copy.deepcopy(module)

@@ -86,7 +86,7 @@ def test_cosine_schedule_goes_from_momentum_to_final():
 def test_step_outputs_carry_predictions_and_targets_of_global_views_only(tmp_path):
     recipe = recipe_with(tmp_path, HEADS, local=True)
     parts, images = build(recipe)
-    parts.loss_fn = parts.trainable.loss_fn = recorder = Recorder()
+    parts.loss_fn = recorder = Recorder()
     metrics, _ = train_step(parts, images, torch.device("cpu"), "fp32", torch.amp.GradScaler("cpu", enabled=False), None, step=7)
     out = recorder.seen[0]
     assert out.is_global == [True, True, False, False, False]
@@ -102,7 +102,7 @@ def test_step_outputs_carry_predictions_and_targets_of_global_views_only(tmp_pat
 def test_ema_update_matches_the_formula_and_advances_the_schedule(tmp_path):
     recipe = recipe_with(tmp_path, HEADS)
     parts, images = build(recipe, steps_per_epoch=4)
-    parts.loss_fn = parts.trainable.loss_fn = Recorder()
+    parts.loss_fn = Recorder()
     target, online = parts.target, parts.network
     # At the start the target is an exact copy of the online backbone + projector.
     for t, o in zip(target.backbone.state_dict().values(), online.backbone.state_dict().values()):

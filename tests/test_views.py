@@ -40,3 +40,12 @@ def test_the_two_copies_of_an_image_get_independent_augmentations():
     assert differs.float().mean() > 0.95  # random crops of the same image almost never coincide
     # Normalized with the recipe's mean and std: the values are no longer in [0, 1].
     assert first.min() < 0 and first.max() > 1
+
+
+def test_an_op_with_one_draw_per_batch_is_applied_copy_by_copy():
+    recipe = clrun.load_recipe(QUICKSTART, ["views.0.transforms.0.same_on_batch=true"])
+    views = Views(recipe.views, recipe.data)
+    assert views.stackable == [False]
+    first, second = views(images())
+    # Within a batch every image gets the same crop box, but the two copies are separate draws.
+    assert not torch.equal(first, second)

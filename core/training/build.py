@@ -13,7 +13,6 @@ from clrun.errors import UserError
 from clrun.recipe.schema import Recipe
 from clrun.training.network import OnlineNetwork, output_dim
 from clrun.training.target import TargetNetwork
-from clrun.training.trainable import Trainable
 from clrun.training.views import Views
 
 
@@ -29,8 +28,9 @@ class Parts:
     total_steps: int
     feature_dim: int  # the backbone's output width
     projection_dim: int  # the projector's output width
-    # network + loss_fn, what a step differentiates; the loop wraps it in DDP when several processes train.
-    trainable: nn.Module
+    # What a step differentiates: set by the loop (network + loss_fn, in DDP when several processes
+    # train); None builds it on use from network and loss_fn as they are.
+    trainable: Optional[nn.Module] = None
 
 
 def param_groups(modules: list[nn.Module], weight_decay_on_all: bool) -> list[dict[str, Any]]:
@@ -44,8 +44,10 @@ def param_groups(modules: list[nn.Module], weight_decay_on_all: bool) -> list[di
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per_epoch: int) -> Parts:
-    """``example``: a few uint8 images from the data set, used to measure view sizes and head widths."""
+def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per_epoch: int,
+                training: bool = True) -> Parts:
+    """``example``: a few uint8 images from the data set, used to measure view sizes and head widths.
+    ``training=False`` (checks, evaluation) skips what only pays off over many steps: compiling."""
     views = Views(recipe.views, recipe.data)
     example_views = views(example)
     global_sizes = [tuple(v.shape[-2:]) for v, g in zip(example_views, views.is_global) if g]
@@ -70,7 +72,7 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     # Copied after the move, so it shares the online network's device and memory layout.
     target = TargetNetwork(network, recipe.target, steps) if recipe.target is not None else None
     loss_fn = recipe.loss.build(in_dim=projection_dim).to(device)
-    if recipe.train.compile:
+    if recipe.train.compile and training:
         # In place (the state_dict keys stay those of the plain module), after the target's copy was taken.
         network.backbone.compile()
     groups = param_groups([network, loss_fn], not recipe.train.exclude_bias_and_norm_from_weight_decay)
@@ -80,7 +82,7 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
         scheduler = recipe.scheduler.build(optimizer=optimizer, total_steps=steps, steps_per_epoch=steps_per_epoch)
     eval_size = global_sizes[0] if global_sizes else tuple(example_views[0].shape[-2:])
     return Parts(views.to(device), network, target, loss_fn, optimizer, scheduler, eval_size, steps,
-                 example_features.shape[1], projection_dim, Trainable(network, loss_fn))
+                 example_features.shape[1], projection_dim)
 
 
 def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:

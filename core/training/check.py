@@ -27,7 +27,7 @@ def check(recipe: Recipe, batch_size: int = 4) -> list[str]:
     if images.shape[0] < 2:
         raise DataNotFoundError(f"{recipe.data.dataset.where}: error: data.dataset: fewer than 2 images; a batch needs 2 or more")
     device = torch.device("cpu")
-    parts = build_parts(recipe, images, device, steps_per_epoch=1)
+    parts = build_parts(recipe, images, device, steps_per_epoch=1, training=False)
     for spec in recipe.callbacks:
         try:
             spec.build()

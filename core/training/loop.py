@@ -26,7 +26,7 @@ from clrun.training.build import build_parts
 from clrun.training.reporting import Console, MetricsLog
 from clrun.training.run import Run
 from clrun.training.step import NonFiniteLossError, train_step
-from clrun.training.trainable import distribute
+from clrun.training.trainable import Trainable, distribute
 
 
 def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
@@ -37,13 +37,14 @@ def train(recipe: Recipe, resume: str | Path | None = None) -> Run:
     """
     device = resolve_device(recipe.train.device)
     started = distributed.start(device.type)
-    try:
-        if distributed.active() and device.type == "cuda":
-            device = torch.device("cuda", distributed.local_rank())
-        return _train(recipe, resume, device)
-    finally:
-        if started:
-            distributed.stop()
+    if distributed.active() and device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank())
+    run = _train(recipe, resume, device)
+    # Only after a clean finish: after an error the other ranks may be stuck in a collective, and
+    # with NCCL a graceful shutdown can wait for them. Exiting lets torchrun stop the whole group.
+    if started:
+        distributed.stop()
+    return run
 
 
 def _train(recipe: Recipe, resume: str | Path | None, device: torch.device) -> Run:
@@ -81,7 +82,7 @@ def _train(recipe: Recipe, resume: str | Path | None, device: torch.device) -> R
         if main:
             run_dir.write_recipe(directory, resolved(recipe))
         seed_augmentations(recipe.seed)
-    parts.trainable = distribute(parts.trainable, device)
+    parts.trainable = distribute(Trainable(parts.network, parts.loss_fn), device)
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "fp16")
 
     hooks.clrun_run_start(run=run)
@@ -129,14 +130,24 @@ def _train(recipe: Recipe, resume: str | Path | None, device: torch.device) -> R
 
 
 def end_epoch(hooks, run: Run, metrics: dict[str, float]) -> None:
-    """The epoch-end hooks, then the ranks agree on whether to go on: a halt on any rank halts all."""
-    halted: TrainingHalted | None = None
+    """The epoch-end hooks, then the ranks agree on whether to go on: rank 0 runs the callbacks and
+    every rank the health alarm, so a halt or an error on any rank must stop all of them together."""
+    failure: Exception | None = None
     try:
         hooks.clrun_epoch_end(run=run, epoch=run.epoch, metrics=metrics)
-    except TrainingHalted as exc:
-        halted = exc
-    if distributed.any_rank(halted is not None, run.device):
-        raise halted or TrainingHalted(f"another process halted the run at epoch {run.epoch}")
+    except Exception as exc:  # re-raised below, once every rank knows
+        failure = exc
+    if not distributed.active():
+        if failure is not None:
+            raise failure
+        return
+    reasons = distributed.gather_objects(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    stopped = [(rank, reason) for rank, reason in enumerate(reasons) if reason is not None]
+    if stopped:
+        rank, reason = stopped[0]
+        raise TrainingHalted(f"process {rank} stopped the run at epoch {run.epoch}: {reason}")
 
 
 def seed_everything(seed: int) -> None:

@@ -10,6 +10,7 @@ from torch import Tensor
 from clrun import distributed
 from clrun.training.build import Parts
 from clrun.training.outputs import StepOutputs
+from clrun.training.trainable import Trainable
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -31,7 +32,7 @@ def split_loss(result: Any) -> tuple[Tensor, dict[str, Tensor]]:
     raise TypeError(f"a loss must return a scalar tensor or a dict with 'loss'; got {type(result).__name__}")
 
 
-def forward(parts: Parts, images: Tensor, device: torch.device, step: int) -> tuple[Any, StepOutputs]:
+def forward_and_loss(parts: Parts, images: Tensor, device: torch.device, step: int) -> tuple[Any, StepOutputs]:
     """Views on the device, the target network on the global ones (no gradient), then the online
     network and the loss (``parts.trainable``, DDP-wrapped when several processes train)."""
     views = parts.views(images.to(device, non_blocking=True))
@@ -39,7 +40,8 @@ def forward(parts: Parts, images: Tensor, device: torch.device, step: int) -> tu
     targets = None
     if parts.target is not None:
         targets = parts.target([v for v, g in zip(views, is_global) if g])
-    return parts.trainable(views, is_global, targets, step, parts.total_steps)
+    trainable = parts.trainable if parts.trainable is not None else Trainable(parts.network, parts.loss_fn)
+    return trainable(views, is_global, targets, step, parts.total_steps)
 
 
 def reduced_metrics(loss: Tensor, extras: dict[str, Tensor]) -> dict[str, float]:
@@ -56,7 +58,7 @@ def train_step(parts: Parts, images: Tensor, device: torch.device, precision: st
     metrics and outputs (for callbacks such as an online probe; the graph is already freed)."""
     dtype = PRECISIONS[precision]
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        result, out = forward(parts, images, device, step)
+        result, out = forward_and_loss(parts, images, device, step)
         loss, extras = split_loss(result)
     metrics = reduced_metrics(loss, extras)
     value = metrics["loss"]

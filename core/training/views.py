@@ -29,6 +29,13 @@ def to_float(images: Tensor) -> Tensor:
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
+def draws_per_batch(op: nn.Module) -> bool:
+    """Whether ``op`` draws one random decision for the whole batch (kornia's ``same_on_batch``, or a
+    ``p_batch`` below 1): the stacked copies of an image would then share it, so such a view is drawn
+    copy by copy."""
+    return bool(getattr(op, "same_on_batch", False)) or getattr(op, "p_batch", 1.0) < 1.0
+
+
 class Views(nn.Module):
     """Each view's augmentation pipeline, applied ``count`` times with independent randomness.
 
@@ -39,9 +46,11 @@ class Views(nn.Module):
         super().__init__()
         self.pipelines = nn.ModuleList()
         self.counts: list[int] = []
+        self.stackable: list[bool] = []
         self.is_global: list[bool] = []
         for view in views:
             self.pipelines.append(nn.Sequential(*(t.build() for t in view.transforms)))
+            self.stackable.append(not any(map(draws_per_batch, self.pipelines[-1].modules())))
             self.counts.append(view.count)
             self.is_global += [not view.local] * view.count
         self.normalize = Normalize(data.mean, data.std)
@@ -51,11 +60,13 @@ class Views(nn.Module):
     def forward(self, images: Tensor) -> list[Tensor]:
         x = to_float(images)
         views: list[Tensor] = []
-        for pipeline, n in zip(self.pipelines, self.counts):
-            # A view drawn n times is augmented as one stacked batch of n copies: kornia draws every
-            # sample's parameters independently, so it is n independent views in one call per op.
-            stacked = x if n == 1 else x.repeat(n, *([1] * (x.ndim - 1)))
-            views += self.normalize(pipeline(stacked)).chunk(n)
+        for pipeline, n, stackable in zip(self.pipelines, self.counts, self.stackable):
+            if n > 1 and stackable:
+                # A view drawn n times is augmented as one stacked batch of n copies: kornia draws every
+                # sample's parameters independently, so it is n independent views in one call per op.
+                views += self.normalize(pipeline(x.repeat(n, *([1] * (x.ndim - 1))))).chunk(n)
+            else:
+                views += [self.normalize(pipeline(x)) for _ in range(n)]
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return views

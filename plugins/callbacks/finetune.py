@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from clrun import ComponentError, Nested, Run, UserError
+from clrun import ComponentError, Nested, Run, UserError, distributed
 from clrun.plugins.callbacks.evaluator import Evaluator
 from clrun.plugins.callbacks.linear import cosine_factor, init_linear, train_linear_classifier
 
@@ -166,9 +166,10 @@ class FineTune(Evaluator):
         """A copy of the branch's encoder, then the head: ``BatchNorm1d(affine=False)`` (its running
         statistics start as the frozen features' mean and variance) and a ``Linear`` layer."""
         network = run.parts.network
-        encoder = [copy.deepcopy(network.backbone)]
+        # Trained on rank 0 alone: SyncBatchNorm layers (train.sync_batchnorm) become per-process ones.
+        encoder = [distributed.without_sync_batchnorm(copy.deepcopy(network.backbone))]
         if branch == "projector":
-            encoder.append(copy.deepcopy(network.projector))
+            encoder.append(distributed.without_sync_batchnorm(copy.deepcopy(network.projector)))
         # The normalization keeps the head's inputs at unit scale whatever the encoder's (and whatever the
         # gap between its train- and eval-mode outputs): one learning rate suits every run.
         norm = nn.BatchNorm1d(features.shape[1], affine=False)

@@ -54,7 +54,8 @@ class SwAVLoss(nn.Module):
     batch's gradient. The queue is per rank, as in the official code: each rank keeps
     ``queue_length`` rows of its own images' projections, so all ranks together use
     ``world * queue_length`` (the official code divides its ``queue_length`` by the number of ranks;
-    set ``queue_length`` to that per-rank size).
+    set ``queue_length`` to that per-rank size). A checkpoint holds rank 0's queue, which every rank
+    gets back on ``--resume``: until the queues refill, the ranks share rank 0's rows.
 
     Scores, codes and the softmax run in at least float32, also under autocast (float64 stays
     float64).
