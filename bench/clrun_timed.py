@@ -21,7 +21,8 @@ import torch
 import clrun
 from clrun.plugin_manager import default_registry
 
-from common import StepWindow, interleave, recipe_overrides
+from common import StepWindow, interleave, median, parser, recipe_overrides, settings, setup
+from reporting import describe, report, summary_table
 
 TIMER = "bench/step_timer"
 CLRUN = "cl-run (clrun.train)"  # the side's name in every table
@@ -74,3 +75,21 @@ def against_clrun(args: argparse.Namespace, device: torch.device, name: str,
     cl-run's results first."""
     window = lambda: StepWindow(args.warmup, args.steps, device)  # noqa: E731 (a fresh one per run)
     return interleave({CLRUN: lambda: train_clrun(args, window()), name: lambda: train_other(window())}, args.repeats)
+
+
+def compare_throughput(doc: str, key: str, title: str, other: str,
+                       train_other: Callable[[dict[str, Any], torch.device, str, StepWindow], dict[str, Any]],
+                       judge: Callable[[float, float], str]) -> None:
+    """A benchmark's whole run: parse the options, time cl-run against ``train_other(cfg, device,
+    precision, window)`` interleaved, and report the table with ``judge(cl-run images/s, other's)``,
+    the verdict line, under ``key`` in RESULTS.md."""
+    args = parser(doc).parse_args()
+    device = setup(args)
+    cfg = settings(args)
+    results = against_clrun(args, device, other, lambda window: train_other(cfg, device, args.precision, window))
+    clrun_speed, other_speed = (median(runs, "images_per_s") for runs in results.values())
+    report(args, key, title, [
+        describe(args, cfg), "",
+        *summary_table(results, [("parameters", "parameters")]), "",
+        judge(clrun_speed, other_speed),
+    ])

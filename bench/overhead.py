@@ -13,28 +13,18 @@ median images/s). Target: <= 3%.
 
 from __future__ import annotations
 
-from clrun_timed import against_clrun
-from common import median, parser, settings, setup
-from reporting import describe, report, summary_table, verdict
+from clrun_timed import compare_throughput
 from handwritten import train_handwritten
+from reporting import verdict
 
 TARGET = 0.03
 
 
-def main() -> None:
-    args = parser(__doc__).parse_args()
-    device = setup(args)
-    cfg = settings(args)
-    results = against_clrun(args, device, "hand-written PyTorch loop",
-                            lambda window: train_handwritten(cfg, device, args.precision, window))
-    clrun_speed, hand_speed = (median(runs, "images_per_s") for runs in results.values())
+def judge(clrun_speed: float, hand_speed: float) -> str:
     overhead = hand_speed / clrun_speed - 1
-    report(args, "overhead", "Framework overhead: cl-run against a hand-written loop", [
-        describe(args, cfg), "",
-        *summary_table(results, [("parameters", "parameters")]), "",
-        verdict("cl-run's overhead", f"{100 * overhead:+.1f}%", "<= 3%", overhead <= TARGET),
-    ])
+    return verdict("cl-run's overhead", f"{100 * overhead:+.1f}%", "<= 3%", overhead <= TARGET)
 
 
 if __name__ == "__main__":
-    main()
+    compare_throughput(__doc__, "overhead", "Framework overhead: cl-run against a hand-written loop",
+                       "hand-written PyTorch loop", train_handwritten, judge)

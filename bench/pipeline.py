@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from clrun_timed import against_clrun
-from common import StepWindow, autocast, measured, median, parser, settings, setup
-from reporting import describe, report, summary_table, verdict
+from clrun_timed import compare_throughput
+from common import StepWindow, autocast, measured
 from handwritten import build
+from reporting import verdict
 
 TARGET = 0.9
 
@@ -37,20 +37,11 @@ def train_model_only(cfg: dict[str, Any], device: torch.device, precision: str, 
     return measured(window, cfg["data"]["batch_size"], run.network)
 
 
-def main() -> None:
-    args = parser(__doc__).parse_args()
-    device = setup(args)
-    cfg = settings(args)
-    results = against_clrun(args, device, "model only (ready views)",
-                            lambda window: train_model_only(cfg, device, args.precision, window))
-    clrun_speed, limit = (median(runs, "images_per_s") for runs in results.values())
+def judge(clrun_speed: float, limit: float) -> str:
     efficiency = clrun_speed / limit
-    report(args, "pipeline", "Pipeline efficiency: cl-run against the model-only limit", [
-        describe(args, cfg), "",
-        *summary_table(results, [("parameters", "parameters")]), "",
-        verdict("cl-run / model-only limit", f"{efficiency:.3f}", ">= 0.9", efficiency >= TARGET),
-    ])
+    return verdict("cl-run / model-only limit", f"{efficiency:.3f}", ">= 0.9", efficiency >= TARGET)
 
 
 if __name__ == "__main__":
-    main()
+    compare_throughput(__doc__, "pipeline", "Pipeline efficiency: cl-run against the model-only limit",
+                       "model only (ready views)", train_model_only, judge)
