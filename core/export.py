@@ -11,10 +11,10 @@ and arguments, the clrun version, epoch and step. ``read_metadata`` shows them.
 Loading an export of a ``timm/MODEL`` backbone in timm alone (both load with strict keys)::
 
     >>> model = timm.create_model(MODEL, num_classes=0, in_chans=1,
-                              checkpoint_path="runs/quickstart/encoder.safetensors")
+                              checkpoint_path=RunFolder("runs/quickstart").encoder)
     >>> # or, through timm's pretrained-weights path:
     >>> model = timm.create_model(MODEL, pretrained=True, num_classes=0, in_chans=1,
-                              pretrained_cfg_overlay=dict(file="runs/quickstart/encoder.safetensors",
+                              pretrained_cfg_overlay=dict(file=RunFolder("runs/quickstart").encoder,
                                                           num_classes=0))
 
 ``num_classes=0`` in the overlay matters: timm drops the classifier and loads *non*-strictly when the
@@ -33,16 +33,14 @@ from typing import Any
 
 import safetensors
 import safetensors.torch
-import torch
 import yaml
 from torch import Tensor, nn
 
 import clrun
 from clrun.errors import UserError
-from clrun.training.checkpoint import FILE as CHECKPOINT_FILE
+from clrun.run_folder import RunFolder
+from clrun.training import checkpoint as checkpoints
 
-ENCODER_FILE = "encoder.safetensors"
-RECIPE_FILE = "recipe.yaml"
 _PREFIX = "backbone."
 # Backbone arguments that fetch weights: a rebuilt encoder gets its weights from the export instead.
 _WEIGHT_SOURCES = ("pretrained", "checkpoint_path")
@@ -95,19 +93,20 @@ def write_encoder(path: Path, backbone_state: dict[str, Tensor], recipe: dict[st
 
 
 def export(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path:
-    """Export a run's encoder: ``<run folder>/encoder.safetensors`` unless ``out`` (a file, or a folder
-    to write ``encoder.safetensors`` in). ``run_or_checkpoint`` is a run folder or its checkpoint file;
-    the recipe is read from ``recipe.yaml`` beside the checkpoint."""
-    checkpoint = _find_checkpoint(Path(run_or_checkpoint))
-    state = _load_checkpoint(checkpoint)
-    recipe = _read_recipe(checkpoint.parent / RECIPE_FILE, checkpoint)
+    """Export a run's encoder: the run folder's encoder file unless ``out`` (a file, or a folder to write
+    it in under the same name). ``run_or_checkpoint`` is a run folder or its checkpoint file; the recipe
+    is read from the resolved recipe beside the checkpoint."""
+    checkpoint = checkpoints.find(run_or_checkpoint, "export")
+    state = checkpoints.load(checkpoint, "export")
+    folder = RunFolder.of_checkpoint(checkpoint)
+    recipe = _read_recipe(folder.recipe, checkpoint)
     backbone = encoder_state(state["network"])
     if not backbone:
         raise UserError(f"export: {checkpoint} holds no backbone tensors (no `backbone.*` keys in its network state)")
 
-    target = checkpoint.parent / ENCODER_FILE if out is None else Path(out)
+    target = folder.encoder if out is None else Path(out)
     if target.is_dir():
-        target = target / ENCODER_FILE
+        target = target / folder.encoder.name
     if target.suffix != ".safetensors":
         # timm picks its reader by this suffix; any other name would be read as a pickle and fail.
         raise UserError(f"export: {target}: the output file name must end in .safetensors")
@@ -154,30 +153,10 @@ def load_encoder(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def _find_checkpoint(path: Path) -> Path:
-    # Not checkpoint.find: its messages speak of --resume.
-    file = path / CHECKPOINT_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise UserError(f"export: no checkpoint at {file} (pass a run folder holding {CHECKPOINT_FILE}, "
-                        f"or the checkpoint file itself)")
-    return file
-
-
-def _load_checkpoint(file: Path) -> dict[str, Any]:
-    # weights_only: a checkpoint is read without running pickled code.
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"export: {file} is not a readable cl-run checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or not isinstance(state.get("network"), dict):
-        raise UserError(f"export: {file} is not a cl-run checkpoint (it has no `network` state)")
-    return state
-
-
 def _read_recipe(file: Path, checkpoint: Path) -> dict[str, Any]:
     if not file.is_file():
-        raise UserError(f"export: no {RECIPE_FILE} at {file}; the export records the recipe its checkpoint "
-                        f"{checkpoint} was trained with: put that run's {RECIPE_FILE} beside it")
+        raise UserError(f"export: no {file.name} at {file}; the export records the recipe its checkpoint "
+                        f"{checkpoint} was trained with: put that run's {file.name} beside it")
     try:
         recipe = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -15,7 +15,7 @@ from typing import Any
 
 from clrun.errors import TrainingHalted, UserError
 from clrun.recipe import load_recipe
-from clrun.training import run_dir
+from clrun.run_folder import RunFolder
 from clrun.training.step import NonFiniteLossError
 
 
@@ -62,7 +62,7 @@ def sweep(recipe_path: str | Path, arguments: list[str]) -> Path:
     for overrides in variants:
         check(load_recipe(recipe_path, overrides))
     base = load_recipe(recipe_path, variants[0])
-    folder = run_dir.create(base.run.dir, f"{Path(recipe_path).stem}-sweep")
+    folder = RunFolder.create(base.run.dir, f"{Path(recipe_path).stem}-sweep").path
     rows: list[dict[str, Any]] = []
     for combo, label, overrides in zip(combos, labels, variants):
         print(f"sweep: {label} ({len(rows) + 1}/{len(combos)})", flush=True)

@@ -1,4 +1,4 @@
-"""``report.md``: the run told in prose and tables, for a reader who has not seen the code.
+"""The run report's text told in prose and tables, for a reader who has not seen the code.
 
 Every section degrades to a sentence when its data is absent (a crashed or halted run still gets a
 report, and the report says what it could not show and why), and every number shown is the one the
@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+from clrun.run_folder import RunFolder
 from clrun.report.records import (
     BRANCHES,
     HEALTH_METRICS,
@@ -26,12 +27,15 @@ from clrun.report.records import (
     results,
 )
 
-# What each missing file costs the reader (recipe.yaml is always there: the run wrote it first).
+LAYOUT = RunFolder(".")  # the run folder's file names, for the report's words about them
+EVAL_SOURCE = LAYOUT.evaluation.name
+
+# What each missing file costs the reader (the recipe is always there: the run wrote it first).
 MISSING_MEANS = {
-    "recipe.yaml": "the setup below is unknown",
-    "metrics.jsonl": "no loss or accuracy curves",
-    "summary.json": "the run did not finish (still running, crashed or killed): results are its last recorded epoch's",
-    "health.jsonl": "no health checks with similarity histograms (health monitor off, or no check ran yet)",
+    LAYOUT.recipe.name: "the setup below is unknown",
+    LAYOUT.metrics.name: "no loss or accuracy curves",
+    LAYOUT.summary.name: "the run did not finish (still running, crashed or killed): results are its last recorded epoch's",
+    LAYOUT.health.name: "no health checks with similarity histograms (health monitor off, or no check ran yet)",
 }
 
 HEALTHY_RANGE = {
@@ -47,7 +51,7 @@ CAPTIONS = {
     "loss": ("Training loss", "Loss per step (thin line) and per-epoch mean (points); "
                               "learning rate on the right axis."),
     "accuracy": ("Accuracy", "Top-1 accuracy over epochs: backbone solid, projector dashed, one colour per "
-                             "evaluation; final values as points, eval.json's as stars."),
+                             f"evaluation; final values as points, {EVAL_SOURCE}'s as stars."),
     "alignment_uniformity": ("Alignment vs uniformity", "Wang & Isola's plane, one trajectory per branch, "
                              "coloured by epoch: lower-left is better; uniformity near 0 means collapse."),
     "health": ("Representation health", "std·√d (≈ 1 healthy, 0 collapsed), RankMe (effective rank) and the "
@@ -56,17 +60,6 @@ CAPTIONS = {
                      "vs negative pairs (different images) at the first and last health check: well separated is "
                      "good; both piled up near 1 is collapse."),
 }
-
-RUN_FILES = {
-    "recipe.yaml": "the resolved recipe (every setting the run used)",
-    "metrics.jsonl": "every step, epoch and final record",
-    "health.jsonl": "every health check, with similarity histograms",
-    "summary.json": "the final record",
-    "eval.json": "the evaluation by `cl-run eval`",
-    "encoder.safetensors": "the trained backbone, loadable with timm or `clrun.export.load_encoder`",
-    "checkpoint.pt": "the last checkpoint (resumable)",
-}
-
 
 def render(records: RunRecords, plots: dict[str, Path]) -> str:
     sections = [
@@ -143,17 +136,17 @@ def results_table(records: RunRecords) -> str:
             if key in values:
                 branch = "projector" if key.endswith("_projector") else "backbone"
                 rows.append((f"{evaluation_label(base)} top-1 ({branch})", f"{_percent(values[key])} %",
-                             "eval.json" if key in from_eval else source))
+                             EVAL_SOURCE if key in from_eval else source))
     skip = {"epoch", "step", "wall_time_s"}
     for key, value in values.items():
         if is_accuracy(key) or key in skip or _health_key(key, values):
             continue
-        rows.append((key, _number(value), "eval.json" if key in from_eval else source))
+        rows.append((key, _number(value), EVAL_SOURCE if key in from_eval else source))
     if not rows:
         return "## Results\n\nNo results were recorded."
     note = ""
     if records.evaluation:
-        note = (f"\n\nValues marked eval.json come from `cl-run eval` on `{records.evaluation.get('checkpoint', '?')}`"
+        note = (f"\n\nValues marked {EVAL_SOURCE} come from `cl-run eval` on `{records.evaluation.get('checkpoint', '?')}`"
                 f" (epoch {records.evaluation.get('epoch', '?')}) and replace the training-time ones.")
     return "## Results\n\n" + _table(("Metric", "Value", "Source"), rows) + note
 
@@ -258,7 +251,7 @@ def plots_section(records: RunRecords, plots: dict[str, Path]) -> str:
 
 
 def files_section(records: RunRecords) -> str:
-    lines = [f"- [{name}]({name}): {what}" for name, what in RUN_FILES.items() if (records.directory / name).exists()]
+    lines = [f"- [{name}]({name}): {what}" for name, what in RunFolder.FILES.items() if (records.directory / name).exists()]
     return "## Files\n\n" + "\n".join(lines) if lines else ""
 
 

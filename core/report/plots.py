@@ -16,6 +16,7 @@ from typing import Any, Callable
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from clrun.run_folder import RunFolder, write_atomic
 from clrun.report.records import (
     BRANCHES,
     RunRecords,
@@ -25,7 +26,6 @@ from clrun.report.records import (
     is_accuracy,
     number,
     ordered_bases,
-    write_atomic,
 )
 
 BRANCH_STYLE = {"backbone": "-", "projector": "--"}  # same colour per evaluation, the branch by line style
@@ -85,7 +85,7 @@ def accuracy_figure(records: RunRecords) -> Figure | None:
                 xs, ys = zip(*curves[key])
                 ax.plot(xs, [100 * y for y in ys], BRANCH_STYLE[branch], marker=".", color=colour, label=label)
                 label = None
-            # Final values as points: the summary's at the last epoch, eval.json's (a star) at its epoch.
+            # Final values as points: the summary's at the last epoch, `cl-run eval`'s (a star) at its epoch.
             if key in final and last_epoch is not None:
                 ax.plot([last_epoch], [100 * final[key]], BRANCH_MARKER[branch], color=colour, mfc=fill, ms=7,
                         label=label)
@@ -94,7 +94,7 @@ def accuracy_figure(records: RunRecords) -> Figure | None:
                 ax.plot([eval_epoch], [100 * evaluated[key]], "*", color=colour, mfc=fill, ms=12, label=label)
     ax.set(xlabel="epoch", ylabel="top-1 accuracy (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title("Accuracy (backbone solid, projector dashed; points: final, stars: eval.json)", fontsize="medium")
+    ax.set_title(f"Accuracy (backbone solid, projector dashed; points: final, stars: {RunFolder('.').evaluation.name})", fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     return fig

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from clrun.run_folder import RunFolder, write_atomic
 
 BRANCHES = ("backbone", "projector")
 HEALTH_METRICS = ("alignment", "uniformity", "std_sqrt_d", "rankme", "pos_cosine", "neg_cosine")
@@ -29,9 +29,9 @@ class RunRecords:
     recipe: dict[str, Any] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
     epochs: list[dict[str, Any]] = field(default_factory=list)
-    final: dict[str, Any] | None = None  # the summary.json record, else the metrics file's "final" line
+    final: dict[str, Any] | None = None  # the summary record, else the metrics file's "final" line
     health: list[dict[str, Any]] = field(default_factory=list)
-    evaluation: dict[str, Any] | None = None  # eval.json as written by `cl-run eval`
+    evaluation: dict[str, Any] | None = None  # the record `cl-run eval` writes
     missing: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -42,11 +42,11 @@ class RunRecords:
 
 
 def read_run(run_dir: Path) -> RunRecords:
-    run_dir = Path(run_dir)
-    records = RunRecords(directory=run_dir)
-    recipe = _read_yaml(run_dir / "recipe.yaml", records)
+    folder = RunFolder(run_dir)
+    records = RunRecords(directory=folder.path)
+    recipe = _read_yaml(folder.recipe, records)
     records.recipe = recipe if isinstance(recipe, dict) else {}
-    for line in _read_jsonl(run_dir / "metrics.jsonl", records):
+    for line in _read_jsonl(folder.metrics, records):
         kind = line.get("kind")
         if kind == "step":
             records.steps.append(line)
@@ -54,11 +54,11 @@ def read_run(run_dir: Path) -> RunRecords:
             records.epochs.append(line)
         elif kind == "final":
             records.final = line
-    summary = _read_json(run_dir / "summary.json", records)
+    summary = _read_json(folder.summary, records)
     if isinstance(summary, dict):
         records.final = summary  # written atomically at the end: the authority over the metrics line
-    records.health = [h for h in _read_jsonl(run_dir / "health.jsonl", records) if isinstance(h.get("metrics"), dict)]
-    evaluation = _read_json(run_dir / "eval.json", records, optional=True)
+    records.health = [h for h in _read_jsonl(folder.health, records) if isinstance(h.get("metrics"), dict)]
+    evaluation = _read_json(folder.evaluation, records, optional=True)
     if isinstance(evaluation, dict) and isinstance(evaluation.get("results"), dict):
         records.evaluation = evaluation
     return records
@@ -122,7 +122,7 @@ def health_value(metrics: dict[str, Any], name: str, branch: str) -> float | Non
 
 
 def health_checks(records: RunRecords) -> list[tuple[int, dict[str, Any]]]:
-    """(epoch, metrics) of every health check: health.jsonl, else the epoch records that carry health keys."""
+    """(epoch, metrics) of every health check: the health file, else the epoch records that carry health keys."""
     if records.health:
         return [(epoch_of(h), h["metrics"]) for h in records.health]
     checks = []
@@ -134,7 +134,7 @@ def health_checks(records: RunRecords) -> list[tuple[int, dict[str, Any]]]:
 
 
 def results(records: RunRecords) -> dict[str, float]:
-    """The run's final numeric results (for a run that never finished: its last epoch's); eval.json's
+    """The run's final numeric results (for a run that never finished: its last epoch's); `cl-run eval`'s
     (a later, dedicated evaluation) override and add."""
     base = records.final if records.final is not None else (records.epochs[-1] if records.epochs else {})
     merged = {k: x for k, v in base.items() if (x := number(v)) is not None}
@@ -150,23 +150,6 @@ def recipe_get(recipe: dict[str, Any], dotted: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: readers (and a crash halfway)
-    only ever see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    # A unique name in the same folder (os.replace is atomic only within one file system); opened with
-    # plain open(), not mkstemp, so the file gets the usual permissions (mkstemp's are owner-only).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read_yaml(path: Path, records: RunRecords) -> Any:

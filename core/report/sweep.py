@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from clrun.report.plots import BRANCH_MARKER, BRANCH_STYLE, save_figure
-from clrun.report.records import BRANCHES, evaluation_label, health_value, number, ordered_bases, write_atomic
+from clrun.run_folder import RunFolder, write_atomic
+from clrun.report.records import BRANCHES, evaluation_label, health_value, number, ordered_bases
 
 FIXED_COLUMNS = ("value", "run")
 
@@ -154,9 +155,9 @@ def _plain(x: float | None) -> str:
 def _report_link(sweep_dir: Path, run: Any) -> str:
     if not run:
         return "n/a"
-    # Relative to the sweep folder, so the links survive moving the whole tree. Always report.md: a run
+    # Relative to the sweep folder, so the links survive moving the whole tree. Always the report: a run
     # writes it when it ends, also when it fails, so a link to a missing one means the run never ended.
-    report = Path(str(run)) / "report.md"
+    report = RunFolder(str(run)).report
     link = Path(os.path.relpath(report.resolve(), sweep_dir.resolve())).as_posix()
     return f"[{Path(str(run)).name}]({link})"
 

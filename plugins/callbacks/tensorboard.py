@@ -9,6 +9,7 @@ from typing import Any, Mapping, Optional
 from clrun import ComponentError, Run, UserError, hookimpl
 
 NAME = "clrun/tensorboard"
+SUBFOLDER = "tensorboard"
 MISSING = f"{NAME} needs the tensorboard package: pip install 'cl-run[tensorboard]'"
 
 
@@ -46,13 +47,13 @@ class TensorBoardLogger:
     def clrun_run_start(self, run: Run) -> None:
         if self.log_dir is not None:
             folder = Path(self.log_dir)
-        elif run.directory is not None:
-            folder = run.directory / "tensorboard"
+        elif run.folder is not None:
+            folder = run.folder.path / SUBFOLDER  # this plugin's own folder inside the run folder
         else:
             return  # a run that writes nothing (`cl-run check`)
         # On resume, hide the events an interrupted run wrote after its checkpoint's step.
         self.writer = self._writer_class(str(folder), purge_step=run.step + 1 if run.step else None)
-        recipe = run.directory / "recipe.yaml" if run.directory is not None else None
+        recipe = run.folder.recipe if run.folder is not None else None
         if recipe is not None and recipe.is_file():
             text = recipe.read_text(encoding="utf-8")
             self.writer.add_text("recipe", "```yaml\n" + text + "```", global_step=run.step)

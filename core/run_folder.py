@@ -1,0 +1,151 @@
+"""The run folder's layout: the one place that names the files a run writes.
+
+Everything that reads or writes a run folder (the training loop, the report, ``cl-run eval``,
+``cl-run export``, callbacks) asks a ``RunFolder`` for a file's path instead of spelling its name, so
+the layout can change in one place and a reader never disagrees with a writer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RunFolder:
+    """One run's folder. Each property is the path of one file (or sub-folder) in it.
+
+    ``FILES`` describes the data files for a person reading the report (which adds itself and its plots).
+    """
+
+    FILES: dict[str, str] = {
+        "recipe.yaml": "the resolved recipe (every setting the run used)",
+        "metrics.jsonl": "every step, epoch and final record",
+        "health.jsonl": "every health check, with similarity histograms",
+        "summary.json": "the final record",
+        "eval.json": "the evaluation by `cl-run eval`",
+        "encoder.safetensors": "the trained backbone, loadable with timm or `clrun.export.load_encoder`",
+        "checkpoint.pt": "the last checkpoint (resumable)",
+    }
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # One property per file. Their names are what the rest of the code uses.
+    @property
+    def recipe(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def health(self) -> Path:
+        return self.path / "health.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def encoder(self) -> Path:
+        return self.path / "encoder.safetensors"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    def is_run(self) -> bool:
+        """Whether this folder holds a run (its resolved recipe is the first file a run writes)."""
+        return self.recipe.is_file()
+
+    @classmethod
+    def create(cls, base: str | Path, name: str) -> RunFolder:
+        """A new folder ``base/name``; if it exists, ``name-2``, ``name-3``... so no earlier run is touched."""
+        root = Path(base)
+        root.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 10_000):
+            path = root / (name if i == 1 else f"{name}-{i}")
+            try:
+                path.mkdir()
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise RuntimeError(f"too many runs named {name!r} in {root}")
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunFolder:
+        """The run folder a checkpoint file lies in."""
+        return cls(Path(checkpoint).parent)
+
+    def write_recipe(self, resolved: dict[str, Any]) -> None:
+        write_atomic(self.recipe, yaml.safe_dump(resolved, sort_keys=False))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.metrics, record)
+
+    def append_health(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.health, record)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_atomic(self.summary, json.dumps(jsonable(summary), indent=2) + "\n")
+
+    def write_evaluation(self, record: dict[str, Any]) -> None:
+        write_atomic(self.evaluation, json.dumps(jsonable(record), indent=2) + "\n")
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(jsonable(record)) + "\n")
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: readers (and a crash halfway)
+    only ever see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    # A unique name in the same folder (os.replace is atomic only within one file system); opened with
+    # plain open(), not mkstemp, so the file gets the usual permissions (mkstemp's are owner-only).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats as strings (JSON has no NaN or infinity), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
