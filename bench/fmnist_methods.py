@@ -24,8 +24,7 @@ import torch
 import clrun
 from clrun.recipe import resolved
 from clrun.plugins.callbacks.knn import KNNEvaluation, knn_predict
-from clrun.training.build import build_parts
-from clrun.training.loop import example_batch, seed_everything
+from clrun.training.setup import prepare
 from clrun.training.run import Run
 from reporting import machine  # bench/reporting.py: the script's folder is on sys.path
 
@@ -85,11 +84,9 @@ def raw_pixel_knn(knn: KNNEvaluation) -> float:
 def untrained_knn(recipe_path: Path) -> float:
     """kNN top-1 of the recipe's encoder at initialization (its own seed and build), no step taken."""
     recipe = clrun.load_recipe(recipe_path)
-    seed_everything(recipe.seed)
-    dataset = recipe.data.dataset.build()
-    parts = build_parts(recipe, example_batch(dataset), torch.device("cpu"), steps_per_epoch=1)
+    setup = prepare(recipe, "eval", torch.device("cpu"))
     knn: KNNEvaluation = recipe.callbacks[0].build()
-    return knn.evaluate(Run(recipe, parts, torch.device("cpu"), None, steps_per_epoch=1))["knn_top1"]
+    return knn.evaluate(Run(recipe, setup.parts, setup.device, None, steps_per_epoch=1))["knn_top1"]
 
 
 def baselines(rows: list[dict]) -> dict:

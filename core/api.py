@@ -39,13 +39,14 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     return _load_recipe(path, tuple(overrides), default_registry())
 
 
-def train(recipe: Recipe | str | Path, resume: str | Path | None = None):
-    """Train a recipe (or a recipe path); returns the finished ``Run`` (``run.directory``, ``run.summary``)."""
+def train(recipe: Recipe | str | Path, resume: str | Path | None = None, verbose: bool = False):
+    """Train a recipe (or a recipe path); returns the finished ``Run`` (``run.folder``, ``run.summary``).
+    ``verbose`` prints every metric each epoch instead of the compact line."""
     from clrun.training.loop import train as _train
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    return _train(recipe, resume=resume)
+    return _train(recipe, resume=resume, verbose=verbose)
 
 
 def _node(value: Any, file: str) -> Node:

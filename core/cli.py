@@ -36,6 +36,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.epochs=2")
     t.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue a run from its folder or checkpoint file")
+    t.add_argument("-v", "--verbose", action="store_true", help="print every metric each epoch (default: a compact line)")
     c = sub.add_parser("check", help="validate a recipe, build it on the CPU and push one tiny batch through")
     c.add_argument("recipe")
     c.add_argument("overrides", nargs="*")
@@ -45,11 +46,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--with", dest="sections", metavar="FILE", help="a YAML file whose sections (e.g. callbacks:) replace the recipe's")
     x = sub.add_parser("export", help="write a run's encoder as safetensors with its recipe as metadata")
     x.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    x.add_argument("-o", "--output", metavar="FILE", help="default: encoder.safetensors in the run folder")
+    x.add_argument("-o", "--output", metavar="FILE", help="default: the encoder file in the run folder")
     w = sub.add_parser("sweep", help="train one variant per value of key=v1,v2,... and tabulate them")
     w.add_argument("recipe")
     w.add_argument("overrides", nargs="+", help="key=v1,v2,... (swept) and key=value (fixed)")
-    r = sub.add_parser("report", help="write a run folder's plots and report.md from its files")
+    r = sub.add_parser("report", help="write a run folder's plots and report from its files")
     r.add_argument("run", metavar="RUN")
     ls = sub.add_parser("components", help="list registered components")
     ls.add_argument("kind", nargs="?", choices=KINDS)
@@ -94,7 +95,7 @@ def cmd_train(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     try:
-        run = train(recipe, resume=args.resume)
+        run = train(recipe, resume=args.resume, verbose=args.verbose)
     except NonFiniteLossError as exc:
         print(f"cl-run: training stopped: {exc}", file=sys.stderr)
         return 1
@@ -122,15 +123,13 @@ def cmd_check(args) -> int:
 def cmd_eval(args) -> int:
     from clrun.evaluation import evaluate
     from clrun.report import write_report
+    from clrun.training.reporting import results_table
 
     results = evaluate(args.checkpoint, args.overrides, args.sections)
-    evaluations = sorted({k.removesuffix("_projector") for k in results})
-    print(f"{'evaluation':<24} {'backbone':>9} {'projector':>9}")
-    for name in evaluations:
-        cells = [results.get(name), results.get(f"{name}_projector")]
-        print(f"{name:<24} " + " ".join(f"{100 * v:>8.2f}%" if v is not None else f"{'-':>9}" for v in cells))
+    for line in results_table(results, sorted({k.removesuffix("_projector") for k in results})):
+        print(line)
     folder = checkpoint_folder(args.checkpoint)
-    print(f"results: {folder / 'eval.json'}\nreport: {write_report(folder)}")
+    print(f"results: {folder.evaluation}\nreport: {write_report(folder.path)}")
     return 0
 
 
@@ -149,22 +148,23 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pathlib import Path
-
     from clrun.report import write_report
+    from clrun.run_folder import RunFolder
 
-    folder = Path(args.run)
-    if not (folder / "recipe.yaml").is_file():
-        raise UserError(f"report: {folder} is not a run folder (it has no recipe.yaml)")
-    print(f"report: {write_report(folder)}")
+    folder = RunFolder(args.run)
+    if not folder.is_run():
+        raise UserError(f"report: {folder.path} is not a run folder (it has no {folder.recipe.name})")
+    print(f"report: {write_report(folder.path)}")
     return 0
 
 
 def checkpoint_folder(run_or_checkpoint: str):
     from pathlib import Path
 
+    from clrun.run_folder import RunFolder
+
     path = Path(run_or_checkpoint)
-    return path if path.is_dir() else path.parent
+    return RunFolder(path) if path.is_dir() else RunFolder.of_checkpoint(path)
 
 
 def cmd_components(args) -> int:

@@ -22,7 +22,7 @@ from clrun.recipe.schema import TargetSection
 from clrun.training.network import OnlineNetwork
 from clrun.training.step import reduced_metrics, split_loss
 from clrun.training.target import TargetNetwork
-from clrun.training.trainable import Trainable, distribute
+from clrun.training.network import Trainable, distribute
 
 GLOBAL_BATCH, IN_DIM, DIM, STEPS = 8, 12, 8, 3
 

@@ -211,9 +211,10 @@ def test_callback_metrics_reach_the_summary_metrics_file_and_console(capsys, tmp
     assert 0.0 <= summary["knn_top1"] <= 1.0 and 0.0 <= summary["knn_top1_projector"] <= 1.0
     epochs = [r for r in read_metrics(run) if r["kind"] == "epoch"]
     assert "knn_top1" in epochs[0]  # every: 1, evaluated after epoch 1 of 2
-    done = [line for line in out.splitlines() if line.startswith("done  ")]
-    assert done and "knn_top1 " in done[0]
-    assert out.index("kNN top-1 (k=5) on 64 test images") < out.index("done  ")
+    # The final summary table has the callback's result, printed after the callback's own line.
+    table = out[out.index("done: 2 epochs"):].splitlines()[1:]
+    assert any(line.split()[0] == "knn_top1" and line.count("%") == 2 for line in table)
+    assert out.index("kNN top-1 (k=5) on 64 test images") < out.index("done: ")
 
 
 def test_resume_continues_the_run(trained, capsys, tmp_path):
@@ -260,7 +261,7 @@ def test_resume_folder_without_checkpoint_exits_2(capsys, tmp_path):
     code, out, err = cl_run(capsys, TINY, f"run.dir={tmp_path / 'runs'}", "--resume", tmp_path)
     assert code == 2
     assert err == (f"cl-run: error: --resume: no checkpoint at {tmp_path / 'checkpoint.pt'} "
-                   "(pass a run folder holding checkpoint.pt, or the file itself)\n")
+                   "(pass a run folder holding checkpoint.pt, or the checkpoint file itself)\n")
 
 
 # -- a non-finite loss stops the run --------------------------------------------------------------

@@ -60,7 +60,7 @@ def test_eval_runs_the_evaluators_of_a_file_and_records_them(run_folder, tmp_pat
 def test_eval_without_an_evaluator_and_without_a_checkpoint(run_folder, tmp_path, capsys):
     code, _, err = cl_run(capsys, "eval", run_folder)
     assert code == 2
-    assert "cl-run: error: eval: the recipe's callbacks have no evaluator (a callback with an evaluate() method)" in err
+    assert "cl-run: error: eval: the recipe's callbacks have no evaluator (a clrun.Evaluator callback)" in err
     code, _, err = cl_run(capsys, "eval", tmp_path)
     assert code == 2
     assert f"cl-run: error: eval: no checkpoint at {tmp_path / 'checkpoint.pt'}" in err

@@ -117,8 +117,8 @@ def test_evaluating_is_deterministic_and_changes_nothing_the_run_trains(probed, 
 
     # The mid-training evaluation left the training bit-identical to a run without the probe.
     plain = clrun.train(load(tmp_path, "plain", "[]"))
-    with_probe = checkpoint.load(probed.directory / checkpoint.FILE)
-    without = checkpoint.load(plain.directory / checkpoint.FILE)
+    with_probe = checkpoint.load(probed.folder.checkpoint)
+    without = checkpoint.load(plain.folder.checkpoint)
     for key in with_probe["network"]:
         assert torch.equal(with_probe["network"][key], without["network"][key]), key
     assert torch.equal(with_probe["rng"]["torch"], without["rng"]["torch"])

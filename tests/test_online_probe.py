@@ -20,10 +20,11 @@ import torch
 from PIL import Image
 
 import clrun
+from clrun.run_folder import RunFolder
 from clrun.plugins.callbacks.online_probe import OnlineProbe
-from clrun.training import checkpoint, loop
-from clrun.training.build import build_parts
-from clrun.training.loop import example_batch, restore
+from clrun.training import checkpoint
+from clrun.training.checkpoint import restore
+from clrun.training.setup import prepare
 from clrun.training.run import Run
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
@@ -85,8 +86,8 @@ def test_the_probe_learns_separable_classes(tmp_path):
 
 def test_the_probe_leaves_the_training_bit_identical(probed, tmp_path):
     plain = clrun.train(load(tmp_path, "plain", 2, "[]"))
-    with_probe = checkpoint.load(probed.directory / checkpoint.FILE)
-    without = checkpoint.load(plain.directory / checkpoint.FILE)
+    with_probe = checkpoint.load(probed.folder.checkpoint)
+    without = checkpoint.load(plain.folder.checkpoint)
     for key in ("network", "loss", "optimizer"):  # the encoder, and everything else it trains with
         assert_equal_tensors(with_probe[key], without[key])
     assert_equal_tensors(with_probe["rng"], without["rng"])  # the global random streams, too
@@ -105,22 +106,22 @@ class Interrupted(Exception):
 
 
 def test_resume_ends_with_the_same_probe(probed, tmp_path, monkeypatch):
-    save = loop.save
+    save = checkpoint.save
 
     def save_then_stop(run, *args, **kwargs):
         save(run, *args, **kwargs)
         raise Interrupted(run.directory)
 
     with monkeypatch.context() as patched:
-        patched.setattr(loop, "save", save_then_stop)
+        patched.setattr(checkpoint, "save", save_then_stop)
         with pytest.raises(Interrupted) as stopped:
             clrun.train(load(tmp_path, "interrupted", 2, f"[{PROBE}]"))
     interrupted = Path(str(stopped.value))
-    assert int(checkpoint.load(interrupted / checkpoint.FILE)["epoch"]) == 1
+    assert int(checkpoint.load(RunFolder(interrupted).checkpoint)["epoch"]) == 1
 
     resumed = clrun.train(load(tmp_path, "interrupted", 2, f"[{PROBE}]"), resume=interrupted)
-    a = checkpoint.load(resumed.directory / checkpoint.FILE)["callbacks"][KEY]
-    b = checkpoint.load(probed.directory / checkpoint.FILE)["callbacks"][KEY]
+    a = checkpoint.load(resumed.folder.checkpoint)["callbacks"][KEY]
+    b = checkpoint.load(probed.folder.checkpoint)["callbacks"][KEY]
     assert_equal_tensors(a, b)  # the heads and their AdamW moments and step counts
     assert a["optimizer"]["state"]  # the optimizer state really is in the checkpoint
     assert resumed.summary["online_top1"] == probed.summary["online_top1"]
@@ -128,11 +129,10 @@ def test_resume_ends_with_the_same_probe(probed, tmp_path, monkeypatch):
 
 def test_the_saved_heads_evaluate_from_the_checkpoint(probed):
     recipe = load(probed.directory.parent, "unused", 2, f"[{PROBE}]")
-    dataset = recipe.data.dataset.build()
-    parts = build_parts(recipe, example_batch(dataset), torch.device("cpu"), steps_per_epoch=4)
+    parts = prepare(recipe, "train", torch.device("cpu")).parts  # built as training builds it
     run = Run(recipe, parts, torch.device("cpu"), None, steps_per_epoch=4)
     probe = recipe.callbacks[0].build()
-    restore(run, checkpoint.load(probed.directory / checkpoint.FILE), callbacks=[probe])
+    restore(run, checkpoint.load(probed.folder.checkpoint), callbacks=[probe])
     assert probe.evaluate(run) == {k: probed.summary[k] for k in ("online_top1", "online_top1_projector")}
 
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import clrun
-from clrun.training import checkpoint, loop
-from clrun.training.build import build_parts
-from clrun.training.loop import example_batch, restore
+from clrun.run_folder import RunFolder
+from clrun.training import checkpoint
+from clrun.training.checkpoint import restore
+from clrun.training.setup import prepare
 from clrun.training.run import Run
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
@@ -68,14 +69,14 @@ class Interrupted(Exception):
 
 def train_until_first_checkpoint(recipe, monkeypatch) -> Path:
     """Run ``recipe`` and stop it, as a crash would, right after its first checkpoint is written."""
-    save = loop.save
+    save = checkpoint.save
 
     def save_then_stop(run, *args):
         save(run, *args)
         raise Interrupted(run.directory)
 
     with monkeypatch.context() as patched:
-        patched.setattr(loop, "save", save_then_stop)
+        patched.setattr(checkpoint, "save", save_then_stop)
         with pytest.raises(Interrupted) as stopped:
             clrun.train(recipe)
     return Path(str(stopped.value))
@@ -85,12 +86,11 @@ def train_until_first_checkpoint(recipe, monkeypatch) -> Path:
 def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, monkeypatch):
     path = recipe_file(tmp_path, case)
     interrupted = train_until_first_checkpoint(load(path, tmp_path, 2, "interrupted"), monkeypatch)
-    saved = checkpoint.load(interrupted / checkpoint.FILE)
+    saved = checkpoint.load(RunFolder(interrupted).checkpoint)
 
     # (1) What --resume loads is exactly what was saved, and the stateful pieces are really in it.
     recipe = load(path, tmp_path, 2, "check")
-    dataset = recipe.data.dataset.build()
-    parts = build_parts(recipe, example_batch(dataset), torch.device("cpu"), steps_per_epoch=4)
+    parts = prepare(recipe, "train", torch.device("cpu")).parts  # built as training builds it
     run = Run(recipe, parts, torch.device("cpu"), None, steps_per_epoch=4)
     restore(run, saved)
     restored = {"loss": parts.loss_fn.state_dict(), "network": parts.network.state_dict()}
@@ -114,8 +114,8 @@ def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, monkeypatch)
     # (2) Interrupted + resumed == uninterrupted, bit for bit.
     resumed = clrun.train(load(path, tmp_path, 2, "interrupted"), resume=interrupted)
     straight = clrun.train(load(path, tmp_path, 2, "straight"))
-    a = flat(checkpoint.load(resumed.directory / checkpoint.FILE))
-    b = flat(checkpoint.load(straight.directory / checkpoint.FILE))
+    a = flat(checkpoint.load(resumed.folder.checkpoint))
+    b = flat(checkpoint.load(straight.folder.checkpoint))
     assert a.keys() == b.keys()
     for key in a:
         if not key.startswith("rng."):
@@ -125,7 +125,7 @@ def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, monkeypatch)
 def test_resume_with_a_recipe_that_does_not_fit_names_the_part(tmp_path, monkeypatch):
     path = recipe_file(tmp_path, "moco")
     interrupted = train_until_first_checkpoint(load(path, tmp_path, 2, "interrupted"), monkeypatch)
-    saved = interrupted / checkpoint.FILE
+    saved = RunFolder(interrupted).checkpoint
     refit = "resume with the recipe the run was started with (recipe.yaml in its run folder)"
 
     bigger_queue = clrun.load_recipe(path, ["loss.queue_size=48", f"run.dir={tmp_path}"])

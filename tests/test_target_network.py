@@ -14,7 +14,6 @@ from torch import nn
 import clrun
 from clrun.recipe.schema import TargetSection
 from clrun.training.build import build_parts
-from clrun.training.loop import example_batch
 from clrun.training.step import train_step
 from clrun.training.target import momentum_at
 
@@ -67,8 +66,8 @@ class Recorder(nn.Module):
 def build(recipe, steps_per_epoch: int = 10):
     torch.manual_seed(0)
     dataset = recipe.data.dataset.build()
-    parts = build_parts(recipe, example_batch(dataset), torch.device("cpu"), steps_per_epoch)
     images = torch.stack([dataset[i][0] for i in range(8)])
+    parts = build_parts(recipe, images[:4], torch.device("cpu"), steps_per_epoch)
     return parts, images
 
 

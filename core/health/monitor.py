@@ -10,9 +10,6 @@ and so its results, unchanged.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -21,9 +18,8 @@ from clrun import distributed
 from clrun.errors import TrainingHalted
 from clrun.health.alarm import CollapseAlarm
 from clrun.health.metrics import health_metrics, histogram, pair_cosines
+from clrun.hookspecs import hookimpl
 from clrun.recipe.schema import HealthSection
-
-FILE = "health.jsonl"
 HALT_ADVICE = (
     "A loss without negatives needs a predictor, a stop-gradient or a momentum target to avoid collapse; "
     "also try a lower optimizer.lr. To only be warned, set health.alarm.action=warn"
@@ -34,7 +30,11 @@ class HealthMonitor:
     """Adds ``alignment``, ``uniformity``, ``std_sqrt_d``, ``rankme``, ``pos_cosine``, ``neg_cosine`` of
     the backbone features (suffix ``_backbone``) and of the projector outputs (``_projector``) to the
     epoch's metrics (a loss's own ``pos_cosine`` is its training batches', so the names differ), appends
-    each check with similarity histograms to ``health.jsonl``, and feeds the alarm.
+    each check with similarity histograms to the run folder's health file, and acts on the alarm.
+
+    Its epoch hook wraps every other callback's: it measures first (so the recipe's callbacks and the
+    logs see its metrics), and acts on the alarm last, after the epoch was written and printed: ``warn``
+    prints, ``halt`` stops the run with a message that names the signal and the last checkpoint.
 
     The alarm's streaks are not checkpointed: after ``--resume`` they start again from zero."""
 
@@ -42,16 +42,24 @@ class HealthMonitor:
         self.section, self.dataset, self.seed = section, dataset, seed
         self.alarm = CollapseAlarm(section.alarm)
         self.images: Tensor | None = None
-        self.fired: str | None = None  # the alarm message of the latest check, for AlarmAction
         self.latest: dict[str, float] = {}
 
     def clrun_run_start(self, run) -> None:
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + 7919))
         self.images = torch.stack([self.dataset[int(i)][0] for i in order[: self.section.samples]])
 
-    def clrun_epoch_end(self, run, epoch: int, metrics: dict[str, float]) -> None:
+    @hookimpl(wrapper=True)
+    def clrun_epoch_end(self, run, epoch: int, metrics: dict[str, float]):
+        fired = self.check(run, epoch, metrics)
+        result = yield  # every other callback, the metrics file and the console
+        if fired is not None:
+            self.act(run, fired)
+        return result
+
+    def check(self, run, epoch: int, metrics: dict[str, float]) -> str | None:
+        """Measure (on check epochs), record, and return the alarm's message if it fired."""
         if epoch % self.section.every and epoch < run.recipe.train.epochs:
-            return
+            return None
         metrics_now, hists = self.measure(run)
         metrics.update(metrics_now)
         self.latest = metrics_now
@@ -59,14 +67,25 @@ class HealthMonitor:
         halting = self.section.alarm.action == "halt"
         # While a signal is beyond its threshold the state may be collapsing: keep the last healthy checkpoint.
         run.checkpoint_hold = "health" if (halting and now) else None
-        self.fired = self.alarm.message(fired, epoch) if fired else None
+        message = self.alarm.message(fired, epoch) if fired else None
         record = {
             "epoch": epoch, "step": run.step, "metrics": metrics_now, "histograms": hists,
-            "alarm": {"branch": self.section.alarm.branch, "signals": [c.metric for c in now], "fired": self.fired},
+            "alarm": {"branch": self.section.alarm.branch, "signals": [c.metric for c in now], "fired": message},
         }
         if distributed.is_main():
-            with open(Path(run.directory) / FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            run.folder.append_health(record)
+        return message
+
+    def act(self, run, message: str) -> None:
+        if self.section.alarm.action == "warn":
+            if distributed.is_main():
+                print(f"warning: {message} (health.alarm.action=halt stops the run)", flush=True)
+            return
+        if run.checkpoint_epoch is None:
+            kept = "no checkpoint was written: the signal appeared before the first one"
+        else:
+            kept = f"the last healthy checkpoint (epoch {run.checkpoint_epoch}) is {run.folder.checkpoint}"
+        raise TrainingHalted(f"{message}; {kept}. {HALT_ADVICE}")
 
     def clrun_run_end(self, run, metrics: dict[str, float]) -> None:
         metrics.update(self.latest)  # the final check belongs in the run's summary
@@ -108,25 +127,3 @@ def two_views(views, images: Tensor, run) -> tuple[Tensor, Tensor]:
     if len(pair) < 2:
         pair = [made[0], run.preprocess(images)]
     return pair[0], pair[1]
-
-
-class AlarmAction:
-    """Acts on the monitor's alarm after the epoch's metrics are written and printed: ``warn`` prints,
-    ``halt`` stops the run with a message that names the signal and the last checkpoint."""
-
-    def __init__(self, monitor: HealthMonitor) -> None:
-        self.monitor = monitor
-
-    def clrun_epoch_end(self, run, epoch: int, metrics: dict[str, float]) -> None:
-        message = self.monitor.fired
-        if message is None:
-            return
-        if self.monitor.section.alarm.action == "warn":
-            if distributed.is_main():
-                print(f"warning: {message} (health.alarm.action=halt stops the run)", flush=True)
-            return
-        if run.checkpoint_epoch is None:
-            kept = "no checkpoint was written: the signal appeared before the first one"
-        else:
-            kept = f"the last healthy checkpoint (epoch {run.checkpoint_epoch}) is {Path(run.directory) / 'checkpoint.pt'}"
-        raise TrainingHalted(f"{message}; {kept}. {HALT_ADVICE}")

@@ -4,29 +4,36 @@ from __future__ import annotations
 
 import sys
 
+from clrun.export import encoder_state, write_encoder
+from clrun.hookspecs import hookimpl
 from clrun.recipe import resolved
 from clrun.training.run import Run
 
-ENCODER_FILE = "encoder.safetensors"
-
 
 class RunArtifacts:
-    """``encoder.safetensors`` at the end of a finished run; ``report.md`` with plots at the end of every
-    run, also one that stopped on an error or was halted (a report must never hide the original error)."""
+    """The encoder at the end of a finished run; the report with plots at the end of every run, also one
+    that stopped on an error or was halted (a report must never hide the original error).
 
-    def clrun_run_end(self, run: Run, metrics: dict[str, float]) -> None:
-        from clrun.export import encoder_state, write_encoder
+    Its hooks wrap every other callback's: the report reads the files the metrics log writes last."""
 
-        write_encoder(run.directory / ENCODER_FILE, encoder_state(run.parts.network.state_dict()),
-                      resolved(run.recipe), {"epoch": run.epoch, "step": run.step})
+    @hookimpl(wrapper=True)
+    def clrun_run_end(self, run: Run, metrics: dict[str, float]):
+        result = yield
+        write_encoder(run.folder.encoder, encoder_state(run.network.state_dict()), resolved(run.recipe),
+                      {"epoch": run.epoch, "step": run.step})
         self._report(run)
+        return result
 
-    def clrun_run_error(self, run: Run, error: BaseException) -> None:
+    @hookimpl(wrapper=True)
+    def clrun_run_error(self, run: Run, error: BaseException):
+        result = yield
         self._report(run)
+        return result
 
     @staticmethod
     def _report(run: Run) -> None:
         try:
+            # Imported here: matplotlib takes a while to import and only the end of a run needs it.
             from clrun.report import write_report
 
             path = write_report(run.directory)

@@ -6,28 +6,18 @@ import torch
 
 from clrun.errors import DataNotFoundError
 from clrun.recipe import Recipe
-from clrun.training.build import build_parts
-from clrun.training.loop import example_batch, seed_everything
+from clrun.training.setup import prepare
 from clrun.training.step import train_step
 
 
-def check(recipe: Recipe, batch_size: int = 4) -> list[str]:
+def check(recipe: Recipe) -> list[str]:
     """Validate-and-build smoke test; returns report lines. Raises on any failure."""
-    seed_everything(recipe.seed)
-    lines: list[str] = []
-    try:
-        dataset = recipe.data.dataset.build()
-        images = example_batch(dataset, batch_size)
-        lines.append(f"data: {recipe.data.dataset.name} with {len(dataset)} images of shape {tuple(images.shape[1:])}")
-    except DataNotFoundError as exc:
-        if exc.expected_shape is None:
-            raise
-        images = torch.randint(0, 256, (batch_size, *exc.expected_shape), dtype=torch.uint8)
-        lines.append(f"data: not available here ({exc}); checking the rest on random images of shape {exc.expected_shape}")
-    if images.shape[0] < 2:
-        raise DataNotFoundError(f"{recipe.data.dataset.where}: error: data.dataset: fewer than 2 images; a batch needs 2 or more")
-    device = torch.device("cpu")
-    parts = build_parts(recipe, images, device, steps_per_epoch=1, training=False)
+    setup = prepare(recipe, "check")
+    parts, images, device = setup.parts, setup.example, setup.device
+    if setup.dataset is None:
+        lines = [f"data: {setup.data_note}"]
+    else:
+        lines = [f"data: {recipe.data.dataset.name} with {len(setup.dataset)} images of shape {tuple(images.shape[1:])}"]
     for spec in recipe.callbacks:
         try:
             spec.build()

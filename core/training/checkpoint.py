@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, read without pickle (``weights_only=True``).
+"""Checkpoints: what they hold, written atomically, read without pickle (``weights_only=True``), and
+restored into a freshly built run. The only module that knows a checkpoint's structure.
 
 A checkpoint is written to a temporary file in the same folder (so the rename cannot cross file
 systems), flushed to disk, then renamed over the old one: a crash at any moment leaves either the
@@ -15,9 +16,102 @@ from typing import Any
 import numpy as np
 import torch
 
+from clrun import distributed
+from clrun.callback import Stateful
 from clrun.errors import UserError
+from clrun.run_folder import RunFolder
+from clrun.training.run import Run
+from clrun.training.setup import seed_augmentations
 
-FILE = "checkpoint.pt"
+FORMAT = 1
+REFIT = f"resume with the recipe the run was started with ({RunFolder('.').recipe.name} in its run folder)"
+
+
+def save(run: Run, callbacks: list = ()) -> None:
+    """Write the run's checkpoint (rank 0), unless a callback holds checkpoints (the state may be collapsing).
+
+    Every rank calls it: the random states of all ranks are gathered, so that a resumed distributed
+    run draws the augmentations it would have drawn."""
+    rng_states = distributed.gather_objects(rng_state())
+    if run.checkpoint_hold is not None or not distributed.is_main():
+        return
+    parts = run.parts
+    state = {
+        "format": FORMAT,
+        "epoch": run.epoch,
+        "step": run.step,
+        "network": parts.network.state_dict(),
+        "target": parts.target.state_dict() if parts.target is not None else None,
+        "loss": parts.loss_fn.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
+        "rng": rng_states[0],
+        "rng_ranks": rng_states if len(rng_states) > 1 else [],
+        "callbacks": callback_states(callbacks),
+    }
+    save_atomic(state, run.folder.checkpoint)
+    run.checkpoint_epoch = run.epoch
+
+
+def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callbacks: list = ()) -> None:
+    """Load a checkpoint into a freshly built run; a checkpoint from a different recipe is a user error
+    that names the part that does not fit, never a raw size-mismatch traceback."""
+    parts = run.parts
+    for key, module in (("network", parts.network), ("target", parts.target), ("loss", parts.loss_fn)):
+        saved = state.get(key)
+        if module is None and saved is None:
+            continue
+        if saved is None:
+            raise UserError(f"--resume: {source}: the recipe has a `target:` section but the checkpoint has no "
+                            f"target network; {REFIT}")
+        if module is None:
+            raise UserError(f"--resume: {source}: the checkpoint has a target network but the recipe has no "
+                            f"`target:` section; {REFIT}")
+        load_module(module, saved, f"--resume: {source}: its {key} state", REFIT)
+    parts.optimizer.load_state_dict(state["optimizer"])
+    if parts.scheduler is not None and state["scheduler"] is not None:
+        parts.scheduler.load_state_dict(state["scheduler"])
+    restore_callbacks(state, callbacks, f"--resume: {source}", required=True)
+    per_rank = state.get("rng_ranks") or []
+    if len(per_rank) == distributed.world_size():
+        set_rng_state(per_rank[distributed.rank()])
+    else:  # saved by a run with another number of processes: rank 0 continues its stream
+        set_rng_state(state["rng"])
+        seed_augmentations(run.recipe.seed + int(state["step"]))
+    run.epoch, run.step = int(state["epoch"]), int(state["step"])
+    run.checkpoint_epoch = run.epoch
+
+
+def load_module(module: torch.nn.Module, saved: dict, what: str, fix: str) -> None:
+    """``module.load_state_dict(saved)``, a mismatch reported as a user error: ``what`` does not fit; ``fix``."""
+    try:
+        module.load_state_dict(saved)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise UserError(f"{what} does not fit this recipe ({detail}); {fix}") from None
+
+
+def callback_states(callbacks: list) -> dict[str, Any]:
+    """The state of every stateful callback (``clrun.Stateful``), keyed by position and class name."""
+    return {callback_key(i, cb): cb.state_dict() for i, cb in enumerate(callbacks) if isinstance(cb, Stateful)}
+
+
+def restore_callbacks(state: dict, callbacks: list, source: str, required: bool) -> None:
+    """Give each stateful callback its saved state; with ``required``, a missing one is an error (a
+    resumed run must continue every callback), else it starts fresh (``cl-run eval`` with new callbacks)."""
+    saved = state.get("callbacks") or {}
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, Stateful):
+            continue
+        key = callback_key(i, cb)
+        if key in saved:
+            cb.load_state_dict(saved[key])
+        elif required:
+            raise UserError(f"{source}: it holds no state for callback {key}; {REFIT}")
+
+
+def callback_key(index: int, callback: object) -> str:
+    return f"{index}:{type(callback).__name__}"
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -33,22 +127,27 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
 
 
 def load(path: Path, command: str = "--resume") -> dict[str, Any]:
-    """``command`` starts error messages: the option or command the path came from."""
+    """A checkpoint's state, read without pickle. ``command`` starts error messages: the option or command
+    the path came from."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{command}: no checkpoint at {path}") from None
     except Exception as exc:
         raise UserError(f"{command}: {path} is not a readable cl-run checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("network"), dict):
+        raise UserError(f"{command}: {path} is not a cl-run checkpoint (it has no `network` state)")
+    return state
 
 
 def find(run_or_checkpoint: str | Path, command: str = "--resume") -> Path:
     """A checkpoint file from a run folder or a checkpoint path."""
     path = Path(run_or_checkpoint)
+    name = RunFolder(path).checkpoint.name
     if path.is_dir():
-        path = path / FILE
+        path = RunFolder(path).checkpoint
     if not path.is_file():
-        raise UserError(f"{command}: no checkpoint at {path} (pass a run folder holding {FILE}, or the file itself)")
+        raise UserError(f"{command}: no checkpoint at {path} (pass a run folder holding {name}, or the checkpoint file itself)")
     return path
 
 

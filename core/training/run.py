@@ -12,7 +12,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from clrun.recipe.schema import Recipe
+from clrun.run_folder import RunFolder
 from clrun.training.build import Parts
+from clrun.training.network import OnlineNetwork
 from clrun.training.views import to_float
 
 
@@ -20,14 +22,17 @@ from clrun.training.views import to_float
 class Run:
     """State of a training run: what it trains, where it writes, how far it got.
 
-    Callbacks receive it in every hook. ``encoder`` is the product (the backbone); use ``features``
-    to embed a labeled data set for evaluation.
+    Callbacks receive it in every hook. Public (the callback contract, see ``clrun.callback``):
+    ``recipe``, ``folder`` / ``directory``, ``device``, ``steps_per_epoch``, ``epoch``, ``step``,
+    ``summary``, ``network``, ``encoder`` (the product: the backbone), ``feature_dim``,
+    ``projection_dim``, ``preprocess`` and ``features`` (to embed a labeled data set for evaluation).
+    ``parts`` and the underscored fields are internal.
     """
 
     recipe: Recipe
     parts: Parts
     device: torch.device
-    directory: Path | None  # None for `cl-run check`, which writes nothing
+    folder: RunFolder | None  # None where nothing is written (`cl-run check`, tests); a path is wrapped
     steps_per_epoch: int
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
@@ -39,9 +44,33 @@ class Run:
     # end of a run usually embed the same train and test sets, and embedding 60k images takes a minute.
     _feature_cache: dict = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.folder is not None and not isinstance(self.folder, RunFolder):
+            self.folder = RunFolder(self.folder)
+
+    @property
+    def directory(self) -> Path | None:
+        """The run folder's path (None where nothing is written)."""
+        return None if self.folder is None else self.folder.path
+
+    @property
+    def network(self) -> OnlineNetwork:
+        """The online network: ``backbone``, ``projector`` and ``predictor`` (None without one)."""
+        return self.parts.network
+
     @property
     def encoder(self) -> torch.nn.Module:
         return self.parts.network.backbone
+
+    @property
+    def feature_dim(self) -> int:
+        """The backbone's output width."""
+        return self.parts.feature_dim
+
+    @property
+    def projection_dim(self) -> int:
+        """The projector's output width."""
+        return self.parts.projection_dim
 
     def preprocess(self, images: Tensor) -> Tensor:
         """A batch as the encoder sees it at evaluation: on the run's device, float, resized to the

@@ -10,7 +10,7 @@ from torch import Tensor
 from clrun import distributed
 from clrun.training.build import Parts
 from clrun.training.outputs import StepOutputs
-from clrun.training.trainable import Trainable
+from clrun.training.network import Trainable
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from clrun import ComponentError, Nested, Run, UserError, distributed
-from clrun.plugins.callbacks.evaluator import Evaluator
+from clrun.callback import Evaluator
 from clrun.plugins.callbacks.linear import cosine_factor, init_linear, train_linear_classifier
 
 NAME = "clrun/finetune"
@@ -165,7 +165,7 @@ class FineTune(Evaluator):
                generator: torch.Generator) -> nn.Module:
         """A copy of the branch's encoder, then the head: ``BatchNorm1d(affine=False)`` (its running
         statistics start as the frozen features' mean and variance) and a ``Linear`` layer."""
-        network = run.parts.network
+        network = run.network
         # Trained on rank 0 alone: SyncBatchNorm layers (train.sync_batchnorm) become per-process ones.
         encoder = [distributed.without_sync_batchnorm(copy.deepcopy(network.backbone))]
         if branch == "projector":

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from clrun import Nested, Run, UserError
-from clrun.plugins.callbacks.evaluator import Evaluator
+from clrun.callback import Evaluator
 
 
 def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, num_classes: int, k: int = 20,

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from clrun import ComponentError, Nested, Run, UserError
-from clrun.plugins.callbacks.evaluator import Evaluator
+from clrun.callback import Evaluator
 from clrun.plugins.callbacks.linear import accuracy, standardize, train_linear_classifier
 
 NAME = "clrun/linear_probe"

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from clrun import ComponentError, Nested, Run, StepOutputs, UserError
+from clrun.callback import Evaluator
 
 NAME = "clrun/online_probe"
 HEADS = ("backbone", "projector")
@@ -36,7 +37,7 @@ def dataset_labels(dataset: Dataset) -> Tensor:
     return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
-class OnlineProbe:
+class OnlineProbe(Evaluator):
     """Linear classifiers trained during pre-training on the *detached* outputs of the global views:
     one on the backbone's features, one on the projector's outputs, side by side. Each is
     ``BatchNorm1d(affine=False)`` + ``Linear`` (the normalization follows the features' scale as it
@@ -100,7 +101,7 @@ class OnlineProbe:
         classes = self._classes()
         seed = run.recipe.seed if self.seed is None else self.seed
         generator = torch.Generator().manual_seed(seed)
-        dims = {"backbone": run.parts.feature_dim, "projector": run.parts.projection_dim}
+        dims = {"backbone": run.feature_dim, "projector": run.projection_dim}
         self.heads = nn.ModuleDict({k: linear_head(dims[k], classes, generator) for k in HEADS}).to(run.device)
         self.optimizer = torch.optim.AdamW(self.heads.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         if self._pending is not None:
@@ -203,17 +204,15 @@ class OnlineProbe:
         n = max(len(y), 1)
         return {"online_top1": correct["backbone"] / n, "online_top1_projector": correct["projector"] / n}
 
+    def describe(self, results: dict[str, float]) -> str:
+        return (f"online linear probe top-1 on {len(self.test)} test images: {100 * results['online_top1']:.2f}% "
+                f"(backbone features), {100 * results['online_top1_projector']:.2f}% (projector outputs)")
+
+    # Without a test set the probe only trains (its train accuracy is logged per step): nothing to evaluate.
     def clrun_epoch_end(self, run: Run, epoch: int, metrics: dict[str, float]) -> None:
-        if self.test is not None and self.every and epoch % self.every == 0 and epoch < run.recipe.train.epochs:
-            metrics.update(self.evaluate(run))
+        if self.test is not None:
+            super().clrun_epoch_end(run, epoch, metrics)
 
     def clrun_run_end(self, run: Run, metrics: dict[str, float]) -> None:
-        if self.test is None:
-            return
-        accuracy = self.evaluate(run)
-        metrics.update(accuracy)
-        print(
-            f"online linear probe top-1 on {len(self.test)} test images: {100 * accuracy['online_top1']:.2f}% "
-            f"(backbone features), {100 * accuracy['online_top1_projector']:.2f}% (projector outputs)",
-            flush=True,
-        )
+        if self.test is not None:
+            super().clrun_run_end(run, metrics)

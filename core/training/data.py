@@ -1,0 +1,45 @@
+"""The training data loader: batches of uint8 images in an order that depends on the seed and epoch only."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+
+from clrun import distributed
+from clrun.errors import UserError
+from clrun.recipe import Recipe
+
+
+def make_loader(recipe: Recipe, dataset: Dataset, rng: torch.Generator, device: torch.device) -> DataLoader:
+    """Batches of ``data.batch_size`` images, or with N processes each rank's ``batch_size / N`` share of
+    a global batch (a distributed sampler gives every rank a disjoint part of the data)."""
+    data = recipe.data
+    world = distributed.world_size()
+    if data.batch_size % world:
+        raise UserError(
+            f"{data.dataset.where}: error: data.batch_size: {data.batch_size} does not split evenly over "
+            f"{world} processes; use a multiple of {world} (the batch size is the global batch, each process "
+            f"takes batch_size / {world} images)"
+        )
+    if data.drop_last and len(dataset) < data.batch_size:
+        raise UserError(
+            f"{data.dataset.where}: error: data.batch_size: {data.batch_size} is more than the data set's "
+            f"{len(dataset)} images, so no full batch can be made; lower data.batch_size"
+        )
+    if world > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=distributed.rank(), shuffle=True,
+                                     seed=recipe.seed, drop_last=True)
+    else:
+        sampler = RandomSampler(dataset, generator=rng)
+    return DataLoader(
+        dataset, batch_size=data.batch_size // world, sampler=sampler, num_workers=data.num_workers,
+        drop_last=data.drop_last, pin_memory=device.type == "cuda", persistent_workers=data.num_workers > 0,
+    )
+
+
+def set_epoch(loader: DataLoader, rng: torch.Generator, seed: int, epoch: int) -> None:
+    """Seed the epoch's data order: from the seed and the epoch only, so a resumed run sees the same order."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    else:
+        rng.manual_seed(seed * 100_003 + epoch)

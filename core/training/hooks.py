@@ -1,0 +1,71 @@
+"""The per-run hook relay: the recipe's callbacks and the built-in ones, called through pluggy.
+
+Where a built-in's place matters it says so itself: the metrics file and the console are ``trylast``
+(they see every metric the others added), the health monitor and the run artifacts wrap the hooks
+(``wrapper=True``: the monitor measures before and acts on its alarm after everything else; the
+report is written after the metrics file). pluggy calls the last-registered plain implementation
+first, so the recipe's callbacks are registered last-to-first: they run in recipe order.
+"""
+
+from __future__ import annotations
+
+import pluggy
+from torch.utils.data import Dataset
+
+from clrun import distributed
+from clrun.errors import TrainingHalted, UserError
+from clrun.health.monitor import HealthMonitor
+from clrun.hookspecs import RunSpecs
+from clrun.plugin_manager import ClrunPluginManager
+from clrun.recipe import Recipe
+from clrun.training.artifacts import RunArtifacts
+from clrun.training.reporting import Console, MetricsLog
+from clrun.training.run import Run
+
+
+def builtin_callbacks(recipe: Recipe, dataset: Dataset, verbose: bool = False) -> list:
+    """The run's own callbacks. Rank 0 alone writes and prints; the health monitor runs on every rank (its
+    forward passes take part in SyncBatchNorm's collectives) so that every rank's alarm agrees."""
+    builtins: list = []
+    if recipe.health.enabled:
+        builtins.append(HealthMonitor(recipe.health, dataset, recipe.seed))
+    if distributed.is_main():
+        builtins += [MetricsLog(), Console(recipe.train.progress, verbose), RunArtifacts()]
+    return builtins
+
+
+def run_hooks(callbacks: list) -> pluggy.HookRelay:
+    """A hook relay over ``callbacks``; a callback with a misspelled hook name (or arguments a hook does
+    not have) is a user error."""
+    pm = ClrunPluginManager(RunSpecs)
+    try:
+        for i, cb in reversed(list(enumerate(callbacks))):
+            pm.register(cb, name=f"callback-{i}-{type(cb).__name__}")
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise UserError(
+            f"a callback does not match cl-run's run hooks (a misspelled hook name, or arguments the hook "
+            f"does not have?): {exc}"
+        ) from None
+    return pm.hook
+
+
+def end_epoch(hooks: pluggy.HookRelay, run: Run, metrics: dict[str, float]) -> None:
+    """The epoch-end hooks, then the ranks agree on whether to go on: rank 0 runs the callbacks and
+    every rank the health alarm, so a halt or an error on any rank must stop all of them together."""
+    failure: Exception | None = None
+    try:
+        hooks.clrun_epoch_end(run=run, epoch=run.epoch, metrics=metrics)
+    except Exception as exc:  # re-raised below, once every rank knows
+        failure = exc
+    if not distributed.active():
+        if failure is not None:
+            raise failure
+        return
+    reasons = distributed.gather_objects(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    stopped = [(rank, reason) for rank, reason in enumerate(reasons) if reason is not None]
+    if stopped:
+        rank, reason = stopped[0]
+        raise TrainingHalted(f"process {rank} stopped the run at epoch {run.epoch}: {reason}")

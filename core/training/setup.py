@@ -1,0 +1,102 @@
+"""The one setup path: what ``train``, ``check`` and ``eval`` do before their first step.
+
+Seeds, threads, device, data set, a few example images, and the built parts, in that order, the same
+way for every command: a check that passes builds exactly what training builds.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from clrun import distributed
+from clrun.errors import DataNotFoundError, UserError
+from clrun.recipe import Recipe
+from clrun.training.build import Parts, build_parts
+from clrun.training.data import make_loader
+
+Purpose = Literal["train", "check", "eval"]
+EXAMPLE_SIZE = 4  # images to measure view sizes and head widths with (and `check`'s one batch)
+
+
+@dataclass
+class Setup:
+    """What ``prepare`` built. ``loader`` and ``sampler_rng`` exist for training only; ``dataset`` is
+    None when ``check`` found no data files and goes on with random images (``data_note`` says so)."""
+
+    recipe: Recipe
+    device: torch.device
+    dataset: Optional[Dataset]
+    example: Tensor  # uint8 (B, C, H, W): a few images of the data set
+    parts: Parts
+    steps_per_epoch: int
+    loader: Optional[DataLoader] = None
+    sampler_rng: Optional[torch.Generator] = None
+    data_note: str = ""
+
+
+def prepare(recipe: Recipe, purpose: Purpose, device: torch.device | None = None) -> Setup:
+    """Build ``recipe`` for ``purpose``: ``train`` (the loader sets the schedule's length), ``check``
+    (on the CPU, one batch; random images when the data files are absent) or ``eval`` (no loader).
+
+    ``device`` defaults to the CPU for ``check`` and to ``train.device`` otherwise."""
+    seed_everything(recipe.seed)  # the same on every rank: every rank builds the same initial weights
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    if device is None:
+        device = torch.device("cpu") if purpose == "check" else resolve_device(recipe.train.device)
+    # Data first: a missing data root must stop the run before anything else is built or written.
+    dataset, example, note = _data(recipe, purpose)
+    loader, sampler_rng, steps_per_epoch = None, None, 1
+    if purpose == "train":
+        sampler_rng = torch.Generator()
+        loader = make_loader(recipe, dataset, sampler_rng, device)
+        steps_per_epoch = len(loader)
+    # Compiling pays off over many steps only: a check or an evaluation runs few.
+    parts = build_parts(recipe, example, device, steps_per_epoch, training=purpose == "train")
+    return Setup(recipe, device, dataset, example, parts, steps_per_epoch, loader, sampler_rng, note)
+
+
+def _data(recipe: Recipe, purpose: Purpose) -> tuple[Optional[Dataset], Tensor, str]:
+    try:
+        dataset = recipe.data.dataset.build()
+    except DataNotFoundError as exc:
+        if purpose != "check" or exc.expected_shape is None:
+            raise
+        images = torch.randint(0, 256, (EXAMPLE_SIZE, *exc.expected_shape), dtype=torch.uint8)
+        return None, images, f"not available here ({exc}); checking the rest on random images of shape {exc.expected_shape}"
+    if len(dataset) == 0:
+        raise UserError(f"{recipe.data.dataset.where}: error: data.dataset: the data set is empty")
+    example = torch.stack([dataset[i][0] for i in range(min(EXAMPLE_SIZE, len(dataset)))])
+    if example.shape[0] < 2:
+        raise DataNotFoundError(f"{recipe.data.dataset.where}: error: data.dataset: fewer than 2 images; a batch needs 2 or more")
+    return dataset, example, ""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_augmentations(seed: int) -> None:
+    """After the (identical) build, each rank draws its own augmentations; rank 0 keeps the stream a
+    single-process run has."""
+    rank = distributed.rank()
+    if rank:
+        seed_everything(seed + 1_000_003 * rank)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={name}: no CUDA device is available here; use train.device=cpu or auto")
+    return device
