@@ -43,11 +43,12 @@ class DiscoverySpecs:
 class RunSpecs:
     """Hooks a callback (a component of kind ``callback``, or a built-in logger) implements.
 
-    Every hook receives ``run``, the live ``clrun.Run``: its model, recipe, run directory, device,
-    current epoch and step. A callback adds metrics by adding entries to the ``metrics`` dict it is given.
-    Callbacks with ``state_dict()`` / ``load_state_dict(state)`` have that state saved in every checkpoint
-    and restored on ``--resume`` (before ``clrun_run_start``); callbacks with ``evaluate(run) -> dict``
-    are what ``cl-run eval`` runs.
+    Every hook receives ``run``, the live ``clrun.Run`` (its public attributes are the callback
+    contract: see ``clrun.callback``). A callback adds metrics by adding entries to the ``metrics``
+    dict it is given. A ``clrun.Stateful`` callback has its state saved in every checkpoint and
+    restored on ``--resume`` (before ``clrun_run_start``); a ``clrun.Evaluator`` is what ``cl-run eval``
+    runs. The recipe's callbacks are called in recipe order; built-ins place themselves with
+    ``trylast`` and ``wrapper`` (see ``clrun.training.hooks``).
 
     In a distributed run (torchrun) the recipe's callbacks exist on rank 0 only: they must not call
     collectives, see rank 0's share of each batch, and a network copy they train goes through
@@ -74,7 +75,8 @@ class RunSpecs:
 
     @hookspec
     def clrun_epoch_end(self, run: "Run", epoch: int, metrics: dict[str, float]) -> None:
-        """Called after each epoch; ``metrics`` holds the epoch means. Add entries to it to report them.
+        """Called after each epoch (``epoch`` counts from 1); ``metrics`` holds the epoch means and the
+        health monitor's measurements. Add entries to it to report them.
 
         Callbacks run in recipe order, after which the epoch's metrics are written and printed.
         """
