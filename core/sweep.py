@@ -15,7 +15,10 @@ from typing import Any
 
 from clrun.errors import TrainingHalted, UserError
 from clrun.recipe import load_recipe
+from clrun.report import write_sweep_report
 from clrun.run_folder import RunFolder
+from clrun.training.check import check
+from clrun.training.loop import train
 from clrun.training.step import NonFiniteLossError
 
 
@@ -48,10 +51,6 @@ def parse_arguments(arguments: list[str]) -> tuple[list[str], list[tuple[str, li
 
 def sweep(recipe_path: str | Path, arguments: list[str]) -> Path:
     """Run the variants one after another in one sweep folder; returns the sweep table's path."""
-    from clrun.report import write_sweep_report
-    from clrun.training.check import check
-    from clrun.training.loop import train
-
     fixed, swept = parse_arguments(arguments)
     if not swept:
         raise UserError("sweep: nothing to sweep; give at least one dotted.key=value1,value2 (e.g. loss.temperature=0.1,0.2)")
