@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 import clrun
 from clrun.errors import UserError
-from clrun.run_folder import RunFolder
+from clrun.run_folder import RunFolder, temp_path
 from clrun.training import checkpoint as checkpoints
 
 _PREFIX = "backbone."
@@ -81,7 +81,7 @@ def write_encoder(path: Path, backbone_state: dict[str, Tensor], recipe: dict[st
         metadata[key] = str(value)
 
     # Same folder, so os.replace is a rename on one file system (atomic), as in checkpoint.save_atomic.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         safetensors.torch.save_file(backbone_state, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as f:  # save_file takes a path only: flush its bytes to disk here

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+TEMP_SUFFIX = ".tmp"
+
 
 class RunFolder:
     """One run's folder. Each property is the path of one file (or sub-folder) in it.
@@ -41,6 +43,10 @@ class RunFolder:
 
     def __fspath__(self) -> str:
         return str(self.path)
+
+    @property
+    def lock(self) -> Path:
+        return self.path / ".lock"
 
     # One property per file. Their names are what the rest of the code uses.
     @property
@@ -78,6 +84,30 @@ class RunFolder:
     @property
     def plots(self) -> Path:
         return self.path / "plots"
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temporary files a killed writer left behind (call it while holding the lock)."""
+        stale = sorted(self.path.glob(f".*{TEMP_SUFFIX}"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
+    def drop_records_after(self, epoch: int, step: int) -> None:
+        """Forget what a run logged after its checkpoint (epoch ``epoch``, step ``step``): a resumed run
+        logs those steps again, and each step must appear once. A ``final`` record no longer ends the run."""
+
+        def kept(record: dict[str, Any]) -> bool:
+            kind = record.get("kind")
+            if kind == "step":
+                return int(record.get("step", 0)) <= step
+            if kind == "epoch":
+                return int(record.get("epoch", 0)) <= epoch
+            return kind != "final"
+
+        for path, keep in ((self.metrics, kept), (self.health, lambda r: int(r.get("epoch", 0)) <= epoch)):
+            if path.is_file():
+                lines = path.read_text(encoding="utf-8").splitlines()
+                write_atomic(path, "".join(line + "\n" for line in lines if _parses(line) and keep(json.loads(line))))
 
     def is_run(self) -> bool:
         """Whether this folder holds a run (its resolved recipe is the first file a run writes)."""
@@ -118,6 +148,14 @@ class RunFolder:
         write_atomic(self.evaluation, json.dumps(jsonable(record), indent=2) + "\n")
 
 
+def _parses(line: str) -> bool:
+    """Whether a JSONL line is a whole record (a crash can leave a torn last line)."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(jsonable(record)) + "\n")
@@ -130,7 +168,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     # A unique name in the same folder (os.replace is atomic only within one file system); opened with
     # plain open(), not mkstemp, so the file gets the usual permissions (mkstemp's are owner-only).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, "xb") as f:
             f.write(payload)
@@ -138,6 +176,13 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def temp_path(path: Path) -> Path:
+    """Where to write ``path``'s next version before renaming it over ``path``: a unique hidden name in the
+    same folder (``os.replace`` is atomic only within one file system). ``RunFolder.remove_temp_files``
+    finds what a killed writer left."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
 
 
 def jsonable(value: Any) -> Any:

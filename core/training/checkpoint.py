@@ -19,7 +19,7 @@ import torch
 from clrun import distributed
 from clrun.callback import Stateful
 from clrun.errors import UserError
-from clrun.run_folder import RunFolder
+from clrun.run_folder import RunFolder, temp_path
 from clrun.training.run import Run
 from clrun.training.setup import seed_augmentations
 
@@ -115,7 +115,7 @@ def callback_key(index: int, callback: object) -> str:
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)

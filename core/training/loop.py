@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import pluggy
 import torch
 
 from clrun import distributed
 from clrun.recipe import Recipe, resolved
 from clrun.run_folder import RunFolder
+from clrun.run_lock import RunLock
 from clrun.training import checkpoint
 from clrun.training.data import set_epoch
 from clrun.training.hooks import builtin_callbacks, end_epoch, run_hooks
@@ -41,14 +45,18 @@ def train(recipe: Recipe, resume: str | Path | None = None, verbose: bool = Fals
 
 
 def _train(setup: Setup, resume: str | Path | None, verbose: bool) -> Run:
-    recipe, parts, device, loader = setup.recipe, setup.parts, setup.device, setup.loader
+    recipe = setup.recipe
     # The recipe's callbacks exist on rank 0 only (see clrun.hookspecs.RunSpecs).
     callbacks = [spec.build() for spec in recipe.callbacks] if distributed.is_main() else []
     hooks = run_hooks([*callbacks, *builtin_callbacks(recipe, setup.dataset, verbose)])
-    run = open_run(setup, resume, callbacks)  # only now, with everything built, is the folder touched
+    with open_run(setup, resume, callbacks) as run:  # only now, with everything built, is the folder touched
+        return _epochs(setup, run, hooks, callbacks)
+
+
+def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: list) -> Run:
+    recipe, parts, device, loader = setup.recipe, setup.parts, setup.device, setup.loader
     parts.trainable = distribute(Trainable(parts.network, parts.loss_fn), device)
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "fp16")
-
     hooks.clrun_run_start(run=run)
     try:
         epoch_metrics: dict[str, float] = {}
@@ -89,21 +97,35 @@ def _train(setup: Setup, resume: str | Path | None, verbose: bool) -> Run:
     return run
 
 
-def open_run(setup: Setup, resume: str | Path | None, callbacks: list) -> Run:
-    """A new run folder with the resolved recipe (rank 0 creates it, every rank learns its path), or
-    the resumed run's folder with the checkpoint restored into the freshly built parts."""
-    recipe = setup.recipe
+@contextmanager
+def open_run(setup: Setup, resume: str | Path | None, callbacks: list) -> Iterator[Run]:
+    """The run, in a new run folder with the resolved recipe (rank 0 creates it, every rank learns its
+    path) or in the resumed run's folder with the checkpoint restored into the freshly built parts and
+    the logs cut back to the checkpoint. Rank 0 holds the folder's lock while the run is open."""
+    recipe, main = setup.recipe, distributed.is_main()
     if resume:
         saved = checkpoint.find(resume)
-        run = Run(recipe, setup.parts, setup.device, RunFolder.of_checkpoint(saved), setup.steps_per_epoch)
-        checkpoint.restore(run, checkpoint.load(saved), saved, callbacks)
-        return run
-    folder = RunFolder.create(recipe.run.dir, recipe.run.name or Path(recipe.source).stem) if distributed.is_main() else None
-    run = Run(recipe, setup.parts, setup.device, distributed.broadcast_object(folder), setup.steps_per_epoch)
-    if distributed.is_main():
-        run.folder.write_recipe(resolved(recipe))
-    seed_augmentations(recipe.seed)
-    return run
+        folder = RunFolder.of_checkpoint(saved)
+    else:
+        name = recipe.run.name or Path(recipe.source).stem
+        folder = distributed.broadcast_object(RunFolder.create(recipe.run.dir, name) if main else None)
+    lock = RunLock(folder.lock)
+    if main:
+        lock.acquire()
+    try:
+        run = Run(recipe, setup.parts, setup.device, folder, setup.steps_per_epoch)
+        if resume:
+            checkpoint.restore(run, checkpoint.load(saved), saved, callbacks)
+            if main:  # what a killed run wrote after its checkpoint is written again from here on
+                folder.remove_temp_files()
+                folder.drop_records_after(run.epoch, run.step)
+        else:
+            if main:
+                folder.write_recipe(resolved(recipe))
+            seed_augmentations(recipe.seed)
+        yield run
+    finally:
+        lock.release()
 
 
 def explain_non_finite(exc: NonFiniteLossError, run: Run) -> NonFiniteLossError:
