@@ -94,15 +94,13 @@ class RunFolder:
 
     def drop_records_after(self, epoch: int, step: int) -> None:
         """Forget what a run logged after its checkpoint (epoch ``epoch``, step ``step``): a resumed run
-        logs those steps again, and each step must appear once. A ``final`` record no longer ends the run."""
+        logs those steps again, and each step must appear once (a ``final`` record of an earlier, finished
+        segment of the run stays: it describes the checkpoint the run continues from)."""
 
         def kept(record: dict[str, Any]) -> bool:
-            kind = record.get("kind")
-            if kind == "step":
-                return int(record.get("step", 0)) <= step
-            if kind == "epoch":
+            if record.get("kind") == "epoch":
                 return int(record.get("epoch", 0)) <= epoch
-            return kind != "final"
+            return int(record.get("step", 0)) <= step
 
         for path, keep in ((self.metrics, kept), (self.health, lambda r: int(r.get("epoch", 0)) <= epoch)):
             if path.is_file():
