@@ -39,14 +39,16 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     return _load_recipe(path, tuple(overrides), default_registry())
 
 
-def train(recipe: Recipe | str | Path, resume: str | Path | None = None, verbose: bool = False):
+def train(recipe: Recipe | str | Path, resume: str | Path | None = None, verbose: bool = False,
+          allow_changes: bool = False):
     """Train a recipe (or a recipe path); returns the finished ``Run`` (``run.folder``, ``run.summary``).
-    ``verbose`` prints every metric each epoch instead of the compact line."""
+    ``resume``: a run folder or checkpoint to continue (``allow_changes``: with a recipe that changes the
+    training, recorded in the run folder); ``verbose`` prints every metric each epoch."""
     from clrun.training.loop import train as _train
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    return _train(recipe, resume=resume, verbose=verbose)
+    return _train(recipe, resume=resume, verbose=verbose, allow_changes=allow_changes)
 
 
 def _node(value: Any, file: str) -> Node:

@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.epochs=2")
     t.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue a run from its folder or checkpoint file")
+    t.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: apply a recipe that changes the training (recorded in the run folder)")
     t.add_argument("-v", "--verbose", action="store_true", help="print every metric each epoch (default: a compact line)")
     c = sub.add_parser("check", help="validate a recipe, build it on the CPU and push one tiny batch through")
     c.add_argument("recipe")
@@ -95,7 +97,7 @@ def cmd_train(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     try:
-        run = train(recipe, resume=args.resume, verbose=args.verbose)
+        run = train(recipe, resume=args.resume, verbose=args.verbose, allow_changes=args.allow_changes)
     except NonFiniteLossError as exc:
         print(f"cl-run: training stopped: {exc}", file=sys.stderr)
         return 1

@@ -33,6 +33,7 @@ class RunFolder:
         "eval.json": "the evaluation by `cl-run eval`",
         "encoder.safetensors": "the trained backbone, loadable with timm or `clrun.export.load_encoder`",
         "checkpoint.pt": "the last checkpoint (resumable)",
+        "resumes.jsonl": "every resume that changed the recipe: what changed, from which step",
     }
 
     def __init__(self, path: str | Path) -> None:
@@ -68,6 +69,10 @@ class RunFolder:
     @property
     def evaluation(self) -> Path:
         return self.path / "eval.json"
+
+    @property
+    def resumes(self) -> Path:
+        return self.path / "resumes.jsonl"
 
     @property
     def checkpoint(self) -> Path:
@@ -138,6 +143,16 @@ class RunFolder:
 
     def append_health(self, record: dict[str, Any]) -> None:
         append_jsonl(self.health, record)
+
+    def append_resume(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.resumes, record)
+
+    def read_recipe(self) -> dict[str, Any] | None:
+        """The resolved recipe the run wrote (None when the file is missing or not a mapping)."""
+        if not self.recipe.is_file():
+            return None
+        data = yaml.safe_load(self.recipe.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_atomic(self.summary, json.dumps(jsonable(summary), indent=2) + "\n")

@@ -128,15 +128,18 @@ def test_resume_with_a_recipe_that_does_not_fit_names_the_part(tmp_path, monkeyp
     saved = RunFolder(interrupted).checkpoint
     refit = "resume with the recipe the run was started with (recipe.yaml in its run folder)"
 
+    # Refused as a change of the training (tests/test_resume_changes.py); allowed, it still cannot load.
     bigger_queue = clrun.load_recipe(path, ["loss.queue_size=48", f"run.dir={tmp_path}"])
-    with pytest.raises(clrun.UserError) as info:
+    with pytest.raises(clrun.UserError, match="loss.queue_size: 40 -> 48"):
         clrun.train(bigger_queue, resume=interrupted)
+    with pytest.raises(clrun.UserError) as info:
+        clrun.train(bigger_queue, resume=interrupted, allow_changes=True)
     message = str(info.value)
     assert message.startswith(f"--resume: {saved}: its loss state does not fit this recipe (")
     assert "size mismatch for queue" in message and message.endswith(refit)
 
     no_target = clrun.load_recipe(path, ["target=null", f"run.dir={tmp_path}"])
     with pytest.raises(clrun.UserError) as info:
-        clrun.train(no_target, resume=interrupted)
+        clrun.train(no_target, resume=interrupted, allow_changes=True)
     assert str(info.value) == (f"--resume: {saved}: the checkpoint has a target network but the recipe has no "
                                f"`target:` section; {refit}")

@@ -66,6 +66,7 @@ def render(records: RunRecords, plots: dict[str, Path]) -> str:
         f"# Run report: `{records.directory.resolve().name or records.directory}`",
         halted_notice(records),
         setup(records),
+        resumes(records),
         missing(records),
         results_table(records),
         branch_comparison(records),
@@ -74,6 +75,19 @@ def render(records: RunRecords, plots: dict[str, Path]) -> str:
         files_section(records),
     ]
     return "\n\n".join(s for s in sections if s).rstrip() + "\n"
+
+
+def resumes(records: RunRecords) -> str:
+    """Each resume that changed the recipe: the setup above is the latest; these are the earlier steps."""
+    if not records.resumes:
+        return ""
+    lines = []
+    for r in records.resumes:
+        how = "with --allow-changes" if r.get("allowed") else "(changes that do not alter the training)"
+        changed = "; ".join(f"`{c.get('key')}` {c.get('was')!r} → {c.get('now')!r}" for c in r.get("changes", []))
+        lines.append(f"- resumed at step {r.get('step', '?')} (epoch {r.get('epoch', '?')}) {how}: {changed}")
+    return ("## Resumes\n\nThe run was resumed with a changed recipe; the setup above is the one in force at "
+            "the end.\n\n" + "\n".join(lines))
 
 
 def halted_notice(records: RunRecords) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from clrun.run_folder import RunFolder, write_atomic
+from clrun.run_folder import RunFolder
 
 BRANCHES = ("backbone", "projector")
 HEALTH_METRICS = ("alignment", "uniformity", "std_sqrt_d", "rankme", "pos_cosine", "neg_cosine")
@@ -32,6 +32,7 @@ class RunRecords:
     final: dict[str, Any] | None = None  # the summary record, else the metrics file's "final" line
     health: list[dict[str, Any]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None  # the record `cl-run eval` writes
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # resumes that changed the recipe
     missing: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -58,6 +59,7 @@ def read_run(run_dir: Path) -> RunRecords:
     if isinstance(summary, dict):
         records.final = summary  # written atomically at the end: the authority over the metrics line
     records.health = [h for h in _read_jsonl(folder.health, records) if isinstance(h.get("metrics"), dict)]
+    records.resumes = _read_jsonl(folder.resumes, records, optional=True)
     evaluation = _read_json(folder.evaluation, records, optional=True)
     if isinstance(evaluation, dict) and isinstance(evaluation.get("results"), dict):
         records.evaluation = evaluation
@@ -174,8 +176,8 @@ def _read_json(path: Path, records: RunRecords, optional: bool = False) -> Any:
         return None
 
 
-def _read_jsonl(path: Path, records: RunRecords) -> list[dict[str, Any]]:
-    text = _read_text(path, records, optional=False)
+def _read_jsonl(path: Path, records: RunRecords, optional: bool = False) -> list[dict[str, Any]]:
+    text = _read_text(path, records, optional=optional)
     if text is None:
         return []
     lines, bad = [], 0

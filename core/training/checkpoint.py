@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,14 @@ def save(run: Run, callbacks: list = ()) -> None:
     run.checkpoint_epoch = run.epoch
 
 
-def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callbacks: list = ()) -> None:
+def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callbacks: list = (),
+            changed: frozenset[str] = frozenset()) -> None:
     """Load a checkpoint into a freshly built run; a checkpoint from a different recipe is a user error
-    that names the part that does not fit, never a raw size-mismatch traceback."""
+    that names the part that does not fit, never a raw size-mismatch traceback.
+
+    ``changed``: recipe sections a resume was allowed to change (``clrun.training.resume``). Their new
+    settings win over the saved ones: the optimizer keeps its moments but takes the recipe's learning
+    rate and weight decay, the schedules are rebuilt and advanced to the checkpoint's step."""
     parts = run.parts
     for key, module in (("network", parts.network), ("target", parts.target), ("loss", parts.loss_fn)):
         saved = state.get(key)
@@ -68,18 +74,41 @@ def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callba
             raise UserError(f"--resume: {source}: the checkpoint has a target network but the recipe has no "
                             f"`target:` section; {REFIT}")
         load_module(module, saved, f"--resume: {source}: its {key} state", REFIT)
-    parts.optimizer.load_state_dict(state["optimizer"])
-    if parts.scheduler is not None and state["scheduler"] is not None:
-        parts.scheduler.load_state_dict(state["scheduler"])
+    step = int(state["step"])
+    if changed & {"optimizer", "scheduler", "data", "train"}:
+        _restore_with_new_settings(parts, state, step)
+    else:
+        parts.optimizer.load_state_dict(state["optimizer"])
+        if parts.scheduler is not None and state["scheduler"] is not None:
+            parts.scheduler.load_state_dict(state["scheduler"])
+    if parts.target is not None and "target" in changed:
+        parts.target.restart_schedule()  # the new momentum settings, at the updates made so far
     restore_callbacks(state, callbacks, f"--resume: {source}", required=True)
     per_rank = state.get("rng_ranks") or []
     if len(per_rank) == distributed.world_size():
         set_rng_state(per_rank[distributed.rank()])
     else:  # saved by a run with another number of processes: rank 0 continues its stream
         set_rng_state(state["rng"])
-        seed_augmentations(run.recipe.seed + int(state["step"]))
-    run.epoch, run.step = int(state["epoch"]), int(state["step"])
+        seed_augmentations(run.recipe.seed + step)
+    run.epoch, run.step = int(state["epoch"]), step
     run.checkpoint_epoch = run.epoch
+
+
+def _restore_with_new_settings(parts, state: dict, step: int) -> None:
+    """The optimizer's moments (when its kind is unchanged) under the recipe's new hyper-parameters, and
+    a fresh schedule advanced ``step`` steps: the run continues as if it had had these settings."""
+    fresh = [{k: v for k, v in group.items() if k != "params"} for group in parts.optimizer.param_groups]
+    try:
+        parts.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError):  # another optimizer: its state does not carry over, it starts afresh
+        pass
+    for group, settings in zip(parts.optimizer.param_groups, fresh):
+        group.update(settings)
+    if parts.scheduler is not None:
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                parts.scheduler.step()
 
 
 def load_module(module: torch.nn.Module, saved: dict, what: str, fix: str) -> None:

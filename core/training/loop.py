@@ -5,28 +5,27 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pluggy
 import torch
 
 from clrun import distributed
-from clrun.recipe import Recipe, resolved
-from clrun.run_folder import RunFolder
-from clrun.run_lock import RunLock
+from clrun.recipe import Recipe
 from clrun.training import checkpoint
 from clrun.training.data import set_epoch
 from clrun.training.hooks import builtin_callbacks, end_epoch, run_hooks
 from clrun.training.network import Trainable, distribute
 from clrun.training.run import Run
-from clrun.training.setup import Setup, prepare, resolve_device, seed_augmentations
+from clrun.training.opening import open_run
+from clrun.training.setup import Setup, prepare, resolve_device
 from clrun.training.step import NonFiniteLossError, train_step
 
 
-def train(recipe: Recipe, resume: str | Path | None = None, verbose: bool = False) -> Run:
-    """Train ``recipe``; with ``resume`` (a run folder or checkpoint), continue that run in its folder.
+def train(recipe: Recipe, resume: str | Path | None = None, verbose: bool = False,
+          allow_changes: bool = False) -> Run:
+    """Train ``recipe``; with ``resume`` (a run folder or checkpoint), continue that run in its folder
+    (``allow_changes``: also with a recipe that changes the training; see ``clrun.training.resume``).
     ``verbose`` prints every metric each epoch instead of the compact line.
 
     Under torchrun every process calls this: it joins the process group, trains its share of each
@@ -36,7 +35,7 @@ def train(recipe: Recipe, resume: str | Path | None = None, verbose: bool = Fals
     started = distributed.start(device.type)
     if distributed.active() and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank())
-    run = _train(prepare(recipe, "train", device), resume, verbose)
+    run = _train(prepare(recipe, "train", device), resume, verbose, allow_changes)
     # Only after a clean finish: after an error the other ranks may be stuck in a collective, and
     # with NCCL a graceful shutdown can wait for them. Exiting lets torchrun stop the whole group.
     if started:
@@ -44,12 +43,12 @@ def train(recipe: Recipe, resume: str | Path | None = None, verbose: bool = Fals
     return run
 
 
-def _train(setup: Setup, resume: str | Path | None, verbose: bool) -> Run:
+def _train(setup: Setup, resume: str | Path | None, verbose: bool, allow_changes: bool) -> Run:
     recipe = setup.recipe
     # The recipe's callbacks exist on rank 0 only (see clrun.hookspecs.RunSpecs).
     callbacks = [spec.build() for spec in recipe.callbacks] if distributed.is_main() else []
     hooks = run_hooks([*callbacks, *builtin_callbacks(recipe, setup.dataset, verbose)])
-    with open_run(setup, resume, callbacks) as run:  # only now, with everything built, is the folder touched
+    with open_run(setup, resume, callbacks, allow_changes) as run:  # only now, with everything built, is the folder touched
         return _epochs(setup, run, hooks, callbacks)
 
 
@@ -95,37 +94,6 @@ def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: list) ->
         hooks.clrun_run_error(run=run, error=exc)
         raise
     return run
-
-
-@contextmanager
-def open_run(setup: Setup, resume: str | Path | None, callbacks: list) -> Iterator[Run]:
-    """The run, in a new run folder with the resolved recipe (rank 0 creates it, every rank learns its
-    path) or in the resumed run's folder with the checkpoint restored into the freshly built parts and
-    the logs cut back to the checkpoint. Rank 0 holds the folder's lock while the run is open."""
-    recipe, main = setup.recipe, distributed.is_main()
-    if resume:
-        saved = checkpoint.find(resume)
-        folder = RunFolder.of_checkpoint(saved)
-    else:
-        name = recipe.run.name or Path(recipe.source).stem
-        folder = distributed.broadcast_object(RunFolder.create(recipe.run.dir, name) if main else None)
-    lock = RunLock(folder.lock)
-    if main:
-        lock.acquire()
-    try:
-        run = Run(recipe, setup.parts, setup.device, folder, setup.steps_per_epoch)
-        if resume:
-            checkpoint.restore(run, checkpoint.load(saved), saved, callbacks)
-            if main:  # what a killed run wrote after its checkpoint is written again from here on
-                folder.remove_temp_files()
-                folder.drop_records_after(run.epoch, run.step)
-        else:
-            if main:
-                folder.write_recipe(resolved(recipe))
-            seed_augmentations(recipe.seed)
-        yield run
-    finally:
-        lock.release()
 
 
 def explain_non_finite(exc: NonFiniteLossError, run: Run) -> NonFiniteLossError:

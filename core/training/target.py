@@ -38,6 +38,10 @@ class TargetNetwork(nn.Module):
         self.register_buffer("momentum", torch.tensor(momentum_at(settings, 0, total_steps), dtype=torch.float64))
         self.register_buffer("updates", torch.tensor(0, dtype=torch.int64))
 
+    def restart_schedule(self) -> None:
+        """Recompute the momentum from the (possibly changed) settings at the updates made so far."""
+        self.momentum.fill_(momentum_at(self.settings, int(self.updates), self.total_steps))
+
     @torch.no_grad()
     def forward(self, views: list[Tensor]) -> list[Tensor]:
         """Projections of ``views`` (the global ones), without gradient."""

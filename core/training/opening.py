@@ -1,0 +1,69 @@
+"""Opening a run: a new run folder, or a resumed run's folder with its checkpoint restored and its
+recipe's changes checked (``clrun.training.resume``). Rank 0 holds the folder's lock while it is open."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from clrun import distributed
+from clrun.errors import UserError
+from clrun.recipe import resolved
+from clrun.run_folder import RunFolder
+from clrun.run_lock import RunLock
+from clrun.training import checkpoint
+from clrun.training.resume import changes, check_allowed, recorded, training_changes
+from clrun.training.run import Run
+from clrun.training.setup import Setup, seed_augmentations
+
+
+@contextmanager
+def open_run(setup: Setup, resume: str | Path | None, callbacks: list, allow_changes: bool) -> Iterator[Run]:
+    """The run, in a new run folder with the resolved recipe (rank 0 creates it, every rank learns its
+    path) or in the resumed run's folder with the checkpoint restored into the freshly built parts and
+    the logs cut back to the checkpoint. Rank 0 holds the folder's lock while the run is open."""
+    recipe, main = setup.recipe, distributed.is_main()
+    if resume:
+        saved = checkpoint.find(resume)
+        folder = RunFolder.of_checkpoint(saved)
+    else:
+        name = recipe.run.name or Path(recipe.source).stem
+        folder = distributed.broadcast_object(RunFolder.create(recipe.run.dir, name) if main else None)
+    lock = RunLock(folder.lock)
+    if main:
+        lock.acquire()
+    try:
+        run = Run(recipe, setup.parts, setup.device, folder, setup.steps_per_epoch)
+        if resume:
+            continue_run(run, saved, callbacks, allow_changes)
+        else:
+            if main:
+                folder.write_recipe(resolved(recipe))
+            seed_augmentations(recipe.seed)
+        yield run
+    finally:
+        lock.release()
+
+
+def continue_run(run: Run, saved: Path, callbacks: list, allow_changes: bool) -> None:
+    """Restore the checkpoint, after checking what the recipe changes (``clrun.training.resume``); cut
+    the logs back to the checkpoint (what a killed run wrote after it is written again from here on)."""
+    folder, new, trained_with = run.folder, resolved(run.recipe), run.folder.read_recipe()
+    if trained_with is None:
+        raise UserError(f"--resume: {folder.recipe} is missing or not a recipe: a run folder keeps the recipe its "
+                        f"checkpoints were trained with; restore that file, or start a new run")
+    found = changes(trained_with, new)
+    check_allowed(found, allow_changes, str(saved))
+    changed = frozenset(c.section for c in training_changes(found))
+    checkpoint.restore(run, checkpoint.load(saved), saved, callbacks, changed)
+    if not distributed.is_main():
+        return
+    folder.remove_temp_files()
+    folder.drop_records_after(run.epoch, run.step)
+    if noted := recorded(found):
+        folder.append_resume({"epoch": run.epoch, "step": run.step, "allowed": allow_changes,
+                              "changes": [{"key": c.key, "was": c.was, "now": c.now} for c in noted]})
+        folder.write_recipe(new)  # the folder's recipe describes the training from here on
+        print(f"cl-run: resuming at step {run.step} with {len(noted)} changed setting(s): "
+              + "; ".join(c.describe() for c in noted), flush=True)
