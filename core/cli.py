@@ -94,6 +94,7 @@ def cmd_train(args) -> int:
     from clrun.api import load_recipe
     from clrun.training.loop import train
     from clrun.training.step import NonFiniteLossError
+    from clrun.training.stop import Stopped
 
     recipe = load_recipe(args.recipe, args.overrides)
     try:
@@ -104,6 +105,9 @@ def cmd_train(args) -> int:
     except TrainingHalted as exc:
         print(f"cl-run: training halted: {exc}", file=sys.stderr)
         return 1
+    except Stopped as exc:
+        print(f"cl-run: {exc}", file=sys.stderr)
+        return exc.exit_code
     from clrun import distributed
 
     if distributed.launch_rank() == 0:  # under torchrun, one line for the one run folder

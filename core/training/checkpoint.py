@@ -28,14 +28,18 @@ FORMAT = 1
 REFIT = f"resume with the recipe the run was started with ({RunFolder('.').recipe.name} in its run folder)"
 
 
-def save(run: Run, callbacks: list = ()) -> None:
-    """Write the run's checkpoint (rank 0), unless a callback holds checkpoints (the state may be collapsing).
+def save(run: Run, callbacks: list = (), position: dict[str, Any] | None = None) -> bool:
+    """Write the run's checkpoint (rank 0), unless a callback holds checkpoints (the state may be
+    collapsing); returns whether it was written. ``position``: where in the current epoch the run is
+    (``{"batches": done, "sums": metric sums}``), for a checkpoint written mid-epoch.
 
     Every rank calls it: the random states of all ranks are gathered, so that a resumed distributed
     run draws the augmentations it would have drawn."""
     rng_states = distributed.gather_objects(rng_state())
-    if run.checkpoint_hold is not None or not distributed.is_main():
-        return
+    if run.checkpoint_hold is not None:
+        return False
+    if not distributed.is_main():
+        return True
     parts = run.parts
     state = {
         "format": FORMAT,
@@ -49,9 +53,11 @@ def save(run: Run, callbacks: list = ()) -> None:
         "rng": rng_states[0],
         "rng_ranks": rng_states if len(rng_states) > 1 else [],
         "callbacks": callback_states(callbacks),
+        "position": position,
     }
     save_atomic(state, run.folder.checkpoint)
     run.checkpoint_epoch = run.epoch
+    return True
 
 
 def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callbacks: list = (),
@@ -84,14 +90,33 @@ def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callba
     if parts.target is not None and "target" in changed:
         parts.target.restart_schedule()  # the new momentum settings, at the updates made so far
     restore_callbacks(state, callbacks, f"--resume: {source}", required=True)
+    run.epoch, run.step = int(state["epoch"]), step
+    run.checkpoint_epoch = run.epoch
+    run.position = state.get("position")
+    if run.position is None:
+        restore_streams(run, state)
+    else:  # mid-epoch: after the loader's iterator is made (it draws a seed from the global stream)
+        run.position["state"] = state
+
+
+def restore_streams(run: Run, state: dict) -> None:
+    """Every random stream as the checkpoint saved it, for this process."""
     per_rank = state.get("rng_ranks") or []
     if len(per_rank) == distributed.world_size():
         set_rng_state(per_rank[distributed.rank()])
     else:  # saved by a run with another number of processes: rank 0 continues its stream
         set_rng_state(state["rng"])
-        seed_augmentations(run.recipe.seed + step)
-    run.epoch, run.step = int(state["epoch"]), step
-    run.checkpoint_epoch = run.epoch
+        seed_augmentations(run.recipe.seed + int(state["step"]))
+
+
+def resume_in_epoch(run: Run) -> tuple[int, dict[str, float]]:
+    """(batches done, metric sums) of the epoch a mid-epoch checkpoint stopped in; (0, {}) otherwise.
+    Call it right after the epoch's loader iterator is made: it restores the random streams then."""
+    if run.position is None:
+        return 0, {}
+    position, run.position = run.position, None
+    restore_streams(run, position["state"])
+    return int(position["batches"]), dict(position["sums"])
 
 
 def _restore_with_new_settings(parts, state: dict, step: int) -> None:

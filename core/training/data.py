@@ -1,9 +1,29 @@
-"""The training data loader: batches of uint8 images in an order that depends on the seed and epoch only."""
+"""The training data loader: batches of uint8 images in an order that depends on the seed and epoch only,
+resumable in the middle of an epoch."""
 
 from __future__ import annotations
 
+import itertools
+from typing import Iterator
+
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+
+
+class ResumableSampler(Sampler[int]):
+    """``base``'s indices without the first ``skip`` ones: the batches an interrupted epoch already
+    trained on. The order itself is ``base``'s, so the remaining batches are exactly those an
+    uninterrupted epoch would have drawn. ``skip`` is set per epoch by ``set_epoch``."""
+
+    def __init__(self, base: Sampler[int]) -> None:
+        self.base = base
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.base), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.base) - self.skip, 0)
 
 from clrun import distributed
 from clrun.errors import UserError
@@ -32,14 +52,17 @@ def make_loader(recipe: Recipe, dataset: Dataset, rng: torch.Generator, device: 
     else:
         sampler = RandomSampler(dataset, generator=rng)
     return DataLoader(
-        dataset, batch_size=data.batch_size // world, sampler=sampler, num_workers=data.num_workers,
+        dataset, batch_size=data.batch_size // world, sampler=ResumableSampler(sampler), num_workers=data.num_workers,
         drop_last=data.drop_last, pin_memory=device.type == "cuda", persistent_workers=data.num_workers > 0,
     )
 
 
-def set_epoch(loader: DataLoader, rng: torch.Generator, seed: int, epoch: int) -> None:
-    """Seed the epoch's data order: from the seed and the epoch only, so a resumed run sees the same order."""
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
+def set_epoch(loader: DataLoader, rng: torch.Generator, seed: int, epoch: int, done_batches: int = 0) -> None:
+    """Seed the epoch's data order from the seed and the epoch only, so a resumed run sees the same order,
+    and skip the ``done_batches`` an interrupted epoch already trained on."""
+    sampler: ResumableSampler = loader.sampler
+    if isinstance(sampler.base, DistributedSampler):
+        sampler.base.set_epoch(epoch)
     else:
         rng.manual_seed(seed * 100_003 + epoch)
+    sampler.skip = done_batches * loader.batch_size

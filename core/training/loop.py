@@ -3,6 +3,7 @@ callbacks, checkpoints."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +21,7 @@ from clrun.training.run import Run
 from clrun.training.opening import open_run
 from clrun.training.setup import Setup, prepare, resolve_device
 from clrun.training.step import NonFiniteLossError, train_step
+from clrun.training.stop import StopOnSignal, Stopped
 
 
 def train(recipe: Recipe, resume: str | Path | None = None, verbose: bool = False,
@@ -53,40 +55,13 @@ def _train(setup: Setup, resume: str | Path | None, verbose: bool, allow_changes
 
 
 def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: list) -> Run:
-    recipe, parts, device, loader = setup.recipe, setup.parts, setup.device, setup.loader
+    recipe, parts, device = setup.recipe, setup.parts, setup.device
     parts.trainable = distribute(Trainable(parts.network, parts.loss_fn), device)
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "fp16")
     hooks.clrun_run_start(run=run)
     try:
-        epoch_metrics: dict[str, float] = {}
-        while run.epoch < recipe.train.epochs and not reached_max_steps(run):
-            set_epoch(loader, setup.sampler_rng, recipe.seed, run.epoch)  # data order depends on the epoch only
-            sums: dict[str, float] = defaultdict(float)
-            steps, started = 0, time.time()
-            for images, labels in loader:
-                try:
-                    metrics, outputs = train_step(parts, images, device, recipe.train.precision, scaler,
-                                                  recipe.train.grad_clip, run.step)
-                except NonFiniteLossError as exc:
-                    raise explain_non_finite(exc, run) from None
-                run.step += 1
-                steps += 1
-                hooks.clrun_step_outputs(run=run, outputs=outputs, labels=labels)
-                del outputs  # the step's activations: free them before the next step
-                hooks.clrun_step_end(run=run, step=run.step, metrics=metrics)
-                for k, v in metrics.items():
-                    sums[k] += v
-                if reached_max_steps(run):
-                    break
-            run.epoch += 1
-            elapsed = time.time() - started
-            epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
-            epoch_metrics.update(images_per_s=steps * recipe.data.batch_size / elapsed, epoch_time_s=elapsed)
-            end_epoch(hooks, run, epoch_metrics)
-            if run.epoch % recipe.train.checkpoint_every == 0:
-                checkpoint.save(run, callbacks)
-        if run.epoch % recipe.train.checkpoint_every != 0:
-            checkpoint.save(run, callbacks)
+        with StopOnSignal(device) as stop:
+            epoch_metrics = _train_epochs(setup, run, hooks, callbacks, scaler, stop)
         final = {k: v for k, v in epoch_metrics.items() if k in ("loss",)}
         hooks.clrun_run_end(run=run, metrics=final)
         run.summary = final
@@ -94,6 +69,56 @@ def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: list) ->
         hooks.clrun_run_error(run=run, error=exc)
         raise
     return run
+
+
+def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: list,
+                  scaler: torch.amp.GradScaler, stop: StopOnSignal) -> dict[str, float]:
+    recipe, parts, device, loader = setup.recipe, setup.parts, setup.device, setup.loader
+    epoch_metrics: dict[str, float] = {}
+    while run.epoch < recipe.train.epochs and not reached_max_steps(run):
+        done = run.position["batches"] if run.position else 0  # > 0: resuming in the middle of this epoch
+        set_epoch(loader, setup.sampler_rng, recipe.seed, run.epoch, done)  # the order depends on the epoch only
+        batches = iter(loader)
+        done, sums = checkpoint.resume_in_epoch(run)
+        sums, steps, started = defaultdict(float, sums), done, time.time()
+        for images, labels in batches:
+            try:
+                metrics, outputs = train_step(parts, images, device, recipe.train.precision, scaler,
+                                              recipe.train.grad_clip, run.step)
+            except NonFiniteLossError as exc:
+                raise explain_non_finite(exc, run) from None
+            run.step += 1
+            steps += 1
+            hooks.clrun_step_outputs(run=run, outputs=outputs, labels=labels)
+            del outputs  # the step's activations: free them before the next step
+            hooks.clrun_step_end(run=run, step=run.step, metrics=metrics)
+            for k, v in metrics.items():
+                sums[k] += v
+            if signum := stop.requested():  # a signal: checkpoint here, mid-epoch, and stop
+                kept = checkpoint.save(run, callbacks, position={"batches": steps, "sums": dict(sums)})
+                raise stopped(signum, run, kept)
+            if reached_max_steps(run):
+                break
+        run.epoch += 1
+        elapsed = time.time() - started
+        epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
+        epoch_metrics.update(images_per_s=(steps - done) * recipe.data.batch_size / elapsed, epoch_time_s=elapsed)
+        end_epoch(hooks, run, epoch_metrics)
+        if run.epoch % recipe.train.checkpoint_every == 0:
+            checkpoint.save(run, callbacks)
+    if run.epoch % recipe.train.checkpoint_every != 0:
+        checkpoint.save(run, callbacks)
+    return epoch_metrics
+
+
+def stopped(signum: int, run: Run, kept: bool) -> Stopped:
+    name = signal.Signals(signum).name
+    if kept:
+        what = f"checkpoint written; continue with --resume {run.directory}"
+    else:
+        what = (f"no checkpoint written (the collapse alarm holds them while a signal is out of range); "
+                f"the last one is epoch {run.checkpoint_epoch}'s in {run.directory}")
+    return Stopped(signum, f"stopped by {name} after step {run.step} (in epoch {run.epoch + 1}): {what}")
 
 
 def explain_non_finite(exc: NonFiniteLossError, run: Run) -> NonFiniteLossError:

@@ -40,6 +40,8 @@ class Run:
     # Set by a callback (the collapse alarm) to skip checkpoint writes while the state looks unhealthy.
     checkpoint_hold: str | None = None
     checkpoint_epoch: int | None = None  # the epoch of the checkpoint on disk, if any
+    # A mid-epoch checkpoint's place in its epoch, until the loop has continued from it (internal).
+    position: dict[str, Any] | None = field(default=None, repr=False)
     # Features of the data sets embedded at the current step: the kNN and linear-probe evaluators at the
     # end of a run usually embed the same train and test sets, and embedding 60k images takes a minute.
     _feature_cache: dict = field(default_factory=dict, repr=False)
