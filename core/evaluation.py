@@ -39,7 +39,7 @@ def evaluate(run_or_checkpoint: str | Path, overrides: Iterable[str] = (), secti
     evaluators = [cb for cb in callbacks if isinstance(cb, Evaluator)]
     if not evaluators:
         raise UserError("eval: the recipe's callbacks have no evaluator (a clrun.Evaluator callback); "
-                        f"add one under `callbacks:` in a file passed with --with (see `cl-run components callback`)")
+                        "add one under `callbacks:` in a file passed with --with (see `cl-run components callback`)")
     for cb in evaluators:
         if hasattr(cb, "clrun_run_start"):  # the run hooks are optional: a callback implements those it needs
             cb.clrun_run_start(run=run)

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 import clrun
 from clrun.errors import UserError
 from clrun.run_folder import RunFolder, temp_path
+from clrun.storage import writing
 from clrun.training import checkpoint as checkpoints
 
 _PREFIX = "backbone."
@@ -82,11 +83,13 @@ def write_encoder(path: Path, backbone_state: dict[str, Tensor], recipe: dict[st
 
     # Same folder, so os.replace is a rename on one file system (atomic), as in checkpoint.save_atomic.
     tmp = temp_path(path)
+    kept = "the previous export is kept" if path.is_file() else ""
     try:
-        safetensors.torch.save_file(backbone_state, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:  # save_file takes a path only: flush its bytes to disk here
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with writing(path, "export", kept):
+            safetensors.torch.save_file(backbone_state, str(tmp), metadata=metadata)
+            with open(tmp, "rb+") as f:  # save_file takes a path only: flush its bytes to disk here
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from clrun.storage import writing
+
 TEMP_SUFFIX = ".tmp"
 
 
@@ -120,14 +122,15 @@ class RunFolder:
     def create(cls, base: str | Path, name: str) -> RunFolder:
         """A new folder ``base/name``; if it exists, ``name-2``, ``name-3``... so no earlier run is touched."""
         root = Path(base)
-        root.mkdir(parents=True, exist_ok=True)
-        for i in range(1, 10_000):
-            path = root / (name if i == 1 else f"{name}-{i}")
-            try:
-                path.mkdir()
-                return cls(path)
-            except FileExistsError:
-                continue
+        with writing(root, "run folder"):
+            root.mkdir(parents=True, exist_ok=True)
+            for i in range(1, 10_000):
+                path = root / (name if i == 1 else f"{name}-{i}")
+                try:
+                    path.mkdir()
+                    return cls(path)
+                except FileExistsError:
+                    continue
         raise RuntimeError(f"too many runs named {name!r} in {root}")
 
     @classmethod
@@ -170,20 +173,21 @@ def _parses(line: str) -> bool:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
+    with writing(path, "log"), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(jsonable(record)) + "\n")
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write via a temporary file in the same folder and ``os.replace``: readers (and a crash halfway)
     only ever see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path.parent, "run folder"):
+        path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     # A unique name in the same folder (os.replace is atomic only within one file system); opened with
     # plain open(), not mkstemp, so the file gets the usual permissions (mkstemp's are owner-only).
     tmp = temp_path(path)
     try:
-        with open(tmp, "xb") as f:
+        with writing(path, "run folder", "the previous version is kept" if path.exists() else ""), open(tmp, "xb") as f:
             f.write(payload)
         os.replace(tmp, path)
     except BaseException:

@@ -21,6 +21,7 @@ from clrun import distributed
 from clrun.callback import Stateful
 from clrun.errors import UserError
 from clrun.run_folder import RunFolder, temp_path
+from clrun.storage import writing
 from clrun.training.run import Run
 from clrun.training.setup import seed_augmentations
 
@@ -170,14 +171,24 @@ def callback_key(index: int, callback: object) -> str:
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     tmp = temp_path(path)
+    kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written yet"
     try:
-        with open(tmp, "wb") as f:
+        with writing(path, "checkpoint", kept), open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def expected_size(parts) -> int:
+    """About how many bytes a checkpoint of ``parts`` takes: every tensor of the network, target and loss,
+    and up to two optimizer moments per trainable parameter (Adam's; SGD's momentum takes one)."""
+    modules = [m for m in (parts.network, parts.target, parts.loss_fn) if m is not None]
+    states = sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())
+    moments = sum(2 * p.numel() * p.element_size() for g in parts.optimizer.param_groups for p in g["params"])
+    return states + moments
 
 
 def load(path: Path, command: str = "--resume") -> dict[str, Any]:

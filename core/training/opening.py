@@ -12,6 +12,7 @@ from clrun.errors import UserError
 from clrun.recipe import resolved
 from clrun.run_folder import RunFolder
 from clrun.run_lock import RunLock
+from clrun.storage import check_free_space
 from clrun.training import checkpoint
 from clrun.training.resume import changes, check_allowed, recorded, training_changes
 from clrun.training.run import Run
@@ -28,6 +29,8 @@ def open_run(setup: Setup, resume: str | Path | None, callbacks: list, allow_cha
         saved = checkpoint.find(resume)
         folder = RunFolder.of_checkpoint(saved)
     else:
+        if main:  # before the folder exists: a run that cannot checkpoint does not start
+            check_free_space(Path(recipe.run.dir), checkpoint.expected_size(setup.parts), "the run's checkpoint")
         name = recipe.run.name or Path(recipe.source).stem
         folder = distributed.broadcast_object(RunFolder.create(recipe.run.dir, name) if main else None)
     lock = RunLock(folder.lock)
