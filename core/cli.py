@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 import warnings
 
 from clrun import plugin_manager
@@ -94,6 +95,7 @@ def cmd_train(args) -> int:
     from clrun.api import load_recipe
     from clrun.training.loop import train
     from clrun.training.step import NonFiniteLossError
+    from clrun.training.recipe_callbacks import CallbackError
     from clrun.training.stop import Stopped
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -108,6 +110,11 @@ def cmd_train(args) -> int:
     except Stopped as exc:
         print(f"cl-run: {exc}", file=sys.stderr)
         return exc.exit_code
+    except CallbackError as exc:
+        if args.verbose:  # the plugin author's view: where in their code it failed
+            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+        print(f"cl-run: training stopped: {exc}" + ("" if args.verbose else " (-v shows the traceback)"), file=sys.stderr)
+        return 1
     from clrun import distributed
 
     if distributed.launch_rank() == 0:  # under torchrun, one line for the one run folder

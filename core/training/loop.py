@@ -13,7 +13,7 @@ import torch
 
 from clrun import distributed
 from clrun.recipe import Recipe
-from clrun.training import checkpoint
+from clrun.training import checkpoint, recipe_callbacks
 from clrun.training.data import set_epoch
 from clrun.training.hooks import builtin_callbacks, end_epoch, run_hooks
 from clrun.training.network import Trainable, distribute
@@ -48,8 +48,8 @@ def train(recipe: Recipe, resume: str | Path | None = None, verbose: bool = Fals
 def _train(setup: Setup, resume: str | Path | None, verbose: bool, allow_changes: bool) -> Run:
     recipe = setup.recipe
     # The recipe's callbacks exist on rank 0 only (see clrun.hookspecs.RunSpecs).
-    callbacks = [spec.build() for spec in recipe.callbacks] if distributed.is_main() else []
-    hooks = run_hooks([*callbacks, *builtin_callbacks(recipe, setup.dataset, verbose)])
+    callbacks, named = recipe_callbacks.build(recipe.callbacks) if distributed.is_main() else ([], [])
+    hooks = run_hooks([*named, *builtin_callbacks(recipe, setup.dataset, verbose)])
     with open_run(setup, resume, callbacks, allow_changes) as run:  # only now, with everything built, is the folder touched
         return _epochs(setup, run, hooks, callbacks)
 
@@ -103,7 +103,7 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: li
         elapsed = time.time() - started
         epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
         epoch_metrics.update(images_per_s=(steps - done) * recipe.data.batch_size / elapsed, epoch_time_s=elapsed)
-        end_epoch(hooks, run, epoch_metrics)
+        end_epoch(hooks, run, epoch_metrics, save=lambda: checkpoint.save(run, callbacks))
         if run.epoch % recipe.train.checkpoint_every == 0:
             checkpoint.save(run, callbacks)
     if run.epoch % recipe.train.checkpoint_every != 0:
