@@ -11,11 +11,11 @@ same wording for every loss:
     views = loss_kit.global_projections(owner, out, "have negatives")   # >= 2 global views, batch >= 2
     preds = loss_kit.required_predictions(owner, out)                   # the recipe needs a predictor
     keys = loss_kit.required_target_projections(owner, out)             # ... or a target network
-    tau = loss_kit.float_arg(owner, "temperature", tau, hint=" (SimCLR uses 0.5)")
+    tau = loss_kit.float_arg(owner, "temperature", tau, hint=" (the paper uses 0.5)")
 
 Every check raises ``clrun.ComponentError`` (a ``UserError`` and a ``ValueError``): the CLI prints
 its message without a traceback, and a factory's error is reported with the recipe's file and line.
-``owner`` is the loss's component name (``"clrun/ntxent"``), the first words of every message.
+``owner`` is the loss's component name (``"mine/cosine"``), the first words of every message.
 Gathering views across ranks is ``clrun.distributed.gather`` (with gradients) and
 ``gather_no_grad``.
 """
@@ -187,7 +187,7 @@ def at_least_two_images(owner: str, batch_size: int, why: str) -> None:
 
 def int_arg(owner: str, name: str, value: object, minimum: int, hint: str = "") -> int:
     """``value`` as an int >= ``minimum`` (booleans refused); ``hint`` follows the requirement in the error,
-    e.g. ``" (MoCo uses 65536)"``."""
+    e.g. ``" (the paper uses 65536)"``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ComponentError(f"{owner}: {name} must be an integer >= {minimum}{hint}, got {value!r}")
     return value
