@@ -20,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings(r"ignore:std\(\).*degrees of freedom:Use
 
 
 @pytest.fixture
-def registry():
+def fresh_registry():
     """A registry holding only the components a test adds, as the default for ``clrun.create``."""
     previous = plugin_manager.default_registry()
     fresh = Registry()
@@ -37,16 +37,15 @@ def cosine(out) -> torch.Tensor:
 
 
 class Loss(nn.Module):
-    """A loss whose ``forward`` is ``body``; ``body`` may use ``self`` for state."""
-
-    body = staticmethod(cosine)
+    """A correct loss."""
 
     def forward(self, out):
-        return self.body(out)
+        return cosine(out)
 
 
 def loss_with(body):
-    return type("BrokenLoss", (Loss,), {"forward": lambda self, out: body(self, out)})
+    """A loss class whose ``forward(out)`` is ``body(self, out)``."""
+    return type("BrokenLoss", (nn.Module,), {"forward": lambda self, out: body(self, out)})
 
 
 class HiddenState(nn.Module):
@@ -80,20 +79,20 @@ BROKEN_LOSSES = [
 
 
 @pytest.mark.parametrize("contract,body,message", BROKEN_LOSSES, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(BROKEN_LOSSES)])
-def test_a_broken_loss_fails_its_contract(registry, contract, body, message):
-    registry.add(clrun.Component("loss", "bad/loss", loss_with(body)), "tests")
+def test_a_broken_loss_fails_its_contract(fresh_registry, contract, body, message):
+    fresh_registry.add(clrun.Component("loss", "bad/loss", loss_with(body)), "tests")
     with pytest.raises(testing.ContractError, match=re.escape(message)):
         testing.check("loss", "bad/loss", contract)
 
 
-def test_hidden_loss_state_fails_the_state_contract(registry):
-    registry.add(clrun.Component("loss", "bad/loss", HiddenState), "tests")
+def test_hidden_loss_state_fails_the_state_contract(fresh_registry):
+    fresh_registry.add(clrun.Component("loss", "bad/loss", HiddenState), "tests")
     with pytest.raises(testing.ContractError, match="some state is kept outside state_dict"):
         testing.check("loss", "bad/loss", "state_in_state_dict")
 
 
-def test_a_correct_loss_passes_every_contract(registry):
-    registry.add(clrun.Component("loss", "bad/loss", Loss), "tests")
+def test_a_correct_loss_passes_every_contract(fresh_registry):
+    fresh_registry.add(clrun.Component("loss", "bad/loss", Loss), "tests")
     testing.check_loss("bad/loss")
 
 
@@ -125,14 +124,14 @@ BROKEN_HEADS = [
 
 
 @pytest.mark.parametrize("kind,settings,contract,message", BROKEN_HEADS, ids=[c for _, _, c, _ in BROKEN_HEADS])
-def test_a_broken_head_fails_its_contract(registry, kind, settings, contract, message):
-    registry.add(clrun.Component(kind, "bad/head", Head), "tests")
+def test_a_broken_head_fails_its_contract(fresh_registry, kind, settings, contract, message):
+    fresh_registry.add(clrun.Component(kind, "bad/head", Head), "tests")
     with pytest.raises(testing.ContractError, match=re.escape(message)):
         testing.check(kind, "bad/head", contract, **settings)
 
 
-def test_an_unpooled_backbone_fails(registry):
-    registry.add(clrun.Component("backbone", "bad/conv", lambda: nn.Conv2d(3, 4, 3)), "tests")
+def test_an_unpooled_backbone_fails(fresh_registry):
+    fresh_registry.add(clrun.Component("backbone", "bad/conv", lambda: nn.Conv2d(3, 4, 3)), "tests")
     with pytest.raises(testing.ContractError, match=re.escape("must return a (2, width) tensor")):
         testing.check("backbone", "bad/conv", "pooled_features")
 
@@ -160,8 +159,8 @@ class Augmentation(nn.Module):
     ("per_batch", "random_per_image", "one random draw per batch"),
     ("unstable", "random_per_image", "yet identical images come out different"),
 ])
-def test_a_broken_augmentation_fails_its_contract(registry, mode, contract, message):
-    registry.add(clrun.Component("augmentation", "bad/aug", Augmentation), "tests")
+def test_a_broken_augmentation_fails_its_contract(fresh_registry, mode, contract, message):
+    fresh_registry.add(clrun.Component("augmentation", "bad/aug", Augmentation), "tests")
     testing.check("augmentation", "bad/aug", mode="ok")
     with pytest.raises(testing.ContractError, match=re.escape(message)):
         testing.check("augmentation", "bad/aug", contract, mode=mode)
@@ -198,8 +197,8 @@ class Dataset(torch.utils.data.Dataset):
     ("random", "deterministic_items", "differs between two reads"),
     ("ok", "missing_root", "an empty root gave a data set of 4 items"),
 ])
-def test_a_broken_dataset_fails_its_contract(registry, mode, contract, message):
-    registry.add(clrun.Component("dataset", "bad/data", Dataset), "tests")
+def test_a_broken_dataset_fails_its_contract(fresh_registry, mode, contract, message):
+    fresh_registry.add(clrun.Component("dataset", "bad/data", Dataset), "tests")
     with pytest.raises(testing.ContractError, match=re.escape(message)):
         testing.check("dataset", "bad/data", contract, mode=mode)
 
@@ -207,9 +206,9 @@ def test_a_broken_dataset_fails_its_contract(registry, mode, contract, message):
 # ---------------------------------------------------------------- the API
 
 
-def test_cases_and_checks_name_kind_component_and_contract(registry):
-    registry.add(clrun.Component("loss", "bad/loss", loss_with(lambda self, out: cosine(out).detach())), "tests")
-    registry.add(clrun.Component("dataset", "bad/data", Dataset), "tests")
+def test_cases_and_checks_name_kind_component_and_contract(fresh_registry):
+    fresh_registry.add(clrun.Component("loss", "bad/loss", loss_with(lambda self, out: cosine(out).detach())), "tests")
+    fresh_registry.add(clrun.Component("dataset", "bad/data", Dataset), "tests")
     ids = [str(c) for c in testing.cases("bad/*")]
     assert ids == [f"dataset:bad/data:{c}" for c in testing.contracts("dataset")] + [
         f"loss:bad/loss:{c}" for c in testing.contracts("loss")
