@@ -122,9 +122,13 @@ def _close(a: Tensor, b: Tensor) -> bool:
 
 
 def returns_a_loss(kind: str, name: str, **settings: Any) -> None:
-    """On the standard input: a finite 0-dim float32 loss that requires grad, metrics under str keys."""
+    """On the standard input: a finite 0-dim float32 loss that requires grad, metrics under str keys, and
+    the ``main_metric`` the loss names for the console (if it names one) among them."""
     loss_fn, dim = _build(name, settings)
     loss, metrics = _split(loss_fn(random_outputs(dim)))
+    main = getattr(loss_fn, "main_metric", None)
+    require(main is None or main in metrics,
+            f"main_metric {main!r} is not among the metrics the loss returns ({sorted(metrics)}); name one of them")
     _finite_scalar(loss, "on two global views of 8 images")
     require(loss.dtype == torch.float32, f"the loss is {loss.dtype} for float32 inputs; compute it in float32")
     require(

@@ -55,6 +55,8 @@ class BarlowTwinsLoss(nn.Module):
         off_diagonal: ``sum_{i != j} C_ij^2``, unweighted (0 for decorrelated dimensions).
     """
 
+    main_metric = "on_diagonal"  # shown on the console each epoch
+
     def __init__(self, lambd: float = 0.0051, scale_loss: float = 1.0):
         super().__init__()
         self.lambd = loss_kit.float_arg(

@@ -51,6 +51,8 @@ class BYOLLoss(nn.Module):
                     (``1 - l / 2`` averaged over the pairs; 1 when every prediction hits its target).
     """
 
+    main_metric = "pos_cosine"  # shown on the console each epoch
+
     def forward(self, out: Any) -> dict[str, Tensor]:
         predictions = loss_kit.required_predictions(OWNER, out)
         targets = loss_kit.required_target_projections(OWNER, out)

@@ -67,6 +67,8 @@ class MoCoLoss(nn.Module):
         neg_cosine:      mean cosine similarity of the queries and the queue entries.
     """
 
+    main_metric = "contrastive_acc"  # shown on the console each epoch
+
     def __init__(self, in_dim: int, queue_size: int = 65536, temperature: float = 0.2):
         super().__init__()
         self.in_dim = loss_kit.int_arg(OWNER, "in_dim", in_dim, 1, " (the projections' width, set by the training loop)")

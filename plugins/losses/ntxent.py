@@ -55,6 +55,8 @@ class NTXentLoss(nn.Module):
         neg_cosine:      mean cosine similarity of the negative pairs.
     """
 
+    main_metric = "contrastive_acc"  # shown on the console each epoch
+
     def __init__(self, temperature: float = 0.5):
         super().__init__()
         self.temperature = loss_kit.float_arg(

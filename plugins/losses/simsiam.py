@@ -62,6 +62,8 @@ class SimSiamLoss(nn.Module):
                           the global views; the unbiased std, so NaN for a batch of one image.
     """
 
+    main_metric = "output_std_ratio"  # shown on the console each epoch
+
     def __init__(self, stop_gradient: bool = True, require_predictor: bool = True) -> None:
         super().__init__()
         self.stop_gradient = stop_gradient

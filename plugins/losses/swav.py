@@ -81,6 +81,8 @@ class SwAVLoss(nn.Module):
         queue_used:      (only with a queue) 1 when this step's codes used the queue, else 0.
     """
 
+    main_metric = "code_entropy"  # shown on the console each epoch
+
     def __init__(
         self,
         in_dim: int,

@@ -60,6 +60,8 @@ class VICRegLoss(nn.Module):
         covariance: the scaled sum of squared off-diagonal covariances (0 for decorrelated dimensions).
     """
 
+    main_metric = "variance"  # shown on the console each epoch
+
     def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0):
         super().__init__()
         self.sim_coeff = _coefficient("sim_coeff", sim_coeff, 25.0)
