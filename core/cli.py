@@ -21,7 +21,7 @@ import warnings
 
 from clrun import plugin_manager
 from clrun.component import KINDS
-from clrun.errors import TrainingHalted, UserError
+from clrun.errors import ComponentFailure, TrainingHalted, UserError
 from clrun.recipe.problems import RecipeError
 
 COMMANDS = ("train", "check", "eval", "export", "sweep", "report", "components", "plugins")
@@ -95,7 +95,6 @@ def cmd_train(args) -> int:
     from clrun.api import load_recipe
     from clrun.training.loop import train
     from clrun.training.step import NonFiniteLossError
-    from clrun.training.recipe_callbacks import CallbackError
     from clrun.training.stop import Stopped
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -110,7 +109,7 @@ def cmd_train(args) -> int:
     except Stopped as exc:
         print(f"cl-run: {exc}", file=sys.stderr)
         return exc.exit_code
-    except CallbackError as exc:
+    except ComponentFailure as exc:
         if args.verbose:  # the plugin author's view: where in their code it failed
             traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
         print(f"cl-run: training stopped: {exc}" + ("" if args.verbose else " (-v shows the traceback)"), file=sys.stderr)

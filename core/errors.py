@@ -35,3 +35,10 @@ class PluginLoadError(UserError):
 class TrainingHalted(RuntimeError):
     """A callback stopped the run on purpose (e.g. the collapse alarm); the message says why and which
     checkpoint is kept. The CLI prints it and exits with code 1."""
+
+
+class ComponentFailure(RuntimeError):
+    """A plugin's component raised while the run used it (a callback's hook, a data set's item in a
+    loader worker). The message names the component, its plugin and recipe line and the original
+    error; ``__cause__`` holds that error. The CLI prints the message (the traceback with ``-v``) and
+    exits with code 1."""

@@ -14,7 +14,7 @@ import torch
 from clrun import distributed
 from clrun.recipe import Recipe
 from clrun.training import checkpoint, recipe_callbacks
-from clrun.training.data import set_epoch
+from clrun.training.data import batches, set_epoch
 from clrun.training.hooks import builtin_callbacks, end_epoch, run_hooks
 from clrun.training.network import Trainable, distribute
 from clrun.training.run import Run
@@ -78,10 +78,10 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: li
     while run.epoch < recipe.train.epochs and not reached_max_steps(run):
         done = run.position["batches"] if run.position else 0  # > 0: resuming in the middle of this epoch
         set_epoch(loader, setup.sampler_rng, recipe.seed, run.epoch, done)  # the order depends on the epoch only
-        batches = iter(loader)
+        loader_iterator = iter(loader)
         done, sums = checkpoint.resume_in_epoch(run)
         sums, steps, started = defaultdict(float, sums), done, time.time()
-        for images, labels in batches:
+        for images, labels in batches(loader_iterator, recipe.data.dataset):
             try:
                 metrics, outputs = train_step(parts, images, device, recipe.train.precision, scaler,
                                               recipe.train.grad_clip, run.step)

@@ -12,18 +12,20 @@ import functools
 import inspect
 from typing import Any, Callable
 
+from clrun.errors import ComponentFailure
 from clrun.hookspecs import PROJECT
 from clrun.recipe.spec import ComponentSpec
 
 
-class CallbackError(RuntimeError):
+class CallbackError(ComponentFailure):
     """A recipe callback's hook raised; the message names the callback, its plugin and recipe line.
     ``__cause__`` holds the original exception (its traceback is printed with ``-v``)."""
 
 
 def describe(spec: ComponentSpec) -> str:
+    """``<kind> <name> from <plugin> (<dist> <version>) (<recipe file:line:col>)``."""
     provider = spec.component.provider or "?"
-    return f"callback {spec.name} from {provider} ({spec.where})"
+    return f"{spec.component.kind} {spec.name} from {provider} ({spec.where})"
 
 
 class NamedCallback:
