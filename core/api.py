@@ -41,6 +41,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
 
 def train(recipe: Recipe | str | Path, resume: str | Path | None = None):
     """Train a recipe (or a recipe path); returns the finished ``Run`` (``run.directory``, ``run.summary``)."""
+    # Imported here, not at the top: it imports torch, and `import clrun` (hence `cl-run --help`) must not.
     from clrun.training.loop import train as _train
 
     if not isinstance(recipe, Recipe):
