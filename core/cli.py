@@ -23,6 +23,9 @@ from clrun.component import KINDS
 from clrun.errors import TrainingHalted, UserError
 from clrun.recipe.problems import RecipeError
 
+# Each command imports the machinery it runs inside its function, not here: this module must not import
+# torch (seconds), so that `cl-run --help`, argument errors, `components` and `plugins` answer at once.
+
 COMMANDS = ("train", "check", "eval", "export", "sweep", "report", "components", "plugins")
 
 
