@@ -113,7 +113,7 @@ class LazyComponents:
     and then only the components asked for are built.
 
     kind:      the kind of every component in the namespace.
-    namespace: the part of the names before "/" (``"timm"`` for ``timm/resnet18``). The plugin owns
+    namespace: the part of the names before "/" (``"timm"`` for ``timm/<model name>``). The plugin owns
                every name of this kind in the namespace: another plugin offering one is a duplicate.
     names:     returns the names in the namespace without the ``"namespace/"`` prefix
                (``timm.list_models``); called once, on first use.
