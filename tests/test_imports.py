@@ -177,6 +177,13 @@ def test_builtin_registration_modules_do_not_import_torch(module):
         assert "torch" not in imported
 
 
+@pytest.mark.parametrize("command", ["components", "plugins"])
+def test_listing_with_the_builtins_imports_torch_only_through_the_modules_still_listed(command):
+    # With STILL_IMPORT_TORCH empty, `cl-run components` and `cl-run plugins` answer without torch.
+    imported = imported_after(run_cli("--no-plugins", command))
+    assert ("torch" in imported) == bool(STILL_IMPORT_TORCH)
+
+
 # -- the public API ------------------------------------------------------------------------------------
 
 def test_every_public_name_imports():
