@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -106,12 +107,12 @@ def main() -> None:
     runs = measure(sides, args.repeats)
     load_after = os.getloadavg()[0]
     lines, all_met = results_table(runs)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
     block = [
         "### Command-line response times",
         "",
         f"Measured by `{command}` on {machine()}; 1-minute load average {load_before:.1f} before, "
-        f"{load_after:.1f} after (2 cores: above ~0.5 other processes competed).",
+        f"{load_after:.1f} after (on 2 cores, above ~1 means other processes competed for the CPU).",
         "",
         f"Each command as a new process (the console script), median of {args.repeats} runs after one untimed "
         "run; wall time is what the targets are set in, the process's CPU time (user + system) varies less "
