@@ -24,6 +24,9 @@ from clrun.component import KINDS
 from clrun.errors import ComponentFailure, TrainingHalted, UserError
 from clrun.recipe.problems import RecipeError
 
+# Each command imports the machinery it runs inside its function, not here: this module must not import
+# torch (seconds), so that `cl-run --help`, argument errors, `components` and `plugins` answer at once.
+
 COMMANDS = ("train", "check", "eval", "export", "sweep", "report", "components", "plugins")
 
 
@@ -181,19 +184,29 @@ def checkpoint_folder(run_or_checkpoint: str):
 
 def cmd_components(args) -> int:
     registry = plugin_manager.default_registry()
-    found = registry.list(args.kind, args.pattern)
-    for c in found:
-        print(f"{c.kind:<13} {c.name:<40} {c.summary[:70]:<70}  [{c.provider}]")
-    if not found:
+    # Without a pattern, a lazy namespace (every timm model, every kornia op) is one row: listing its
+    # names would import its library. A pattern that reaches into it lists its matching names.
+    found = registry.list(args.kind, args.pattern, expand_lazy=args.pattern is not None)
+    namespaces = registry.namespaces(args.kind) if args.pattern is None else []
+    rows = [(c.kind, c.name, c.summary, c.provider) for c in found]
+    rows += [(n.kind, n.pattern, n.summary, n.provider) for n in namespaces]
+    for kind, name, summary, provider in sorted(rows, key=lambda row: (KINDS.index(row[0]), row[1])):
+        print(f"{kind:<13} {name:<40} {summary[:70]:<70}  [{provider}]")
+    if not rows:
         print("no components match", file=sys.stderr)
         return 1
+    if namespaces:
+        example = namespaces[0]
+        print(f"(a name ending in /* is a namespace resolved on first use; list its names with a pattern, "
+              f"e.g. cl-run components {example.kind} '{example.pattern}')")
     return 0
 
 
 def cmd_plugins(args) -> int:
     registry = plugin_manager.default_registry()
     for p in registry.plugins:
-        print(f"ok      {p.name:<40} {p.dist} {p.version}  ({p.components} components)")
+        lazy = "".join(f", all of {namespace}" for namespace in p.namespaces)  # e.g. ", all of backbone timm/*"
+        print(f"ok      {p.name:<40} {p.dist} {p.version}  ({p.components} components{lazy})")
     for b in registry.broken:
         error = b.error.replace("\n", "\n" + " " * 10)  # keep multi-line errors (pluggy's) indented
         print(f"BROKEN  {b.name:<40} {b.dist} {b.version}  {error}")

@@ -15,10 +15,11 @@ from typing import Any
 
 import pluggy
 
-from clrun import __version__
+from clrun.component import LazyComponents
 from clrun.errors import PluginLoadError
 from clrun.hookspecs import PROJECT, DiscoverySpecs
 from clrun.registry import BrokenPlugin, PluginInfo, Registry
+from clrun.version import __version__
 
 ENTRY_POINT_GROUP = "clrun"
 # Built-ins are named by module path (core never imports plugins): the package lists its modules in
@@ -97,11 +98,14 @@ def _register(registry: Registry, plugin: Any, name: str, dist: str, version: st
         pm.check_pending()  # a misspelled hook name in this plugin
         provider = f"{name} ({dist} {version})"
         count = 0
+        namespaces: list[str] = []
         for impl in pm.hook.clrun_components.get_hookimpls():
-            count += registry.add_all(impl.function() or (), provider)
+            offers = list(impl.function() or ())
+            count += registry.add_all(offers, provider)
+            namespaces += [f"{o.kind} {o.pattern}" for o in offers if isinstance(o, LazyComponents)]
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
-    registry.plugins.append(PluginInfo(name, dist, version, count))
+    registry.plugins.append(PluginInfo(name, dist, version, count, tuple(namespaces)))
     return None
 
 

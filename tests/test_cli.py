@@ -111,6 +111,28 @@ def test_components_pattern_filters(capsys):
     assert "timm/resnet50" not in names and "timm/test_resnet" not in names
 
 
+def test_components_without_pattern_show_a_lazy_namespace_as_one_row(capsys):
+    code, out, err = cl_run(capsys, "components", "backbone")
+    assert code == 0, err
+    rows = out.splitlines()
+    (timm_row,) = [line for line in rows if line.split()[:2] == ["backbone", "timm/*"]]
+    assert "any timm model" in timm_row and timm_row.endswith("[clrun.plugins.backbones (cl-run " + clrun.__version__ + ")]")
+    assert not any(line.split()[1] == "timm/resnet18" for line in rows[:-1])  # the names are not listed...
+    assert rows[-1] == ("(a name ending in /* is a namespace resolved on first use; list its names with a pattern, "
+                        "e.g. cl-run components backbone 'timm/*')")  # ...but the way to list them is
+
+
+def test_components_lists_every_kind_in_order(capsys):
+    code, out, err = cl_run(capsys, "components")
+    assert code == 0, err
+    rows = [line.split()[:2] for line in out.splitlines()[:-1]]
+    kinds = [kind for kind, _ in rows]
+    assert kinds == sorted(kinds, key=clrun.KINDS.index)  # grouped by kind, in the loop's order
+    for lazy in (["augmentation", "kornia/*"], ["backbone", "timm/*"], ["optimizer", "torch/*"]):
+        assert lazy in rows
+    assert ["optimizer", "timm/lars"] in rows and ["loss", "clrun/ntxent"] in rows
+
+
 def test_components_no_match(capsys):
     code, out, err = cl_run(capsys, "components", "loss", "nothing/like*this")
     assert (code, out, err) == (1, "", "no components match\n")
@@ -127,10 +149,14 @@ def test_plugins_lists_builtins_ok(capsys):
     code, out, err = cl_run(capsys, "plugins")
     assert code == 0, err
     for module in BUILTIN_MODULES:
-        pattern = rf"ok\s+{re.escape(module)}\s+cl-run {re.escape(clrun.__version__)}\s+\((\d+) components\)"
+        # A lazy namespace is named, not counted: counting it would import its library.
+        pattern = rf"ok\s+{re.escape(module)}\s+cl-run {re.escape(clrun.__version__)}\s+\((\d+) components((, all of \w+ \w+/\*)*)\)"
         (match,) = [m for m in map(lambda line: re.fullmatch(pattern, line), out.splitlines()) if m]
-        assert int(match.group(1)) >= 1, module
+        assert int(match.group(1)) >= 1 or match.group(2), module
     assert "BROKEN" not in out
+    lines = out.splitlines()
+    assert any(line.startswith("ok      clrun.plugins.backbones ") and line.endswith("(0 components, all of backbone timm/*)") for line in lines)
+    assert any(line.startswith("ok      clrun.plugins.optimizers ") and line.endswith("(2 components, all of optimizer torch/*)") for line in lines)
 
 
 # -- check ----------------------------------------------------------------------------------------
