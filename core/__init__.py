@@ -11,6 +11,10 @@ The public API (everything a recipe user or plugin author needs) is imported fro
     clrun.load_recipe(path, overrides=())
     clrun.train(recipe)
     clrun.distributed              rank, world size and collectives for losses (identities in one process)
+    clrun.loss_kit                 helpers every loss uses (autocast off, view and argument checks)
+    clrun.Evaluator, clrun.Stateful  the callback contract (see clrun.callback)
+    clrun.RunFolder                a run folder's layout: one property per file
+    clrun.testing                  contract checks for a plugin's components (import it explicitly)
 
 ``import clrun`` does not import torch: the names that need it (``Run``, ``StepOutputs``,
 ``distributed``) are imported on first access (PEP 562), so ``cl-run --help`` and plugin discovery
@@ -23,14 +27,25 @@ import importlib
 from typing import Any
 
 from clrun.api import components, create, load_recipe, train
+from clrun.callback import Evaluator, Stateful
 from clrun.component import KINDS, Component, LazyComponents, Nested
-from clrun.errors import ComponentError, DataError, DataNotFoundError, PluginLoadError, TrainingHalted, UserError
+from clrun.errors import (
+    ComponentError,
+    ComponentFailure,
+    DataError,
+    DataNotFoundError,
+    PluginLoadError,
+    TrainingHalted,
+    UserError,
+)
 from clrun.hookspecs import hookimpl
+from clrun.run_folder import RunFolder
 from clrun.version import __version__
 
 # Public names that import torch, by the module that defines them (None: the name is that module).
 _IMPORTED_ON_FIRST_ACCESS: dict[str, tuple[str, str | None]] = {
     "distributed": ("clrun.distributed", None),
+    "loss_kit": ("clrun.loss_kit", None),
     "StepOutputs": ("clrun.training.outputs", "StepOutputs"),
     "Run": ("clrun.training.run", "Run"),
 }
@@ -61,12 +76,17 @@ __all__ = [
     "load_recipe",
     "train",
     "distributed",
+    "loss_kit",
+    "Evaluator",
+    "Stateful",
+    "RunFolder",
     "StepOutputs",
     "Run",
     "UserError",
     "DataError",
     "DataNotFoundError",
     "ComponentError",
+    "ComponentFailure",
     "PluginLoadError",
     "TrainingHalted",
     "__version__",

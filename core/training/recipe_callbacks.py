@@ -12,7 +12,7 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from clrun.errors import ComponentFailure
+from clrun.errors import ComponentFailure, UserError
 from clrun.hookspecs import PROJECT
 from clrun.recipe.spec import ComponentSpec
 
@@ -50,7 +50,7 @@ class NamedCallback:
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 return method(*args, **kwargs)
-            except CallbackError:
+            except (CallbackError, UserError):  # a user error already says what to fix
                 raise
             except Exception as exc:
                 raise CallbackError(f"{self.label} failed in {hook}: {type(exc).__name__}: {exc}") from exc
