@@ -50,7 +50,7 @@ class LossAlarm:
         # NaN counts as beyond, as it does for the collapse alarm.
         if s.max_loss is not None and not loss <= s.max_loss:
             out.append(LossSignal("loss_max", f"loss = {loss:.4g} > {s.max_loss:g} (health.alarm.max_loss)"))
-        # A growth factor is meaningful for a positive loss only (SimSiam's and BYOL's can be negative).
+        # A growth factor is meaningful for a positive loss only (a negative cosine loss is below zero).
         if s.max_loss_growth is not None and self.first is not None and self.first[1] > 0:
             epoch, first = self.first
             if loss > s.max_loss_growth * first:

@@ -133,8 +133,8 @@ class AlarmSection:
     min_rankme: float = 2.0
     max_uniformity: float = -0.1
     # An epoch loss above this has exploded. The built-in losses stay far below it when they train
-    # (NT-Xent ~ log of the batch size, Barlow Twins ~ its projector width); NT-Xent at temperature 1e-8
-    # reaches ~1e7.
+    # (a contrastive one ~ log of the batch size, a redundancy-reduction one ~ its projector width); a
+    # contrastive loss at temperature 1e-8 reaches ~1e7.
     max_loss: Optional[float] = 1.0e6
     # ... or above this many times the first epoch's (when that one is positive).
     max_loss_growth: Optional[float] = 10.0
