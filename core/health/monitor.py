@@ -101,7 +101,8 @@ class HealthMonitor:
 
     def skipped_images(self) -> int | None:
         """The training data set's count of skipped unreadable files, summed over the processes of a
-        distributed run (their samplers read disjoint files); None when it skips nothing by design."""
+        distributed run (their samplers read disjoint files; one in the health sample, which every
+        process reads, counts once per process); None when it skips nothing by design."""
         count = getattr(self.dataset, "skipped_images", None)
         if count is None:
             return None
@@ -109,7 +110,7 @@ class HealthMonitor:
             return sum(distributed.gather_objects(int(count)))
         return int(count)
 
-    def act(self, run, message: str, advice: str = COLLAPSE_ADVICE) -> None:
+    def act(self, run, message: str, advice: str) -> None:
         if self.section.alarm.action == "warn":
             if distributed.is_main():
                 print(f"warning: {message} (health.alarm.action=halt stops the run)", flush=True)
