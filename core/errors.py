@@ -25,7 +25,14 @@ class DataError(UserError):
 
 class ComponentError(UserError, ValueError):
     """A component could not be found, built or used as configured (unknown name, bad arguments,
-    duplicate name, a loss given views it cannot compare). Also a ValueError, as bad values are."""
+    duplicate name, a loss given views it cannot compare). Also a ValueError, as bad values are.
+
+    ``argument``: the factory argument at fault when one is (``clrun.loss_kit``'s argument checks set
+    it), so that a recipe error can point at that key rather than at the whole entry."""
+
+    def __init__(self, message: str, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 class PluginLoadError(UserError):

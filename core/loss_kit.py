@@ -11,10 +11,11 @@ same wording for every loss:
     views = loss_kit.global_projections(owner, out, "have negatives")   # >= 2 global views, batch >= 2
     preds = loss_kit.required_predictions(owner, out)                   # the recipe needs a predictor
     keys = loss_kit.required_target_projections(owner, out)             # ... or a target network
-    tau = loss_kit.float_arg(owner, "temperature", tau, hint=" (the paper uses 0.5)")
+    tau = loss_kit.temperature_arg(owner, tau, hint=" (the paper uses 0.5)")   # a number >= 1e-3
 
 Every check raises ``clrun.ComponentError`` (a ``UserError`` and a ``ValueError``): the CLI prints
-its message without a traceback, and a factory's error is reported with the recipe's file and line.
+its message without a traceback, and a factory's error is reported with the recipe's file and line
+(the argument checks name the argument in the error's ``argument``).
 ``owner`` is the loss's component name (``"mine/cosine"``), the first words of every message.
 Gathering views across ranks is ``clrun.distributed.gather`` (with gradients) and
 ``gather_no_grad``.
@@ -189,7 +190,7 @@ def int_arg(owner: str, name: str, value: object, minimum: int, hint: str = "") 
     """``value`` as an int >= ``minimum`` (booleans refused); ``hint`` follows the requirement in the error,
     e.g. ``" (the paper uses 65536)"``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ComponentError(f"{owner}: {name} must be an integer >= {minimum}{hint}, got {value!r}")
+        raise ComponentError(f"{owner}: {name} must be an integer >= {minimum}{hint}, got {value!r}", argument=name)
     return value
 
 
@@ -216,5 +217,29 @@ def float_arg(
         and (value >= minimum if inclusive else value > minimum)
     )
     if not valid:
-        raise ComponentError(f"{owner}: {name} must be {noun} {'>=' if inclusive else '>'} {minimum:g}{hint}, got {value!r}")
+        raise ComponentError(
+            f"{owner}: {name} must be {noun} {'>=' if inclusive else '>'} {minimum:g}{hint}, got {value!r}", argument=name
+        )
     return float(value)
+
+
+MIN_TEMPERATURE = 1e-3
+
+
+def temperature_arg(owner: str, value: object, hint: str = "") -> float:
+    """``value`` as a softmax temperature: a finite number >= ``MIN_TEMPERATURE`` (1e-3).
+
+    A loss divides similarities in [-1, 1] by its temperature: below 1e-3 the logits pass +-1000, the
+    softmax is saturated (one-hot) and the loss grows like 1 / temperature (about 1e7 at 1e-8) while the
+    run goes on with finite numbers and learns nothing. Refusing it when the loss is built makes
+    ``cl-run check`` say so before any training. Non-numbers and values <= 0 get ``float_arg``'s message.
+    """
+    tau = float_arg(owner, "temperature", value, hint=hint)
+    if tau < MIN_TEMPERATURE:
+        raise ComponentError(
+            f"{owner}: temperature must be >= {MIN_TEMPERATURE:g}{hint}, got {value!r}: the logits are similarities "
+            f"divided by the temperature (up to +-{1 / tau:.0e} here), and past +-{1 / MIN_TEMPERATURE:g} the "
+            f"softmax saturates and the loss explodes instead of training",
+            argument="temperature",
+        )
+    return tau

@@ -292,13 +292,13 @@ def test_resume_folder_without_checkpoint_exits_2(capsys, tmp_path):
 
 # -- a non-finite loss stops the run --------------------------------------------------------------
 
-# A temperature of 1e-40 makes every positive cosine similarity divided by it overflow float32 to
-# inf, so the cross entropy is NaN on the very first step, whatever the weights and the data.
-NAN_OVERRIDE = "loss.temperature=1e-40"
+# A NaN normalization mean makes every input NaN, so the loss is NaN on the very first step, whatever
+# the weights and the data (a temperature that overflows is refused when the loss is built).
+NAN_OVERRIDES = ("data.mean=[.nan,0.0,0.0]", "data.std=[1.0,1.0,1.0]")
 
 
 def test_nan_loss_stops_with_exit_1(capsys, tmp_path):
-    code, out, err = cl_run(capsys, TINY, NAN_OVERRIDE, f"run.dir={tmp_path}")
+    code, out, err = cl_run(capsys, TINY, *NAN_OVERRIDES, f"run.dir={tmp_path}")
     assert code == 1
     (line,) = [line for line in err.splitlines() if line.startswith("cl-run: training stopped: ")]
     assert "the loss is nan at epoch 1, step 1" in line
@@ -311,7 +311,7 @@ def test_nan_loss_stops_with_exit_1(capsys, tmp_path):
 
 def test_nan_loss_before_any_checkpoint_does_not_point_to_one(capsys, tmp_path):
     # No checkpoint was written yet: the message must not send the user to resume from one.
-    code, out, err = cl_run(capsys, TINY, NAN_OVERRIDE, f"run.dir={tmp_path}")
+    code, out, err = cl_run(capsys, TINY, *NAN_OVERRIDES, f"run.dir={tmp_path}")
     assert code == 1
     assert not (tmp_path / "tiny" / "checkpoint.pt").exists()
     assert "last good checkpoint is in" not in err

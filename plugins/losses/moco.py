@@ -75,7 +75,7 @@ class MoCoLoss(nn.Module):
         self.queue_size = loss_kit.int_arg(
             OWNER, "queue_size", queue_size, 1, " (MoCo uses 65536; keep it a few times the batch size)"
         )
-        self.temperature = loss_kit.float_arg(OWNER, "temperature", temperature, hint=" (MoCo v2 uses 0.2, MoCo v1 0.07)")
+        self.temperature = loss_kit.temperature_arg(OWNER, temperature, hint=" (MoCo v2 uses 0.2, MoCo v1 0.07)")
         # Random unit vectors, drawn from torch's global RNG (seeded by the run), as in MoCo.
         self.register_buffer("queue", F.normalize(torch.randn(self.queue_size, self.in_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))

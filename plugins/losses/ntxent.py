@@ -59,8 +59,8 @@ class NTXentLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.5):
         super().__init__()
-        self.temperature = loss_kit.float_arg(
-            OWNER, "temperature", temperature, hint=" (SimCLR uses 0.5; 0.07 to 0.2 is common)"
+        self.temperature = loss_kit.temperature_arg(
+            OWNER, temperature, hint=" (SimCLR uses 0.5; 0.07 to 0.2 is common)"
         )
 
     def extra_repr(self) -> str:

@@ -100,7 +100,7 @@ class SwAVLoss(nn.Module):
         self.num_prototypes = loss_kit.int_arg(
             OWNER, "num_prototypes", num_prototypes, 2, " (SwAV uses 3000 on ImageNet)"
         )
-        self.temperature = loss_kit.float_arg(OWNER, "temperature", temperature, hint=" (SwAV uses 0.1)")
+        self.temperature = loss_kit.temperature_arg(OWNER, temperature, hint=" (SwAV uses 0.1)")
         self.sinkhorn_iterations = loss_kit.int_arg(
             OWNER, "sinkhorn_iterations", sinkhorn_iterations, 1, " (SwAV uses 3)"
         )
