@@ -39,8 +39,10 @@ def check(recipe: Recipe) -> list[str]:
         lines.append(f"target: momentum copy of backbone + projector, {t.momentum} -> {t.final_momentum} ({t.schedule})")
     h = recipe.health
     if h.enabled:
-        lines.append(f"health: every {h.every} epoch(s) on {h.samples} images; collapse alarm {h.alarm.action} "
-                     f"(patience {h.alarm.patience}, {h.alarm.branch})")
+        a = h.alarm
+        lines.append(f"health: every {h.every} epoch(s) on {h.samples} images; collapse alarm {a.action} "
+                     f"(patience {a.patience}, {a.branch}); loss alarm: max {a.max_loss}, growth "
+                     f"{a.max_loss_growth}x, min change {a.min_loss_change}")
     else:
         lines.append("health: off")
     scaler = torch.amp.GradScaler("cpu", enabled=False)
