@@ -40,6 +40,7 @@ class BrokenPlugin:
     dist: str
     version: str
     error: str
+    traceback: str = ""  # the failure's traceback, for `cl-run plugins -v`
 
 
 class DuplicateComponentError(ComponentError):
@@ -63,6 +64,7 @@ class Registry:
         self.plugins: list[PluginInfo] = []
         self.broken: list[BrokenPlugin] = []
         self.autoload = True  # whether entry-point plugins were loaded (False: built-ins only)
+        self.disabled: list[str] = []  # entry-point plugins left out by --disable-plugin
 
     # -- filling ----------------------------------------------------------------------------------
     def add(self, component: Offer, provider: str) -> None:
@@ -190,6 +192,10 @@ class Registry:
         else:
             message += f"; list them with `cl-run components {kind}`"
         namespace = name.split("/", 1)[0]
+        if namespace in self.disabled:
+            message += f" (plugin {namespace!r} is disabled by --disable-plugin)"
+        elif not self.autoload and namespace not in {c.name.split("/", 1)[0] for c in self.list(kind, expand_lazy=False)}:
+            message += " (installed plugins are off: --no-plugins or CLRUN_DISABLE_PLUGIN_AUTOLOAD; only built-ins are loaded)"
         for b in self.broken:
             if b.name == namespace or b.name.split(".")[0] == namespace:
                 message += f" (note: plugin {b.name!r} from {b.dist} {b.version}, which may own {namespace + '/'!r}, failed to load: {b.error})"

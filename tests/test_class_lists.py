@@ -181,7 +181,7 @@ def test_check_and_train_refuse_a_test_split_that_lacks_a_class(tmp_path, monkey
     from clrun import plugin_manager
     from clrun.cli import main
 
-    monkeypatch.setattr(plugin_manager, "load_registry", lambda autoload=None, strict=None: registry)
+    monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
     argv = knn_recipe(tmp_path, test_images)
     for command in (["check"], []):
         assert main([*command, *argv]) == 2

@@ -80,7 +80,7 @@ def cl_run(tmp_path, monkeypatch, capsys, registry, *overrides: str) -> tuple[in
     from clrun import plugin_manager, report
     from clrun.cli import main
 
-    monkeypatch.setattr(plugin_manager, "load_registry", lambda autoload=None, strict=None: registry)
+    monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
     monkeypatch.setattr(report, "write_plots", lambda records, directory: {})
     code = main([str(TINY), f"run.dir={tmp_path}", "run.name=run", *SMALL, *overrides])
     out, err = capsys.readouterr()
@@ -160,7 +160,7 @@ def test_a_tiny_temperature_is_refused_before_training_with_exit_2(tmp_path, mon
     from clrun import plugin_manager
     from clrun.cli import main
 
-    monkeypatch.setattr(plugin_manager, "load_registry", lambda autoload=None, strict=None: registry)
+    monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
     code = main([*command, str(TINY), f"run.dir={tmp_path / 'runs'}", "loss.temperature=1.0e-8"])
     err = capsys.readouterr().err
     assert code == 2

@@ -24,7 +24,7 @@ KNN = """callbacks:
 
 @pytest.fixture(autouse=True)
 def shared_registry(registry, monkeypatch):
-    monkeypatch.setattr(plugin_manager, "load_registry", lambda autoload=None, strict=None: registry)
+    monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
 
 
 def cl_run(capsys, *args) -> tuple[int, str, str]:

@@ -110,7 +110,7 @@ def train(tmp_path, monkeypatch, capsys, registry, dataset: str) -> tuple[int, s
     from clrun import plugin_manager, report
     from clrun.cli import main
 
-    monkeypatch.setattr(plugin_manager, "load_registry", lambda autoload=None, strict=None: registry)
+    monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
     monkeypatch.setattr(report, "write_plots", lambda records, directory: {})  # tests/test_report.py draws them
     code = main([str(TINY), f"run.dir={tmp_path / 'runs'}", "run.name=run", "train.epochs=2", "health.samples=8",
                  "data.batch_size=8", f"data.dataset={dataset}"])
