@@ -112,6 +112,12 @@ CASES = [
     pytest.param(tiny("  epochs: 1", b"  epochs: !!int one"), [],
                  ["38:11: error: train.epochs: 'one' is not a valid whole number (invalid literal for int() with "
                   "base 10); fix it, or quote it to use it as text"], id="int-tag-on-text"),
+    pytest.param(tiny("  epochs: 1", b"  epochs: !!float"), [],
+                 ["38:11: error: train.epochs: '' is not a valid number; fix it, or quote it to use it as text"],
+                 id="empty-float-tag"),
+    pytest.param(tiny("seed: 0\n", b"seed: 99999999999999999999999\n"), [],
+                 ["3:7: error: seed: must fit in 64 bits (-9223372036854775808 to 18446744073709551615), "
+                  "got 99999999999999999999999"], id="seed-beyond-64-bits"),
     pytest.param(tiny("seed: 0\n", b"seed: 2024-13-01\n"), [],
                  ["3:7: error: seed: '2024-13-01' is not a valid date (month must be in 1..12); fix it, or quote it "
                   "to use it as text"], id="impossible-date"),

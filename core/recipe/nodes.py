@@ -156,9 +156,9 @@ class _TreeBuilder:
             return node.value
         try:
             return self.loader.construct_object(node, deep=True)
-        except (ValueError, KeyError, AttributeError) as exc:
-            # an explicit tag on text that does not fit it (``!!int abc``, ``!!bool maybe``, ``!!timestamp x``),
-            # a date such as 2024-13-01, or an integer over Python's 4300-digit limit
+        except (ValueError, KeyError, AttributeError, IndexError) as exc:
+            # an explicit tag on text that does not fit it (``!!int abc``, ``!!bool maybe``, ``!!timestamp x``,
+            # an empty ``!!float``), a date such as 2024-13-01, or an integer over Python's 4300-digit limit
             reason = f" ({str(exc.args[0]).split(': ')[0]})" if isinstance(exc, ValueError) and exc.args else ""
             self.refused.append(Problem(self.file, node.start_mark.line + 1, node.start_mark.column + 1, path,
                                         f"{_shortened(node.value)!r} is not a valid {SCALAR_KINDS[node.tag]}{reason}; "
