@@ -204,3 +204,5 @@ class Recipe:
     def __post_init__(self) -> None:
         if not self.views:
             raise ValueError("views: at least one view is needed")
+        if isinstance(self.seed, int) and not -2**63 <= self.seed < 2**64:  # torch.manual_seed's range
+            raise FieldError("seed", f"must fit in 64 bits ({-2**63} to {2**64 - 1}), got {self.seed}")
