@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -27,6 +28,8 @@ from clrun.recipe.problems import RecipeError
 
 # Each command imports the machinery it runs inside its function, not here: this module must not import
 # torch (seconds), so that `cl-run --help`, argument errors, `components` and `plugins` answer at once.
+
+LOCATED_ERROR = re.compile(r"^\S+:\d+:\d+: error: ")
 
 # Options before the command, with the number of values each takes.
 GLOBAL_FLAGS = {"--strict-plugins": 0, "--no-plugins": 0, "--disable-plugin": 1}
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cl-run: {len(exc.problems)} problem(s); nothing was run", file=sys.stderr)
         return 2
     except UserError as exc:
-        print(f"cl-run: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        # A message that starts at a recipe position already says "error:" (as recipe problems do).
+        print(message if LOCATED_ERROR.match(message) else f"cl-run: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cl-run: interrupted", file=sys.stderr)

@@ -164,7 +164,7 @@ def test_a_tiny_temperature_is_refused_before_training_with_exit_2(tmp_path, mon
     code = main([*command, str(TINY), f"run.dir={tmp_path / 'runs'}", "loss.temperature=1.0e-8"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("cl-run: error: ") and err.rstrip().endswith(
+    assert err.startswith(f"{TINY}:") and ": error: loss: " in err and err.rstrip().endswith(
         "clrun/ntxent: temperature must be >= 0.001 (SimCLR uses 0.5; 0.07 to 0.2 is common), got 1e-08: the logits "
         "are similarities divided by the temperature (up to +-1e+08 here), and past +-1000 the softmax saturates and "
         "the loss explodes instead of training"

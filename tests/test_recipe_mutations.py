@@ -36,7 +36,7 @@ OTHER_VALUES = [
 def shared_registry(registry):
     """main() loads the plugins afresh (seconds) on every call: hand it the session's registry instead."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(plugin_manager, "load_registry", lambda autoload=None, strict=None: registry)
+        mp.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
         yield
 
 

@@ -35,7 +35,7 @@ class ComponentSpec:
             return self.component.factory(**kwargs)
         except (DataError, DataNotFoundError):
             raise  # they name the file or folder at fault, and `cl-run check` looks for the latter
-        except (ComponentError, ValueError, TypeError, RuntimeError) as exc:
+        except (ComponentError, ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
             path = f"{self.path}: " if self.path else ""
             raise ComponentError(
                 f"{self.where}: error: {path}{self.component.kind} {self.name!r} could not be built: {exc}"
