@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         # A message that starts at a recipe position already says "error:" (as recipe problems do).
         print(message if LOCATED_ERROR.match(message) else f"cl-run: error: {message}", file=sys.stderr)
         return 2
+    except ComponentFailure as exc:  # a plugin's bug, named (training reports its own, with -v)
+        print(f"cl-run: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("cl-run: interrupted", file=sys.stderr)
         return 130

@@ -64,3 +64,20 @@ def test_check_rejects_a_misspelled_hook(with_test_callbacks, capsys):
     assert code == 2
     assert "callback tests/misspelled from tests.plugin (tests-dist 1.2)" in err
     assert "clrun_epoch_ends" in err
+
+
+def key_error_factory():
+    raise KeyError("missing_setting")
+
+
+def test_a_factory_that_raises_an_unexpected_error_is_named(monkeypatch, capsys):
+    registry = plugin_manager.load_registry(autoload=False)
+    registry.add_all([clrun.Component("callback", "tests/keyerror", key_error_factory, "raises KeyError")],
+                     "tests.plugin (tests-dist 1.2)")
+    monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
+    code, err = run_cli(capsys, "check", TINY, "callbacks=[{name: tests/keyerror}]")
+    plugin_manager.set_default_registry(None)
+    assert code == 1
+    assert err.startswith("cl-run: error: callback tests/keyerror from tests.plugin (tests-dist 1.2) (<command line>:1:12) "
+                          "failed while being built: KeyError: 'missing_setting'")
+    assert "Traceback" not in err
