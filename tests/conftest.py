@@ -1,13 +1,97 @@
-"""Shared fixtures: the component registry, loaded once per test session (it takes seconds)."""
+"""Shared fixtures: the component registry (loaded once per session: it takes seconds), a run built as
+training builds it, the untrained encoder's kNN accuracy (measured once per distinct encoder) and a
+switch that skips the report's plots in tests that do not look at them.
+
+The tests reach the training's internals (``prepare``, ``Run``, the report writer) only through this
+file, so a refactoring of those internals is adapted here, in one place.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from contextlib import contextmanager
+from typing import Callable, ContextManager, Iterator
+
 import pytest
+import torch
 
 from clrun import plugin_manager
+from clrun.recipe import Recipe
+from clrun.training.artifacts import RunArtifacts
+from clrun.training.run import Run, dataset_fingerprint
+from clrun.training.setup import prepare
 
 
 @pytest.fixture(scope="session")
 def registry():
     """The process-wide registry that ``clrun.load_recipe`` and the CLI use (built-ins and entry points)."""
     return plugin_manager.default_registry()
+
+
+def built_run(recipe: Recipe) -> Run:
+    """``recipe``'s run on the CPU as training builds it (same seeding, same initial weights), before its
+    first step; it writes nothing."""
+    setup = prepare(recipe, "train", torch.device("cpu"))
+    return Run(recipe, setup.parts, setup.device, None, steps_per_epoch=setup.steps_per_epoch)
+
+
+@pytest.fixture(scope="session")
+def build_run() -> Callable[[Recipe], Run]:
+    """``build_run(recipe)``: the run as training builds it, before its first step (see ``built_run``)."""
+    return built_run
+
+
+@pytest.fixture(scope="session")
+def untrained_knn() -> Callable:
+    """``untrained_knn(recipe, knn) -> float``: kNN top-1 of ``recipe``'s encoder straight from its
+    initialization (no step taken), evaluated by the KNNEvaluation ``knn`` as training evaluates it.
+
+    Embedding a neighbour bank and the 10k test split takes most of a minute on a CPU, and most recipes
+    start from the very same encoder (same backbone, seed and preprocessing), so each distinct encoder is
+    evaluated once per session. The cache key is what determines the result exactly: the backbone's
+    weights, the preprocessed pixels of a few test images, and the evaluator's settings and data sets.
+    """
+    measured: dict[str, float] = {}
+
+    def measure(recipe: Recipe, knn) -> float:
+        run = built_run(recipe)
+        key = _untrained_key(run, knn)
+        if key not in measured:
+            measured[key] = knn.evaluate(run)["knn_top1"]
+        return measured[key]
+
+    return measure
+
+
+def _untrained_key(run: Run, knn) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(run.encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    probe = torch.stack([knn.test[i][0] for i in range(4)])
+    digest.update(run.preprocess(probe).contiguous().numpy().tobytes())
+    settings = (knn.k, knn.temperature, knn.batch_size, dataset_fingerprint(knn.train), dataset_fingerprint(knn.test))
+    digest.update(repr(settings).encode())
+    return digest.hexdigest()
+
+
+@contextmanager
+def _reports_skipped() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RunArtifacts, "_report", staticmethod(lambda run: None))
+        yield
+
+
+@pytest.fixture
+def no_report() -> Iterator[None]:
+    """Runs in the test write no report.md and no plots. Rendering the plots costs about 1.5 CPU seconds
+    a run, three quarters of a tiny run's cost; tests that use this assert nothing about the report
+    (tests/test_report.py and the end-to-end test do)."""
+    with _reports_skipped():
+        yield
+
+
+@pytest.fixture(scope="session")
+def reports_skipped() -> Callable[[], ContextManager[None]]:
+    """``with reports_skipped(): ...``: ``no_report`` for a module-scoped fixture's runs."""
+    return _reports_skipped

@@ -3,6 +3,9 @@
 For every loss, DDP's gradients with different data on each rank must equal a single process's
 gradients on the concatenated batch, and the averaged loss must equal its loss (tests/ddp_worker.py
 computes both in each rank). A 2-process run of the quickstart recipe must write one run folder.
+
+Every test that launches torchrun is marked slow: each launch starts two Python processes that import
+torch, and the launches take a minute and a half of the default run's CPU time.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def assert_same_gradients(got: dict, expected: dict) -> None:
         torch.testing.assert_close(got[name], g, rtol=1e-5, atol=2e-6 * scale, msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", sorted(CASES))
 def test_ddp_gradients_equal_single_process_gradients_on_the_concatenated_batch(results, loss):
     single = results[0][loss]["single"]
@@ -57,6 +61,7 @@ def test_ddp_gradients_equal_single_process_gradients_on_the_concatenated_batch(
         assert_same_gradients(results[rank][loss]["ddp"]["grads"], single["grads"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", sorted(CASES))
 def test_ddp_loss_averaged_over_ranks_equals_the_single_process_loss(results, loss):
     single = results[0][loss]["single"]["losses"]
@@ -65,6 +70,7 @@ def test_ddp_loss_averaged_over_ranks_equals_the_single_process_loss(results, lo
         assert results[rank][loss]["ddp"]["losses"] == pytest.approx(single, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", sorted(CASES))
 def test_loss_state_after_several_steps_is_the_same_on_both_ranks_and_as_in_one_process(results, loss):
     single = results[0][loss]["single"]["loss_state"]
@@ -75,6 +81,7 @@ def test_loss_state_after_several_steps_is_the_same_on_both_ranks_and_as_in_one_
             torch.testing.assert_close(state[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
 def test_moco_queue_is_identical_on_both_ranks_after_several_steps(results):
     a, b = (results[r]["clrun/moco"]["ddp"]["loss_state"] for r in (0, 1))
     assert torch.equal(a["queue"], b["queue"]) and torch.equal(a["queue_ptr"], b["queue_ptr"])
@@ -90,6 +97,7 @@ def quickstart_args(run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_two_process_quickstart_run_completes_and_writes_one_run_folder(tmp_path):
     done = torchrun(*quickstart_args(tmp_path))
     assert done.returncode == 0, done.stderr[-4000:]
@@ -108,6 +116,7 @@ def test_two_process_quickstart_run_completes_and_writes_one_run_folder(tmp_path
     assert state["step"] == 12 and len(state["rng_ranks"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, message", [
     ("data.batch_size=63", "data.batch_size: 63 does not split evenly over 2 processes; use a multiple of 2 (the "
                            "batch size is the global batch, each process takes batch_size / 2 images)"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,11 +34,20 @@ def cl_run(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.fixture(scope="module")
+def trained_folder(tmp_path_factory, registry) -> Path:
+    """One 2-epoch tiny run through the command line, trained once for the module."""
+    folder = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plugin_manager, "load_registry", lambda autoload=None, strict=None: registry)
+        assert main([str(TINY), f"run.dir={folder}", "train.epochs=2"]) == 0
+    return folder / "tiny"
+
+
 @pytest.fixture
-def run_folder(tmp_path, capsys) -> Path:
-    code, _, err = cl_run(capsys, TINY, f"run.dir={tmp_path}", "train.epochs=2")
-    assert code == 0, err
-    return tmp_path / "tiny"
+def run_folder(trained_folder, tmp_path) -> Path:
+    """A copy of the trained run folder that the test may change (its evaluations and report)."""
+    return Path(shutil.copytree(trained_folder, tmp_path / "tiny"))
 
 
 def test_eval_runs_the_evaluators_of_a_file_and_records_them(run_folder, tmp_path, capsys):

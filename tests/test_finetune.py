@@ -58,10 +58,11 @@ def weights(run) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained(tmp_path_factory, reports_skipped):
     """A 1-epoch tiny SimCLR run (timm/test_resnet on 64 synthetic images)."""
     folder = tmp_path_factory.mktemp("pretrained")
-    return clrun.train(clrun.load_recipe(TINY, [f"run.dir={folder}", "health.enabled=false"]))
+    with reports_skipped():  # the report is not under test here: skip its plots
+        return clrun.train(clrun.load_recipe(TINY, [f"run.dir={folder}", "health.enabled=false"]))
 
 
 def test_fine_tuning_learns_and_leaves_the_run_untouched(pretrained):
@@ -86,6 +87,7 @@ def test_a_random_head_learns_too_and_evaluating_again_gives_the_same_numbers(pr
     assert finetune.evaluate(pretrained) == accuracy
 
 
+@pytest.mark.usefixtures("no_report")  # the report is not under test here: skip its plots
 def test_the_callback_reports_both_accuracies_through_training(tmp_path, capfd):
     data = "{name: clrun/synthetic, num_images: 64, num_classes: 4, seed: %d}"
     callback = f"{{name: clrun/finetune, epochs: 1, batch_size: 32, train: {data % 2}, test: {data % 1}}}"

@@ -19,6 +19,8 @@ TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 SIGNALS = ("alignment", "uniformity", "std_sqrt_d", "rankme", "pos_cosine", "neg_cosine")
 HEALTHY = {"std_sqrt_d_projector": 0.9, "rankme_projector": 40.0, "uniformity_projector": -3.0}
 COLLAPSED = {"std_sqrt_d_projector": 0.01, "rankme_projector": 1.2, "uniformity_projector": -0.001}
+# Runs whose report is not under test skip its plots (the halting test reads the report).
+without_report = pytest.mark.usefixtures("no_report")
 
 
 def train(tmp_path: Path, *overrides: str, name: str = "run"):
@@ -68,6 +70,7 @@ def test_the_backbone_branch_can_be_watched():
 # ---------------------------------------------------------------- the monitor in a run
 
 
+@without_report
 def test_every_epoch_logs_both_branches_and_the_summary_keeps_the_last_check(tmp_path):
     run = train(tmp_path, "train.epochs=2")
     epochs = [r for r in records(run.directory, "metrics.jsonl") if r["kind"] == "epoch"]
@@ -87,6 +90,7 @@ def test_every_epoch_logs_both_branches_and_the_summary_keeps_the_last_check(tmp
     assert checks[-1]["alarm"] == {"branch": "projector", "signals": [], "fired": None}
 
 
+@without_report
 def test_the_monitor_changes_nothing_in_the_training(tmp_path):
     with_monitor = train(tmp_path, "train.epochs=2", "health.every=1", name="monitored")
     without = train(tmp_path, "train.epochs=2", "health.enabled=false", name="unmonitored")
@@ -97,6 +101,7 @@ def test_the_monitor_changes_nothing_in_the_training(tmp_path):
     assert not (without.directory / "health.jsonl").exists()
 
 
+@without_report
 def test_every_n_epochs_and_always_the_last(tmp_path):
     run = train(tmp_path, "train.epochs=3", "health.every=2")
     assert [c["epoch"] for c in records(run.directory, "health.jsonl")] == [2, 3]
@@ -133,6 +138,7 @@ def test_halt_keeps_the_last_healthy_checkpoint_and_names_the_signal(tmp_path, m
     assert not (folder / "encoder.safetensors").exists()  # only a finished run exports its encoder
 
 
+@without_report
 def test_halt_through_the_command_line_exits_1(tmp_path, monkeypatch, capsys, registry):
     from clrun import plugin_manager
     from clrun.cli import main
@@ -145,6 +151,7 @@ def test_halt_through_the_command_line_exits_1(tmp_path, monkeypatch, capsys, re
     assert "cl-run: training halted: collapse alarm at epoch 2: projector std_sqrt_d = 0 < 0.1 for 1 checks" in err
 
 
+@without_report
 def test_warn_prints_and_trains_to_the_end(tmp_path, monkeypatch, capsys):
     collapse_from_second_check(monkeypatch)
     run = train(tmp_path, "train.epochs=3", "health.alarm.patience=1")

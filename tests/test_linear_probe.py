@@ -90,9 +90,10 @@ def load(folder: Path, name: str, callbacks: str):
 
 
 @pytest.fixture(scope="module")
-def probed(tmp_path_factory):
+def probed(tmp_path_factory, reports_skipped):
     """A 2-epoch tiny run evaluated by the probe after each epoch."""
-    return clrun.train(load(tmp_path_factory.mktemp("probed"), "probed", f"[{PROBE}]"))
+    with reports_skipped():  # the report is not under test here: skip its plots
+        return clrun.train(load(tmp_path_factory.mktemp("probed"), "probed", f"[{PROBE}]"))
 
 
 def test_the_callback_reports_both_accuracies(probed, capfd):
@@ -107,6 +108,7 @@ def test_the_callback_reports_both_accuracies(probed, capfd):
     assert "linear_top1" not in epochs[-1]  # the last epoch's evaluation is the final one
 
 
+@pytest.mark.usefixtures("no_report")  # the report is not under test here: skip its plots
 def test_evaluating_is_deterministic_and_changes_nothing_the_run_trains(probed, tmp_path):
     probe = LinearProbe(Synthetic(128, 4, seed=2), Synthetic(128, 4, seed=1))
     before = torch.get_rng_state()

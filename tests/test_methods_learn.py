@@ -15,13 +15,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import clrun
-from clrun.plugins.callbacks.knn import KNNEvaluation
-from clrun.training.build import build_parts
-from clrun.training.loop import example_batch, seed_everything
-from clrun.training.run import Run
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -40,22 +35,14 @@ CASES = {
 }
 
 
-def untrained_encoder_knn(recipe, knn: KNNEvaluation) -> float:
-    """The same recipe's encoder straight from initialization (no step taken), evaluated the same way."""
-    seed_everything(recipe.seed)
-    dataset = recipe.data.dataset.build()
-    parts = build_parts(recipe, example_batch(dataset), torch.device("cpu"), steps_per_epoch=1)
-    return knn.evaluate(Run(recipe, parts, torch.device("cpu"), None, steps_per_epoch=1))["knn_top1"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stem", sorted(CASES))
-def test_a_short_run_beats_the_untrained_encoder(stem, tmp_path):
+def test_a_short_run_beats_the_untrained_encoder(stem, tmp_path, untrained_knn):
     budget, margin = CASES[stem]
     recipe = clrun.load_recipe(RECIPES / f"{stem}.yaml", [*budget, f"run.dir={tmp_path}", "train.progress=false"])
     run = clrun.train(recipe)
     trained = run.summary["knn_top1"]
-    untrained = untrained_encoder_knn(recipe, recipe.callbacks[0].build())
+    untrained = untrained_knn(recipe, recipe.callbacks[0].build())  # the same encoder before its first step
     print(f"{stem}: kNN top-1 on the 10k test split: trained {trained:.4f}, untrained {untrained:.4f}")
     assert trained >= untrained + margin
     # The run folder is complete and the loss went down.

@@ -24,13 +24,13 @@ from clrun.run_folder import RunFolder
 from clrun.plugins.callbacks.online_probe import OnlineProbe
 from clrun.training import checkpoint
 from clrun.training.checkpoint import restore
-from clrun.training.setup import prepare
-from clrun.training.run import Run
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 TEST_SET = "{name: clrun/synthetic, num_images: 128, num_classes: 4, seed: 1}"  # other images than training's
 PROBE = f"{{name: clrun/online_probe, every: 1, test: {TEST_SET}}}"
 KEY = "0:OnlineProbe"  # the probe's entry in a checkpoint's callback states
+
+pytestmark = pytest.mark.usefixtures("no_report")  # the report is not under test here: skip its plots
 
 
 def load(folder: Path, name: str, epochs: int, callbacks: str, *extra: str):
@@ -61,10 +61,11 @@ def assert_equal_tensors(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def probed(tmp_path_factory):
+def probed(tmp_path_factory, reports_skipped):
     """A 2-epoch tiny run (64 images, 4 steps an epoch) with the probe, evaluated after each epoch."""
     folder = tmp_path_factory.mktemp("probed")
-    return clrun.train(load(folder, "probed", 2, f"[{PROBE}]"))
+    with reports_skipped():
+        return clrun.train(load(folder, "probed", 2, f"[{PROBE}]"))
 
 
 def test_the_probe_learns_separable_classes(tmp_path):
@@ -127,10 +128,9 @@ def test_resume_ends_with_the_same_probe(probed, tmp_path, monkeypatch):
     assert resumed.summary["online_top1"] == probed.summary["online_top1"]
 
 
-def test_the_saved_heads_evaluate_from_the_checkpoint(probed):
+def test_the_saved_heads_evaluate_from_the_checkpoint(probed, build_run):
     recipe = load(probed.directory.parent, "unused", 2, f"[{PROBE}]")
-    parts = prepare(recipe, "train", torch.device("cpu")).parts  # built as training builds it
-    run = Run(recipe, parts, torch.device("cpu"), None, steps_per_epoch=4)
+    run = build_run(recipe)  # built as training builds it
     probe = recipe.callbacks[0].build()
     restore(run, checkpoint.load(probed.folder.checkpoint), callbacks=[probe])
     assert probe.evaluate(run) == {k: probed.summary[k] for k in ("online_top1", "online_top1_projector")}

@@ -18,10 +18,10 @@ import clrun
 from clrun.run_folder import RunFolder
 from clrun.training import checkpoint
 from clrun.training.checkpoint import restore
-from clrun.training.setup import prepare
-from clrun.training.run import Run
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
+
+pytestmark = pytest.mark.usefixtures("no_report")  # the report is not under test here: skip its plots
 
 # 64 images in batches of 16: 4 steps per epoch. Queues of 40 do not divide by the 32 keys a step adds,
 # so by the checkpoint the MoCo queue pointer has wrapped around once.
@@ -83,15 +83,16 @@ def train_until_first_checkpoint(recipe, monkeypatch) -> Path:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, monkeypatch):
+def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, monkeypatch, build_run):
     path = recipe_file(tmp_path, case)
     interrupted = train_until_first_checkpoint(load(path, tmp_path, 2, "interrupted"), monkeypatch)
     saved = checkpoint.load(RunFolder(interrupted).checkpoint)
 
     # (1) What --resume loads is exactly what was saved, and the stateful pieces are really in it.
     recipe = load(path, tmp_path, 2, "check")
-    parts = prepare(recipe, "train", torch.device("cpu")).parts  # built as training builds it
-    run = Run(recipe, parts, torch.device("cpu"), None, steps_per_epoch=4)
+    run = build_run(recipe)  # built as training builds it
+    parts = run.parts
+    assert run.steps_per_epoch == 4
     restore(run, saved)
     restored = {"loss": parts.loss_fn.state_dict(), "network": parts.network.state_dict()}
     if parts.target is not None:

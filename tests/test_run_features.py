@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 import clrun
@@ -11,6 +12,7 @@ import clrun
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 
 
+@pytest.mark.usefixtures("no_report")  # the report is not under test here: skip its plots
 def test_features_are_shared_within_a_step_and_recomputed_after_it(tmp_path):
     run = clrun.train(clrun.load_recipe(TINY, [f"run.dir={tmp_path}", "health.enabled=false"]))
     bank = clrun.create("dataset", "clrun/synthetic", num_images=40)

@@ -1,5 +1,7 @@
 """The speed options change how a step runs, not what it computes: reduced precision, channels_last
-and torch.compile give the same losses as the plain fp32 step, within their numerical precision."""
+and torch.compile give the same losses as the plain fp32 step, within their numerical precision.
+
+The plain run is trained once for the module and compared with each option's run."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import clrun
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 
 
+pytestmark = pytest.mark.usefixtures("no_report")  # the report is not under test here
+
+
 def losses(tmp_path: Path, name: str, *overrides: str) -> tuple[list[float], Path]:
     recipe = clrun.load_recipe(QUICKSTART, [
         "data.dataset.subset=512", "data.batch_size=64", "train.epochs=1", "train.max_steps=3",
@@ -25,20 +30,27 @@ def losses(tmp_path: Path, name: str, *overrides: str) -> tuple[list[float], Pat
     return [r["loss"] for r in records if r["kind"] == "step"], run.directory
 
 
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, reports_skipped) -> tuple[list[float], Path]:
+    """The plain fp32 run's step losses and run folder (channels_last off, no compiling)."""
+    with reports_skipped():
+        return losses(tmp_path_factory.mktemp("speed"), "plain")
+
+
 @pytest.mark.parametrize("option, tolerance", [
     ("train.channels_last=true", 1e-4),
     ("train.precision=bf16", 3e-2),  # bf16 keeps 8 bits of mantissa
 ])
-def test_precision_and_layout_options_train_the_same_steps(tmp_path, option, tolerance):
-    plain, _ = losses(tmp_path, "plain")
+def test_precision_and_layout_options_train_the_same_steps(plain, tmp_path, option, tolerance):
+    plain, _ = plain
     other, _ = losses(tmp_path, "other", option)
     assert len(plain) == len(other) == 3
     assert other == pytest.approx(plain, rel=tolerance)
 
 
 @pytest.mark.slow
-def test_compiled_backbone_trains_the_same_steps_and_exports_the_plain_keys(tmp_path):
-    plain, plain_dir = losses(tmp_path, "plain")
+def test_compiled_backbone_trains_the_same_steps_and_exports_the_plain_keys(plain, tmp_path):
+    plain, plain_dir = plain
     compiled, compiled_dir = losses(tmp_path, "compiled", "train.compile=true")
     assert compiled == pytest.approx(plain, rel=1e-3)
     # Compiled in place: the exported encoder has the plain module's keys (no "_orig_mod." prefix).

@@ -20,6 +20,7 @@ def records(run_dir: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
+@pytest.mark.usefixtures("no_report")  # the report is not under test here: skip its plots
 def test_event_files_hold_the_runs_metrics(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
