@@ -13,6 +13,8 @@ from clrun.cli import main as cl_run_main
 from clrun.run_folder import RunFolder
 from clrun.training import checkpoint
 
+pytestmark = pytest.mark.usefixtures("no_report")  # these runs are not about the report
+
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 
 

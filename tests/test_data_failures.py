@@ -13,6 +13,8 @@ import clrun
 from clrun import plugin_manager
 from clrun.cli import main as cl_run_main
 
+pytestmark = pytest.mark.usefixtures("no_report")  # these runs are not about the report
+
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 
 

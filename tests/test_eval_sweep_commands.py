@@ -39,7 +39,7 @@ def trained_folder(tmp_path_factory, registry) -> Path:
     """One 2-epoch tiny run through the command line, trained once for the module."""
     folder = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(plugin_manager, "load_registry", lambda autoload=None, strict=None: registry)
+        patch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
         assert main([str(TINY), f"run.dir={folder}", "train.epochs=2"]) == 0
     return folder / "tiny"
 
