@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clrun.health.alarm import Streaks
 from clrun.recipe.schema import AlarmSection
 
 DIVERGED_ADVICE = ("The loss diverged: lower optimizer.lr, set train.grad_clip, or check the loss's own "
@@ -41,8 +42,7 @@ class LossAlarm:
         self.section = section
         self.first: tuple[int, float] | None = None  # (epoch, loss) of the first epoch observed
         self.previous: tuple[int, float] | None = None
-        self.streaks: dict[str, int] = {}
-        self.first_epoch: dict[str, int] = {}
+        self.streaks = Streaks()
 
     def beyond(self, loss: float) -> list[LossSignal]:
         """The signals ``loss`` raises against the epochs observed before it."""
@@ -71,22 +71,16 @@ class LossAlarm:
         if self.section.action == "off" or loss is None:
             return [], []
         now = self.beyond(loss)
-        names = {signal.name for signal in now}
-        for name in list(self.streaks):
-            if name not in names:
-                del self.streaks[name], self.first_epoch[name]
-        for name in names:
-            self.streaks[name] = self.streaks.get(name, 0) + 1
-            self.first_epoch.setdefault(name, epoch)
+        self.streaks.update({signal.name for signal in now}, epoch)
         if self.first is None:
             self.first = (epoch, loss)
         self.previous = (epoch, loss)
-        fired = [signal for signal in now if self.streaks[signal.name] >= self.section.patience]
+        fired = [signal for signal in now if self.streaks.count[signal.name] >= self.section.patience]
         return now, fired
 
     def message(self, fired: list[LossSignal], epoch: int) -> str:
         details = "; ".join(
-            f"{signal.text} for {self.streaks[signal.name]} epochs in a row (since epoch {self.first_epoch[signal.name]})"
+            f"{signal.text} for {self.streaks.count[signal.name]} epochs in a row (since epoch {self.streaks.since[signal.name]})"
             for signal in fired
         )
         return f"loss alarm at epoch {epoch}: {details}"
