@@ -8,6 +8,8 @@ built, so 40 examples take seconds (the same 40 every run); the slow variant tri
 
 from __future__ import annotations
 
+import re
+
 import contextlib
 import io
 import os
@@ -83,7 +85,10 @@ def check_mutant(recipe: bytes) -> None:
         assert code in (0, 2), f"exit {code}\n{err.getvalue()}"
         assert "Traceback" not in err.getvalue()
         if code == 2:
-            assert err.getvalue().rstrip().endswith("problem(s); nothing was run") or "cl-run: error:" in err.getvalue()
+            text = err.getvalue()
+            # A recipe problem list, a located error ("file:line:col: error: ...") or another user error.
+            assert (text.rstrip().endswith("problem(s); nothing was run") or "cl-run: error:" in text
+                    or re.match(r"^\S+:\d+:\d+: error: ", text))
             assert sorted(p.name for p in Path(folder).iterdir()) == ["mutant.yaml"]
 
 
