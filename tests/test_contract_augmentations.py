@@ -10,6 +10,8 @@ each contract checks is in ``core/testing/modules.py``.
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import pytest
 
 import clrun
@@ -75,7 +77,21 @@ def test_every_builtin_augmentation_has_every_contract():
     )
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+# Upstream bugs of older kornia releases (Python 3.10 gets kornia 0.8, the last release for it), each
+# expected to fail there (strict: the entry goes once a release fixes it) and checked fully elsewhere.
+KORNIA = tuple(int(part) for part in version("kornia").split(".")[:2])
+KORNIA_BUGS: dict[tuple[str, str], tuple[tuple[int, int], str]] = {
+    ("kornia/RandomLinearCornerIllumination", "keeps_the_batch"): (
+        (0, 9), "kornia 0.8 fails on a batch in which no image is drawn for the op (a 0-element reshape)"),
+}
+
+
+def expected_failure(case) -> list:
+    fixed_in, why = KORNIA_BUGS.get((case.name, case.contract), ((0, 0), ""))
+    return [pytest.mark.xfail(raises=RuntimeError, strict=True, reason=why)] if KORNIA < fixed_in else []
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=expected_failure(c), id=str(c)) for c in CASES])
 def test_augmentation_contract(case):
     case.check(**SETTINGS.get(case.name, {}))
 
@@ -84,5 +100,6 @@ def test_augmentation_contract(case):
 def test_unbuildable_ops_still_fail_to_build(name):
     why, settings = UNBUILDABLE[name]
     assert clrun.components("augmentation", name), f"{name} is no longer registered: drop it from UNBUILDABLE"
-    with pytest.raises((clrun.ComponentError, ImportError)):
+    # (kornia 0.8 asks on stdin to install the extra, which fails without a terminal: a ComponentFailure)
+    with pytest.raises((clrun.ComponentError, clrun.ComponentFailure, ImportError)):
         clrun.create("augmentation", name, **settings)  # if this builds now, move it to SETTINGS: {why}

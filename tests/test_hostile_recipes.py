@@ -123,7 +123,7 @@ CASES = [
                   "to use it as text"], id="impossible-date"),
     pytest.param(tiny("seed: 0\n", b"seed: " + b"9" * 5000 + b"\n"), [],
                  ["3:7: error: seed: '9999999999999999999999999999999999999999...' is not a valid whole number "
-                  "(Exceeds the limit (4300 digits) for integer string conversion); fix it, or quote it to use it "
+                  "(more than Python's limit of 4300 digits); fix it, or quote it to use it "
                   "as text"], id="5000-digit-integer"),
     pytest.param(tiny("  epochs: 1", b"  epochs: ="), [],
                  ["38:11: error: train.epochs: expected an integer, got string '='"], id="lone-equals-sign-is-text"),

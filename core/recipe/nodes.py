@@ -7,6 +7,8 @@ keeping the last one, and tags other than plain YAML's are refused instead of ig
 
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +162,8 @@ class _TreeBuilder:
             # an explicit tag on text that does not fit it (``!!int abc``, ``!!bool maybe``, ``!!timestamp x``,
             # an empty ``!!float``), a date such as 2024-13-01, or an integer over Python's 4300-digit limit
             reason = f" ({str(exc.args[0]).split(': ')[0]})" if isinstance(exc, ValueError) and exc.args else ""
+            if "integer string conversion" in reason:  # Python's wording differs between versions
+                reason = f" (more than Python's limit of {sys.get_int_max_str_digits()} digits)"
             self.refused.append(Problem(self.file, node.start_mark.line + 1, node.start_mark.column + 1, path,
                                         f"{_shortened(node.value)!r} is not a valid {SCALAR_KINDS[node.tag]}{reason}; "
                                         "fix it, or quote it to use it as text"))
