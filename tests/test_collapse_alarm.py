@@ -16,7 +16,7 @@ RECIPES = Path(__file__).parent.parent / "recipes"
 # 2,048 images in batches of 128: 16 steps an epoch; a 512-image health sample.
 BUDGET = ["data.dataset.subset=2048", "train.epochs=4", "health.samples=512", "callbacks=[]", "train.progress=false"]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_report")]  # the report is not under test here
 
 
 def checks(folder: Path) -> list[dict]:
