@@ -4,28 +4,71 @@ The public API (everything a recipe user or plugin author needs) is imported fro
 
     clrun.hookimpl                 decorator for plugin hook implementations
     clrun.Component                what a plugin offers (kind, name, factory, summary)
+    clrun.LazyComponents           a namespace of components resolved on first use (every timm model)
     clrun.Nested                   type-hint marker for a factory argument that is itself a component
     clrun.create(kind, name, **p)  build one component, validated like a recipe entry
     clrun.components(kind=None)    the registered components
     clrun.load_recipe(path, overrides=())
     clrun.train(recipe)
     clrun.distributed              rank, world size and collectives for losses (identities in one process)
+    clrun.loss_kit                 helpers every loss uses (autocast off, view and argument checks)
+    clrun.Evaluator, clrun.Stateful  the callback contract (see clrun.callback)
+    clrun.RunFolder                a run folder's layout: one property per file
+    clrun.testing                  contract checks for a plugin's components (import it explicitly)
+
+``import clrun`` does not import torch: the names that need it (``Run``, ``StepOutputs``,
+``distributed``) are imported on first access (PEP 562), so ``cl-run --help`` and plugin discovery
+answer without paying torch's import time.
 """
 
-__version__ = "0.1.0"  # before the imports: the plugin manager reads it
+from __future__ import annotations
 
-from clrun import distributed
+import importlib
+from typing import Any
+
 from clrun.api import components, create, load_recipe, train
-from clrun.component import KINDS, Component, Nested
-from clrun.errors import ComponentError, DataError, DataNotFoundError, PluginLoadError, TrainingHalted, UserError
+from clrun.callback import Evaluator, Stateful
+from clrun.component import KINDS, Component, LazyComponents, Nested
+from clrun.errors import (
+    ComponentError,
+    ComponentFailure,
+    DataError,
+    DataNotFoundError,
+    PluginLoadError,
+    TrainingHalted,
+    UserError,
+)
 from clrun.hookspecs import hookimpl
-from clrun.training.outputs import StepOutputs
-from clrun.training.run import Run
+from clrun.run_folder import RunFolder
+from clrun.version import __version__
+
+# Public names that import torch, by the module that defines them (None: the name is that module).
+_IMPORTED_ON_FIRST_ACCESS: dict[str, tuple[str, str | None]] = {
+    "distributed": ("clrun.distributed", None),
+    "loss_kit": ("clrun.loss_kit", None),
+    "StepOutputs": ("clrun.training.outputs", "StepOutputs"),
+    "Run": ("clrun.training.run", "Run"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _IMPORTED_ON_FIRST_ACCESS:
+        raise AttributeError(f"module 'clrun' has no attribute {name!r}")
+    module_name, attribute = _IMPORTED_ON_FIRST_ACCESS[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later accesses are plain attribute lookups
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_IMPORTED_ON_FIRST_ACCESS))
 
 
 __all__ = [
     "KINDS",
     "Component",
+    "LazyComponents",
     "Nested",
     "hookimpl",
     "create",
@@ -33,12 +76,17 @@ __all__ = [
     "load_recipe",
     "train",
     "distributed",
+    "loss_kit",
+    "Evaluator",
+    "Stateful",
+    "RunFolder",
     "StepOutputs",
     "Run",
     "UserError",
     "DataError",
     "DataNotFoundError",
     "ComponentError",
+    "ComponentFailure",
     "PluginLoadError",
     "TrainingHalted",
     "__version__",

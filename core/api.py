@@ -44,6 +44,7 @@ def train(recipe: Recipe | str | Path, resume: str | Path | None = None, verbose
     """Train a recipe (or a recipe path); returns the finished ``Run`` (``run.folder``, ``run.summary``).
     ``resume``: a run folder or checkpoint to continue (``allow_changes``: with a recipe that changes the
     training, recorded in the run folder); ``verbose`` prints every metric each epoch."""
+    # Imported here, not at the top: it imports torch, and `import clrun` (hence `cl-run --help`) must not.
     from clrun.training.loop import train as _train
 
     if not isinstance(recipe, Recipe):

@@ -15,13 +15,24 @@ Exit codes: 0 success, 1 training failed, 2 bad input (recipe, data, plugin), 13
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import traceback
 import warnings
 
 from clrun import plugin_manager
 from clrun.component import KINDS
-from clrun.errors import TrainingHalted, UserError
+from clrun.errors import ComponentFailure, TrainingHalted, UserError
 from clrun.recipe.problems import RecipeError
+
+# Each command imports the machinery it runs inside its function, not here: this module must not import
+# torch (seconds), so that `cl-run --help`, argument errors, `components` and `plugins` answer at once.
+
+LOCATED_ERROR = re.compile(r"^\S+:\d+:\d+: error: ")
+
+# Options before the command, with the number of values each takes.
+GLOBAL_FLAGS = {"--strict-plugins": 0, "--no-plugins": 0, "--disable-plugin": 1}
 
 COMMANDS = ("train", "check", "eval", "export", "sweep", "report", "components", "plugins")
 
@@ -31,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
                                 epilog="Without a command, `cl-run RECIPE ...` trains.")
     p.add_argument("--strict-plugins", action="store_true", help="fail when any installed plugin fails to load")
     p.add_argument("--no-plugins", action="store_true", help="load only the built-in plugins (no entry points)")
+    p.add_argument("--disable-plugin", action="append", default=[], metavar="NAME",
+                   help="leave out the installed plugin NAME (its entry-point name, see `cl-run plugins`); repeatable")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a recipe (the default command)")
     t.add_argument("recipe")
@@ -57,15 +70,18 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("components", help="list registered components")
     ls.add_argument("kind", nargs="?", choices=KINDS)
     ls.add_argument("pattern", nargs="?", help="fnmatch pattern on the name, e.g. 'timm/vit_*'")
-    sub.add_parser("plugins", help="list loaded plugins and broken ones with their errors")
+    pl = sub.add_parser("plugins", help="list loaded plugins and broken ones with their errors")
+    pl.add_argument("-v", "--verbose", action="store_true", help="with the traceback of each broken plugin")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `cl-run RECIPE ...` is `cl-run train RECIPE ...`: insert the command after the global flags.
-    flags = [a for a in argv[:2] if a in ("--strict-plugins", "--no-plugins")]
-    rest = argv[len(flags):]
+    i = 0
+    while i < len(argv) and argv[i].split("=", 1)[0] in GLOBAL_FLAGS:
+        i += 1 if "=" in argv[i] else 1 + GLOBAL_FLAGS[argv[i]]
+    flags, rest = argv[:i], argv[i:]
     if rest and rest[0] not in COMMANDS and not rest[0].startswith("-"):
         argv = flags + ["train"] + rest
     if "--with" in argv[:-1]:  # argparse cannot take overrides after an option: move it to the end
@@ -73,21 +89,40 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[:i] + argv[i + 2:] + argv[i:i + 2]
     args = parser().parse_args(argv)
     warnings.simplefilter("default", plugin_manager.PluginWarning)
+    warnings.formatwarning = format_warning
     try:
-        plugin_manager.set_default_registry(
-            plugin_manager.load_registry(autoload=False if args.no_plugins else None, strict=True if args.strict_plugins else None)
-        )
+        plugin_manager.set_default_registry(plugin_manager.load_registry(
+            autoload=False if args.no_plugins else None, strict=True if args.strict_plugins else None,
+            disabled=args.disable_plugin))
         return COMMAND_FUNCTIONS[args.command](args)
+    except BrokenPipeError:  # `cl-run components | head`: the reader left; so do we, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except RecipeError as exc:
         print(exc, file=sys.stderr)
         print(f"cl-run: {len(exc.problems)} problem(s); nothing was run", file=sys.stderr)
         return 2
     except UserError as exc:
-        print(f"cl-run: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        # A message that starts at a recipe position already says "error:" (as recipe problems do).
+        print(message if LOCATED_ERROR.match(message) else f"cl-run: error: {message}", file=sys.stderr)
         return 2
+    except ComponentFailure as exc:  # a plugin's bug, named (training reports its own, with -v)
+        print(f"cl-run: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("cl-run: interrupted", file=sys.stderr)
         return 130
+
+
+_python_format_warning = warnings.formatwarning
+
+
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """A plugin warning as one line (Python's default adds the source line that warned: cl-run's own)."""
+    if issubclass(category, plugin_manager.PluginWarning):
+        return f"cl-run: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
 
 
 def cmd_train(args) -> int:
@@ -108,6 +143,11 @@ def cmd_train(args) -> int:
     except Stopped as exc:
         print(f"cl-run: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ComponentFailure as exc:
+        if args.verbose:  # the plugin author's view: where in their code it failed
+            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+        print(f"cl-run: training stopped: {exc}" + ("" if args.verbose else " (-v shows the traceback)"), file=sys.stderr)
+        return 1
     from clrun import distributed
 
     if distributed.launch_rank() == 0:  # under torchrun, one line for the one run folder
@@ -175,22 +215,48 @@ def checkpoint_folder(run_or_checkpoint: str):
 
 def cmd_components(args) -> int:
     registry = plugin_manager.default_registry()
-    found = registry.list(args.kind, args.pattern)
-    for c in found:
-        print(f"{c.kind:<13} {c.name:<40} {c.summary[:70]:<70}  [{c.provider}]")
-    if not found:
+    if args.kind and args.pattern and not any(ch in args.pattern for ch in "*?["):  # one component: its help
+        from clrun.component_help import describe  # the factory's module is imported for its docstring
+
+        try:
+            component = registry.get(args.kind, args.pattern)
+        except UserError as exc:
+            print(f"cl-run: error: {exc}", file=sys.stderr)
+            return 1
+        print("\n".join(describe(component)))
+        return 0
+    # Without a pattern, a lazy namespace (every timm model, every kornia op) is one row: listing its
+    # names would import its library. A pattern that reaches into it lists its matching names.
+    found = registry.list(args.kind, args.pattern, expand_lazy=args.pattern is not None)
+    namespaces = registry.namespaces(args.kind) if args.pattern is None else []
+    rows = [(c.kind, c.name, c.summary, c.provider) for c in found]
+    rows += [(n.kind, n.pattern, n.summary, n.provider) for n in namespaces]
+    for kind, name, summary, provider in sorted(rows, key=lambda row: (KINDS.index(row[0]), row[1])):
+        print(f"{kind:<13} {name:<40} {summary[:70]:<70}  [{provider}]")
+    if not rows:
         print("no components match", file=sys.stderr)
         return 1
+    if namespaces:
+        example = namespaces[0]
+        print(f"(a name ending in /* is a namespace resolved on first use; list its names with a pattern, "
+              f"e.g. cl-run components {example.kind} '{example.pattern}')")
     return 0
 
 
 def cmd_plugins(args) -> int:
     registry = plugin_manager.default_registry()
     for p in registry.plugins:
-        print(f"ok      {p.name:<40} {p.dist} {p.version}  ({p.components} components)")
+        lazy = "".join(f", all of {namespace}" for namespace in p.namespaces)  # e.g. ", all of backbone timm/*"
+        print(f"ok      {p.name:<40} {p.dist} {p.version}  ({p.components} components{lazy})")
     for b in registry.broken:
         error = b.error.replace("\n", "\n" + " " * 10)  # keep multi-line errors (pluggy's) indented
         print(f"BROKEN  {b.name:<40} {b.dist} {b.version}  {error}")
+        if args.verbose and b.traceback:
+            print(" " * 10 + b.traceback.rstrip().replace("\n", "\n" + " " * 10))
+    for name in registry.disabled:
+        print(f"off     {name:<40} (--disable-plugin)")
+    if registry.broken and not args.verbose:
+        print("(cl-run plugins -v shows each broken plugin's traceback)")
     if not registry.autoload:
         print("(entry-point autoloading is off: only built-ins are loaded)")
     return 0

@@ -25,7 +25,14 @@ class DataError(UserError):
 
 class ComponentError(UserError, ValueError):
     """A component could not be found, built or used as configured (unknown name, bad arguments,
-    duplicate name, a loss given views it cannot compare). Also a ValueError, as bad values are."""
+    duplicate name, a loss given views it cannot compare). Also a ValueError, as bad values are.
+
+    ``argument``: the factory argument at fault when one is (``clrun.loss_kit``'s argument checks set
+    it), so that a recipe error can point at that key rather than at the whole entry."""
+
+    def __init__(self, message: str, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 class PluginLoadError(UserError):
@@ -35,3 +42,10 @@ class PluginLoadError(UserError):
 class TrainingHalted(RuntimeError):
     """A callback stopped the run on purpose (e.g. the collapse alarm); the message says why and which
     checkpoint is kept. The CLI prints it and exits with code 1."""
+
+
+class ComponentFailure(RuntimeError):
+    """A plugin's component raised while the run used it (a callback's hook, a data set's item in a
+    loader worker). The message names the component, its plugin and recipe line and the original
+    error; ``__cause__`` holds that error. The CLI prints the message (the traceback with ``-v``) and
+    exits with code 1."""

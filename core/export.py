@@ -27,73 +27,21 @@ which rebuilds the backbone exactly as the recipe did.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import safetensors
 import safetensors.torch
 import yaml
-from torch import Tensor, nn
+from torch import nn
 
-import clrun
+from clrun.api import create
+from clrun.encoder_file import encoder_state, read_metadata, write_encoder
 from clrun.errors import UserError
-from clrun.run_folder import RunFolder, temp_path
-from clrun.storage import writing
+from clrun.run_folder import RunFolder
 from clrun.training import checkpoint as checkpoints
 
-_PREFIX = "backbone."
-# Backbone arguments that fetch weights: a rebuilt encoder gets its weights from the export instead.
-_WEIGHT_SOURCES = ("pretrained", "checkpoint_path")
-
-
-def encoder_state(network_state: dict[str, Any]) -> dict[str, Tensor]:
-    """The backbone's tensors of a checkpoint's ``network`` state, named as in the bare backbone.
-
-    Cloned (safetensors refuses tensors that share storage) and contiguous (it stores plain row-major
-    bytes; a ``channels_last`` run's weights are not).
-    """
-    return {
-        key[len(_PREFIX):]: value.detach().cpu().contiguous().clone()
-        for key, value in network_state.items()
-        if key.startswith(_PREFIX)
-    }
-
-
-def write_encoder(path: Path, backbone_state: dict[str, Tensor], recipe: dict[str, Any],
-                  extra: dict[str, Any] | None = None) -> Path:
-    """Write ``backbone_state`` with its recipe as metadata to ``path``, atomically: a crash leaves the
-    previous file or the complete new one, never a half-written file under that name."""
-    path = Path(path)
-    backbone = dict(recipe.get("backbone") or {})
-    name = backbone.pop("name", None)
-    if not isinstance(name, str):
-        raise ValueError("write_encoder: the recipe has no backbone.name")
-    metadata = {
-        "format": "pt",  # the safetensors convention: these are PyTorch tensors
-        "clrun_version": clrun.__version__,
-        "recipe": yaml.safe_dump(recipe, sort_keys=False),
-        "backbone": name,
-        "backbone_args": json.dumps(backbone, sort_keys=True),
-    }
-    for key, value in (extra or {}).items():
-        if key in metadata:
-            raise ValueError(f"write_encoder: extra metadata {key!r} would replace a reserved entry")
-        metadata[key] = str(value)
-
-    # Same folder, so os.replace is a rename on one file system (atomic), as in checkpoint.save_atomic.
-    tmp = temp_path(path)
-    kept = "the previous export is kept" if path.is_file() else ""
-    try:
-        with writing(path, "export", kept):
-            safetensors.torch.save_file(backbone_state, str(tmp), metadata=metadata)
-            with open(tmp, "rb+") as f:  # save_file takes a path only: flush its bytes to disk here
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
+__all__ = ["export", "load_encoder", "encoder_state", "read_metadata", "write_encoder"]
 
 def export(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path:
     """Export a run's encoder: the run folder's encoder file unless ``out`` (a file, or a folder to write
@@ -118,18 +66,6 @@ def export(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path
     return write_encoder(target, backbone, recipe, {"epoch": state.get("epoch"), "step": state.get("step")})
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The string metadata in a safetensors file's header (empty when it has none)."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"no encoder file at {file} (export one with clrun.export.export(<run folder>))")
-    try:
-        with safetensors.safe_open(str(file), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as exc:
-        raise UserError(f"{file} is not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
-
-
 def load_encoder(path: str | Path) -> nn.Module:
     """Rebuild an exported backbone as its recipe built it and load the file's weights (strict keys and
     shapes). Returns the module in eval mode, on the CPU."""
@@ -144,7 +80,7 @@ def load_encoder(path: str | Path) -> nn.Module:
     if "pretrained" in args:  # only if set: a plugin backbone may not take this argument
         args["pretrained"] = False
     try:
-        model = clrun.create("backbone", name, **args)
+        model = create("backbone", name, **args)
     except UserError as exc:
         raise UserError(f"{file}: cannot rebuild its backbone {name} with {args}: {exc}") from exc
     state = safetensors.torch.load_file(str(file))

@@ -32,7 +32,8 @@ class DiscoverySpecs:
 
     @hookspec
     def clrun_components(self) -> Iterable["Component"]:
-        """Offer components: return an iterable of ``clrun.Component``.
+        """Offer components: return an iterable of ``clrun.Component`` (and ``clrun.LazyComponents``, a
+        namespace whose names are resolved on first use).
 
         Offering is not selecting: installing a plugin never changes what an existing recipe does.
         Names are ``"namespace/name"``; two plugins offering the same ``(kind, name)`` is an error

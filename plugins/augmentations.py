@@ -3,34 +3,47 @@
 Ops take float (B, C, H, W) images in [0, 1]. Notes from kornia 0.9 that recipes should know:
 ``ColorJitter`` has torchvision/SimCLR semantics (``ColorJiggle`` differs); ``RandomGrayscale``
 defaults to p=0.1 (SimCLR uses 0.2); ``RandomSolarize(thresholds=x)`` draws its threshold from 0.5±x.
+
+The ops are offered as a lazy namespace: kornia (and torch) is imported only when a recipe or a
+listing pattern reaches into ``kornia/``, so listing components and plugins stays fast.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 
-import kornia.augmentation as K
-from torch import nn
-
-from clrun import Component, hookimpl
-
-# Mix ops (CutMix, MixUp, Mosaic...) need labels and mix images across the batch: not view augmentations.
-_EXCLUDED_BASES = tuple(
-    getattr(K, n) for n in ("MixAugmentationBaseV2", "AugmentationBase3D") if hasattr(K, n)
-)
+from clrun import Component, LazyComponents, hookimpl
 
 
+@functools.cache
 def kornia_ops() -> dict[str, type]:
     """Concrete 2D kornia.augmentation ops by name."""
+    # Imported here, not at the top: only a lookup in kornia/ pays for importing kornia and torch.
+    import kornia.augmentation as K
+    from torch import nn
+
+    # Mix ops (CutMix, MixUp, Mosaic...) need labels and mix images across the batch: not view augmentations.
+    excluded_bases = tuple(getattr(K, n) for n in ("MixAugmentationBaseV2", "AugmentationBase3D") if hasattr(K, n))
     ops = {}
     for name in dir(K):
         cls = getattr(K, name)
         if not (inspect.isclass(cls) and issubclass(cls, nn.Module)) or name.endswith(("3D", "Sequential")):
             continue
-        if "Base" in name or "Dispather" in name or issubclass(cls, _EXCLUDED_BASES):
+        if "Base" in name or "Dispather" in name or issubclass(cls, excluded_bases):
             continue
         ops[name] = cls
     return ops
+
+
+def kornia_op_names() -> list[str]:
+    return list(kornia_ops())
+
+
+def kornia_op(name: str) -> Component:
+    """The augmentation component ``kornia/<name>``."""
+    cls = kornia_ops()[name]
+    return Component("augmentation", f"kornia/{name}", cls, _summary(cls))
 
 
 def _summary(cls: type) -> str:
@@ -39,5 +52,6 @@ def _summary(cls: type) -> str:
 
 
 @hookimpl
-def clrun_components():
-    return [Component("augmentation", f"kornia/{name}", cls, _summary(cls)) for name, cls in kornia_ops().items()]
+def clrun_components() -> list[LazyComponents]:
+    return [LazyComponents("augmentation", "kornia", kornia_op_names, kornia_op,
+                           "any 2D kornia.augmentation op, on float (B, C, H, W) batches in [0, 1]")]

@@ -1,94 +1,33 @@
-"""Backbones: every timm model as ``timm/<model name>``, giving pooled features (no classifier)."""
+"""Backbones: every timm model as ``timm/<model name>``, giving pooled features (no classifier).
+
+The names are offered as a lazy namespace: timm (and with it torch and torchvision) is imported only
+when a recipe, ``clrun.create`` or a listing pattern reaches into ``timm/``, and only the models asked
+for become components. ``cl-run --help``, ``cl-run components`` and ``cl-run plugins`` import none of it.
+"""
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
-from typing import Optional
 
-import timm
-import torch
-from torch import nn
-
-from clrun import Component, UserError, hookimpl
+from clrun import Component, LazyComponents, hookimpl
 
 
-def create_timm_backbone(
-    model_name: str,
-    in_chans: int = 3,
-    pretrained: bool = False,
-    checkpoint_path: Optional[str] = None,
-    small_image_stem: bool = False,
-    drop_path_rate: Optional[float] = None,
-    img_size: Optional[int] = None,
-) -> nn.Module:
-    """A timm model with its classifier removed (``num_classes=0``): ``forward(x)`` gives (B, F) features.
+def timm_model_names() -> list[str]:
+    """Every model name timm knows (``timm.list_models()``)."""
+    import timm  # here, not at the top: only a lookup in timm/ pays for importing timm (seconds)
 
-    in_chans:          1 for gray images (Fashion-MNIST), 3 for RGB.
-    pretrained:        download timm's weights (needs internet; offline, use ``checkpoint_path``).
-    checkpoint_path:   a local .safetensors or .pth state dict of this model, loaded with strict keys.
-    small_image_stem:  CIFAR-style stem for ResNet-family models on 32px images: a 3x3 stride-1 first
-                       convolution and no max-pool, so small images keep their resolution.
-    img_size:          input size for models that fix it (ViTs default to 224).
-    """
-    kwargs: dict = {"num_classes": 0, "in_chans": in_chans}
-    if drop_path_rate is not None:
-        kwargs["drop_path_rate"] = drop_path_rate
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    try:
-        model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
-    except TypeError as exc:  # an option this model family does not take (e.g. img_size on a ResNet)
-        raise UserError(f"timm/{model_name}: {exc}") from exc
-    except Exception as exc:
-        if not pretrained:
-            raise
-        raise UserError(
-            f"timm/{model_name}: pretrained weights could not be downloaded ({type(exc).__name__}: {exc}); "
-            f"without internet, set backbone.pretrained=false and backbone.checkpoint_path=/path/to/weights.safetensors"
-        ) from exc
-    if small_image_stem:
-        _use_small_image_stem(model, model_name, in_chans)
-    if checkpoint_path is not None:
-        _load_checkpoint(model, model_name, checkpoint_path)
-    return model
+    return timm.list_models()
 
 
-def _use_small_image_stem(model: nn.Module, model_name: str, in_chans: int) -> None:
-    conv1 = getattr(model, "conv1", None)
-    if not isinstance(conv1, nn.Conv2d) or not hasattr(model, "maxpool"):
-        raise UserError(
-            f"timm/{model_name}: small_image_stem needs a ResNet-style model (a single conv1 and a maxpool); "
-            f"remove backbone.small_image_stem or pick e.g. timm/resnet18"
-        )
-    model.conv1 = nn.Conv2d(in_chans, conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
+def timm_backbone(model_name: str) -> Component:
+    """The backbone component ``timm/<model_name>``."""
+    from clrun.plugins.timm_backbone import create_timm_backbone  # imports timm: on first use only, as above
 
-
-def _load_checkpoint(model: nn.Module, model_name: str, path: str) -> None:
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"timm/{model_name}: checkpoint_path {path} does not exist")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(file))
-    else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model"):  # common wrappers around a state dict
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"timm/{model_name}: {path} does not match the model: missing keys {missing[:5]}, "
-            f"unexpected keys {unexpected[:5]} (is it a checkpoint of this model with these options?)"
-        )
+    return Component("backbone", f"timm/{model_name}", functools.partial(create_timm_backbone, model_name),
+                     f"timm model {model_name}")
 
 
 @hookimpl
-def clrun_components():
-    return [
-        Component("backbone", f"timm/{name}", functools.partial(create_timm_backbone, name), f"timm model {name}")
-        for name in timm.list_models()
-    ]
+def clrun_components() -> list[LazyComponents]:
+    return [LazyComponents("backbone", "timm", timm_model_names, timm_backbone,
+                           "any timm model (timm.list_models()), classifier removed: pooled features")]

@@ -1,16 +1,20 @@
-"""Optimizers: torch.optim's as ``torch/<Name>``, plus timm's LARS and LAMB for large-batch training."""
+"""Optimizers: torch.optim's as ``torch/<Name>``, plus timm's LARS and LAMB for large-batch training.
+
+torch.optim's names are offered as a lazy namespace and timm's two by import path, so listing
+components and plugins imports neither torch nor timm.
+"""
 
 from __future__ import annotations
 
 import inspect
 
-import timm.optim
-import torch
-
-from clrun import Component, hookimpl
+from clrun import Component, LazyComponents, hookimpl
 
 
-def _torch_optimizers() -> dict[str, type]:
+def torch_optimizers() -> dict[str, type]:
+    """torch.optim's optimizer classes by name."""
+    import torch  # here, not at the top: only a lookup in torch/ pays for importing torch (seconds)
+
     return {
         name: cls
         for name, cls in vars(torch.optim).items()
@@ -18,14 +22,21 @@ def _torch_optimizers() -> dict[str, type]:
     }
 
 
+def torch_optimizer_names() -> list[str]:
+    return list(torch_optimizers())
+
+
+def torch_optimizer(name: str) -> Component:
+    """The optimizer component ``torch/<name>``."""
+    return Component("optimizer", f"torch/{name}", torch_optimizers()[name], f"torch.optim.{name}")
+
+
 @hookimpl
-def clrun_components():
-    components = [
-        Component("optimizer", f"torch/{name}", cls, f"torch.optim.{name}") for name, cls in _torch_optimizers().items()
-    ]
-    components += [
-        Component("optimizer", "timm/lars", timm.optim.Lars,
+def clrun_components() -> list[Component | LazyComponents]:
+    return [
+        LazyComponents("optimizer", "torch", torch_optimizer_names, torch_optimizer,
+                       "any torch.optim optimizer (SGD, Adam, AdamW, ...) by its class name"),
+        Component("optimizer", "timm/lars", "timm.optim:Lars",
                   "LARS (You et al. 2017), SimCLR's large-batch optimizer; parameters without weight decay skip adaptation"),
-        Component("optimizer", "timm/lamb", timm.optim.Lamb, "LAMB (You et al. 2019), layer-wise adaptive Adam"),
+        Component("optimizer", "timm/lamb", "timm.optim:Lamb", "LAMB (You et al. 2019), layer-wise adaptive Adam"),
     ]
-    return components

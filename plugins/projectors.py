@@ -1,119 +1,13 @@
-"""Built-in heads: the MLP (a projector, or a predictor) and the identity projector (no head).
-
-A projector maps the backbone's features ``(B, in_dim)`` to the vectors the loss compares; a
-predictor maps the projector's outputs on the online branch only (BYOL, SimSiam). The training loop
-injects ``in_dim`` (the width of the head's input); a recipe must not set it.
-"""
+"""Offers the built-in heads (``clrun.plugins.heads``) by import path: listing them does not import torch."""
 
 from __future__ import annotations
 
-from typing import Optional
-
-from torch import Tensor, nn
+import importlib
+from typing import Any
 
 from clrun import Component, hookimpl
 
-
-def _positive_int(owner: str, name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def _check_input(owner: str, x: Tensor, in_dim: int) -> None:
-    if x.ndim != 2 or x.shape[1] != in_dim:
-        raise ValueError(
-            f"{owner} expects features of shape (batch, {in_dim}), got {tuple(x.shape)}; "
-            "pool or flatten the backbone's output to one vector per image"
-        )
-
-
-class MLPProjector(nn.Module):
-    """SimCLR's projection head ``g(.)``: an MLP from backbone features to the loss space.
-
-    Chen et al. (2020), "A Simple Framework for Contrastive Learning of Visual Representations",
-    section 2.1: ``z = g(h) = W2 ReLU(W1 h)``; SimCLR v2 (Chen et al. 2020, "Big Self-Supervised
-    Models are Strong Semi-Supervised Learners") uses deeper heads with batch norm.
-
-    ``num_layers`` Linear layers map ``in_dim -> hidden_dim -> ... -> hidden_dim -> out_dim``. Each
-    hidden layer is ``Linear -> BatchNorm1d (if batch_norm) -> ReLU``; the last one is a plain
-    ``Linear``, or with ``last_batch_norm`` a bias-free ``Linear -> BatchNorm1d(affine=False)``
-    (the output normalization of SimCLR v2 / Barlow Twins style heads). With ``num_layers=1`` the
-    head is a single linear map and ``hidden_dim`` is unused.
-
-    Args:
-        in_dim:          width of the backbone features (injected by the training loop).
-        hidden_dim:      width of the hidden layers (SimCLR: 2048, the ResNet-50 feature width).
-        out_dim:         width of the output, the vectors the loss sees (SimCLR: 128).
-        num_layers:      number of Linear layers, >= 1 (SimCLR: 2; SimCLR v2: 3).
-        batch_norm:      BatchNorm1d after each hidden Linear.
-        last_batch_norm: bias-free last Linear followed by BatchNorm1d(affine=False).
-
-    Shapes: ``(B, in_dim) -> (B, out_dim)``. Batch norm needs ``B >= 2`` in training mode.
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        hidden_dim: int = 2048,
-        out_dim: int = 128,
-        num_layers: int = 2,
-        batch_norm: bool = True,
-        last_batch_norm: bool = False,
-    ):
-        super().__init__()
-        owner = "clrun/mlp"
-        self.in_dim = _positive_int(owner, "in_dim", in_dim)
-        self.hidden_dim = _positive_int(owner, "hidden_dim", hidden_dim)
-        self.out_dim = _positive_int(owner, "out_dim", out_dim)
-        self.num_layers = _positive_int(owner, "num_layers", num_layers)
-        for name, value in (("batch_norm", batch_norm), ("last_batch_norm", last_batch_norm)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{owner}: {name} must be true or false, got {value!r}")
-        self.batch_norm = batch_norm
-        self.last_batch_norm = last_batch_norm
-
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        layers: list[nn.Module] = []
-        for i in range(num_layers - 1):
-            layers.append(nn.Linear(dims[i], dims[i + 1]))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(dims[i + 1]))
-            layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Linear(dims[-2], dims[-1], bias=not last_batch_norm))
-        if last_batch_norm:
-            layers.append(nn.BatchNorm1d(out_dim, affine=False))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        _check_input("clrun/mlp", x, self.in_dim)
-        return self.net(x)
-
-
-class IdentityProjector(nn.Module):
-    """No projection head: the loss sees the backbone features unchanged, ``(B, in_dim) -> (B, in_dim)``."""
-
-    def __init__(self, in_dim: int):
-        super().__init__()
-        self.in_dim = _positive_int("clrun/identity", "in_dim", in_dim)
-        self.out_dim = self.in_dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        _check_input("clrun/identity", x, self.in_dim)
-        return x
-
-
-def mlp_predictor(
-    in_dim: int,
-    hidden_dim: int = 2048,
-    out_dim: Optional[int] = None,
-    num_layers: int = 2,
-    batch_norm: bool = True,
-    last_batch_norm: bool = False,
-) -> MLPProjector:
-    """The MLP as a predictor head (BYOL, SimSiam): ``out_dim`` defaults to ``in_dim``, the projection width,
-    because the loss compares predictions with projections."""
-    return MLPProjector(in_dim, hidden_dim, in_dim if out_dim is None else out_dim, num_layers, batch_norm, last_batch_norm)
+HEADS = "clrun.plugins.heads"
 
 
 @hookimpl
@@ -122,15 +16,23 @@ def clrun_components() -> list[Component]:
         Component(
             "projector",
             "clrun/mlp",
-            MLPProjector,
+            f"{HEADS}:MLPProjector",
             "SimCLR's MLP projection head g(.): Linear-BN-ReLU layers, optional output batch norm",
         ),
-        Component("projector", "clrun/identity", IdentityProjector, "no projector: the loss sees the backbone features"),
+        Component("projector", "clrun/identity", f"{HEADS}:IdentityProjector", "no projector: the loss sees the backbone features"),
         # The same MLP is the predictor head of BYOL and SimSiam (online branch only).
         Component(
             "predictor",
             "clrun/mlp",
-            mlp_predictor,
+            f"{HEADS}:mlp_predictor",
             "an MLP predictor head on the online branch: Linear-BN-ReLU layers, optional output batch norm",
         ),
     ]
+
+
+def __getattr__(name: str) -> Any:
+    # The heads lived here before this module only registered them; `from clrun.plugins.projectors import
+    # MLPProjector` keeps working, importing clrun.plugins.heads (and torch) on that first access only.
+    if name in ("MLPProjector", "IdentityProjector", "mlp_predictor"):
+        return getattr(importlib.import_module(HEADS), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

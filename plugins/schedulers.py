@@ -1,73 +1,16 @@
-"""Learning-rate schedules, stepped once per optimizer step (timm's schedulers do the arithmetic)."""
+"""Learning-rate schedules (``clrun.plugins.lr_schedules``), offered by import path: listing them
+imports neither torch nor timm."""
 
 from __future__ import annotations
-
-from typing import Any
-
-import torch
-from torch.optim.lr_scheduler import LambdaLR
-from timm.scheduler import CosineLRScheduler
 
 from clrun import Component, hookimpl
 
 
-class PerStepSchedule:
-    """Adapts a timm scheduler (``step_update(num_updates)``) to the loop's ``step()`` per optimizer step.
-
-    The step count is the whole state: restoring it from a checkpoint restores the exact learning rate.
-    """
-
-    def __init__(self, scheduler: Any) -> None:
-        self.scheduler = scheduler
-        self.steps = 0
-        self.scheduler.step_update(0)
-
-    def step(self) -> None:
-        self.steps += 1
-        self.scheduler.step_update(self.steps)
-
-    def state_dict(self) -> dict:
-        return {"steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.steps = int(state["steps"])
-        self.scheduler.step_update(self.steps)
-
-
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer,
-    total_steps: int,
-    steps_per_epoch: int,
-    warmup_epochs: float = 10.0,
-    warmup_lr: float = 0.0,
-    min_lr: float = 0.0,
-) -> PerStepSchedule:
-    """Linear warmup from ``warmup_lr`` for ``warmup_epochs``, then cosine decay to ``min_lr`` (SimCLR).
-
-    Warmup is clipped to half the run so short runs still decay.
-    """
-    warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps // 2)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=max(total_steps - warmup_steps, 1),
-        lr_min=min_lr,
-        warmup_t=warmup_steps,
-        warmup_lr_init=warmup_lr,
-        warmup_prefix=True,  # the cosine starts after warmup, so it spans the remaining steps
-        t_in_epochs=False,
-    )
-    return PerStepSchedule(scheduler)
-
-
-def constant(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmup_epochs: float = 0.0) -> LambdaLR:
-    """The optimizer's learning rate throughout, after an optional linear warmup from 0."""
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
-
-
 @hookimpl
-def clrun_components():
+def clrun_components() -> list[Component]:
     return [
-        Component("scheduler", "clrun/warmup_cosine", warmup_cosine, "linear warmup, then cosine decay, per step"),
-        Component("scheduler", "clrun/constant", constant, "constant learning rate after an optional warmup"),
+        Component("scheduler", "clrun/warmup_cosine", "clrun.plugins.lr_schedules:warmup_cosine",
+                  "linear warmup, then cosine decay, per step"),
+        Component("scheduler", "clrun/constant", "clrun.plugins.lr_schedules:constant",
+                  "constant learning rate after an optional warmup"),
     ]

@@ -33,7 +33,7 @@ BAD_KEY_LINE = "38:3: error: train.epoch: unknown key 'epoch' for section 'train
 def shared_registry(registry):
     """main() loads the plugins afresh (seconds) on every call: hand it the session's registry instead."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(plugin_manager, "load_registry", lambda autoload=None, strict=None: registry)
+        mp.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
         yield
 
 
@@ -111,6 +111,28 @@ def test_components_pattern_filters(capsys):
     assert "timm/resnet50" not in names and "timm/test_resnet" not in names
 
 
+def test_components_without_pattern_show_a_lazy_namespace_as_one_row(capsys):
+    code, out, err = cl_run(capsys, "components", "backbone")
+    assert code == 0, err
+    rows = out.splitlines()
+    (timm_row,) = [line for line in rows if line.split()[:2] == ["backbone", "timm/*"]]
+    assert "any timm model" in timm_row and timm_row.endswith("[clrun.plugins.backbones (cl-run " + clrun.__version__ + ")]")
+    assert not any(line.split()[1] == "timm/resnet18" for line in rows[:-1])  # the names are not listed...
+    assert rows[-1] == ("(a name ending in /* is a namespace resolved on first use; list its names with a pattern, "
+                        "e.g. cl-run components backbone 'timm/*')")  # ...but the way to list them is
+
+
+def test_components_lists_every_kind_in_order(capsys):
+    code, out, err = cl_run(capsys, "components")
+    assert code == 0, err
+    rows = [line.split()[:2] for line in out.splitlines()[:-1]]
+    kinds = [kind for kind, _ in rows]
+    assert kinds == sorted(kinds, key=clrun.KINDS.index)  # grouped by kind, in the loop's order
+    for lazy in (["augmentation", "kornia/*"], ["backbone", "timm/*"], ["optimizer", "torch/*"]):
+        assert lazy in rows
+    assert ["optimizer", "timm/lars"] in rows and ["loss", "clrun/ntxent"] in rows
+
+
 def test_components_no_match(capsys):
     code, out, err = cl_run(capsys, "components", "loss", "nothing/like*this")
     assert (code, out, err) == (1, "", "no components match\n")
@@ -127,10 +149,14 @@ def test_plugins_lists_builtins_ok(capsys):
     code, out, err = cl_run(capsys, "plugins")
     assert code == 0, err
     for module in BUILTIN_MODULES:
-        pattern = rf"ok\s+{re.escape(module)}\s+cl-run {re.escape(clrun.__version__)}\s+\((\d+) components\)"
+        # A lazy namespace is named, not counted: counting it would import its library.
+        pattern = rf"ok\s+{re.escape(module)}\s+cl-run {re.escape(clrun.__version__)}\s+\((\d+) components((, all of \w+ \w+/\*)*)\)"
         (match,) = [m for m in map(lambda line: re.fullmatch(pattern, line), out.splitlines()) if m]
-        assert int(match.group(1)) >= 1, module
+        assert int(match.group(1)) >= 1 or match.group(2), module
     assert "BROKEN" not in out
+    lines = out.splitlines()
+    assert any(line.startswith("ok      clrun.plugins.backbones ") and line.endswith("(0 components, all of backbone timm/*)") for line in lines)
+    assert any(line.startswith("ok      clrun.plugins.optimizers ") and line.endswith("(2 components, all of optimizer torch/*)") for line in lines)
 
 
 # -- check ----------------------------------------------------------------------------------------
@@ -266,13 +292,13 @@ def test_resume_folder_without_checkpoint_exits_2(capsys, tmp_path):
 
 # -- a non-finite loss stops the run --------------------------------------------------------------
 
-# A temperature of 1e-40 makes every positive cosine similarity divided by it overflow float32 to
-# inf, so the cross entropy is NaN on the very first step, whatever the weights and the data.
-NAN_OVERRIDE = "loss.temperature=1e-40"
+# A NaN normalization mean makes every input NaN, so the loss is NaN on the very first step, whatever
+# the weights and the data (a temperature that overflows is refused when the loss is built).
+NAN_OVERRIDES = ("data.mean=[.nan,0.0,0.0]", "data.std=[1.0,1.0,1.0]")
 
 
 def test_nan_loss_stops_with_exit_1(capsys, tmp_path):
-    code, out, err = cl_run(capsys, TINY, NAN_OVERRIDE, f"run.dir={tmp_path}")
+    code, out, err = cl_run(capsys, TINY, *NAN_OVERRIDES, f"run.dir={tmp_path}")
     assert code == 1
     (line,) = [line for line in err.splitlines() if line.startswith("cl-run: training stopped: ")]
     assert "the loss is nan at epoch 1, step 1" in line
@@ -285,7 +311,7 @@ def test_nan_loss_stops_with_exit_1(capsys, tmp_path):
 
 def test_nan_loss_before_any_checkpoint_does_not_point_to_one(capsys, tmp_path):
     # No checkpoint was written yet: the message must not send the user to resume from one.
-    code, out, err = cl_run(capsys, TINY, NAN_OVERRIDE, f"run.dir={tmp_path}")
+    code, out, err = cl_run(capsys, TINY, *NAN_OVERRIDES, f"run.dir={tmp_path}")
     assert code == 1
     assert not (tmp_path / "tiny" / "checkpoint.pt").exists()
     assert "last good checkpoint is in" not in err

@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from clrun import ComponentError, DataError, DataNotFoundError
+from clrun.plugins.datasets import fashion_mnist
 from clrun.plugins.datasets.cifar import CIFAR10, CIFAR100
 from clrun.plugins.datasets.components import clrun_components
 from clrun.plugins.datasets.fashion_mnist import DEFAULT_ROOT, FashionMNIST
@@ -145,6 +146,28 @@ def test_fashion_mnist_small_folder_and_loader(tmp_path):
     assert torch.equal(ds[1][0], torch.from_numpy(pixels[784:].reshape(1, 28, 28)))
     images, labels = next(iter(DataLoader(ds, batch_size=2)))
     assert images.shape == (2, 1, 28, 28) and labels.tolist() == [7, 3]
+
+
+def write_fashion_mnist(folder: Path, labels: bytes) -> None:
+    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, len(labels), 28, 28) + bytes(range(len(labels))) * 28 * 28)
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, len(labels)) + labels)
+
+
+def test_fashion_mnist_decodes_a_split_once_and_rereads_a_changed_file(tmp_path, monkeypatch):
+    """A recipe names the training split several times (data, kNN bank, linear-probe bank): decoded once."""
+    reads: list[str] = []
+    read_idx = fashion_mnist.read_idx
+    monkeypatch.setattr(fashion_mnist, "read_idx", lambda path, magic: reads.append(path.name) or read_idx(path, magic))
+    write_fashion_mnist(tmp_path, bytes([1, 2, 3]))
+    first, second = FashionMNIST(root=str(tmp_path)), FashionMNIST(root=str(tmp_path))
+    assert reads == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    assert first.images is second.images and [second[i][1] for i in range(3)] == [1, 2, 3]
+    subset = FashionMNIST(root=str(tmp_path), subset=2)
+    assert len(reads) == 2 and len(subset) == 2 and subset.images is not first.images  # a subset is a copy
+    write_fashion_mnist(tmp_path, bytes([4, 5]))  # replaced: another size, so read again
+    assert [FashionMNIST(root=str(tmp_path))[i][1] for i in range(2)] == [4, 5] and len(reads) == 4
 
 
 # --- CIFAR ---------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from clrun.run_folder import RunFolder
 from clrun.storage import StorageError
 from clrun.training import checkpoint
 
+pytestmark = pytest.mark.usefixtures("no_report")  # these runs are not about the report
+
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 
 

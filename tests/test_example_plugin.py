@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import clrun
-from clrun import plugin_manager
+from clrun import plugin_manager, testing
 from clrun.cli import main
 
 DIST = "clrun-plugin-example"
@@ -67,7 +67,7 @@ def test_plugin_module_uses_only_the_public_api():
 
     import clrun_plugin_example
 
-    allowed = {"hookimpl", "Component", "StepOutputs", "Nested", "UserError"}
+    allowed = {"hookimpl", "Component", "StepOutputs", "Nested", "UserError", "loss_kit"}
     for path in pathlib.Path(clrun_plugin_example.__file__).parent.glob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
@@ -101,6 +101,21 @@ def test_cli_components_lists_the_loss(capsys):
 def test_no_plugins_flag_hides_the_example(capsys):
     assert main(["--no-plugins", "components", "loss"]) == 0
     assert LOSS not in capsys.readouterr().out
+
+
+# -- the contracts, as the plugin's own tests would run them ------------------------------------------
+# Collected from the registry when this module is imported: every contract of every example/ component.
+EXAMPLE_CASES = testing.cases("example/*")
+
+
+def test_contract_cases_cover_both_components():
+    assert {(c.kind, c.name) for c in EXAMPLE_CASES} == {("loss", LOSS), ("augmentation", AUGMENTATION)}
+    assert len(EXAMPLE_CASES) == len(testing.contracts("loss")) + len(testing.contracts("augmentation"))
+
+
+@pytest.mark.parametrize("case", EXAMPLE_CASES, ids=str)
+def test_example_component_keeps_its_contract(case):
+    case.check()
 
 
 # -- the loss ----------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def test_halt_through_the_command_line_exits_1(tmp_path, monkeypatch, capsys, re
     from clrun import plugin_manager
     from clrun.cli import main
 
-    monkeypatch.setattr(plugin_manager, "load_registry", lambda autoload=None, strict=None: registry)
+    monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
     collapse_from_second_check(monkeypatch)
     code = main([str(TINY), f"run.dir={tmp_path}", "train.epochs=4", "health.alarm.action=halt", "health.alarm.patience=1"])
     err = capsys.readouterr().err

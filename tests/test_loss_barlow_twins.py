@@ -7,7 +7,8 @@ BatchNorm1d(affine=False)), C_ij = sum_n zA_ni zB_nj / N, and
     loss = scale_loss * ( sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2 ),
 
 averaged over the unordered pairs of global views. Gradients are central finite differences of the
-reference, written with explicit loops.
+reference, written with explicit loops. What every loss promises (detached metrics,
+float32 under autocast, ...) is checked for all of them by tests/test_contract_losses.py.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from clrun import ComponentError, StepOutputs, UserError
+from clrun import ComponentError, UserError
 from clrun.plugins.losses.barlow_twins import BarlowTwinsLoss
+from clrun.testing import step_outputs
 
 _spec = importlib.util.spec_from_file_location("numpy_reference", Path(__file__).with_name("numpy_reference.py"))
 ref = importlib.util.module_from_spec(_spec)
@@ -65,14 +67,6 @@ def numpy_barlow_twins(views: list[np.ndarray], lambd: float = 0.0051, scale_los
 # ---------------------------------------------------------------- helpers
 
 
-def outputs(projections, is_global):
-    return StepOutputs(
-        features=[torch.randn(z.shape[0], 3) for z in projections],
-        projections=list(projections),
-        is_global=list(is_global),
-    )
-
-
 def make_views(n_views, n, d, seed, scales=None):
     """Correlated views (a shared signal plus noise) at different scales and offsets."""
     rng = np.random.default_rng(seed)
@@ -83,7 +77,7 @@ def make_views(n_views, n, d, seed, scales=None):
 
 def torch_run(views, is_global, **kwargs):
     tensors = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in views]
-    res = BarlowTwinsLoss(**kwargs)(outputs(tensors, is_global))
+    res = BarlowTwinsLoss(**kwargs)(step_outputs(tensors, is_global))
     res["loss"].backward()
     return res, tensors
 
@@ -118,6 +112,7 @@ def test_loss_and_gradient_match_numpy(n_views, n, d, scales, kwargs):
     res, tensors = torch_run(views, [True] * n_views, **kwargs)
     expected = numpy_barlow_twins(views, **kwargs)
 
+    assert set(res) == {"loss", "on_diagonal", "off_diagonal"}
     assert res["loss"].dtype == torch.float64 and res["loss"].ndim == 0
     for key in ("loss", "on_diagonal", "off_diagonal"):
         ref.assert_close(res[key].item(), expected[key])
@@ -132,7 +127,7 @@ def test_local_views_are_ignored():
     views = make_views(2, 6, 4, seed=3)
     local = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     t1, t2 = (torch.tensor(x, requires_grad=True) for x in views)
-    res = BarlowTwinsLoss()(outputs([local, t1, local * 2, t2], [False, True, False, True]))
+    res = BarlowTwinsLoss()(step_outputs([local, t1, local * 2, t2], [False, True, False, True]))
     res["loss"].backward()
     ref.assert_close(res["loss"].item(), numpy_barlow_twins(views)["loss"])
     assert local.grad is None
@@ -140,19 +135,11 @@ def test_local_views_are_ignored():
 
 def test_scale_loss_scales_the_loss_only():
     views = [torch.tensor(x) for x in make_views(2, 6, 4, seed=5)]
-    plain = BarlowTwinsLoss(lambd=0.1)(outputs(views, [True, True]))
-    scaled = BarlowTwinsLoss(lambd=0.1, scale_loss=0.1)(outputs(views, [True, True]))
+    plain = BarlowTwinsLoss(lambd=0.1)(step_outputs(views, [True, True]))
+    scaled = BarlowTwinsLoss(lambd=0.1, scale_loss=0.1)(step_outputs(views, [True, True]))
     assert scaled["loss"].item() == pytest.approx(0.1 * plain["loss"].item(), rel=1e-12)
     assert scaled["on_diagonal"].item() == plain["on_diagonal"].item()
     assert scaled["off_diagonal"].item() == plain["off_diagonal"].item()
-
-
-def test_metrics_are_detached_scalars():
-    res, _ = torch_run(make_views(2, 4, 6, seed=1), [True, True])
-    assert set(res) == {"loss", "on_diagonal", "off_diagonal"}
-    assert res["loss"].requires_grad and res["loss"].ndim == 0
-    for key in ("on_diagonal", "off_diagonal"):
-        assert res[key].ndim == 0 and not res[key].requires_grad
 
 
 def test_defaults_are_the_official_ones():
@@ -161,22 +148,13 @@ def test_defaults_are_the_official_ones():
     assert BarlowTwinsLoss(lambd=0, scale_loss=2).lambd == 0.0
 
 
-# ---------------------------------------------------------------- precision under autocast
-
-
-def test_autocast_bfloat16_computes_in_float32():
-    views = [torch.tensor(x, dtype=torch.float32) for x in make_views(2, 32, 16, seed=2)]
-    plain = BarlowTwinsLoss()(outputs(views, [True, True]))["loss"]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        under = BarlowTwinsLoss()(outputs(views, [True, True]))["loss"]
-    assert plain.dtype == under.dtype == torch.float32
-    assert under.item() == pytest.approx(plain.item(), rel=1e-5)
+# ---------------------------------------------------------------- precision
 
 
 def test_bfloat16_inputs_give_a_float32_loss():
     views = [torch.tensor(x, dtype=torch.bfloat16, requires_grad=True) for x in make_views(2, 8, 4, seed=4)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        res = BarlowTwinsLoss(lambd=0.1)(outputs(views, [True, True]))
+        res = BarlowTwinsLoss(lambd=0.1)(step_outputs(views, [True, True]))
     assert res["loss"].dtype == torch.float32
     expected = numpy_barlow_twins([v.detach().double().numpy() for v in views], lambd=0.1)
     assert res["loss"].item() == pytest.approx(expected["loss"], rel=1e-5)
@@ -188,7 +166,7 @@ def test_bfloat16_inputs_give_a_float32_loss():
 def test_batch_size_one_error():
     z = torch.randn(1, 8)
     with pytest.raises(UserError) as info:
-        BarlowTwinsLoss()(outputs([z, z.clone()], [True, True]))
+        BarlowTwinsLoss()(step_outputs([z, z.clone()], [True, True]))
     assert str(info.value) == (
         "clrun/barlow_twins needs at least 2 images per batch to standardize each dimension over the batch; "
         "got batch size 1. Raise the batch size, or drop the last incomplete batch if it is the one with a "
@@ -199,7 +177,7 @@ def test_batch_size_one_error():
 def test_one_global_view_error():
     views = [torch.randn(4, 8) for _ in range(3)]
     with pytest.raises(ComponentError) as info:
-        BarlowTwinsLoss()(outputs(views, [True, False, False]))
+        BarlowTwinsLoss()(step_outputs(views, [True, False, False]))
     assert str(info.value) == (
         "clrun/barlow_twins compares at least 2 global views; the recipe makes 1. "
         "Use a global view section with count 2 (a section without `local: true`)."
@@ -208,7 +186,7 @@ def test_one_global_view_error():
 
 def test_mismatched_view_shapes_error():
     with pytest.raises(ComponentError, match=re.escape("same shape; got (4, 8), (5, 8)")):
-        BarlowTwinsLoss()(outputs([torch.randn(4, 8), torch.randn(5, 8)], [True, True]))
+        BarlowTwinsLoss()(step_outputs([torch.randn(4, 8), torch.randn(5, 8)], [True, True]))
 
 
 @pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), True, "0.0051", None])

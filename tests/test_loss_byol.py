@@ -8,7 +8,8 @@ prediction ``p`` of one view and the target projection ``t`` of another,
 (written here as the squared distance of the normalized vectors, not as ``2 - 2 cos``), symmetrized
 as the SUM ``L + L~`` over the pairs (global view j's target, every other view i's prediction).
 Gradients w.r.t. the predictions are central finite differences of that reference; the targets are a
-stop-gradient, so they must receive none.
+stop-gradient, so they must receive none. What every loss promises (detached metrics, float32
+under autocast, ...) is checked for all of them by tests/test_contract_losses.py.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from clrun import ComponentError, StepOutputs, UserError
+from clrun import ComponentError, UserError
 from clrun.plugins.losses.byol import BYOLLoss
+from clrun.testing import step_outputs
 
 _spec = importlib.util.spec_from_file_location("numpy_reference", Path(__file__).with_name("numpy_reference.py"))
 ref = importlib.util.module_from_spec(_spec)
@@ -55,13 +57,7 @@ def numpy_byol(preds: list[np.ndarray], targets: list[np.ndarray], is_global: li
 
 def outputs(is_global, predictions=None, target_projections=None, n=5, d=4):
     projections = [torch.randn(n, d, dtype=torch.float64) for _ in is_global]  # unused by BYOL
-    return StepOutputs(
-        features=[torch.randn(n, 3, dtype=torch.float64) for _ in is_global],
-        projections=projections,
-        is_global=list(is_global),
-        predictions=predictions,
-        target_projections=target_projections,
-    )
+    return step_outputs(projections, is_global, predictions=predictions, target_projections=target_projections)
 
 
 def make_inputs(is_global, n, d, seed):
@@ -112,6 +108,7 @@ def test_loss_and_gradient_match_numpy(is_global, n, d):
     res, p, t = torch_run(preds, targets, is_global)
     expected = numpy_byol(preds, targets, is_global)
 
+    assert set(res) == {"loss", "pos_cosine"}
     assert res["loss"].dtype == torch.float64 and res["loss"].ndim == 0
     ref.assert_close(res["loss"].item(), expected["loss"])
     ref.assert_close(res["pos_cosine"].item(), expected["pos_cosine"])
@@ -157,27 +154,7 @@ def test_batch_of_one_works():
     ref.assert_close(res["loss"].item(), numpy_byol(preds, targets, [True, True])["loss"])
 
 
-def test_metrics_are_detached_scalars():
-    preds, targets = make_inputs([True, True, False], 4, 6, seed=1)
-    res, _, _ = torch_run(preds, targets, [True, True, False])
-    assert set(res) == {"loss", "pos_cosine"}
-    assert res["loss"].requires_grad and res["loss"].ndim == 0
-    assert res["pos_cosine"].ndim == 0 and not res["pos_cosine"].requires_grad
-
-
-# ---------------------------------------------------------------- precision under autocast
-
-
-def test_autocast_bfloat16_computes_in_float32():
-    preds, targets = make_inputs([True, True, False], 8, 16, seed=2)
-    p = [torch.tensor(x, dtype=torch.float32) for x in preds]
-    t = [torch.tensor(x, dtype=torch.float32) for x in targets]
-    loss = BYOLLoss()
-    plain = loss(outputs([True, True, False], p, t, n=8, d=16))["loss"]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        under = loss(outputs([True, True, False], p, t, n=8, d=16))["loss"]
-    assert plain.dtype == under.dtype == torch.float32
-    assert under.item() == pytest.approx(plain.item(), rel=1e-6)
+# ---------------------------------------------------------------- precision
 
 
 def test_bfloat16_inputs_give_a_float32_loss():

@@ -9,20 +9,29 @@ queries u = q / ||q|| (online), keys w = k / ||k|| (target, no gradient) and the
 
 Gradients of the reference are central finite differences in float64. The queue's FIFO order is
 checked against a plain Python model that writes one key at a time. Nothing here is shared with
-clrun.plugins.losses.moco: the reference loops over queries in NumPy.
+clrun.plugins.losses.moco: the reference loops over queries in NumPy. What every loss promises
+(detached metrics, float32 under autocast, ...) is checked for all of them by
+tests/test_contract_losses.py.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from clrun import ComponentError, StepOutputs, UserError
+from clrun import ComponentError, UserError
 from clrun.plugins.losses.moco import MoCoLoss
 from clrun.plugins.losses.queue import ring_enqueue
+from clrun.testing import step_outputs
+
+_spec = importlib.util.spec_from_file_location("numpy_reference", Path(__file__).with_name("numpy_reference.py"))
+numpy_reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(numpy_reference)
 
 # ---------------------------------------------------------------- NumPy reference (float64, loops)
 
@@ -63,19 +72,8 @@ def numpy_moco(queries: list[np.ndarray], keys: list[np.ndarray], queue: np.ndar
     }
 
 
-def finite_difference(queries, keys, queue, tau, h=1e-6) -> list[np.ndarray]:
-    grads = []
-    for v in range(len(queries)):
-        g = np.zeros_like(queries[v])
-        for idx in np.ndindex(*g.shape):
-            plus = [q.copy() for q in queries]
-            minus = [q.copy() for q in queries]
-            plus[v][idx] += h
-            minus[v][idx] -= h
-            up, down = numpy_moco(plus, keys, queue, tau)["loss"], numpy_moco(minus, keys, queue, tau)["loss"]
-            g[idx] = (up - down) / (2 * h)
-        grads.append(g)
-    return grads
+def finite_difference(queries, keys, queue, tau) -> list[np.ndarray]:
+    return numpy_reference.central_difference(lambda qs: numpy_moco(qs, keys, queue, tau)["loss"], queries)
 
 
 class RingModel:
@@ -95,15 +93,7 @@ class RingModel:
 
 
 def outputs(projections, is_global, targets, step=0):
-    return StepOutputs(
-        features=[p.detach() for p in projections],
-        projections=list(projections),
-        is_global=list(is_global),
-        predictions=None,
-        target_projections=targets,
-        step=step,
-        total_steps=1000,
-    )
+    return step_outputs(projections, is_global, target_projections=targets, step=step, total_steps=1000)
 
 
 def random_queue(rng, size, d):
@@ -141,12 +131,6 @@ def fp64_loss(d, size, tau, queue):
     return loss
 
 
-def assert_close(actual, expected, rtol=1e-10):
-    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
-    scale = max(float(np.abs(expected).max()), 1e-300)
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
-
-
 # ---------------------------------------------------------------- the module against the reference
 
 
@@ -160,14 +144,15 @@ def test_loss_metrics_and_gradients_match_numpy(n, d, size, g, tau):
     res, grads = run_module(fp64_loss(d, size, tau, queue), queries, keys)
     ref = numpy_moco(queries, keys, queue, tau)
 
+    assert set(res) == {"loss", "contrastive_acc", "logit_entropy", "pos_cosine", "neg_cosine"}
     assert res["loss"].dtype == torch.float64 and res["loss"].ndim == 0
-    assert_close(res["loss"].item(), ref["loss"])
+    numpy_reference.assert_close(res["loss"].item(), ref["loss"])
     assert res["contrastive_acc"].item() == pytest.approx(ref["contrastive_acc"], abs=1e-12)
-    assert_close(res["pos_cosine"].item(), ref["pos_cosine"])
-    assert_close(res["neg_cosine"].item(), ref["neg_cosine"])
-    assert_close(res["logit_entropy"].item(), ref["logit_entropy"])
+    numpy_reference.assert_close(res["pos_cosine"].item(), ref["pos_cosine"])
+    numpy_reference.assert_close(res["neg_cosine"].item(), ref["neg_cosine"])
+    numpy_reference.assert_close(res["logit_entropy"].item(), ref["logit_entropy"])
     for got, want in zip(grads, finite_difference(queries, keys, queue, tau)):
-        assert_close(got, want, rtol=1e-6)
+        numpy_reference.assert_close(got, want, rtol=1e-6)
 
 
 def test_two_views_is_the_mean_of_the_two_swapped_directions():
@@ -179,7 +164,7 @@ def test_two_views_is_the_mean_of_the_two_swapped_directions():
         return numpy_moco([queries[i], queries[i]], [keys[j], keys[j]], queue, 0.2)["loss"]
 
     res, _ = run_module(fp64_loss(4, 5, 0.2, queue), queries, keys)
-    assert_close(res["loss"].item(), (one_direction(0, 1) + one_direction(1, 0)) / 2)
+    numpy_reference.assert_close(res["loss"].item(), (one_direction(0, 1) + one_direction(1, 0)) / 2)
     same_view = (one_direction(0, 0) + one_direction(1, 1)) / 2
     assert abs(res["loss"].item() - same_view) > 1e-3
 
@@ -189,9 +174,9 @@ def test_local_views_are_ignored():
     queries, keys = make_inputs(rng, 6, 4, 2)
     queue = random_queue(rng, 5, 4)
     res, grads = run_module(fp64_loss(4, 5, 0.2, queue), queries, keys, local=rng.standard_normal((6, 4)))
-    assert_close(res["loss"].item(), numpy_moco(queries, keys, queue, 0.2)["loss"])
+    numpy_reference.assert_close(res["loss"].item(), numpy_moco(queries, keys, queue, 0.2)["loss"])
     for got, want in zip(grads, finite_difference(queries, keys, queue, 0.2)):
-        assert_close(got, want, rtol=1e-6)
+        numpy_reference.assert_close(got, want, rtol=1e-6)
 
 
 def test_partly_solvable_case_has_intermediate_accuracy():
@@ -202,18 +187,6 @@ def test_partly_solvable_case_has_intermediate_accuracy():
     assert 0.0 < ref["contrastive_acc"] < 1.0
     res, _ = run_module(fp64_loss(8, 32, 0.2, queue), queries, keys)
     assert res["contrastive_acc"].item() == pytest.approx(ref["contrastive_acc"], abs=1e-12)
-
-
-def test_metrics_are_detached_scalars():
-    rng = np.random.default_rng(2)
-    queries, keys = make_inputs(rng, 4, 4, 2)
-    res, _ = run_module(fp64_loss(4, 3, 0.2, random_queue(rng, 3, 4)), queries, keys)
-    assert set(res) == {"loss", "contrastive_acc", "logit_entropy", "pos_cosine", "neg_cosine"}
-    assert res["loss"].requires_grad
-    for key, value in res.items():
-        assert value.ndim == 0
-        if key != "loss":
-            assert not value.requires_grad
 
 
 # ---------------------------------------------------------------- the queue
@@ -256,9 +229,9 @@ def test_module_enqueues_keys_of_all_global_views_in_order_and_wraps():
         queries, keys = make_inputs(rng, n, d, 2)
         res, _ = run_module(loss, queries, keys, step=step)
         # this step's loss used the queue as it was before the step
-        assert_close(res["loss"].item(), numpy_moco(queries, keys, np.array(model.rows), 0.2)["loss"])
+        numpy_reference.assert_close(res["loss"].item(), numpy_moco(queries, keys, np.array(model.rows), 0.2)["loss"])
         model.push(np.array([unit(k) for view in keys for k in view]))  # view 0's keys, then view 1's
-        assert_close(loss.queue.numpy(), np.array(model.rows), rtol=1e-14)
+        numpy_reference.assert_close(loss.queue.numpy(), np.array(model.rows), rtol=1e-14)
         assert int(loss.queue_ptr) == model.ptr
     assert model.ptr == (5 * 4) % 7
     assert loss.queue.dtype == torch.float64 and not loss.queue.requires_grad
@@ -310,23 +283,18 @@ def test_state_dict_round_trip_restores_the_queue_exactly():
     assert torch.equal(fresh.queue, loss.queue) and int(fresh.queue_ptr) == int(loss.queue_ptr) == (4 * 4) % 9
 
 
-# ---------------------------------------------------------------- precision under autocast
+# ---------------------------------------------------------------- precision
 
 
-def test_autocast_gives_a_float32_loss():
+def test_half_precision_steps_keep_the_queue_float32():
     torch.manual_seed(3)
     loss = MoCoLoss(16, queue_size=64, temperature=0.2)
     q = [torch.randn(8, 16) for _ in range(2)]
     k = [x + 0.1 * torch.randn(8, 16) for x in q]
-    plain = loss.eval()(outputs(q, [True, True], k))["loss"]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under = loss(outputs(q, [True, True], k))["loss"]
-    assert plain.dtype == under.dtype == torch.float32
-    assert under.item() == pytest.approx(plain.item(), rel=1e-6)
-    half = loss(outputs([x.bfloat16() for x in q], [True, True], [x.bfloat16() for x in k]))["loss"]
-    assert half.dtype == torch.float32
-    loss.train()(outputs([x.bfloat16() for x in q], [True, True], [x.bfloat16() for x in k]))
-    assert loss.queue.dtype == torch.float32
+        loss(outputs([x.bfloat16() for x in q], [True, True], [x.bfloat16() for x in k]))
+    assert int(loss.queue_ptr) == 16  # the bf16 keys were queued...
+    assert loss.queue.dtype == torch.float32  # ...in the queue's own precision
 
 
 # ---------------------------------------------------------------- errors

@@ -8,7 +8,8 @@ generalized to the MEAN over all pairs (global view j's projection as target, ev
 prediction). Gradients w.r.t. the predictions are central finite differences of the reference with
 the projections held fixed: the projections are a stop-gradient and must receive no gradient through
 the targets. The collapse indicator (section 4.1) is the per-channel std over the batch of the
-l2-normalized projections, averaged over channels, times sqrt(D).
+l2-normalized projections, averaged over channels, times sqrt(D). What every loss promises (detached
+metrics, float32 under autocast, ...) is checked for all of them by tests/test_contract_losses.py.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from clrun import ComponentError, StepOutputs, UserError
+from clrun import ComponentError, UserError
 from clrun.plugins.losses.simsiam import SimSiamLoss
+from clrun.testing import step_outputs
 
 _spec = importlib.util.spec_from_file_location("numpy_reference", Path(__file__).with_name("numpy_reference.py"))
 ref = importlib.util.module_from_spec(_spec)
@@ -64,13 +66,7 @@ def numpy_simsiam(preds: list[np.ndarray], projections: list[np.ndarray], is_glo
 
 
 def outputs(projections, is_global, predictions=None, target_projections=None):
-    return StepOutputs(
-        features=[torch.randn(z.shape[0], 3) for z in projections],
-        projections=list(projections),
-        is_global=list(is_global),
-        predictions=predictions,
-        target_projections=target_projections,
-    )
+    return step_outputs(projections, is_global, predictions=predictions, target_projections=target_projections)
 
 
 def make_inputs(is_global, n, d, seed):
@@ -119,6 +115,7 @@ def test_loss_and_gradient_match_numpy(is_global, n, d):
     res, p, z = torch_run(preds, projections, is_global)
     expected = numpy_simsiam(preds, projections, is_global)
 
+    assert set(res) == {"loss", "output_std_ratio"}
     assert res["loss"].dtype == torch.float64 and res["loss"].ndim == 0
     ref.assert_close(res["loss"].item(), expected["loss"])
     ref.assert_close(res["output_std_ratio"].item(), expected["output_std_ratio"])
@@ -183,26 +180,7 @@ def test_batch_of_one_gives_a_loss_and_a_nan_indicator():
     assert math.isnan(res["output_std_ratio"].item())
 
 
-def test_metrics_are_detached_scalars():
-    preds, projections = make_inputs([True, True, False], 4, 6, seed=1)
-    res, _, _ = torch_run(preds, projections, [True, True, False])
-    assert set(res) == {"loss", "output_std_ratio"}
-    assert res["loss"].requires_grad and res["loss"].ndim == 0
-    assert res["output_std_ratio"].ndim == 0 and not res["output_std_ratio"].requires_grad
-
-
-# ---------------------------------------------------------------- precision under autocast
-
-
-def test_autocast_bfloat16_computes_in_float32():
-    preds, projections = make_inputs([True, True, False], 8, 16, seed=2)
-    p = [torch.tensor(x, dtype=torch.float32) for x in preds]
-    z = [torch.tensor(x, dtype=torch.float32) for x in projections]
-    plain = SimSiamLoss()(outputs(z, [True, True, False], p))["loss"]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        under = SimSiamLoss()(outputs(z, [True, True, False], p))["loss"]
-    assert plain.dtype == under.dtype == torch.float32
-    assert under.item() == pytest.approx(plain.item(), rel=1e-6)
+# ---------------------------------------------------------------- precision
 
 
 def test_bfloat16_inputs_give_a_float32_loss():

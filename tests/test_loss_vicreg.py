@@ -9,7 +9,8 @@ reductions (facebookresearch/vicreg): for two views A, B of N images with D dime
     loss       = sim * invariance + std * (v(A) + v(B)) / 2 + cov * (c(A) + c(B))
 
 averaged over the unordered pairs of global views. Gradients are central finite differences of the
-reference, written with explicit loops.
+reference, written with explicit loops. What every loss promises (detached metrics,
+float32 under autocast, ...) is checked for all of them by tests/test_contract_losses.py.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import numpy as np
 import pytest
 import torch
 
-from clrun import ComponentError, StepOutputs, UserError
+from clrun import ComponentError, UserError
 from clrun.plugins.losses.vicreg import VICRegLoss
+from clrun.testing import step_outputs
 
 _spec = importlib.util.spec_from_file_location("numpy_reference", Path(__file__).with_name("numpy_reference.py"))
 ref = importlib.util.module_from_spec(_spec)
@@ -79,14 +81,6 @@ def numpy_vicreg(views, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0) -> dict[s
 # ---------------------------------------------------------------- helpers
 
 
-def outputs(projections, is_global):
-    return StepOutputs(
-        features=[torch.randn(z.shape[0], 3) for z in projections],
-        projections=list(projections),
-        is_global=list(is_global),
-    )
-
-
 def make_views(n_views, n, d, seed):
     """Correlated views with per-dimension scales from 0.2 to 3 (some stds under 1, some over)."""
     rng = np.random.default_rng(seed)
@@ -100,7 +94,7 @@ def make_views(n_views, n, d, seed):
 
 def torch_run(views, is_global, **kwargs):
     tensors = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in views]
-    res = VICRegLoss(**kwargs)(outputs(tensors, is_global))
+    res = VICRegLoss(**kwargs)(step_outputs(tensors, is_global))
     res["loss"].backward()
     return res, tensors
 
@@ -134,6 +128,7 @@ def test_loss_and_gradient_match_numpy(n_views, n, d, kwargs):
     res, tensors = torch_run(views, [True] * n_views, **kwargs)
     expected = numpy_vicreg(views, **kwargs)
 
+    assert set(res) == {"loss", "invariance", "variance", "covariance"}
     assert res["loss"].dtype == torch.float64 and res["loss"].ndim == 0
     for key in ("loss", "invariance", "variance", "covariance"):
         ref.assert_close(res[key].item(), expected[key])
@@ -148,7 +143,7 @@ def test_local_views_are_ignored():
     views = make_views(2, 6, 4, seed=3)
     local = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     t1, t2 = (torch.tensor(x, requires_grad=True) for x in views)
-    res = VICRegLoss()(outputs([t1, local, t2, local * 2], [True, False, True, False]))
+    res = VICRegLoss()(step_outputs([t1, local, t2, local * 2], [True, False, True, False]))
     res["loss"].backward()
     ref.assert_close(res["loss"].item(), numpy_vicreg(views)["loss"])
     assert local.grad is None
@@ -156,17 +151,9 @@ def test_local_views_are_ignored():
 
 def test_collapsed_views_give_the_variance_penalty():
     z = torch.tensor([[0.5, -2.0, 1.0]], dtype=torch.float64).repeat(6, 1)
-    res = VICRegLoss()(outputs([z, z.clone()], [True, True]))
+    res = VICRegLoss()(step_outputs([z, z.clone()], [True, True]))
     assert res["loss"].item() == pytest.approx(25 * (1 - math.sqrt(1e-4)), rel=1e-12)
     assert res["invariance"].item() == 0.0 and res["covariance"].item() == 0.0
-
-
-def test_metrics_are_detached_scalars():
-    res, _ = torch_run(make_views(2, 4, 6, seed=1), [True, True])
-    assert set(res) == {"loss", "invariance", "variance", "covariance"}
-    assert res["loss"].requires_grad and res["loss"].ndim == 0
-    for key in ("invariance", "variance", "covariance"):
-        assert res[key].ndim == 0 and not res[key].requires_grad
 
 
 def test_defaults_are_the_papers():
@@ -174,22 +161,13 @@ def test_defaults_are_the_papers():
     assert (loss.sim_coeff, loss.std_coeff, loss.cov_coeff) == (25.0, 25.0, 1.0)
 
 
-# ---------------------------------------------------------------- precision under autocast
-
-
-def test_autocast_bfloat16_computes_in_float32():
-    views = [torch.tensor(x, dtype=torch.float32) for x in make_views(2, 32, 16, seed=2)]
-    plain = VICRegLoss()(outputs(views, [True, True]))["loss"]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        under = VICRegLoss()(outputs(views, [True, True]))["loss"]
-    assert plain.dtype == under.dtype == torch.float32
-    assert under.item() == pytest.approx(plain.item(), rel=1e-5)
+# ---------------------------------------------------------------- precision
 
 
 def test_bfloat16_inputs_give_a_float32_loss():
     views = [torch.tensor(x, dtype=torch.bfloat16, requires_grad=True) for x in make_views(2, 8, 4, seed=4)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        res = VICRegLoss()(outputs(views, [True, True]))
+        res = VICRegLoss()(step_outputs(views, [True, True]))
     assert res["loss"].dtype == torch.float32
     expected = numpy_vicreg([v.detach().double().numpy() for v in views])
     assert res["loss"].item() == pytest.approx(expected["loss"], rel=1e-5)
@@ -201,7 +179,7 @@ def test_bfloat16_inputs_give_a_float32_loss():
 def test_batch_size_one_error():
     z = torch.randn(1, 8)
     with pytest.raises(UserError) as info:
-        VICRegLoss()(outputs([z, z.clone()], [True, True]))
+        VICRegLoss()(step_outputs([z, z.clone()], [True, True]))
     assert str(info.value) == (
         "clrun/vicreg needs at least 2 images per batch to estimate variances and covariances; got batch size 1. "
         "Raise the batch size, or drop the last incomplete batch if it is the one with a single image."
@@ -211,7 +189,7 @@ def test_batch_size_one_error():
 def test_one_global_view_error():
     views = [torch.randn(4, 8) for _ in range(3)]
     with pytest.raises(ComponentError) as info:
-        VICRegLoss()(outputs(views, [False, False, True]))
+        VICRegLoss()(step_outputs(views, [False, False, True]))
     assert str(info.value) == (
         "clrun/vicreg compares at least 2 global views; the recipe makes 1. "
         "Use a global view section with count 2 (a section without `local: true`)."
@@ -220,7 +198,7 @@ def test_one_global_view_error():
 
 def test_mismatched_view_shapes_error():
     with pytest.raises(ComponentError, match=re.escape("same shape; got (4, 8), (4, 6)")):
-        VICRegLoss()(outputs([torch.randn(4, 8), torch.randn(4, 6)], [True, True]))
+        VICRegLoss()(step_outputs([torch.randn(4, 8), torch.randn(4, 6)], [True, True]))
 
 
 @pytest.mark.parametrize("name,default", [("sim_coeff", "25"), ("std_coeff", "25"), ("cov_coeff", "1")])

@@ -9,6 +9,7 @@ load too; the tests only look at the fake ones and the built-ins.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import textwrap
 import warnings
@@ -415,3 +416,282 @@ def test_run_hooks_reject_a_misspelled_hook(callback, name):
 def test_run_hooks_reject_a_hook_with_a_wrong_signature_as_a_user_error():
     with pytest.raises(UserError, match="clrun_epoch_end"):
         run_hooks([WrongSignatureCallback()])
+
+
+# -- (h) lazy namespaces and factories offered by import path ---------------------------------------
+LAZY_PLUGIN = """
+    import clrun
+
+    calls = {"names": 0, "component": []}  # what the registry asked for, and when
+
+
+    def names():
+        calls["names"] += 1
+        return ["alpha", "beta", "gamma"]
+
+
+    def component(name):
+        calls["component"].append(name)
+        return clrun.Component("loss", f"lazyns/{name}", "torch.nn:Identity", f"the {name} loss")
+
+
+    @clrun.hookimpl
+    def clrun_components():
+        return [clrun.LazyComponents("loss", "lazyns", names, component, "three losses, resolved on first use"),
+                clrun.Component("loss", "lazyplug/eager", "fake_lazy_impl:Eager", "offered by import path")]
+"""
+
+LAZY_IMPL = """
+    import torch
+
+    class Eager(torch.nn.Identity):
+        def __init__(self, scale: float = 1.0):
+            super().__init__()
+            self.scale = scale
+"""
+
+
+def add_lazy(site: FakeSite) -> None:
+    site.add("fake-lazy", {"lazyplug": "fake_lazy_mod"}, {"fake_lazy_mod": LAZY_PLUGIN, "fake_lazy_impl": LAZY_IMPL})
+
+
+def test_a_lazy_namespace_is_resolved_on_first_use_and_only_as_far_as_needed(site):
+    add_lazy(site)
+    site.activate()
+    registry = load_registry(autoload=True, strict=True)
+    calls = sys.modules["fake_lazy_mod"].calls
+    (info,) = [p for p in registry.plugins if p.name == "lazyplug"]
+    assert (info.components, info.namespaces) == (1, ("loss lazyns/*",))
+    assert calls == {"names": 0, "component": []}  # loading lists nothing
+    assert [c.name for c in registry.list("loss", "clrun/*")] == [f"clrun/{n}" for n in
+                                                                   ("barlow_twins", "byol", "moco", "ntxent", "simsiam", "swav", "vicreg")]
+    assert [c.name for c in registry.list("loss", expand_lazy=False) if c.name.startswith("lazy")] == ["lazyplug/eager"]
+    assert [n.pattern for n in registry.namespaces("loss")] == ["lazyns/*"]
+    assert calls == {"names": 0, "component": []}  # neither a pattern elsewhere nor the namespace rows resolve it
+
+    beta = registry.get("loss", "lazyns/beta")
+    assert (beta.kind, beta.name, beta.summary) == ("loss", "lazyns/beta", "the beta loss")
+    assert beta.provider == "lazyplug (fake-lazy 1.0)"
+    assert calls == {"names": 1, "component": ["beta"]}
+    assert registry.get("loss", "lazyns/beta") is beta and registry.has("loss", "lazyns/alpha")
+    assert calls == {"names": 1, "component": ["beta", "alpha"]}  # the names are asked for once
+
+    assert [c.name for c in registry.list("loss", "lazyns/[bg]*")] == ["lazyns/beta", "lazyns/gamma"]
+    assert "lazyns/gamma" in registry.names("loss") and "lazyplug/eager" in registry.names("loss")
+    assert not registry.has("loss", "lazyns/delta") and not registry.has("backbone", "lazyns/alpha")
+    with pytest.raises(UnknownComponentError, match=r"^unknown loss 'lazyns/gama'; did you mean 'lazyns/gamma' or "):
+        registry.get("loss", "lazyns/gama")
+
+
+def test_components_of_a_lazy_namespace_and_by_import_path_build_through_the_api(site):
+    add_lazy(site)
+    site.activate()
+    plugin_manager.set_default_registry(load_registry(autoload=True, strict=True))
+    assert type(clrun.create("loss", "lazyns/alpha")).__name__ == "Identity"
+    eager = clrun.create("loss", "lazyplug/eager", scale=2)
+    assert (type(eager).__name__, eager.scale) == ("Eager", 2.0)  # validated and coerced by the factory's hints
+    assert clrun.components("loss", "lazyplug/*")[0].factory is sys.modules["fake_lazy_impl"].Eager
+    with pytest.raises(ComponentError, match=r"unknown key 'scael' for loss 'lazyplug/eager'; did you mean 'scale'\?"):
+        clrun.create("loss", "lazyplug/eager", scael=2)
+    assert {c.name for c in clrun.components("loss", "lazyns/*")} == {"lazyns/alpha", "lazyns/beta", "lazyns/gamma"}
+
+
+def test_a_factory_that_cannot_be_imported_is_an_error_at_the_recipe_entry(site, tmp_path):
+    site.add("fake-badpath", {"badpath": "fake_badpath_mod"}, {"fake_badpath_mod": """
+        import clrun
+
+        @clrun.hookimpl
+        def clrun_components():
+            return [clrun.Component("loss", "badpath/gone", "fake_no_such_module:Loss", "its module is missing")]
+    """})
+    site.activate()
+    registry = load_registry(autoload=True, strict=True)  # listing it is fine: nothing is imported yet
+    assert registry.get("loss", "badpath/gone").summary == "its module is missing"
+    with pytest.raises(ComponentError) as info:
+        registry.get("loss", "badpath/gone").factory
+    assert str(info.value) == ("loss 'badpath/gone' (offered by badpath (fake-badpath 1.0)): its factory "
+                               "'fake_no_such_module:Loss' cannot be imported: ModuleNotFoundError: "
+                               "No module named 'fake_no_such_module'")
+    plugin_manager.set_default_registry(registry)
+    with pytest.raises(ComponentError, match=r"^clrun.create\('loss', 'badpath/gone'\): .name: loss 'badpath/gone' "
+                                             r"\(offered by badpath \(fake-badpath 1.0\)\): its factory"):
+        clrun.create("loss", "badpath/gone")
+
+
+def test_a_lazy_namespace_that_cannot_list_its_names_is_an_error_on_use(site):
+    site.add("fake-nonames", {"nonames": "fake_nonames_mod"}, {"fake_nonames_mod": """
+        import clrun
+
+        def names():
+            raise ImportError("upstream library missing")
+
+        @clrun.hookimpl
+        def clrun_components():
+            return [clrun.LazyComponents("backbone", "nonames", names, lambda name: None)]
+    """})
+    site.activate()
+    registry = load_registry(autoload=True, strict=True)
+    with pytest.raises(ComponentError, match=r"^the backbone namespace 'nonames/\*' of nonames \(fake-nonames 1.0\) "
+                                             r"cannot list its names: ImportError: upstream library missing$"):
+        registry.get("backbone", "nonames/x")
+    assert registry.has("backbone", "timm/resnet18")  # other namespaces are unaffected
+
+
+@pytest.mark.parametrize("offer, message", [
+    ('clrun.Component("loss", "junkpath/x", "not a path", "")', "must be a callable or an import path 'package.module:Name'"),
+    ('clrun.LazyComponents("loss", "junk/ns", list, list)', "namespace 'junk/ns' must be letters, digits"),
+    ('clrun.LazyComponents("losses", "junkns", list, list)', "unknown kind 'losses'"),
+])
+def test_malformed_offers_break_only_their_plugin(site, offer, message):
+    site.add("fake-malformed", {"malformed": "fake_malformed_mod"}, {"fake_malformed_mod": f"""
+        import clrun
+
+        @clrun.hookimpl
+        def clrun_components():
+            return [{offer}]
+    """})
+    site.activate()
+    registry = load_quietly(autoload=True, strict=False)
+    assert message in broken_named(registry, "malformed").error
+    assert registry.has("loss", "clrun/ntxent")
+
+
+def test_a_name_inside_another_plugins_lazy_namespace_is_a_duplicate(site):
+    # The built-ins own every backbone named timm/*: a plugin's own timm/ backbone is refused without
+    # listing timm's models (which would import timm for every command).
+    site.add("fake-intruder", {"intruder": "fake_intruder_mod"}, {"fake_intruder_mod": """
+        import clrun
+
+        @clrun.hookimpl
+        def clrun_components():
+            return [clrun.Component("backbone", "timm/my_net", "torch.nn:Identity")]
+    """}, version="3.1")
+    site.activate()
+    registry = load_quietly(autoload=True, strict=False)
+    assert broken_named(registry, "intruder").error == (
+        "DuplicateComponentError: backbone 'timm/my_net' is offered twice: by intruder (fake-intruder 3.1), and by "
+        f"clrun.plugins.backbones (cl-run {clrun.__version__}), which offers every backbone named timm/*; uninstall one "
+        "of them (a plugin's names belong in its own namespace)")
+    assert not registry.has("backbone", "timm/my_net")
+
+
+def test_a_lazy_namespace_offered_twice_or_over_existing_names_breaks_the_second_plugin(site):
+    lazy = """
+        import clrun
+
+        @clrun.hookimpl
+        def clrun_components():
+            return [clrun.LazyComponents("{kind}", "{namespace}", lambda: ["x"], lambda name: None)]
+    """
+    # Entry points load in name order: the "z" plugins come after the built-ins and the good plugin.
+    site.add("fake-ztorch", {"ztorch": "fake_ztorch"}, {"fake_ztorch": lazy.format(kind="optimizer", namespace="torch")})
+    site.add("fake-zgood", {"zgood": "fake_zgood"}, {"fake_zgood": lazy.format(kind="loss", namespace="fakegood")})
+    add_good(site)
+    site.activate()
+    registry = load_quietly(autoload=True, strict=False)
+    assert broken_named(registry, "ztorch").error == (
+        "DuplicateComponentError: every optimizer named 'torch/*' is offered twice: by clrun.plugins.optimizers "
+        f"(cl-run {clrun.__version__}) and by ztorch (fake-ztorch 1.0); uninstall one of them (a plugin's names "
+        "belong in its own namespace)")
+    # A namespace named after another installed plugin is that plugin's: zgood's offer is skipped, zgood loads.
+    assert "zgood" not in [b.name for b in registry.broken] and "zgood" in [p.name for p in registry.plugins]
+    assert registry.get("loss", "fakegood/zero").provider == "fakegood (fake-good 2.3)"
+    assert [n.provider for n in registry.namespaces("optimizer")] == [f"clrun.plugins.optimizers (cl-run {clrun.__version__})"]
+
+
+# -- plugin authoring: namespaces, --disable-plugin, tracebacks, component help, pipes ------------------
+SQUATTER = """
+    import torch
+    import clrun
+
+    class Zero(torch.nn.Module):
+        def forward(self, out):
+            return out.projections[0].sum() * 0
+
+    @clrun.hookimpl
+    def clrun_components():
+        return [clrun.Component("loss", "fakegood/taken", Zero, "in another plugin's namespace"),
+                clrun.Component("loss", "squat/own", Zero, "in its own namespace")]
+"""
+
+
+def test_a_name_in_another_plugins_namespace_breaks_only_that_component(site):
+    add_good(site)
+    site.add("squatter", {"squat": "squat_mod"}, {"squat_mod": SQUATTER}, version="9.9")
+    site.activate()
+    with pytest.warns(PluginWarning) as record:
+        registry = load_registry(autoload=True, strict=False)
+    assert registry.broken == []
+    assert {"fakegood/zero", "squat/own"} <= set(registry.names("loss"))
+    assert "fakegood/taken" not in registry.names("loss")
+    assert any(str(w.message) == "plugin squat (squatter 9.9) offers loss 'fakegood/taken' in the namespace of "
+               "plugin 'fakegood'; that component is skipped (a plugin's names belong in its own namespace)"
+               for w in record)
+
+
+def test_two_distributions_with_one_entry_point_name_are_reported(site):
+    add_good(site)
+    site.add("fake-good-fork", {"fakegood": "fake_good_mod"}, {}, version="0.1")
+    site.activate()
+    with pytest.warns(PluginWarning, match="also installed by"):
+        registry = load_registry(autoload=True, strict=False)
+    (broken,) = registry.broken
+    assert broken.name == "fakegood" and "uninstall one of the two" in broken.error
+    assert "fakegood/zero" in registry.names("loss")  # the first one still loads
+
+
+def test_disable_plugin_leaves_one_out_and_says_so(site, capsys):
+    add_good(site)
+    add_broken(site)
+    site.activate()
+    assert main(["--disable-plugin", "fakebroken", "--disable-plugin", "fakegood", "plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "off     fakegood" in out and "off     fakebroken" in out and "BROKEN" not in out
+    assert main(["--disable-plugin", "fakegood", "components", "loss", "fakegood/zero"]) == 1
+    assert "(plugin 'fakegood' is disabled by --disable-plugin)" in capsys.readouterr().err
+
+
+def test_plugins_verbose_shows_the_broken_plugins_traceback(site, capsys):
+    add_broken(site)
+    site.activate()
+    with pytest.warns(PluginWarning):
+        assert main(["plugins", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "Traceback (most recent call last)" in out and 'raise RuntimeError("boom from fake_broken_mod")' in out
+
+
+def test_an_unknown_name_with_plugins_off_says_they_are_off(site, capsys):
+    add_good(site)
+    site.activate()
+    assert main(["--no-plugins", "components", "loss", "fakegood/zero"]) == 1
+    assert "(installed plugins are off: --no-plugins or CLRUN_DISABLE_PLUGIN_AUTOLOAD; only built-ins are loaded)" in \
+        capsys.readouterr().err
+
+
+def test_a_plugin_warning_is_one_line(site):
+    import subprocess
+
+    add_broken(site)
+    env = {**os.environ, "PYTHONPATH": str(site.root)}
+    done = subprocess.run([sys.executable, "-m", "clrun", "plugins"], env=env, capture_output=True, text=True, timeout=120)
+    err = done.stderr
+    assert err.startswith("cl-run: warning: plugin 'fakebroken' from fake-broken 0.4 failed to load: RuntimeError")
+    assert "warnings.warn" not in err and "cli.py" not in err
+
+
+def test_component_help_shows_keys_types_defaults_and_docstring(capsys):
+    assert main(["--no-plugins", "components", "callback", "clrun/knn"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "callback clrun/knn  [clrun.plugins.callbacks.components (cl-run 0.1.0)]"
+    assert "  train: dataset entry  (required)" in out and "  k: int  (default 20)" in out
+    assert any("neighbour bank" in line for line in out)  # the docstring
+    assert main(["--no-plugins", "components", "projector", "clrun/mlp"]) == 0
+    assert "supplied by cl-run: in_dim" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    import subprocess
+
+    done = subprocess.run(f"{sys.executable} -m clrun --no-plugins components | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("dataset") and done.stderr == ""

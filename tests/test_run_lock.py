@@ -16,6 +16,8 @@ from clrun.run_folder import RunFolder
 from clrun.run_lock import RunLock
 from clrun.training import checkpoint
 
+pytestmark = pytest.mark.usefixtures("no_report")  # these runs are not about the report
+
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 
 

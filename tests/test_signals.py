@@ -75,6 +75,7 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resume_is_bit_exact(tmp_path, mon
     assert [r["loss"] for r in records(resumed.folder, "epoch")] == [r["loss"] for r in records(straight.folder, "epoch")]
 
 
+@pytest.mark.slow  # two real processes, signalled from outside (~20 s); the in-process test covers the logic
 def test_the_command_exits_143_on_sigterm_and_130_on_sigint(tmp_path):
     for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         name = signal.Signals(signum).name

@@ -19,14 +19,30 @@ class Signal:
         return f"{branch} {self.metric} = {self.value:.4g} {op} {self.threshold:g}"
 
 
+class Streaks:
+    """For each named signal, how many checks in a row it has been beyond its threshold, and since which
+    epoch; a check without the signal ends its streak. The alarms fire on a streak of ``patience``."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+        self.since: dict[str, int] = {}
+
+    def update(self, beyond: set[str], epoch: int) -> None:
+        for name in list(self.count):
+            if name not in beyond:
+                del self.count[name], self.since[name]
+        for name in beyond:
+            self.count[name] = self.count.get(name, 0) + 1
+            self.since.setdefault(name, epoch)
+
+
 class CollapseAlarm:
     """Counts, per signal, the consecutive checks beyond its threshold; ``observe`` returns the signals
     beyond threshold now and those that reached ``patience`` (the ones that fire)."""
 
     def __init__(self, section: AlarmSection) -> None:
         self.section = section
-        self.streaks: dict[str, int] = {}
-        self.first_epoch: dict[str, int] = {}
+        self.streaks = Streaks()
 
     @property
     def suffix(self) -> str:
@@ -46,20 +62,14 @@ class CollapseAlarm:
         if self.section.action == "off":
             return [], []
         now = self.beyond(metrics)
-        names = {c.metric for c in now}
-        for name in list(self.streaks):
-            if name not in names:
-                del self.streaks[name], self.first_epoch[name]
-        for name in names:
-            self.streaks[name] = self.streaks.get(name, 0) + 1
-            self.first_epoch.setdefault(name, epoch)
-        fired = [c for c in now if self.streaks[c.metric] >= self.section.patience]
+        self.streaks.update({c.metric for c in now}, epoch)
+        fired = [c for c in now if self.streaks.count[c.metric] >= self.section.patience]
         return now, fired
 
     def message(self, fired: list[Signal], epoch: int) -> str:
         branch = self.section.branch
         details = "; ".join(
-            f"{c.describe(branch)} for {self.streaks[c.metric]} checks in a row (since epoch {self.first_epoch[c.metric]})"
+            f"{c.describe(branch)} for {self.streaks.count[c.metric]} checks in a row (since epoch {self.streaks.since[c.metric]})"
             for c in fired
         )
         return f"collapse alarm at epoch {epoch}: {details}"

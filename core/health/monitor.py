@@ -16,31 +16,37 @@ from torch.utils.data import Dataset
 
 from clrun import distributed
 from clrun.errors import TrainingHalted
-from clrun.health.alarm import CollapseAlarm
+from clrun.health.alarm import CollapseAlarm, Signal
+from clrun.health.loss_alarm import LossAlarm
 from clrun.health.metrics import health_metrics, histogram, pair_cosines
 from clrun.hookspecs import hookimpl
 from clrun.recipe.schema import HealthSection
-HALT_ADVICE = (
-    "A loss without negatives needs a predictor, a stop-gradient or a momentum target to avoid collapse; "
-    "also try a lower optimizer.lr. To only be warned, set health.alarm.action=warn"
-)
+
+COLLAPSE_ADVICE = ("A loss without negatives needs a predictor, a stop-gradient or a momentum target to avoid "
+                   "collapse; also try a lower optimizer.lr")
+WARN_ONLY = "To only be warned, set health.alarm.action=warn"
 
 
 class HealthMonitor:
     """Adds ``alignment``, ``uniformity``, ``std_sqrt_d``, ``rankme``, ``pos_cosine``, ``neg_cosine`` of
     the backbone features (suffix ``_backbone``) and of the projector outputs (``_projector``) to the
     epoch's metrics (a loss's own ``pos_cosine`` is its training batches', so the names differ), appends
-    each check with similarity histograms to the run folder's health file, and acts on the alarm.
+    each check with similarity histograms to the run folder's health file, and acts on the alarm: the
+    collapse alarm on those signals, the loss alarm (``clrun.health.loss_alarm``) on every epoch's loss.
+    A training data set that skips unreadable files (its ``skipped_images`` is not None) has that count
+    added to every epoch's metrics and to the run's final ones.
 
     Its epoch hook wraps every other callback's: it measures first (so the recipe's callbacks and the
     logs see its metrics), and acts on the alarm last, after the epoch was written and printed: ``warn``
     prints, ``halt`` stops the run with a message that names the signal and the last checkpoint.
 
-    The alarm's streaks are not checkpointed: after ``--resume`` they start again from zero."""
+    The alarms' streaks are not checkpointed: after ``--resume`` they start again from zero."""
 
     def __init__(self, section: HealthSection, dataset: Dataset, seed: int) -> None:
         self.section, self.dataset, self.seed = section, dataset, seed
         self.alarm = CollapseAlarm(section.alarm)
+        self.loss_alarm = LossAlarm(section.alarm)
+        self.collapsing: list[Signal] = []  # the collapse signals beyond their thresholds at the last check
         self.images: Tensor | None = None
         self.latest: dict[str, float] = {}
 
@@ -53,30 +59,58 @@ class HealthMonitor:
         fired = self.check(run, epoch, metrics)
         result = yield  # every other callback, the metrics file and the console
         if fired is not None:
-            self.act(run, fired)
+            self.act(run, *fired)
         return result
 
-    def check(self, run, epoch: int, metrics: dict[str, float]) -> str | None:
-        """Measure (on check epochs), record, and return the alarm's message if it fired."""
-        if epoch % self.section.every and epoch < run.recipe.train.epochs:
-            return None
-        metrics_now, hists = self.measure(run)
-        metrics.update(metrics_now)
-        self.latest = metrics_now
-        now, fired = self.alarm.observe(metrics_now, epoch)
+    def check(self, run, epoch: int, metrics: dict[str, float]) -> tuple[str, str] | None:
+        """Count skipped images, watch the loss, measure (on check epochs), record, and return the alarms'
+        message and advice if one fired."""
+        skipped = self.skipped_images()
+        if skipped is not None:
+            metrics["skipped_images"] = skipped
+        loss_now, loss_fired = self.loss_alarm.observe(metrics.get("loss"), epoch)
+        collapse_fired: list[Signal] = []
+        measured = not (epoch % self.section.every and epoch < run.recipe.train.epochs)
+        if measured:
+            metrics_now, hists = self.measure(run)
+            metrics.update(metrics_now)
+            self.latest = metrics_now
+            self.collapsing, collapse_fired = self.alarm.observe(metrics_now, epoch)
         halting = self.section.alarm.action == "halt"
-        # While a signal is beyond its threshold the state may be collapsing: keep the last healthy checkpoint.
-        run.checkpoint_hold = "health" if (halting and now) else None
-        message = self.alarm.message(fired, epoch) if fired else None
-        record = {
-            "epoch": epoch, "step": run.step, "metrics": metrics_now, "histograms": hists,
-            "alarm": {"branch": self.section.alarm.branch, "signals": [c.metric for c in now], "fired": message},
-        }
-        if distributed.is_main():
-            run.folder.append_health(record)
-        return message
+        # While a signal is beyond its threshold the state may be collapsing or diverging: keep the last
+        # healthy checkpoint.
+        run.checkpoint_hold = "health" if (halting and (self.collapsing or loss_now)) else None
+        messages, advice = [], []
+        if collapse_fired:
+            messages.append(self.alarm.message(collapse_fired, epoch))
+            advice.append(COLLAPSE_ADVICE)
+        if loss_fired:
+            messages.append(self.loss_alarm.message(loss_fired, epoch))
+            advice.append(self.loss_alarm.advice(loss_fired))
+        message = "; ".join(messages) or None
+        if measured:
+            record = {
+                "epoch": epoch, "step": run.step, "metrics": metrics_now, "histograms": hists,
+                "alarm": {"branch": self.section.alarm.branch,
+                          "signals": [c.metric for c in self.collapsing] + [s.name for s in loss_now],
+                          "fired": message},
+            }
+            if distributed.is_main():
+                run.folder.append_health(record)
+        return None if message is None else (message, ". ".join(advice))
 
-    def act(self, run, message: str) -> None:
+    def skipped_images(self) -> int | None:
+        """The training data set's count of skipped unreadable files, summed over the processes of a
+        distributed run (their samplers read disjoint files; one in the health sample, which every
+        process reads, counts once per process); None when it skips nothing by design."""
+        count = getattr(self.dataset, "skipped_images", None)
+        if count is None:
+            return None
+        if distributed.active():
+            return sum(distributed.gather_objects(int(count)))
+        return int(count)
+
+    def act(self, run, message: str, advice: str) -> None:
         if self.section.alarm.action == "warn":
             if distributed.is_main():
                 print(f"warning: {message} (health.alarm.action=halt stops the run)", flush=True)
@@ -85,10 +119,13 @@ class HealthMonitor:
             kept = "no checkpoint was written: the signal appeared before the first one"
         else:
             kept = f"the last healthy checkpoint (epoch {run.checkpoint_epoch}) is {run.folder.checkpoint}"
-        raise TrainingHalted(f"{message}; {kept}. {HALT_ADVICE}")
+        raise TrainingHalted(f"{message}; {kept}. {advice}. {WARN_ONLY}")
 
     def clrun_run_end(self, run, metrics: dict[str, float]) -> None:
         metrics.update(self.latest)  # the final check belongs in the run's summary
+        skipped = self.skipped_images()
+        if skipped is not None:
+            metrics["skipped_images"] = skipped
 
     @torch.no_grad()
     def measure(self, run) -> tuple[dict[str, float], dict[str, dict]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from clrun.plugin_manager import default_registry
 from clrun.recipe.nodes import Node, load_yaml_file, parse_yaml
 from clrun.recipe.overrides import apply_overrides
 from clrun.recipe.problems import Problem, RecipeError
@@ -49,11 +51,7 @@ def replace_sections(node: Node, other: Node, file: str) -> None:
 
 
 def recipe_from_node(node: Node, registry: Registry | None = None) -> Recipe:
-    if registry is None:
-        from clrun.plugin_manager import default_registry
-
-        registry = default_registry()
-    validator = Validator(registry)
+    validator = Validator(default_registry() if registry is None else registry)
     recipe = validator.check(node, Recipe, "")
     if validator.problems or recipe is INVALID:
         raise RecipeError(validator.problems)
@@ -62,7 +60,6 @@ def recipe_from_node(node: Node, registry: Registry | None = None) -> Recipe:
 
 def resolved(recipe: Recipe) -> dict:
     """The recipe with every default filled in, as plain data (written to the run folder)."""
-    import dataclasses
 
     def plain(value):
         if isinstance(value, ComponentSpec):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from clrun.recipe.limits import MAX_DEPTH, MAX_OVERRIDE_CHARS
 from clrun.recipe.nodes import Node, parse_yaml
 from clrun.recipe.problems import Problem, RecipeError
 
@@ -20,6 +21,13 @@ def apply_overrides(root: Node, overrides: list[str] | tuple[str, ...]) -> None:
         if not sep or not key.strip():
             problems.append(Problem(FILE, index, 1, "", f"override {text!r} must look like dotted.key=value"))
             continue
+        if len(raw_value) > MAX_OVERRIDE_CHARS:
+            problems.append(Problem(FILE, index, len(key) + 2, key, f"value is {len(raw_value)} characters long, over the "
+                                    f"{MAX_OVERRIDE_CHARS} allowed on the command line; put it in the recipe file"))
+            continue
+        if key.count(".") >= MAX_DEPTH:
+            problems.append(Problem(FILE, index, 1, _shortened(key), f"key is nested more than {MAX_DEPTH} levels deep"))
+            continue
         try:
             value = parse_yaml(raw_value, FILE) if raw_value.strip() else Node(None, FILE, index, len(key) + 2)
         except RecipeError as exc:
@@ -31,6 +39,10 @@ def apply_overrides(root: Node, overrides: list[str] | tuple[str, ...]) -> None:
             problems.append(Problem(FILE, index, 1, key, error))
     if problems:
         raise RecipeError(problems)
+
+
+def _shortened(key: str, limit: int = 60) -> str:
+    return key if len(key) <= limit else key[:limit] + "..."
 
 
 def _relocate(node: Node, line: int, offset: int) -> None:

@@ -119,9 +119,11 @@ class TargetSection:
 
 @dataclass
 class AlarmSection:
-    """The collapse alarm: fires when a health signal of the watched branch stays beyond its threshold
-    for ``patience`` consecutive checks. ``warn`` prints and goes on; ``halt`` stops the run, and while a
-    signal is beyond its threshold no checkpoint is written, so the last one on disk is a healthy one."""
+    """The health alarm: fires when a health signal of the watched branch stays beyond its threshold
+    for ``patience`` consecutive checks (the collapse alarm), or the epoch loss explodes or stops changing
+    for ``patience`` consecutive epochs (the loss alarm; a threshold set to null is not checked). ``warn``
+    prints and goes on; ``halt`` stops the run, and while a signal is beyond its threshold no checkpoint
+    is written, so the last one on disk is a healthy one."""
 
     action: Literal["warn", "halt", "off"] = "warn"
     patience: int = 2
@@ -130,9 +132,25 @@ class AlarmSection:
     min_std_sqrt_d: float = 0.1
     min_rankme: float = 2.0
     max_uniformity: float = -0.1
+    # An epoch loss above this has exploded. The built-in losses stay far below it when they train
+    # (a contrastive one ~ log of the batch size, a redundancy-reduction one ~ its projector width); a
+    # contrastive loss at temperature 1e-8 reaches ~1e7.
+    max_loss: Optional[float] = 1.0e6
+    # ... or above this many times the first epoch's (when that one is positive).
+    max_loss_growth: Optional[float] = 10.0
+    # A relative change of the epoch loss from the epoch before below this is "constant". Augmentations
+    # alone move the epoch mean of a live network (measured with lr 1e-12: 3e-4 to 3e-2 on 16 and 4 steps
+    # an epoch; about 2e-5 expected at 5,000 steps); a dead one repeats its loss to float precision.
+    min_loss_change: Optional[float] = 1.0e-6
 
     def __post_init__(self) -> None:
         _at_least(self.patience, 1, "patience")
+        if self.max_loss is not None and not self.max_loss > 0:
+            raise FieldError("max_loss", f"must be > 0 (or null to not check it), got {self.max_loss}")
+        if self.max_loss_growth is not None and not self.max_loss_growth > 1:
+            raise FieldError("max_loss_growth", f"must be > 1 (or null to not check it), got {self.max_loss_growth}")
+        if self.min_loss_change is not None and not 0 <= self.min_loss_change < 1:
+            raise FieldError("min_loss_change", f"must be >= 0 and < 1 (or null to not check it), got {self.min_loss_change}")
 
 
 @dataclass
@@ -186,3 +204,5 @@ class Recipe:
     def __post_init__(self) -> None:
         if not self.views:
             raise ValueError("views: at least one view is needed")
+        if isinstance(self.seed, int) and not -2**63 <= self.seed < 2**64:  # torch.manual_seed's range
+            raise FieldError("seed", f"must fit in 64 bits ({-2**63} to {2**64 - 1}), got {self.seed}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clrun.component import Component
-from clrun.errors import ComponentError, DataError, DataNotFoundError
+from clrun.errors import ComponentError, ComponentFailure, DataError, DataNotFoundError, UserError
 from clrun.recipe.types import parameters
 
 
@@ -35,10 +35,17 @@ class ComponentSpec:
             return self.component.factory(**kwargs)
         except (DataError, DataNotFoundError):
             raise  # they name the file or folder at fault, and `cl-run check` looks for the latter
-        except (ComponentError, ValueError, TypeError, RuntimeError) as exc:
+        except (ComponentError, ValueError, TypeError, RuntimeError, ArithmeticError, ImportError) as exc:  # a bad value or a missing extra
             path = f"{self.path}: " if self.path else ""
             raise ComponentError(
                 f"{self.where}: error: {path}{self.component.kind} {self.name!r} could not be built: {exc}"
+            ) from exc
+        except UserError:
+            raise  # it already says what to fix
+        except Exception as exc:  # anything else is the plugin's bug: name it, and its maker
+            raise ComponentFailure(
+                f"{self.component.kind} {self.name} from {self.component.provider or '?'} ({self.where}) failed "
+                f"while being built: {type(exc).__name__}: {exc}"
             ) from exc
 
     def plain(self) -> dict[str, Any]:

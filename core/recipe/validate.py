@@ -17,6 +17,7 @@ import typing
 from typing import Any, Callable, Literal
 
 from clrun.component import INJECTED, Nested
+from clrun.errors import ComponentError
 from clrun.recipe.nodes import Node
 from clrun.recipe.problems import Problem
 from clrun.recipe.schema import FieldError
@@ -206,12 +207,16 @@ class Validator:
         name = name_node.value
         if not isinstance(name, str):
             return self.error(name_node, f"{path}.name", f"expected a {kind} name (a string), got {describe_value(name)}")
-        if name not in self.registry.names(kind):
-            return self.error(name_node, f"{path}.name", self.registry.unknown_message(kind, name))
-        component = self.registry.get(kind, name)
+        try:
+            if not self.registry.has(kind, name):
+                return self.error(name_node, f"{path}.name", self.registry.unknown_message(kind, name))
+            component = self.registry.get(kind, name)
+            factory = component.factory  # imported here when the plugin offered it by import path
+        except ComponentError as exc:  # a plugin's lazy namespace or factory that fails to import
+            return self.error(name_node, f"{path}.name", str(exc))
         settings = Node({k: v for k, v in node.value.items() if k != "name"}, node.file, node.line, node.col,
                         key_positions=node.key_positions)
-        kwargs = self.arguments(settings, component.factory, path, f"{kind} {name!r}", skip=INJECTED.get(kind, ()))
+        kwargs = self.arguments(settings, factory, path, f"{kind} {name!r}", skip=INJECTED.get(kind, ()))
         if kwargs is INVALID:
             return INVALID
         return ComponentSpec(component, kwargs, f"{node.file}:{node.line}:{node.col}", path)

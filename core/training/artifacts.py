@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from clrun.export import encoder_state, write_encoder
+from clrun.encoder_file import encoder_state, write_encoder
 from clrun.hookspecs import hookimpl
 from clrun.recipe import resolved
 from clrun.training.run import Run

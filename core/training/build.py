@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from clrun import distributed
-from clrun.errors import UserError
+from clrun.errors import ComponentError, UserError
 from clrun.recipe.schema import Recipe
+from clrun.recipe.spec import ComponentSpec
 from clrun.training.network import OnlineNetwork, output_dim
 from clrun.training.target import TargetNetwork
 from clrun.training.views import Views
@@ -52,9 +53,9 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     example_views = views(example)
     global_sizes = [tuple(v.shape[-2:]) for v, g in zip(example_views, views.is_global) if g]
     backbone = recipe.backbone.build()
-    example_features = torch.zeros(2, output_dim(backbone, example_views[0], "backbone"))
+    example_features = torch.zeros(2, measured_width(recipe.backbone, backbone, example_views[0], "backbone"))
     projector = recipe.projector.build(in_dim=example_features.shape[1])
-    projection_dim = output_dim(projector, example_features, "projector")
+    projection_dim = measured_width(recipe.projector, projector, example_features, "projector")
     predictor = recipe.predictor.build(in_dim=projection_dim) if recipe.predictor is not None else None
     network = OnlineNetwork(backbone, projector, predictor)
     if recipe.train.sync_batchnorm and distributed.active():
@@ -83,6 +84,18 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     eval_size = global_sizes[0] if global_sizes else tuple(example_views[0].shape[-2:])
     return Parts(views.to(device), network, target, loss_fn, optimizer, scheduler, eval_size, steps,
                  example_features.shape[1], projection_dim)
+
+
+def measured_width(spec: ComponentSpec, module: nn.Module, example: Tensor, what: str) -> int:
+    """``module``'s output width on the run's example input; a component that cannot take that input is
+    an error at its recipe entry (a 3-channel backbone on gray images, a head of the wrong width)."""
+    try:
+        return output_dim(module, example, what)
+    except (RuntimeError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        hint = " (gray images need in_chans: 1)" if what == "backbone" and example.shape[1] == 1 else ""
+        raise ComponentError(f"{spec.where}: error: {spec.path or what}: {what} {spec.name!r} cannot take the "
+                             f"run's input of shape {tuple(example.shape[1:])}{hint}: {detail}") from None
 
 
 def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:

@@ -6,6 +6,8 @@ import torch
 
 from clrun.errors import DataNotFoundError
 from clrun.recipe import Recipe
+from clrun.training.hooks import run_hooks
+from clrun.training.recipe_callbacks import NamedCallback
 from clrun.training.setup import prepare
 from clrun.training.step import train_step
 
@@ -18,12 +20,14 @@ def check(recipe: Recipe) -> list[str]:
         lines = [f"data: {setup.data_note}"]
     else:
         lines = [f"data: {recipe.data.dataset.name} with {len(setup.dataset)} images of shape {tuple(images.shape[1:])}"]
+    built = []
     for spec in recipe.callbacks:
         try:
-            spec.build()
+            built.append(NamedCallback(spec.build(), spec))
             lines.append(f"callback: {spec.name} built")
         except DataNotFoundError as exc:  # e.g. an evaluation set that lives on the training machine only
             lines.append(f"callback: {spec.name}: its data is not available here ({exc})")
+    run_hooks(built)  # the hook names and arguments of each callback, as training registers them
     view_shapes = [tuple(v.shape[1:]) for v in parts.views(images)]
     lines.append(f"views: {len(view_shapes)} -> {', '.join('x'.join(map(str, s)) for s in view_shapes)}")
     n_params = sum(p.numel() for p in parts.network.backbone.parameters())
@@ -35,8 +39,10 @@ def check(recipe: Recipe) -> list[str]:
         lines.append(f"target: momentum copy of backbone + projector, {t.momentum} -> {t.final_momentum} ({t.schedule})")
     h = recipe.health
     if h.enabled:
-        lines.append(f"health: every {h.every} epoch(s) on {h.samples} images; collapse alarm {h.alarm.action} "
-                     f"(patience {h.alarm.patience}, {h.alarm.branch})")
+        a = h.alarm
+        lines.append(f"health: every {h.every} epoch(s) on {h.samples} images; collapse alarm {a.action} "
+                     f"(patience {a.patience}, {a.branch}); loss alarm: max {a.max_loss}, growth "
+                     f"{a.max_loss_growth}x, min change {a.min_loss_change}")
     else:
         lines.append("health: off")
     scaler = torch.amp.GradScaler("cpu", enabled=False)

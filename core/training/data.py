@@ -4,6 +4,7 @@ resumable in the middle of an epoch."""
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Iterator
 
 import torch
@@ -26,7 +27,9 @@ class ResumableSampler(Sampler[int]):
         return max(len(self.base) - self.skip, 0)
 
 from clrun import distributed
-from clrun.errors import UserError
+from clrun.errors import ComponentFailure, UserError
+from clrun.recipe.spec import ComponentSpec
+from clrun.training.recipe_callbacks import describe
 from clrun.recipe import Recipe
 
 
@@ -66,3 +69,41 @@ def set_epoch(loader: DataLoader, rng: torch.Generator, seed: int, epoch: int, d
     else:
         rng.manual_seed(seed * 100_003 + epoch)
     sampler.skip = done_batches * loader.batch_size
+
+
+def batches(loader_iterator: Iterator, dataset: ComponentSpec) -> Iterator:
+    """The loader's batches. A data set's error raised in a worker process comes out without torch's
+    wrapper ("Caught ... in DataLoader worker process N" and the worker's traceback): a ``UserError``
+    (a ``DataError`` naming a file) as the data set raised it; anything else as a ``ComponentFailure``
+    naming the data set's component, plugin and recipe line."""
+    while True:
+        try:
+            batch = next(loader_iterator)
+        except StopIteration:
+            return
+        except UserError as exc:
+            raise _unwrapped(exc) from None
+        except Exception as exc:
+            message = _original_message(exc)
+            raise ComponentFailure(f"{describe(dataset)} failed while loading a batch: {message}") from exc
+        yield batch
+
+
+def _original_message(exc: Exception) -> str:
+    """``Type: message`` of the error a worker raised (the last lines of torch's wrapper text)."""
+    text, name = str(exc), type(exc).__name__
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        lines = text.rstrip().splitlines()
+        # The traceback's last entry: "Name: message" or "package.module.Name: message".
+        head = re.compile(rf"^(?:[\w.]+\.)?{re.escape(name)}: ")
+        start = max((i for i, line in enumerate(lines) if head.match(line)), default=len(lines) - 1)
+        return f"{name}: " + head.sub("", "\n".join(lines[start:]), count=1)
+    return f"{name}: {text}"
+
+
+def _unwrapped(exc: UserError) -> UserError:
+    message = _original_message(exc).removeprefix(f"{type(exc).__name__}: ")
+    try:
+        return type(exc)(message)
+    except TypeError:  # an error class with another constructor: keep it whole
+        return exc

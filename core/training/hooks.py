@@ -9,6 +9,8 @@ first, so the recipe's callbacks are registered last-to-first: they run in recip
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pluggy
 from torch.utils.data import Dataset
 
@@ -20,6 +22,7 @@ from clrun.plugin_manager import ClrunPluginManager
 from clrun.recipe import Recipe
 from clrun.training.artifacts import RunArtifacts
 from clrun.training.reporting import Console, MetricsLog
+from clrun.training.recipe_callbacks import CallbackError
 from clrun.training.run import Run
 
 
@@ -40,7 +43,7 @@ def run_hooks(callbacks: list) -> pluggy.HookRelay:
     pm = ClrunPluginManager(RunSpecs)
     try:
         for i, cb in reversed(list(enumerate(callbacks))):
-            pm.register(cb, name=f"callback-{i}-{type(cb).__name__}")
+            pm.register(cb, name=f"{i}: {getattr(cb, 'label', type(cb).__name__)}")
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise UserError(
@@ -50,22 +53,26 @@ def run_hooks(callbacks: list) -> pluggy.HookRelay:
     return pm.hook
 
 
-def end_epoch(hooks: pluggy.HookRelay, run: Run, metrics: dict[str, float]) -> None:
+def end_epoch(hooks: pluggy.HookRelay, run: Run, metrics: dict[str, float], save: Callable[[], None]) -> None:
     """The epoch-end hooks, then the ranks agree on whether to go on: rank 0 runs the callbacks and
-    every rank the health alarm, so a halt or an error on any rank must stop all of them together."""
+    every rank the health alarm, so a halt or an error on any rank must stop all of them together.
+
+    A recipe callback that fails here (``CallbackError``) does not cost the epoch: ``save`` writes its
+    checkpoint before the error stops the run (on every rank, as checkpoints are written together)."""
     failure: Exception | None = None
     try:
         hooks.clrun_epoch_end(run=run, epoch=run.epoch, metrics=metrics)
     except Exception as exc:  # re-raised below, once every rank knows
         failure = exc
-    if not distributed.active():
-        if failure is not None:
-            raise failure
+    reasons = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+    if distributed.active():
+        reasons = distributed.gather_objects(reasons[0])
+    stopped = [(rank, reason) for rank, reason in enumerate(reasons) if reason is not None]
+    if not stopped:
         return
-    reasons = distributed.gather_objects(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if any(reason.startswith(CallbackError.__name__) for _, reason in stopped):
+        save()
     if failure is not None:
         raise failure
-    stopped = [(rank, reason) for rank, reason in enumerate(reasons) if reason is not None]
-    if stopped:
-        rank, reason = stopped[0]
-        raise TrainingHalted(f"process {rank} stopped the run at epoch {run.epoch}: {reason}")
+    rank, reason = stopped[0]
+    raise TrainingHalted(f"process {rank} stopped the run at epoch {run.epoch}: {reason}")

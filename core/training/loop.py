@@ -13,8 +13,8 @@ import torch
 
 from clrun import distributed
 from clrun.recipe import Recipe
-from clrun.training import checkpoint
-from clrun.training.data import set_epoch
+from clrun.training import checkpoint, recipe_callbacks
+from clrun.training.data import batches, set_epoch
 from clrun.training.hooks import builtin_callbacks, end_epoch, run_hooks
 from clrun.training.network import Trainable, distribute
 from clrun.training.run import Run
@@ -48,8 +48,8 @@ def train(recipe: Recipe, resume: str | Path | None = None, verbose: bool = Fals
 def _train(setup: Setup, resume: str | Path | None, verbose: bool, allow_changes: bool) -> Run:
     recipe = setup.recipe
     # The recipe's callbacks exist on rank 0 only (see clrun.hookspecs.RunSpecs).
-    callbacks = [spec.build() for spec in recipe.callbacks] if distributed.is_main() else []
-    hooks = run_hooks([*callbacks, *builtin_callbacks(recipe, setup.dataset, verbose)])
+    callbacks, named = recipe_callbacks.build(recipe.callbacks) if distributed.is_main() else ([], [])
+    hooks = run_hooks([*named, *builtin_callbacks(recipe, setup.dataset, verbose)])
     with open_run(setup, resume, callbacks, allow_changes) as run:  # only now, with everything built, is the folder touched
         return _epochs(setup, run, hooks, callbacks)
 
@@ -78,10 +78,10 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: li
     while run.epoch < recipe.train.epochs and not reached_max_steps(run):
         done = run.position["batches"] if run.position else 0  # > 0: resuming in the middle of this epoch
         set_epoch(loader, setup.sampler_rng, recipe.seed, run.epoch, done)  # the order depends on the epoch only
-        batches = iter(loader)
+        loader_iterator = iter(loader)
         done, sums = checkpoint.resume_in_epoch(run)
         sums, steps, started = defaultdict(float, sums), done, time.time()
-        for images, labels in batches:
+        for images, labels in batches(loader_iterator, recipe.data.dataset):
             try:
                 metrics, outputs = train_step(parts, images, device, recipe.train.precision, scaler,
                                               recipe.train.grad_clip, run.step)
@@ -103,7 +103,7 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: li
         elapsed = time.time() - started
         epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
         epoch_metrics.update(images_per_s=(steps - done) * recipe.data.batch_size / elapsed, epoch_time_s=elapsed)
-        end_epoch(hooks, run, epoch_metrics)
+        end_epoch(hooks, run, epoch_metrics, save=lambda: checkpoint.save(run, callbacks))
         if run.epoch % recipe.train.checkpoint_every == 0:
             checkpoint.save(run, callbacks)
     if run.epoch % recipe.train.checkpoint_every != 0:

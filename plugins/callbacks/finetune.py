@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clrun import ComponentError, Nested, Run, UserError, distributed
 from clrun.callback import Evaluator
+from clrun.plugins.callbacks.class_lists import check_same_classes
 from clrun.plugins.callbacks.linear import cosine_factor, init_linear, train_linear_classifier
 
 NAME = "clrun/finetune"
@@ -141,6 +142,7 @@ class FineTune(Evaluator):
         if not branches or unknown or len(set(branches)) != len(branches):
             raise ComponentError(f"{NAME}: branches must name each of 'backbone' and 'projector' at most once, "
                                  f"and at least one of them; got {branches}")
+        check_same_classes(NAME, train, test)
         self.train, self.test = train, test
         self.epochs, self.lr, self.head_lr_scale, self.weight_decay = epochs, lr, head_lr_scale, weight_decay
         self.batch_size, self.augment, self.branches, self.head_init = batch_size, augment, branches, head_init

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from clrun import Nested, Run, UserError
 from clrun.callback import Evaluator
+from clrun.plugins.callbacks.class_lists import check_same_classes
 
 
 def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, num_classes: int, k: int = 20,
@@ -53,6 +54,7 @@ class KNNEvaluation(Evaluator):
     ) -> None:
         if k < 1 or temperature <= 0 or every < 0:
             raise ValueError(f"need k >= 1, temperature > 0 and every >= 0; got k={k}, temperature={temperature}, every={every}")
+        check_same_classes("clrun/knn", train, test)
         self.train, self.test = train, test
         self.k, self.temperature, self.every, self.batch_size = k, temperature, every, batch_size
 

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from clrun import ComponentError, Nested, Run, UserError
 from clrun.callback import Evaluator
+from clrun.plugins.callbacks.class_lists import check_same_classes
 from clrun.plugins.callbacks.linear import accuracy, standardize, train_linear_classifier
 
 NAME = "clrun/linear_probe"
@@ -77,6 +78,7 @@ class LinearProbe(Evaluator):
                 f"embed_batch_size >= 1; got epochs={epochs}, lr={lr}, weight_decay={weight_decay}, "
                 f"batch_size={batch_size}, every={every}, embed_batch_size={embed_batch_size}"
             )
+        check_same_classes(NAME, train, test)
         self.train, self.test = train, test
         self.epochs, self.lr, self.weight_decay, self.batch_size = epochs, lr, weight_decay, batch_size
         self.seed, self.every, self.embed_batch_size = seed, every, embed_batch_size

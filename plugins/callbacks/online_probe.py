@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from clrun import ComponentError, Nested, Run, StepOutputs, UserError
 from clrun.callback import Evaluator
+from clrun.plugins.callbacks.class_lists import class_names
 
 NAME = "clrun/online_probe"
 HEADS = ("backbone", "projector")
@@ -80,6 +81,13 @@ class OnlineProbe(Evaluator):
                                  f"give a labeled `test` data set to infer it from")
         if num_classes is not None and num_classes < 2:
             raise ComponentError(f"{NAME}: num_classes must be at least 2, got {num_classes}")
+        named = class_names(test) if test is not None else None
+        if num_classes is not None and named is not None and len(named) != num_classes:
+            # The heads' outputs are the training labels; a test set with another class list is scored wrongly.
+            raise ComponentError(f"{NAME}: num_classes={num_classes} but the test data set names {len(named)} classes; "
+                                 f"the training and test labels must share one class list: set num_classes to "
+                                 f"{len(named)} if the training data has those classes, or use a test set of the "
+                                 f"training classes")
         self.num_classes, self.test, self.every = num_classes, test, every
         self.lr, self.weight_decay, self.seed, self.batch_size = lr, weight_decay, seed, batch_size
         self.heads: nn.ModuleDict | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -12,6 +12,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from clrun import ComponentError, DataError, DataNotFoundError
+from clrun.plugins.datasets.class_folders import checked_class_list, class_labels
+from clrun.plugins.datasets.unreadable import SkippedImages
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -56,6 +58,13 @@ class ImageFolder(Dataset):
                 subfolder and there are at least two of them, else "none".
     channels:   1 (grayscale) or 3 (RGB); every image is converted.
     extensions: file name endings to include (case-insensitive).
+    classes:    the class list, e.g. [cat, dog]: class k is the subfolder named classes[k] (implies
+                labels="subfolders"). Give a train and a test set the same list and their labels agree
+                whatever their folders hold; a listed class without images is an error. Unset: the
+                subfolders in alphabetical order, and an empty one is an error (it would shift the labels).
+    on_error:   what a file that cannot be decoded does when it is read: "stop" the run with an error
+                naming it, or "skip" it (the next readable image is served in its place), name it on the
+                console and count it (the run's metric ``skipped_images``).
     """
 
     def __init__(
@@ -65,6 +74,8 @@ class ImageFolder(Dataset):
         labels: Literal["auto", "subfolders", "none"] = "auto",
         channels: Literal[1, 3] = 3,
         extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
+        classes: Optional[list[str]] = None,
+        on_error: Literal["stop", "skip"] = "stop",
     ):
         if channels not in (1, 3):
             raise ComponentError(f"clrun/image_folder: channels must be 1 or 3, got {channels!r}")
@@ -72,6 +83,9 @@ class ImageFolder(Dataset):
             raise ComponentError(f"clrun/image_folder: size must be at least 1, got {size}")
         if labels not in ("auto", "subfolders", "none"):
             raise ComponentError(f"clrun/image_folder: labels must be 'auto', 'subfolders' or 'none', got {labels!r}")
+        if on_error not in ("stop", "skip"):
+            raise ComponentError(f"clrun/image_folder: on_error must be 'stop' or 'skip', got {on_error!r}")
+        classes = checked_class_list(classes)
         self.image_shape: tuple[int, int, int] = (channels, size, size)
         self.size = size
         self.mode = "L" if channels == 1 else "RGB"
@@ -89,48 +103,58 @@ class ImageFolder(Dataset):
             what = "is not a folder" if folder.exists() else "does not exist"
             raise DataNotFoundError(f"clrun/image_folder: data root {folder} {what}", expected_shape=self.image_shape)
         files = find_images(folder, extensions)
+        patterns = ", ".join(f"**/*{e}" for e in extensions)
         if not files:
-            patterns = ", ".join(f"**/*{e}" for e in extensions)
             raise DataNotFoundError(
                 f"clrun/image_folder: no images in {folder} (searched {patterns}, case-insensitive)",
                 expected_shape=self.image_shape,
             )
 
         # A first-level subfolder is the class; files directly in root have no class.
-        in_root = [f for f in files if len(f.parts) == 1]
-        subfolders = sorted({f.parts[0] for f in files if len(f.parts) > 1})
-        if labels == "auto":
-            labels = "subfolders" if not in_root and len(subfolders) >= 2 else "none"
-        if labels == "subfolders":
-            if in_root:
-                raise DataError(
-                    f"clrun/image_folder: labels='subfolders' but {len(in_root)} image(s) sit directly in {folder} "
-                    f"(e.g. {in_root[0]}): move them into a class subfolder, or set labels='none'"
-                )
-            self.classes: list[str] = subfolders
-            index = {name: i for i, name in enumerate(subfolders)}
-            self.targets: list[int] = [index[f.parts[0]] for f in files]
-        else:
-            self.classes = []
-            self.targets = [-1] * len(files)
-        self.label_mode: str = labels
+        self.label_mode, self.classes, self.targets = class_labels(folder, files, labels, classes, patterns)
         self.root = folder
         self.files: list[Path] = [folder / f for f in files]
+        self.on_error = on_error
+        self.skipped: SkippedImages | None = SkippedImages("clrun/image_folder", self.files) if on_error == "skip" else None
+
+    @property
+    def skipped_images(self) -> int | None:
+        """How many unreadable files were skipped so far (across DataLoader workers); None with
+        ``on_error="stop"``, where nothing is ever skipped. The health monitor logs it each epoch."""
+        return None if self.skipped is None else self.skipped.count()
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path = self.files[i]
-        try:
-            image = self._load(path)
-        except _DECODE_ERRORS as e:
-            raise DataError(
-                f"clrun/image_folder: cannot read image {path} ({type(e).__name__}: {e}); remove or replace it"
-            ) from e
+        index, image = self._readable(i)
         # np.array copies into a writable array (torch warns on PIL's read-only buffer); HWC -> CHW.
         array = np.array(image, dtype=np.uint8).reshape(self.size, self.size, -1)
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous(), self.targets[i]
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous(), self.targets[index]
+
+    def _readable(self, i: int) -> tuple[int, Image.Image]:
+        """``(i, image i)``; with ``on_error="skip"``, for an unreadable file the first readable one after it
+        (wrapping around): a batch keeps its size, and an index always gives the same image."""
+        if self.skipped is None or not self.skipped.known(i):
+            try:
+                return i, self._load(self.files[i])
+            except _DECODE_ERRORS as e:
+                if self.skipped is None:
+                    raise DataError(
+                        f"clrun/image_folder: cannot read image {self.files[i]} ({type(e).__name__}: {e}); remove "
+                        f"or replace it, or set on_error: skip on this data set to skip unreadable images and count them"
+                    ) from e
+                self.skipped.record(i, e)
+        n = len(self.files)
+        for j in ((i + k) % n for k in range(1, n)):
+            if self.skipped.known(j):
+                continue
+            try:
+                return j, self._load(self.files[j])
+            except _DECODE_ERRORS as e:
+                self.skipped.record(j, e)
+        raise DataError(f"clrun/image_folder: none of the {n} images in {self.root} can be read "
+                        f"(e.g. {self.files[i]}); replace them, or check the `extensions` setting")
 
     def _load(self, path: Path) -> Image.Image:
         """Decode ``path`` and return it as a ``size`` x ``size`` image in ``self.mode``."""

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from clrun import ComponentError, distributed
-from clrun.plugins.losses.inputs import compute_dtype, global_projections
-from clrun.plugins.losses.ntxent import _autocast_off
+from clrun import distributed, loss_kit
 
-
-def _check(name: str, value: Any, expected: str, positive: bool) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or (positive and value == 0)
-    ):
-        raise ComponentError(f"clrun/barlow_twins: {name} must be {expected}, got {value!r}")
-    return float(value)
+OWNER = "clrun/barlow_twins"
 
 
 class BarlowTwinsLoss(nn.Module):
@@ -68,22 +55,26 @@ class BarlowTwinsLoss(nn.Module):
         off_diagonal: ``sum_{i != j} C_ij^2``, unweighted (0 for decorrelated dimensions).
     """
 
+    main_metric = "on_diagonal"  # shown on the console each epoch
+
     def __init__(self, lambd: float = 0.0051, scale_loss: float = 1.0):
         super().__init__()
-        self.lambd = _check("lambd", lambd, "a finite number >= 0 (the official code uses 0.0051)", False)
-        self.scale_loss = _check(
-            "scale_loss", scale_loss, "a finite number > 0 (1.0 in the paper; solo-learn uses 0.1 on CIFAR)", True
+        self.lambd = loss_kit.float_arg(
+            OWNER, "lambd", lambd, inclusive=True, noun="a finite number", hint=" (the official code uses 0.0051)"
+        )
+        self.scale_loss = loss_kit.float_arg(
+            OWNER, "scale_loss", scale_loss, noun="a finite number", hint=" (1.0 in the paper; solo-learn uses 0.1 on CIFAR)"
         )
 
     def extra_repr(self) -> str:
         return f"lambd={self.lambd}, scale_loss={self.scale_loss}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        views = global_projections("clrun/barlow_twins", out, "standardize each dimension over the batch")
+        views = loss_kit.global_projections(OWNER, out, "standardize each dimension over the batch")
         views = [distributed.gather(z) for z in views]  # the global batch, with gradients
         n, d = views[0].shape
-        dtype = compute_dtype(views)
-        with _autocast_off(views[0].device.type):
+        dtype = loss_kit.compute_dtype(views)
+        with loss_kit.autocast_off(views[0]):
             standardized = []
             for z in views:
                 z = z.to(dtype)

@@ -8,16 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError
-from clrun.plugins.losses.ntxent import _autocast_off
+from clrun import loss_kit
 
-NEEDS_PREDICTOR = (
-    "clrun/byol needs a predictor head on the online branch: add a `predictor:` section to the recipe "
-    "(e.g. name: clrun/mlp)"
-)
-NEEDS_TARGET = (
-    "clrun/byol needs a momentum target network: add a `target:` section to the recipe (e.g. momentum: 0.99)"
-)
+OWNER = "clrun/byol"
 
 
 class BYOLLoss(nn.Module):
@@ -58,47 +51,19 @@ class BYOLLoss(nn.Module):
                     (``1 - l / 2`` averaged over the pairs; 1 when every prediction hits its target).
     """
 
-    def forward(self, out: Any) -> dict[str, Tensor]:
-        predictions = getattr(out, "predictions", None)
-        if predictions is None:
-            raise ComponentError(NEEDS_PREDICTOR)
-        targets = getattr(out, "target_projections", None)
-        if targets is None:
-            raise ComponentError(NEEDS_TARGET)
-        global_idx = [i for i, g in enumerate(out.is_global) if g]
-        if len(global_idx) < 2:
-            raise ComponentError(
-                f"clrun/byol needs at least 2 global views (each view's prediction regresses the target "
-                f"projection of another global view); the recipe makes {len(global_idx)}. "
-                "Use a global view section with count 2 (a section without `local: true`)."
-            )
-        if len(predictions) != len(out.is_global):
-            raise ComponentError(
-                f"clrun/byol got {len(predictions)} predictions for {len(out.is_global)} views; "
-                "it needs one per view"
-            )
-        if len(targets) != len(global_idx):
-            raise ComponentError(
-                f"clrun/byol got {len(targets)} target projections for {len(global_idx)} global views; "
-                "it needs one per global view"
-            )
-        shape = tuple(predictions[0].shape)
-        if len(shape) != 2 or any(tuple(p.shape) != shape for p in predictions):
-            raise ComponentError(
-                "clrun/byol needs every view's predictions as (batch, dim) tensors of the same shape; got "
-                + ", ".join(str(tuple(p.shape)) for p in predictions)
-            )
-        for t in targets:
-            if tuple(t.shape) != shape:
-                raise ComponentError(
-                    f"clrun/byol needs target projections of the predictions' shape {shape}; got "
-                    f"{tuple(t.shape)}. The predictor's output width must equal the projector's (out_dim)."
-                )
+    main_metric = "pos_cosine"  # shown on the console each epoch
 
-        dtype = torch.float32
-        for x in (*predictions, *targets):
-            dtype = torch.promote_types(dtype, x.dtype)  # fp16/bf16 -> fp32, fp64 stays
-        with _autocast_off(predictions[0].device.type):
+    def forward(self, out: Any) -> dict[str, Tensor]:
+        predictions = loss_kit.required_predictions(OWNER, out)
+        targets = loss_kit.required_target_projections(OWNER, out)
+        global_idx = loss_kit.global_view_indices(
+            OWNER, out, why="each view's prediction regresses the target projection of another global view"
+        )
+        shape = loss_kit.same_shape(OWNER, "every view's predictions", predictions)
+        loss_kit.shaped_like_predictions(OWNER, "target projections", targets, shape)
+
+        dtype = loss_kit.compute_dtype(predictions, targets)  # fp16/bf16 -> fp32, fp64 stays
+        with loss_kit.autocast_off(predictions[0]):
             p = [F.normalize(x.to(dtype), dim=1) for x in predictions]
             t = [F.normalize(x.detach().to(dtype), dim=1) for x in targets]  # stop-gradient
             loss = p[0].new_zeros(())

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError, distributed
-from clrun.plugins.losses.ntxent import _autocast_off
+from clrun import distributed, loss_kit
 from clrun.plugins.losses.queue import ring_enqueue
 
-NEEDS_TARGET = (
-    "clrun/moco needs a momentum target network: add a `target:` section to the recipe (e.g. momentum: 0.99)"
-)
-
-
-def _int_arg(owner: str, name: str, value: object, minimum: int, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ComponentError(f"{owner}: {name} must be an integer >= {minimum}{hint}, got {value!r}")
-    return value
-
-
-def _positive_float_arg(owner: str, name: str, value: object, hint: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ComponentError(f"{owner}: {name} must be a number > 0{hint}, got {value!r}")
-    return float(value)
+OWNER = "clrun/moco"
 
 
 class MoCoLoss(nn.Module):
@@ -83,15 +67,15 @@ class MoCoLoss(nn.Module):
         neg_cosine:      mean cosine similarity of the queries and the queue entries.
     """
 
+    main_metric = "contrastive_acc"  # shown on the console each epoch
+
     def __init__(self, in_dim: int, queue_size: int = 65536, temperature: float = 0.2):
         super().__init__()
-        self.in_dim = _int_arg("clrun/moco", "in_dim", in_dim, 1, " (the projections' width, set by the training loop)")
-        self.queue_size = _int_arg(
-            "clrun/moco", "queue_size", queue_size, 1, " (MoCo uses 65536; keep it a few times the batch size)"
+        self.in_dim = loss_kit.int_arg(OWNER, "in_dim", in_dim, 1, " (the projections' width, set by the training loop)")
+        self.queue_size = loss_kit.int_arg(
+            OWNER, "queue_size", queue_size, 1, " (MoCo uses 65536; keep it a few times the batch size)"
         )
-        self.temperature = _positive_float_arg(
-            "clrun/moco", "temperature", temperature, " (MoCo v2 uses 0.2, MoCo v1 0.07)"
-        )
+        self.temperature = loss_kit.temperature_arg(OWNER, temperature, hint=" (MoCo v2 uses 0.2, MoCo v1 0.07)")
         # Random unit vectors, drawn from torch's global RNG (seeded by the run), as in MoCo.
         self.register_buffer("queue", F.normalize(torch.randn(self.queue_size, self.in_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -100,37 +84,19 @@ class MoCoLoss(nn.Module):
         return f"in_dim={self.in_dim}, queue_size={self.queue_size}, temperature={self.temperature}"
 
     def _inputs(self, out: Any) -> tuple[list[Tensor], list[Tensor]]:
-        targets = getattr(out, "target_projections", None)
-        if targets is None:
-            raise ComponentError(NEEDS_TARGET)
-        queries = [p for p, g in zip(out.projections, out.is_global) if g]
-        if len(queries) < 2:
-            raise ComponentError(
-                f"clrun/moco needs at least 2 global views (each view's query is matched with the key of "
-                f"another global view); the recipe makes {len(queries)}. "
-                "Use a global view section with count 2 (a section without `local: true`)."
-            )
-        if len(targets) != len(queries):
-            raise ComponentError(
-                f"clrun/moco got {len(targets)} target projections for {len(queries)} global views; "
-                "it needs one per global view"
-            )
-        shapes = [tuple(t.shape) for t in queries + list(targets)]
-        n = shapes[0][0] if len(shapes[0]) == 2 else -1
-        if any(s != (n, self.in_dim) for s in shapes):
-            raise ComponentError(
-                f"clrun/moco needs the global views' projections and target projections as (batch, "
-                f"{self.in_dim}) tensors with the same batch size; got {shapes}"
-            )
-        if n < 1:
-            raise ComponentError("clrun/moco needs at least 1 image per batch; got an empty batch")
-        return queries, list(targets)
+        targets = loss_kit.required_target_projections(OWNER, out)
+        global_idx = loss_kit.global_view_indices(
+            OWNER, out, why="each view's query is matched with the key of another global view"
+        )
+        queries = [out.projections[i] for i in global_idx]
+        loss_kit.batch_of_width(OWNER, "the global views' projections and target projections", queries + targets, self.in_dim)
+        return queries, targets
 
     def forward(self, out: Any) -> dict[str, Tensor]:
         queries, targets = self._inputs(out)
         g = len(queries)
-        dtype = torch.promote_types(queries[0].dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
-        with _autocast_off(queries[0].device.type):
+        dtype = loss_kit.compute_dtype(queries, targets)  # fp16/bf16 -> fp32, fp64 stays
+        with loss_kit.autocast_off(queries[0]):
             q = [F.normalize(t.to(dtype), dim=1) for t in queries]
             k = [F.normalize(t.detach().to(dtype), dim=1) for t in targets]
             # A copy: the queue is written below, and autograd keeps this operand for the backward pass.

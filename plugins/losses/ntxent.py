@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError, distributed
+from clrun import distributed, loss_kit
 
-
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    """Disable autocast on ``device_type`` (a no-op context where that device has no autocast)."""
-    try:
-        return torch.autocast(device_type=device_type, enabled=False)
-    except RuntimeError:  # device type without autocast support
-        return contextlib.nullcontext()
+OWNER = "clrun/ntxent"
 
 
 class NTXentLoss(nn.Module):
@@ -63,42 +55,22 @@ class NTXentLoss(nn.Module):
         neg_cosine:      mean cosine similarity of the negative pairs.
     """
 
+    main_metric = "contrastive_acc"  # shown on the console each epoch
+
     def __init__(self, temperature: float = 0.5):
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise ComponentError(f"clrun/ntxent: temperature must be a number > 0, got {temperature!r}")
-        if not math.isfinite(temperature) or temperature <= 0:
-            raise ComponentError(
-                f"clrun/ntxent: temperature must be > 0 (SimCLR uses 0.5; 0.07 to 0.2 is common), got {temperature!r}"
-            )
-        self.temperature = float(temperature)
+        self.temperature = loss_kit.temperature_arg(
+            OWNER, temperature, hint=" (SimCLR uses 0.5; 0.07 to 0.2 is common)"
+        )
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        views = [p for p, g in zip(out.projections, out.is_global) if g]
-        if len(views) != 2:
-            raise ComponentError(
-                f"clrun/ntxent compares exactly 2 global views; the recipe makes {len(views)}. "
-                "Use views with count 2 (two global crops of every image), or a loss that handles "
-                "another number of views."
-            )
-        z1, z2 = views
-        if z1.ndim != 2 or z1.shape != z2.shape:
-            raise ComponentError(
-                "clrun/ntxent needs the two global views' projections as (batch, dim) tensors of the "
-                f"same shape; got {tuple(z1.shape)} and {tuple(z2.shape)}"
-            )
+        z1, z2 = loss_kit.global_projections(OWNER, out, "have negatives", exactly=2)
         n = z1.shape[0]
-        if n < 2:
-            raise ComponentError(
-                f"clrun/ntxent needs at least 2 images per batch to have negatives; got batch size {n}. "
-                "Raise the batch size, or drop the last incomplete batch if it is the one with a single image."
-            )
-
-        dtype = torch.promote_types(z1.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
-        with _autocast_off(z1.device.type):
+        dtype = loss_kit.compute_dtype(z1, z2)  # fp16/bf16 -> fp32, fp64 stays
+        with loss_kit.autocast_off(z1):
             # Every rank's rows (with gradients): z holds the global batch's 2N vectors, view 1 then view 2.
             z = F.normalize(torch.cat([distributed.gather(z1), distributed.gather(z2)], dim=0).to(dtype), dim=1)
             total = z.shape[0]  # 2N

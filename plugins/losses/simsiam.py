@@ -9,13 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError
-from clrun.plugins.losses.ntxent import _autocast_off
+from clrun import loss_kit
 
-NEEDS_PREDICTOR = (
-    "clrun/simsiam needs a predictor head on the online branch: add a `predictor:` section to the recipe "
-    "(e.g. name: clrun/mlp)"
-)
+OWNER = "clrun/simsiam"
 
 
 class SimSiamLoss(nn.Module):
@@ -66,6 +62,8 @@ class SimSiamLoss(nn.Module):
                           the global views; the unbiased std, so NaN for a batch of one image.
     """
 
+    main_metric = "output_std_ratio"  # shown on the console each epoch
+
     def __init__(self, stop_gradient: bool = True, require_predictor: bool = True) -> None:
         super().__init__()
         self.stop_gradient = stop_gradient
@@ -75,41 +73,19 @@ class SimSiamLoss(nn.Module):
         return f"stop_gradient={self.stop_gradient}, require_predictor={self.require_predictor}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        predictions = getattr(out, "predictions", None)
-        if predictions is None and self.require_predictor:
-            raise ComponentError(NEEDS_PREDICTOR)
-        if predictions is None:
-            predictions = out.projections
-        global_idx = [i for i, g in enumerate(out.is_global) if g]
-        if len(global_idx) < 2:
-            raise ComponentError(
-                f"clrun/simsiam needs at least 2 global views (each view's prediction is compared with the "
-                f"projection of another global view); the recipe makes {len(global_idx)}. "
-                "Use a global view section with count 2 (a section without `local: true`)."
-            )
-        if len(predictions) != len(out.is_global):
-            raise ComponentError(
-                f"clrun/simsiam got {len(predictions)} predictions for {len(out.is_global)} views; "
-                "it needs one per view"
-            )
-        shape = tuple(predictions[0].shape)
-        if len(shape) != 2 or any(tuple(p.shape) != shape for p in predictions):
-            raise ComponentError(
-                "clrun/simsiam needs every view's predictions as (batch, dim) tensors of the same shape; got "
-                + ", ".join(str(tuple(p.shape)) for p in predictions)
-            )
+        if getattr(out, "predictions", None) is None and not self.require_predictor:
+            predictions = list(out.projections)  # the "no predictor" ablation: projections predict each other
+        else:
+            predictions = loss_kit.required_predictions(OWNER, out)
+        global_idx = loss_kit.global_view_indices(
+            OWNER, out, why="each view's prediction is compared with the projection of another global view"
+        )
+        shape = loss_kit.same_shape(OWNER, "every view's predictions", predictions)
         projections = [out.projections[j] for j in global_idx]
-        for z in projections:
-            if tuple(z.shape) != shape:
-                raise ComponentError(
-                    f"clrun/simsiam needs global projections of the predictions' shape {shape}; got "
-                    f"{tuple(z.shape)}. The predictor's output width must equal the projector's (out_dim)."
-                )
+        loss_kit.shaped_like_predictions(OWNER, "global projections", projections, shape)
 
-        dtype = torch.float32
-        for x in (*predictions, *projections):
-            dtype = torch.promote_types(dtype, x.dtype)  # fp16/bf16 -> fp32, fp64 stays
-        with _autocast_off(predictions[0].device.type):
+        dtype = loss_kit.compute_dtype(predictions, projections)  # fp16/bf16 -> fp32, fp64 stays
+        with loss_kit.autocast_off(predictions[0]):
             p = [F.normalize(x.to(dtype), dim=1) for x in predictions]
             z = [F.normalize((x.detach() if self.stop_gradient else x).to(dtype), dim=1) for x in projections]
             terms = []

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from clrun import distributed
+from clrun import distributed, loss_kit
 
 
 @torch.no_grad()
@@ -42,7 +42,7 @@ def sinkhorn_knopp(scores: Tensor, iterations: int = 3, epsilon: float = 0.05) -
     if not epsilon > 0:
         raise ValueError(f"sinkhorn_knopp: epsilon must be > 0, got {epsilon!r}")
     b, k = scores.shape
-    dtype = torch.promote_types(scores.dtype, torch.float32)
+    dtype = loss_kit.compute_dtype(scores)
     log_q = scores.detach().to(dtype).T / epsilon  # (K, B)
     log_q = log_q - logsumexp_over_samples(log_q, everything=True)
     log_k, log_b = math.log(k), math.log(b * distributed.world_size())

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError
-from clrun.plugins.losses.moco import _int_arg, _positive_float_arg
-from clrun.plugins.losses.ntxent import _autocast_off
+from clrun import ComponentError, loss_kit
 from clrun.plugins.losses.sinkhorn import sinkhorn_knopp
+
+OWNER = "clrun/swav"
 
 
 class SwAVLoss(nn.Module):
@@ -81,6 +81,8 @@ class SwAVLoss(nn.Module):
         queue_used:      (only with a queue) 1 when this step's codes used the queue, else 0.
     """
 
+    main_metric = "code_entropy"  # shown on the console each epoch
+
     def __init__(
         self,
         in_dim: int,
@@ -94,26 +96,24 @@ class SwAVLoss(nn.Module):
         queue_views: int = 2,
     ):
         super().__init__()
-        name = "clrun/swav"
-        self.in_dim = _int_arg(name, "in_dim", in_dim, 1, " (the projections' width, set by the training loop)")
-        self.num_prototypes = _int_arg(
-            name, "num_prototypes", num_prototypes, 2, " (SwAV uses 3000 on ImageNet)"
+        self.in_dim = loss_kit.int_arg(OWNER, "in_dim", in_dim, 1, " (the projections' width, set by the training loop)")
+        self.num_prototypes = loss_kit.int_arg(
+            OWNER, "num_prototypes", num_prototypes, 2, " (SwAV uses 3000 on ImageNet)"
         )
-        self.temperature = _positive_float_arg(name, "temperature", temperature, " (SwAV uses 0.1)")
-        self.sinkhorn_iterations = _int_arg(
-            name, "sinkhorn_iterations", sinkhorn_iterations, 1, " (SwAV uses 3)"
+        self.temperature = loss_kit.temperature_arg(OWNER, temperature, hint=" (SwAV uses 0.1)")
+        self.sinkhorn_iterations = loss_kit.int_arg(
+            OWNER, "sinkhorn_iterations", sinkhorn_iterations, 1, " (SwAV uses 3)"
         )
-        self.epsilon = _positive_float_arg(name, "epsilon", epsilon, " (SwAV uses 0.05)")
-        self.freeze_prototypes_steps = _int_arg(
-            name, "freeze_prototypes_steps", freeze_prototypes_steps, 0,
-            " (SwAV uses 313; 0 trains them from the start)",
+        self.epsilon = loss_kit.float_arg(OWNER, "epsilon", epsilon, hint=" (SwAV uses 0.05)")
+        self.freeze_prototypes_steps = loss_kit.int_arg(
+            OWNER, "freeze_prototypes_steps", freeze_prototypes_steps, 0, " (SwAV uses 313; 0 trains them from the start)"
         )
-        self.queue_length = _int_arg(
-            name, "queue_length", queue_length, 0, " (0 turns the queue off; SwAV uses 3840 with batches of 256)"
+        self.queue_length = loss_kit.int_arg(
+            OWNER, "queue_length", queue_length, 0, " (0 turns the queue off; SwAV uses 3840 with batches of 256)"
         )
-        self.queue_start_step = _int_arg(name, "queue_start_step", queue_start_step, 0, "")
-        self.queue_views = _int_arg(
-            name, "queue_views", queue_views, 1, " (the number of global views the recipe makes)"
+        self.queue_start_step = loss_kit.int_arg(OWNER, "queue_start_step", queue_start_step, 0)
+        self.queue_views = loss_kit.int_arg(
+            OWNER, "queue_views", queue_views, 1, " (the number of global views the recipe makes)"
         )
         # Initialized like any nn.Linear (torch's global RNG); rows are normalized at each training forward.
         self.prototypes = nn.Linear(self.in_dim, self.num_prototypes, bias=False)
@@ -146,15 +146,7 @@ class SwAVLoss(nn.Module):
                 f"clrun/swav's queue is sized for queue_views={self.queue_views} global views, but the recipe "
                 f"makes {len(global_idx)}; set queue_views: {len(global_idx)} in the loss section"
             )
-        shapes = [tuple(v.shape) for v in views]
-        n = shapes[0][0] if len(shapes[0]) == 2 else -1
-        if any(s != (n, self.in_dim) for s in shapes):
-            raise ComponentError(
-                f"clrun/swav needs every view's projections as (batch, {self.in_dim}) tensors with the same "
-                f"batch size; got {shapes}"
-            )
-        if n < 1:
-            raise ComponentError("clrun/swav needs at least 1 image per batch; got an empty batch")
+        loss_kit.batch_of_width(OWNER, "every view's projections", views, self.in_dim)
         return global_idx
 
     def forward(self, out: Any) -> dict[str, Tensor]:
@@ -174,8 +166,8 @@ class SwAVLoss(nn.Module):
             self.queue_length > 0 and step >= self.queue_start_step and int(self.queue_fill) == self.queue_length
         )
 
-        dtype = torch.promote_types(views[0].dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
-        with _autocast_off(views[0].device.type):
+        dtype = loss_kit.compute_dtype(views)  # fp16/bf16 -> fp32, fp64 stays
+        with loss_kit.autocast_off(views[0]):
             w = weight.to(dtype)
             z = [F.normalize(v.to(dtype), dim=1) for v in views]
             scores = [zv @ w.T for zv in z]  # (N, K) per view

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError, distributed
-from clrun.plugins.losses.inputs import compute_dtype, global_projections
-from clrun.plugins.losses.ntxent import _autocast_off
+from clrun import ComponentError, distributed, loss_kit
 
+OWNER = "clrun/vicreg"
 STD_EPS = 1e-4  # inside the square root of the variance term, as in the paper and the official code
 
 
-def _check(name: str, value: Any, default: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ComponentError(
-            f"clrun/vicreg: {name} must be a finite number >= 0 (the paper uses {default:g}), got {value!r}"
-        )
-    return float(value)
+def _coefficient(name: str, value: Any, paper: float) -> float:
+    return loss_kit.float_arg(OWNER, name, value, inclusive=True, noun="a finite number", hint=f" (the paper uses {paper:g})")
 
 
 class VICRegLoss(nn.Module):
@@ -66,11 +60,13 @@ class VICRegLoss(nn.Module):
         covariance: the scaled sum of squared off-diagonal covariances (0 for decorrelated dimensions).
     """
 
+    main_metric = "variance"  # shown on the console each epoch
+
     def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0):
         super().__init__()
-        self.sim_coeff = _check("sim_coeff", sim_coeff, 25.0)
-        self.std_coeff = _check("std_coeff", std_coeff, 25.0)
-        self.cov_coeff = _check("cov_coeff", cov_coeff, 1.0)
+        self.sim_coeff = _coefficient("sim_coeff", sim_coeff, 25.0)
+        self.std_coeff = _coefficient("std_coeff", std_coeff, 25.0)
+        self.cov_coeff = _coefficient("cov_coeff", cov_coeff, 1.0)
         if self.sim_coeff == self.std_coeff == self.cov_coeff == 0:
             raise ComponentError(
                 "clrun/vicreg: sim_coeff, std_coeff and cov_coeff are all 0, so the loss is constant; "
@@ -81,11 +77,11 @@ class VICRegLoss(nn.Module):
         return f"sim_coeff={self.sim_coeff}, std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        views = global_projections("clrun/vicreg", out, "estimate variances and covariances")
+        views = loss_kit.global_projections(OWNER, out, "estimate variances and covariances")
         views = [distributed.gather(z) for z in views]  # the global batch, with gradients
         n, d = views[0].shape
-        dtype = compute_dtype(views)
-        with _autocast_off(views[0].device.type):
+        dtype = loss_kit.compute_dtype(views)
+        with loss_kit.autocast_off(views[0]):
             views = [z.to(dtype) for z in views]
             eye = torch.eye(d, dtype=torch.bool, device=views[0].device)
             var_terms, cov_terms = [], []  # per view: each pair reuses its views' terms

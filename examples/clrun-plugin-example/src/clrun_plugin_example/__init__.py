@@ -9,9 +9,18 @@ cl-run finds it through the ``clrun`` entry point in ``pyproject.toml``, which n
 ``clrun_plugin_example.plugin``; nothing here needs to be imported by hand.
 """
 
-from clrun_plugin_example.augmentations import RandomGaussianNoiseClamp
-from clrun_plugin_example.losses import AlignUniformLoss
+import importlib
 
 __version__ = "0.1.0"
 
 __all__ = ["AlignUniformLoss", "RandomGaussianNoiseClamp", "__version__"]
+
+# Imported on first access (PEP 562): cl-run imports this package to reach the entry-point module,
+# for every command, and the components import torch.
+_MODULES = {"AlignUniformLoss": "clrun_plugin_example.losses", "RandomGaussianNoiseClamp": "clrun_plugin_example.augmentations"}
+
+
+def __getattr__(name):
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULES[name]), name)

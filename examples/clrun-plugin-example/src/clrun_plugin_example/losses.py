@@ -1,21 +1,20 @@
-"""``example/align_uniform``: the alignment and uniformity loss of Wang & Isola (2020)."""
+"""``example/align_uniform``: the alignment and uniformity loss of Wang & Isola (2020).
+
+It uses ``clrun.loss_kit`` like the built-in losses: the view and batch checks (with errors that name
+the loss and the fix), the argument checks, and float32 math with autocast off.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import clrun
 import torch
 import torch.nn.functional as F
+from clrun import loss_kit
 from torch import Tensor, nn
 
-
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    try:
-        return torch.autocast(device_type=device_type, enabled=False)
-    except RuntimeError:  # a device type without autocast
-        return contextlib.nullcontext()
+OWNER = "example/align_uniform"
 
 
 def align_loss(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
@@ -30,14 +29,6 @@ def uniform_loss(x: Tensor, t: float = 2.0) -> Tensor:
     """
     sq_dists = torch.pdist(x, p=2).pow(2)
     return torch.logsumexp(-t * sq_dists, dim=0) - math.log(sq_dists.numel())
-
-
-def _positive(name: str, value: object, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"example/align_uniform: {name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"example/align_uniform: {name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
 
 
 class AlignUniformLoss(nn.Module):
@@ -66,32 +57,18 @@ class AlignUniformLoss(nn.Module):
 
     def __init__(self, alpha: float = 2.0, t: float = 2.0, uniformity_weight: float = 1.0):
         super().__init__()
-        self.alpha = _positive("alpha", alpha)
-        self.t = _positive("t", t)
-        self.uniformity_weight = _positive("uniformity_weight", uniformity_weight, allow_zero=True)
+        self.alpha = loss_kit.float_arg(OWNER, "alpha", alpha, hint=" (the paper uses 2)")
+        self.t = loss_kit.float_arg(OWNER, "t", t, hint=" (the paper uses 2)")
+        self.uniformity_weight = loss_kit.float_arg(OWNER, "uniformity_weight", uniformity_weight, inclusive=True)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, t={self.t}, uniformity_weight={self.uniformity_weight}"
 
     def forward(self, out: clrun.StepOutputs) -> dict[str, Tensor]:
-        views = out.global_projections
-        if len(views) != 2:
-            raise clrun.UserError(
-                f"example/align_uniform compares exactly 2 global views; the recipe makes {len(views)}. "
-                "Use one global view with count: 2."
-            )
-        z1, z2 = views
-        if z1.ndim != 2 or z1.shape != z2.shape:
-            raise clrun.UserError(
-                "example/align_uniform needs the two global views' projections as (batch, dim) tensors of "
-                f"the same shape; got {tuple(z1.shape)} and {tuple(z2.shape)}"
-            )
-        if z1.shape[0] < 2:
-            raise clrun.UserError(
-                f"example/align_uniform needs at least 2 images per batch for the uniformity term; got {z1.shape[0]}"
-            )
-        dtype = torch.promote_types(z1.dtype, torch.float32)
-        with _autocast_off(z1.device.type):
+        # exactly 2 global views of one (batch, dim) shape, batch >= 2; else a clrun.UserError for the recipe
+        z1, z2 = loss_kit.global_projections(OWNER, out, "compute the uniformity term", exactly=2)
+        dtype = loss_kit.compute_dtype(z1, z2)  # float32 (float64 stays float64), also for bf16 inputs
+        with loss_kit.autocast_off(z1):
             x = F.normalize(z1.to(dtype), dim=1)
             y = F.normalize(z2.to(dtype), dim=1)
             align = align_loss(x, y, self.alpha)

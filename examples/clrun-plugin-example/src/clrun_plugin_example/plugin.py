@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import clrun
 
-from clrun_plugin_example.augmentations import RandomGaussianNoiseClamp
-from clrun_plugin_example.losses import AlignUniformLoss
-
 NAMESPACE = "example"
 
 
@@ -22,13 +19,13 @@ def clrun_components() -> list[clrun.Component]:
         clrun.Component(
             "loss",
             f"{NAMESPACE}/align_uniform",
-            AlignUniformLoss,
+            "clrun_plugin_example.losses:AlignUniformLoss",
             "alignment + uniformity on the hypersphere (Wang & Isola 2020)",
         ),
         clrun.Component(
             "augmentation",
             f"{NAMESPACE}/RandomGaussianNoiseClamp",
-            RandomGaussianNoiseClamp,
+            "clrun_plugin_example.augmentations:RandomGaussianNoiseClamp",
             "additive Gaussian noise on a random subset of images, clamped to [0, 1]",
         ),
     ]

@@ -1,0 +1,84 @@
+"""The encoder file: a backbone's tensors in safetensors with the recipe as metadata, written atomically.
+
+What the training loop writes at the end of a run and ``cl-run export`` writes on demand
+(``clrun.export``); reading it needs no pickle, and timm reads it natively.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import yaml
+from torch import Tensor
+
+from clrun.errors import UserError
+from clrun.run_folder import temp_path
+from clrun.storage import writing
+from clrun.version import __version__
+
+_PREFIX = "backbone."
+
+
+def encoder_state(network_state: dict[str, Any]) -> dict[str, Tensor]:
+    """The backbone's tensors of a checkpoint's ``network`` state, named as in the bare backbone.
+
+    Cloned (safetensors refuses tensors that share storage) and contiguous (it stores plain row-major
+    bytes; a ``channels_last`` run's weights are not).
+    """
+    return {
+        key[len(_PREFIX):]: value.detach().cpu().contiguous().clone()
+        for key, value in network_state.items()
+        if key.startswith(_PREFIX)
+    }
+
+
+def write_encoder(path: Path, backbone_state: dict[str, Tensor], recipe: dict[str, Any],
+                  extra: dict[str, Any] | None = None) -> Path:
+    """Write ``backbone_state`` with its recipe as metadata to ``path``, atomically: a crash leaves the
+    previous file or the complete new one, never a half-written file under that name."""
+    path = Path(path)
+    backbone = dict(recipe.get("backbone") or {})
+    name = backbone.pop("name", None)
+    if not isinstance(name, str):
+        raise ValueError("write_encoder: the recipe has no backbone.name")
+    metadata = {
+        "format": "pt",  # the safetensors convention: these are PyTorch tensors
+        "clrun_version": __version__,
+        "recipe": yaml.safe_dump(recipe, sort_keys=False),
+        "backbone": name,
+        "backbone_args": json.dumps(backbone, sort_keys=True),
+    }
+    for key, value in (extra or {}).items():
+        if key in metadata:
+            raise ValueError(f"write_encoder: extra metadata {key!r} would replace a reserved entry")
+        metadata[key] = str(value)
+
+    # Same folder, so os.replace is a rename on one file system (atomic), as in checkpoint.save_atomic.
+    tmp = temp_path(path)
+    kept = "the previous export is kept" if path.is_file() else ""
+    try:
+        with writing(path, "export", kept):
+            safetensors.torch.save_file(backbone_state, str(tmp), metadata=metadata)
+            with open(tmp, "rb+") as f:  # save_file takes a path only: flush its bytes to disk here
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata in a safetensors file's header (empty when it has none)."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"no encoder file at {file} (export one with clrun.export.export(<run folder>))")
+    try:
+        with safetensors.safe_open(str(file), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise UserError(f"{file} is not a readable safetensors file ({type(exc).__name__}: {exc})") from exc

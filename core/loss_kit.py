@@ -1,0 +1,245 @@
+"""The loss kit: what every loss needs besides its formula, shared by the built-in losses and open to plugins.
+
+A loss receives a ``clrun.StepOutputs`` and must (1) check that the recipe gave it what it compares,
+with an error that names the loss and says how to fix the recipe, and (2) compute its formula in at
+least float32 even when the step runs under bf16/fp16 autocast. The helpers here do both, with the
+same wording for every loss:
+
+    with loss_kit.autocast_off(z):                 # the loss math in the dtype chosen below
+        dtype = loss_kit.compute_dtype(z1, z2)     # float32, or float64 for float64 inputs
+
+    views = loss_kit.global_projections(owner, out, "have negatives")   # >= 2 global views, batch >= 2
+    preds = loss_kit.required_predictions(owner, out)                   # the recipe needs a predictor
+    keys = loss_kit.required_target_projections(owner, out)             # ... or a target network
+    tau = loss_kit.temperature_arg(owner, tau, hint=" (the paper uses 0.5)")   # a number >= 1e-3
+
+Every check raises ``clrun.ComponentError`` (a ``UserError`` and a ``ValueError``): the CLI prints
+its message without a traceback, and a factory's error is reported with the recipe's file and line
+(the argument checks name the argument in the error's ``argument``).
+``owner`` is the loss's component name (``"mine/cosine"``), the first words of every message.
+Gathering views across ranks is ``clrun.distributed.gather`` (with gradients) and
+``gather_no_grad``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from clrun.errors import ComponentError
+
+# ---------------------------------------------------------------- precision
+
+
+def autocast_off(where: Tensor | torch.device | str) -> contextlib.AbstractContextManager:
+    """A context that disables autocast on the device of ``where`` (a tensor, a device or a device type).
+
+    Under bf16/fp16 autocast a matmul or a softmax would run in half precision; a loss's logits,
+    normalizations and sums need float32 (cast the inputs with ``compute_dtype``). On a device type
+    without autocast support this is a no-op context.
+    """
+    if isinstance(where, Tensor):
+        where = where.device
+    device_type = where.type if isinstance(where, torch.device) else str(where)
+    try:
+        return torch.autocast(device_type=device_type, enabled=False)
+    except RuntimeError:  # a device type without autocast support
+        return contextlib.nullcontext()
+
+
+def compute_dtype(*tensors: Tensor | Sequence[Tensor]) -> torch.dtype:
+    """The dtype a loss computes in: at least float32 (fp16/bf16 inputs are promoted), float64 stays float64.
+
+    Takes tensors or lists of tensors: ``compute_dtype(z1, z2)`` or ``compute_dtype(predictions, targets)``.
+    """
+    dtype = torch.float32
+    for item in tensors:
+        for t in [item] if isinstance(item, Tensor) else item:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+# ---------------------------------------------------------------- what the recipe must provide
+
+
+def global_view_indices(owner: str, out: Any, *, minimum: int = 2, exactly: int | None = None, why: str = "") -> list[int]:
+    """Indices (in ``out``'s per-view lists) of the global views, after checking how many there are.
+
+    ``exactly``: the loss compares exactly that many global views; else at least ``minimum``. ``why``
+    completes "needs at least N global views (...)" in the message; without it the message says
+    "compares at least N global views".
+    """
+    indices = [i for i, g in enumerate(out.is_global) if g]
+    n = len(indices)
+    if exactly is not None and n != exactly:
+        raise ComponentError(
+            f"{owner} compares exactly {exactly} global views; the recipe makes {n}. Use views with count "
+            f"{exactly} ({exactly} global crops of every image), or a loss that handles another number of views."
+        )
+    if n < minimum:
+        what = f"needs at least {minimum} global views ({why})" if why else f"compares at least {minimum} global views"
+        raise ComponentError(
+            f"{owner} {what}; the recipe makes {n}. "
+            f"Use a global view section with count {minimum} (a section without `local: true`)."
+        )
+    return indices
+
+
+def required_predictions(owner: str, out: Any) -> list[Tensor]:
+    """The predictor's outputs, one per view; an error that asks for a ``predictor:`` section when there are none."""
+    predictions = getattr(out, "predictions", None)
+    if predictions is None:
+        raise ComponentError(
+            f"{owner} needs a predictor head on the online branch: add a `predictor:` section to the recipe "
+            "(e.g. name: clrun/mlp)"
+        )
+    views = len(out.is_global)
+    if len(predictions) != views:
+        raise ComponentError(f"{owner} got {len(predictions)} predictions for {views} views; it needs one per view")
+    return list(predictions)
+
+
+def required_target_projections(owner: str, out: Any) -> list[Tensor]:
+    """The momentum target network's projections, one per global view; an error that asks for a
+    ``target:`` section when the recipe has no target network."""
+    targets = getattr(out, "target_projections", None)
+    if targets is None:
+        raise ComponentError(
+            f"{owner} needs a momentum target network: add a `target:` section to the recipe (e.g. momentum: 0.99)"
+        )
+    n_global = sum(1 for g in out.is_global if g)
+    if len(targets) != n_global:
+        raise ComponentError(
+            f"{owner} got {len(targets)} target projections for {n_global} global views; it needs one per global view"
+        )
+    return list(targets)
+
+
+def global_projections(owner: str, out: Any, why_two_images: str, *, exactly: int | None = None) -> list[Tensor]:
+    """The global views' projections: at least 2 views (``exactly`` that many if given), all ``(batch, dim)``
+    tensors of one shape, batch >= 2.
+
+    ``why_two_images`` completes "needs at least 2 images per batch to ..." in the error message.
+    """
+    views = [out.projections[i] for i in global_view_indices(owner, out, exactly=exactly)]
+    n, _ = same_shape(owner, "the global views' projections", views)
+    at_least_two_images(owner, n, why_two_images)
+    return views
+
+
+# ---------------------------------------------------------------- shapes and batch size
+
+
+def same_shape(owner: str, what: str, tensors: Sequence[Tensor]) -> tuple[int, int]:
+    """``(batch, dim)`` of ``tensors``, which must all be 2-d and of one shape; ``what`` names them in the error."""
+    shape = tuple(tensors[0].shape)
+    if len(shape) != 2 or any(tuple(t.shape) != shape for t in tensors):
+        raise ComponentError(
+            f"{owner} needs {what} as (batch, dim) tensors of the same shape; got "
+            + ", ".join(str(tuple(t.shape)) for t in tensors)
+        )
+    return shape[0], shape[1]
+
+
+def shaped_like_predictions(owner: str, what: str, tensors: Sequence[Tensor], shape: tuple[int, ...]) -> None:
+    """Check that the tensors a loss compares predictions with (``what``) have the predictions' ``shape``."""
+    for t in tensors:
+        if tuple(t.shape) != tuple(shape):
+            raise ComponentError(
+                f"{owner} needs {what} of the predictions' shape {tuple(shape)}; got {tuple(t.shape)}. "
+                "The predictor's output width must equal the projector's (out_dim)."
+            )
+
+
+def batch_of_width(owner: str, what: str, tensors: Sequence[Tensor], width: int) -> int:
+    """The batch size of ``tensors``, which must all be ``(batch, width)`` with one batch size >= 1.
+
+    For a loss whose state is sized by ``in_dim`` (a queue, prototypes).
+    """
+    shapes = [tuple(t.shape) for t in tensors]
+    n = shapes[0][0] if len(shapes[0]) == 2 else -1
+    if any(s != (n, width) for s in shapes):
+        raise ComponentError(
+            f"{owner} needs {what} as (batch, {width}) tensors with the same batch size; got {shapes}"
+        )
+    if n < 1:
+        raise ComponentError(f"{owner} needs at least 1 image per batch; got an empty batch")
+    return n
+
+
+def at_least_two_images(owner: str, batch_size: int, why: str) -> None:
+    """An error for a batch of one image when the loss needs two (negatives, a variance over the batch).
+
+    ``why`` completes "needs at least 2 images per batch to ...".
+    """
+    if batch_size < 2:
+        raise ComponentError(
+            f"{owner} needs at least 2 images per batch to {why}; got batch size {batch_size}. "
+            "Raise the batch size, or drop the last incomplete batch if it is the one with a single image."
+        )
+
+
+# ---------------------------------------------------------------- constructor arguments
+
+
+def int_arg(owner: str, name: str, value: object, minimum: int, hint: str = "") -> int:
+    """``value`` as an int >= ``minimum`` (booleans refused); ``hint`` follows the requirement in the error,
+    e.g. ``" (the paper uses 65536)"``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ComponentError(f"{owner}: {name} must be an integer >= {minimum}{hint}, got {value!r}", argument=name)
+    return value
+
+
+def float_arg(
+    owner: str,
+    name: str,
+    value: object,
+    *,
+    minimum: float = 0.0,
+    inclusive: bool = False,
+    hint: str = "",
+    noun: str = "a number",
+) -> float:
+    """``value`` as a finite float above ``minimum`` (or equal to it when ``inclusive``); booleans, strings,
+    NaN and infinities are refused.
+
+    The error reads "{owner}: {name} must be {noun} > {minimum}{hint}, got {value!r}"; ``noun`` is how
+    the message names the value ("a number", "a finite number").
+    """
+    valid = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (value >= minimum if inclusive else value > minimum)
+    )
+    if not valid:
+        raise ComponentError(
+            f"{owner}: {name} must be {noun} {'>=' if inclusive else '>'} {minimum:g}{hint}, got {value!r}", argument=name
+        )
+    return float(value)
+
+
+MIN_TEMPERATURE = 1e-3
+
+
+def temperature_arg(owner: str, value: object, hint: str = "") -> float:
+    """``value`` as a softmax temperature: a finite number >= ``MIN_TEMPERATURE`` (1e-3).
+
+    A loss divides similarities in [-1, 1] by its temperature: below 1e-3 the logits pass +-1000, the
+    softmax is saturated (one-hot) and the loss grows like 1 / temperature (about 1e7 at 1e-8) while the
+    run goes on with finite numbers and learns nothing. Refusing it when the loss is built makes
+    ``cl-run check`` say so before any training. Non-numbers and values <= 0 get ``float_arg``'s message.
+    """
+    tau = float_arg(owner, "temperature", value, hint=hint)
+    if tau < MIN_TEMPERATURE:
+        raise ComponentError(
+            f"{owner}: temperature must be >= {MIN_TEMPERATURE:g}{hint}, got {value!r}: the logits are similarities "
+            f"divided by the temperature (up to +-{1 / tau:.0e} here), and past +-{1 / MIN_TEMPERATURE:g} the "
+            f"softmax saturates and the loss explodes instead of training",
+            argument="temperature",
+        )
+    return tau

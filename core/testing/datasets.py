@@ -1,0 +1,98 @@
+"""The contracts of a ``dataset`` component.
+
+The training loop batches ``dataset[i]`` with a DataLoader and moves the batch to the device before
+any augmentation: every item must be ``(uint8 image (C, H, W), int label)``, one image size for all
+items, the label ``-1`` for unlabeled data. A data set whose files are missing raises
+``clrun.DataNotFoundError`` so that ``cl-run check`` can go on with random images.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tempfile
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from clrun import DataNotFoundError, create
+from clrun.testing.contract import ContractError, require
+
+
+def _sample_indices(n: int) -> list[int]:
+    return sorted({0, n // 2, n - 1})
+
+
+def items(kind: str, name: str, **settings: Any) -> None:
+    """Items are ``(uint8 (C, H, W) tensor, int label)`` of one shape (the ``image_shape`` it declares, if
+    any); labels lie in ``range(len(classes))`` when it names classes, else they are -1 or more."""
+    dataset = create(kind, name, **settings)
+    n = len(dataset)
+    require(n >= 1, "the data set is empty")
+    classes = getattr(dataset, "classes", None) or []
+    shapes = set()
+    for i in _sample_indices(n):
+        item = dataset[i]
+        require(isinstance(item, (tuple, list)) and len(item) == 2, f"item {i} is {type(item).__name__}; return (image, label)")
+        image, label = item
+        require(
+            isinstance(image, Tensor) and image.dtype == torch.uint8 and image.ndim == 3,
+            f"item {i}'s image is {_describe(image)}; return a uint8 (C, H, W) tensor (decode and resize in the data set)",
+        )
+        require(
+            isinstance(label, int) and not isinstance(label, bool),
+            f"item {i}'s label is {type(label).__name__}; return a Python int (-1 for unlabeled)",
+        )
+        if classes:
+            require(0 <= label < len(classes), f"item {i}'s label {label} is outside 0..{len(classes) - 1} ({len(classes)} classes)")
+        else:
+            require(label >= -1, f"item {i}'s label is {label}; an unlabeled item has label -1")
+        shapes.add(tuple(image.shape))
+    require(len(shapes) == 1, f"items have different shapes {sorted(shapes)}; a batch needs one size, resize in the data set")
+    declared = getattr(dataset, "image_shape", None)
+    require(declared is None or tuple(declared) in shapes, f"it declares image_shape {declared} but its items are {shapes.pop()}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def deterministic_items(kind: str, name: str, **settings: Any) -> None:
+    """Reading an item twice gives the same image and label: augmentation happens on the device, and
+    resuming or evaluating must see the same data."""
+    dataset = create(kind, name, **settings)
+    for i in _sample_indices(len(dataset)):
+        (a, label_a), (b, label_b) = dataset[i], dataset[i]
+        require(torch.equal(a, b) and label_a == label_b, f"item {i} differs between two reads")
+
+
+def missing_root(kind: str, name: str, **settings: Any) -> None:
+    """With ``root`` an empty folder it raises ``clrun.DataNotFoundError`` naming the folder (and what to put
+    there): ``cl-run check`` then goes on with random images."""
+    with tempfile.TemporaryDirectory() as empty:
+        try:
+            dataset = create(kind, name, **{**settings, "root": empty})
+        except DataNotFoundError as exc:
+            require(empty in str(exc), f"the error does not name the folder {empty}: {exc}")
+            return
+        raise ContractError(f"an empty root gave a data set of {len(dataset)} items; raise clrun.DataNotFoundError")
+
+
+def takes_a_root(factory: Callable[..., Any]) -> bool:
+    """Whether a data set factory reads files from a ``root`` argument."""
+    try:
+        return "root" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a factory without an inspectable signature
+        return False
+
+
+CONTRACTS: dict[str, Callable[..., None]] = {
+    "items": items,
+    "deterministic_items": deterministic_items,
+    "missing_root": missing_root,
+}
+
+# Contracts that apply only to some factories; the others apply to every data set.
+APPLIES: dict[str, Callable[[Callable[..., Any]], bool]] = {"missing_root": takes_a_root}

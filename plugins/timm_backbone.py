@@ -1,0 +1,88 @@
+"""A timm model as a backbone: pooled features (no classifier), options for gray and small images, local weights.
+
+``clrun.plugins.backbones`` offers it for every timm model name, as ``timm/<model name>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch
+from torch import nn
+
+from clrun import UserError
+
+
+def create_timm_backbone(
+    model_name: str,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    checkpoint_path: Optional[str] = None,
+    small_image_stem: bool = False,
+    drop_path_rate: Optional[float] = None,
+    img_size: Optional[int] = None,
+) -> nn.Module:
+    """A timm model with its classifier removed (``num_classes=0``): ``forward(x)`` gives (B, F) features.
+
+    in_chans:          1 for gray images (Fashion-MNIST), 3 for RGB.
+    pretrained:        download timm's weights (needs internet; offline, use ``checkpoint_path``).
+    checkpoint_path:   a local .safetensors or .pth state dict of this model, loaded with strict keys.
+    small_image_stem:  CIFAR-style stem for ResNet-family models on 32px images: a 3x3 stride-1 first
+                       convolution and no max-pool, so small images keep their resolution.
+    img_size:          input size for models that fix it (ViTs default to 224).
+    """
+    kwargs: dict = {"num_classes": 0, "in_chans": in_chans}
+    if drop_path_rate is not None:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    except TypeError as exc:  # an option this model family does not take (e.g. img_size on a ResNet)
+        raise UserError(f"timm/{model_name}: {exc}") from exc
+    except Exception as exc:
+        if not pretrained:
+            raise
+        raise UserError(
+            f"timm/{model_name}: pretrained weights could not be downloaded ({type(exc).__name__}: {exc}); "
+            f"without internet, set backbone.pretrained=false and backbone.checkpoint_path=/path/to/weights.safetensors"
+        ) from exc
+    if small_image_stem:
+        _use_small_image_stem(model, model_name, in_chans)
+    if checkpoint_path is not None:
+        _load_checkpoint(model, model_name, checkpoint_path)
+    return model
+
+
+def _use_small_image_stem(model: nn.Module, model_name: str, in_chans: int) -> None:
+    conv1 = getattr(model, "conv1", None)
+    if not isinstance(conv1, nn.Conv2d) or not hasattr(model, "maxpool"):
+        raise UserError(
+            f"timm/{model_name}: small_image_stem needs a ResNet-style model (a single conv1 and a maxpool); "
+            f"remove backbone.small_image_stem or pick e.g. timm/resnet18"
+        )
+    model.conv1 = nn.Conv2d(in_chans, conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+
+
+def _load_checkpoint(model: nn.Module, model_name: str, path: str) -> None:
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"timm/{model_name}: checkpoint_path {path} does not exist")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(file))
+    else:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model"):  # common wrappers around a state dict
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"timm/{model_name}: {path} does not match the model: missing keys {missing[:5]}, "
+            f"unexpected keys {unexpected[:5]} (is it a checkpoint of this model with these options?)"
+        )
