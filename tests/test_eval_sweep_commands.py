@@ -35,10 +35,11 @@ def cl_run(capsys, *args) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained_folder(tmp_path_factory, registry) -> Path:
-    """One 2-epoch tiny run through the command line, trained once for the module."""
+def trained_folder(tmp_path_factory, registry, reports_skipped) -> Path:
+    """One 2-epoch tiny run through the command line, trained once for the module (without its report:
+    the commands under test write it)."""
     folder = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as patch:
+    with reports_skipped(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
         assert main([str(TINY), f"run.dir={folder}", "train.epochs=2"]) == 0
     return folder / "tiny"
@@ -95,7 +96,7 @@ def test_export_writes_an_encoder_that_loads_back(run_folder, tmp_path, capsys):
 
 
 def test_report_rewrites_a_run_folders_report(run_folder, tmp_path, capsys):
-    (run_folder / "report.md").unlink()
+    assert not (run_folder / "report.md").exists()  # trained without its report
     code, out, _ = cl_run(capsys, "report", run_folder)
     assert code == 0 and out.strip() == f"report: {run_folder / 'report.md'}"
     assert "## Health" in (run_folder / "report.md").read_text(encoding="utf-8")
@@ -103,6 +104,7 @@ def test_report_rewrites_a_run_folders_report(run_folder, tmp_path, capsys):
     assert code == 2 and f"report: {tmp_path} is not a run folder (it has no recipe.yaml)" in err
 
 
+@pytest.mark.usefixtures("no_report")  # the variants' own reports are not under test: the sweep's table is
 def test_sweep_trains_every_value_and_tabulates_them(tmp_path, capsys):
     code, out, err = cl_run(capsys, "sweep", TINY, "loss.temperature=0.1,0.5", "train.epochs=1", f"run.dir={tmp_path}")
     assert code == 0, err
