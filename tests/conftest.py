@@ -28,6 +28,15 @@ def registry():
     return plugin_manager.default_registry()
 
 
+@pytest.fixture(scope="module")
+def cli_uses_session_registry(registry):
+    """``clrun.cli.main`` loads the plugins afresh (seconds) on every call: hand it the session's registry
+    instead, for a whole module (``pytestmark = pytest.mark.usefixtures("cli_uses_session_registry")``)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
+        yield
+
+
 def built_run(recipe: Recipe) -> Run:
     """``recipe``'s run on the CPU as training builds it (same seeding, same initial weights), before its
     first step; it writes nothing."""

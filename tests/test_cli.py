@@ -20,7 +20,6 @@ import timm
 import torch
 
 import clrun
-from clrun import plugin_manager
 from clrun.cli import main
 from clrun.plugins import BUILTIN_MODULES
 
@@ -29,12 +28,7 @@ CL_RUN = Path(sys.executable).with_name("cl-run")  # the console script installe
 BAD_KEY_LINE = "38:3: error: train.epoch: unknown key 'epoch' for section 'train'; did you mean 'epochs'?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_registry(registry):
-    """main() loads the plugins afresh (seconds) on every call: hand it the session's registry instead."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
-        yield
+pytestmark = pytest.mark.usefixtures("cli_uses_session_registry")
 
 
 def cl_run(capsys, *args: str) -> tuple[int, str, str]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from clrun import plugin_manager
 from clrun.cli import main
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
@@ -23,12 +22,7 @@ TAG_REFUSED = "is not allowed in a recipe, which holds only text, numbers, true/
 NOT_TEXT = "a recipe is plain text: is this the right file?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_registry(registry):
-    """main() loads the plugins afresh (seconds) on every call: hand it the session's registry instead."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
-        yield
+pytestmark = pytest.mark.usefixtures("cli_uses_session_registry")
 
 
 @contextlib.contextmanager

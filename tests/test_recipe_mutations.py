@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clrun import plugin_manager
 from clrun.cli import main
 
 ROOT = Path(__file__).parent.parent
@@ -34,12 +33,7 @@ OTHER_VALUES = [
 """What a value may become: scalars of every YAML type, traps of YAML 1.1, collections, tags, anchors, aliases."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_registry(registry):
-    """main() loads the plugins afresh (seconds) on every call: hand it the session's registry instead."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
-        yield
+pytestmark = pytest.mark.usefixtures("cli_uses_session_registry")
 
 
 @st.composite
