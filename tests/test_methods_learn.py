@@ -14,7 +14,14 @@ Random convolutional features are already strong on Fashion-MNIST (~70%), so the
 about half the measured gains: room for run-to-run float noise, not hopes. The budgets are the smallest
 that keep a clear gain: 40 steps where the method gains early; MoCo 80 (its loss rises while its 4096-key
 queue fills, 32 steps); SwAV 160 (its backbone gains nothing by 80 steps: -0.4, +1.2 at 120, +2.8 at
-160). Measured with another seed (seed=1) as a check on the margins: BYOL +1.26, SimSiam +4.59, MoCo +3.64.
+160); SimSiam 80 (at 40 steps its gain was +2.3 here and +1.1 on the CI machine, whose float
+arithmetic differs). Measured with other seeds as a check on the margins: MoCo +3.64 (seed=1); SimSiam
+at 80 steps +4.1, +2.6, +1.35, +1.3 (seeds 0-3).
+
+BYOL is the exception: with this recipe its kNN gain is within seed noise at any budget CI affords
+(160 steps, seeds 0-3: +2.6, +1.0, -0.7, -0.5; +0.9 after the full 312-step run in the README; a higher
+learning rate or another target momentum did not help). Asserting a gain would pass or fail by luck, so
+its test asserts what does hold: the short run does not collapse or damage the encoder, and its loss falls.
 """
 
 from __future__ import annotations
@@ -33,9 +40,8 @@ BANK = 5000  # neighbour-bank images (a fixed draw from the training split)
 # recipe stem -> (training images, minimum kNN gain over the untrained encoder); measured gains noted.
 CASES = {
     "barlow_twins_fmnist": (1280, 0.023),  # 40 steps: 67.82% -> 72.53% (+4.7)
-    "byol_fmnist": (1280, 0.007),  # 40 steps: 67.82% -> 69.30% (+1.5); +1.9 at 80 steps
     "mocov2_fmnist": (2560, 0.024),  # 80 steps: 67.82% -> 72.63% (+4.8)
-    "simsiam_fmnist": (1280, 0.011),  # 40 steps: 67.82% -> 70.10% (+2.3)
+    "simsiam_fmnist": (2560, 0.006),  # 80 steps: 67.82% -> 71.90% (+4.1); the smallest of 4 seeds +1.3
     "swav_fmnist": (5120, 0.014),  # 160 steps, multi-crop: 69.68% -> 72.47% (+2.8)
     "vicreg_fmnist": (1280, 0.026),  # 40 steps: 67.82% -> 73.10% (+5.3)
 }
@@ -51,18 +57,38 @@ def knn_only(stem: str) -> str:
     return f"callbacks=[{json.dumps(knn)}]"
 
 
+def short_run(stem: str, images: int, tmp_path: Path) -> clrun.Run:
+    budget = [f"data.dataset.subset={images}", "train.epochs=4", "health.enabled=false", knn_only(stem)]
+    recipe = clrun.load_recipe(RECIPES / f"{stem}.yaml", [*budget, f"run.dir={tmp_path}", "train.progress=false"])
+    return clrun.train(recipe)
+
+
+def epoch_losses(run: clrun.Run) -> list[float]:
+    records = [json.loads(line) for line in (run.directory / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["kind"] == "epoch"]
+
+
 @pytest.mark.parametrize("stem", sorted(CASES))
 def test_a_short_run_beats_the_untrained_encoder(stem, tmp_path, untrained_knn):
     images, margin = CASES[stem]
-    budget = [f"data.dataset.subset={images}", "train.epochs=4", "health.enabled=false", knn_only(stem)]
-    recipe = clrun.load_recipe(RECIPES / f"{stem}.yaml", [*budget, f"run.dir={tmp_path}", "train.progress=false"])
-    run = clrun.train(recipe)
+    run = short_run(stem, images, tmp_path)
     trained = run.summary["knn_top1"]
-    untrained = untrained_knn(recipe, recipe.callbacks[0].build())  # the same encoder before its first step
+    untrained = untrained_knn(run.recipe, run.recipe.callbacks[0].build())  # the same encoder before its first step
     print(f"{stem}: kNN top-1 on the 10k test split: trained {trained:.4f}, untrained {untrained:.4f}")
     assert trained >= untrained + margin
     # The run folder is complete and the loss went down.
     assert {"recipe.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"} <= {p.name for p in run.directory.iterdir()}
-    epochs = [json.loads(line) for line in (run.directory / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in epochs if r["kind"] == "epoch"]
+    losses = epoch_losses(run)
     assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_a_short_byol_run_keeps_the_encoder_and_lowers_its_loss(tmp_path, untrained_knn):
+    """See the module docstring: BYOL's gain is not measurable at this budget; collapse or a broken update
+    would cost far more than the 2 points allowed (a collapsed encoder scores 10-40%)."""
+    run = short_run("byol_fmnist", 1280, tmp_path)
+    trained = run.summary["knn_top1"]
+    untrained = untrained_knn(run.recipe, run.recipe.callbacks[0].build())
+    print(f"byol_fmnist: kNN top-1 on the 10k test split: trained {trained:.4f}, untrained {untrained:.4f}")
+    assert trained >= untrained - 0.02
+    losses = epoch_losses(run)
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.1
