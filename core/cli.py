@@ -29,7 +29,7 @@ from clrun.recipe.problems import RecipeError
 # Each command imports the machinery it runs inside its function, not here: this module must not import
 # torch (seconds), so that `cl-run --help`, argument errors, `components` and `plugins` answer at once.
 
-LOCATED_ERROR = re.compile(r"^\S+:\d+:\d+: error: ")
+LOCATED_ERROR = re.compile(r"^(<[^>]+>|\S+):\d+:\d+: error: ")
 
 # Options before the command, with the number of values each takes.
 GLOBAL_FLAGS = {"--strict-plugins": 0, "--no-plugins": 0, "--disable-plugin": 1}

@@ -35,6 +35,23 @@ class ComponentError(UserError, ValueError):
         self.argument = argument
 
 
+class ComponentErrors(ComponentError):
+    """Several components of one recipe could not be built: each error on its own line, in file order,
+    so a user fixes them all in one round."""
+
+    def __init__(self, errors: list[ComponentError]) -> None:
+        # Recipe-file positions first, then <command line> ones, as recipe problems are listed.
+        self.errors = sorted(errors, key=lambda e: _position(str(e)))
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+def _position(message: str) -> tuple:
+    file, _, rest = message.partition(":")
+    line, _, rest = rest.partition(":")
+    col = rest.partition(":")[0]
+    return (file.startswith("<"), file, int(line) if line.isdigit() else 0, int(col) if col.isdigit() else 0)
+
+
 class PluginLoadError(UserError):
     """A plugin failed to load while strict loading was requested."""
 

@@ -41,3 +41,25 @@ def test_a_component_that_cannot_work_is_a_recipe_error(case, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2, err
     assert expected in err and "Traceback" not in err
+
+
+def test_every_entry_that_cannot_be_built_is_named_at_once_at_its_key(tmp_path, capsys):
+    """Factory errors are reported like recipe problems: all of them in one round, in file order, each at
+    the setting the factory complained about (or at its entry when the message names no setting), and a
+    value set by an override is blamed on the override."""
+    text = TINY.read_text(encoding="utf-8").replace("scale: [0.3, 1.0]", "scale: [0.9, 0.1]")
+    text = text.replace("  lr: 1e-3", "  lr: -1.0")
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    code = main(["check", str(recipe), "loss.temperature=0.0001"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert [line.split(" could not be built: ")[0] for line in lines] == [
+        f"{recipe}:18:16: error: views.0.transforms.0.scale: augmentation 'kornia/RandomResizedCrop'",
+        f"{recipe}:34:3: error: optimizer: optimizer 'torch/AdamW'",
+        "<command line>:1:18: error: loss.temperature: loss 'clrun/ntxent'",
+    ]
+    assert lines[1].endswith("Invalid learning rate: -1.0")
+    assert "temperature must be >= 0.001" in lines[2]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from clrun.component import Component
@@ -18,6 +19,9 @@ class ComponentSpec:
     params: dict[str, Any]
     where: str = "<api>"  # file:line:col of the entry, for build errors
     path: str = ""  # dotted recipe path of the entry
+    # file:line:col of each setting's value: an override's is on <command line>, so an error in a value
+    # set by an override blames the override.
+    positions: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -36,10 +40,7 @@ class ComponentSpec:
         except (DataError, DataNotFoundError):
             raise  # they name the file or folder at fault, and `cl-run check` looks for the latter
         except (ComponentError, ValueError, TypeError, RuntimeError, ArithmeticError, ImportError) as exc:  # a bad value or a missing extra
-            path = f"{self.path}: " if self.path else ""
-            raise ComponentError(
-                f"{self.where}: error: {path}{self.component.kind} {self.name!r} could not be built: {exc}"
-            ) from exc
+            raise self.build_error(exc) from exc
         except UserError:
             raise  # it already says what to fix
         except Exception as exc:  # anything else is the plugin's bug: name it, and its maker
@@ -47,6 +48,24 @@ class ComponentSpec:
                 f"{self.component.kind} {self.name} from {self.component.provider or '?'} ({self.where}) failed "
                 f"while being built: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def build_error(self, exc: Exception) -> ComponentError:
+        """The factory's complaint, located at the setting it is about when that is known (the
+        ``argument`` of a ComponentError, or the one setting the message names), else at the entry."""
+        argument = self.blamed_argument(exc)
+        where, path = self.where, self.path
+        if argument is not None:
+            where, path = self.positions[argument], f"{self.path}.{argument}" if self.path else argument
+        prefix = f"{path}: " if path else ""
+        return ComponentError(f"{where}: error: {prefix}{self.component.kind} {self.name!r} could not be built: {exc}",
+                              argument=argument)
+
+    def blamed_argument(self, exc: Exception) -> str | None:
+        argument = getattr(exc, "argument", None)
+        if argument in self.positions:
+            return argument
+        named = [key for key in self.positions if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", str(exc))]
+        return named[0] if len(named) == 1 else None
 
     def plain(self) -> dict[str, Any]:
         """The entry as it would be written in a recipe (for the resolved recipe in the run folder)."""

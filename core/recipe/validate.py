@@ -219,4 +219,5 @@ class Validator:
         kwargs = self.arguments(settings, factory, path, f"{kind} {name!r}", skip=INJECTED.get(kind, ()))
         if kwargs is INVALID:
             return INVALID
-        return ComponentSpec(component, kwargs, f"{node.file}:{node.line}:{node.col}", path)
+        positions = {key: f"{child.file}:{child.line}:{child.col}" for key, child in settings.value.items()}
+        return ComponentSpec(component, kwargs, f"{node.file}:{node.line}:{node.col}", path, positions)

@@ -12,6 +12,8 @@ from clrun import distributed
 from clrun.errors import ComponentError, UserError
 from clrun.recipe.schema import Recipe
 from clrun.recipe.spec import ComponentSpec
+from clrun.recipe.types import parameters
+from clrun.training.build_errors import BuildErrors
 from clrun.training.network import OnlineNetwork, output_dim
 from clrun.training.target import TargetNetwork
 from clrun.training.views import Views
@@ -48,15 +50,33 @@ def param_groups(modules: list[nn.Module], weight_decay_on_all: bool) -> list[di
 def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per_epoch: int,
                 training: bool = True) -> Parts:
     """``example``: a few uint8 images from the data set, used to measure view sizes and head widths.
-    ``training=False`` (checks, evaluation) skips what only pays off over many steps: compiling."""
-    views = Views(recipe.views, recipe.data)
+    ``training=False`` (checks, evaluation) skips what only pays off over many steps: compiling.
+
+    Every entry that can be built is, before any error is raised: the error lists them all."""
+    errors = BuildErrors()
+    views = Views(recipe.views, recipe.data, build=lambda spec: errors.build(spec, nn.Identity()))
+    views_ok = not errors.errors
     example_views = views(example)
     global_sizes = [tuple(v.shape[-2:]) for v, g in zip(example_views, views.is_global) if g]
-    backbone = recipe.backbone.build()
-    example_features = torch.zeros(2, measured_width(recipe.backbone, backbone, example_views[0], "backbone"))
-    projector = recipe.projector.build(in_dim=example_features.shape[1])
-    projection_dim = measured_width(recipe.projector, projector, example_features, "projector")
-    predictor = recipe.predictor.build(in_dim=projection_dim) if recipe.predictor is not None else None
+    backbone = errors.build(recipe.backbone)
+    feature_dim = projection_dim = predictor = None
+    if backbone is not None and views_ok:
+        feature_dim = errors.attempt(lambda: measured_width(recipe.backbone, backbone, example_views[0], "backbone"), None)
+    projector = errors.build(recipe.projector, in_dim=feature_dim) if feature_dim is not None else None
+    if projector is not None:
+        projection_dim = errors.attempt(
+            lambda: measured_width(recipe.projector, projector, torch.zeros(2, feature_dim), "projector"), None)
+    if recipe.predictor is not None and projection_dim is not None:
+        predictor = errors.build(recipe.predictor, in_dim=projection_dim)
+    # A loss that needs the projection width waits for it; the others are checked regardless.
+    loss_fn = None
+    if projection_dim is not None or "in_dim" not in parameters(recipe.loss.component.factory)[0]:
+        loss_fn = errors.build(recipe.loss, in_dim=projection_dim)
+    steps = total_steps(recipe, steps_per_epoch)
+    if errors.errors:  # the optimizer's and scheduler's settings are still checked, on a stand-in
+        optimizer_and_scheduler(recipe, [nn.Linear(1, 1)], steps, steps_per_epoch, errors)
+    errors.raise_any()
+
     network = OnlineNetwork(backbone, projector, predictor)
     if recipe.train.sync_batchnorm and distributed.active():
         if device.type == "cpu":
@@ -69,21 +89,27 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     if recipe.train.channels_last:
         network = network.to(memory_format=torch.channels_last)
         views.channels_last = True
-    steps = total_steps(recipe, steps_per_epoch)
     # Copied after the move, so it shares the online network's device and memory layout.
     target = TargetNetwork(network, recipe.target, steps) if recipe.target is not None else None
-    loss_fn = recipe.loss.build(in_dim=projection_dim).to(device)
+    loss_fn = loss_fn.to(device)
     if recipe.train.compile and training:
         # In place (the state_dict keys stay those of the plain module), after the target's copy was taken.
         network.backbone.compile()
-    groups = param_groups([network, loss_fn], not recipe.train.exclude_bias_and_norm_from_weight_decay)
-    optimizer = recipe.optimizer.build(params=groups)
-    scheduler = None
-    if recipe.scheduler is not None:
-        scheduler = recipe.scheduler.build(optimizer=optimizer, total_steps=steps, steps_per_epoch=steps_per_epoch)
+    optimizer, scheduler = optimizer_and_scheduler(recipe, [network, loss_fn], steps, steps_per_epoch, errors)
+    errors.raise_any()
     eval_size = global_sizes[0] if global_sizes else tuple(example_views[0].shape[-2:])
     return Parts(views.to(device), network, target, loss_fn, optimizer, scheduler, eval_size, steps,
-                 example_features.shape[1], projection_dim)
+                 feature_dim, projection_dim)
+
+
+def optimizer_and_scheduler(recipe: Recipe, modules: list[nn.Module], steps: int, steps_per_epoch: int,
+                            errors: BuildErrors) -> tuple[Optional[torch.optim.Optimizer], Any]:
+    groups = param_groups(modules, not recipe.train.exclude_bias_and_norm_from_weight_decay)
+    optimizer = errors.build(recipe.optimizer, params=groups)
+    scheduler = None
+    if recipe.scheduler is not None and optimizer is not None:
+        scheduler = errors.build(recipe.scheduler, optimizer=optimizer, total_steps=steps, steps_per_epoch=steps_per_epoch)
+    return optimizer, scheduler
 
 
 def measured_width(spec: ComponentSpec, module: nn.Module, example: Tensor, what: str) -> int:

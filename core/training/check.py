@@ -6,6 +6,7 @@ import torch
 
 from clrun.errors import DataNotFoundError
 from clrun.recipe import Recipe
+from clrun.training.build_errors import BuildErrors
 from clrun.training.hooks import run_hooks
 from clrun.training.recipe_callbacks import NamedCallback
 from clrun.training.setup import prepare
@@ -13,20 +14,27 @@ from clrun.training.step import train_step
 
 
 def check(recipe: Recipe) -> list[str]:
-    """Validate-and-build smoke test; returns report lines. Raises on any failure."""
-    setup = prepare(recipe, "check")
+    """Validate-and-build smoke test; returns report lines. Raises on any failure, naming every
+    component entry that cannot be built (the callbacks' too) at once."""
+    errors = BuildErrors()
+    setup = errors.attempt(lambda: prepare(recipe, "check"), None)
+    callback_lines, built = [], []
+    for spec in recipe.callbacks:
+        try:
+            callback = errors.build(spec)
+        except DataNotFoundError as exc:  # e.g. an evaluation set that lives on the training machine only
+            callback_lines.append(f"callback: {spec.name}: its data is not available here ({exc})")
+            continue
+        if callback is not None:
+            built.append(NamedCallback(callback, spec))
+            callback_lines.append(f"callback: {spec.name} built")
+    errors.raise_any()
     parts, images, device = setup.parts, setup.example, setup.device
     if setup.dataset is None:
         lines = [f"data: {setup.data_note}"]
     else:
         lines = [f"data: {recipe.data.dataset.name} with {len(setup.dataset)} images of shape {tuple(images.shape[1:])}"]
-    built = []
-    for spec in recipe.callbacks:
-        try:
-            built.append(NamedCallback(spec.build(), spec))
-            lines.append(f"callback: {spec.name} built")
-        except DataNotFoundError as exc:  # e.g. an evaluation set that lives on the training machine only
-            lines.append(f"callback: {spec.name}: its data is not available here ({exc})")
+    lines += callback_lines
     run_hooks(built)  # the hook names and arguments of each callback, as training registers them
     view_shapes = [tuple(v.shape[1:]) for v in parts.views(images)]
     lines.append(f"views: {len(view_shapes)} -> {', '.join('x'.join(map(str, s)) for s in view_shapes)}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from clrun.recipe.schema import DataSection, ViewSection
+from clrun.recipe.spec import ComponentSpec
 
 
 class Normalize(nn.Module):
@@ -42,14 +43,16 @@ class Views(nn.Module):
     ``forward(uint8 batch) -> list of float batches``, one per drawn view in recipe order.
     """
 
-    def __init__(self, views: list[ViewSection], data: DataSection) -> None:
+    def __init__(self, views: list[ViewSection], data: DataSection,
+                 build: Callable[[ComponentSpec], nn.Module] = ComponentSpec.build) -> None:
+        """``build``: how each transform's entry becomes a module (the builder collects errors with it)."""
         super().__init__()
         self.pipelines = nn.ModuleList()
         self.counts: list[int] = []
         self.stackable: list[bool] = []
         self.is_global: list[bool] = []
         for view in views:
-            self.pipelines.append(nn.Sequential(*(t.build() for t in view.transforms)))
+            self.pipelines.append(nn.Sequential(*(build(t) for t in view.transforms)))
             self.stackable.append(not any(map(draws_per_batch, self.pipelines[-1].modules())))
             self.counts.append(view.count)
             self.is_global += [not view.local] * view.count
