@@ -23,7 +23,7 @@ import warnings
 
 from clrun import plugin_manager
 from clrun.component import KINDS
-from clrun.errors import ComponentFailure, TrainingHalted, UserError
+from clrun.errors import ComponentErrors, ComponentFailure, TrainingHalted, UserError
 from clrun.recipe.problems import RecipeError
 
 # Each command imports the machinery it runs inside its function, not here: this module must not import
@@ -55,10 +55,12 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a recipe, build it on the CPU and push one tiny batch through")
     c.add_argument("recipe")
     c.add_argument("overrides", nargs="*")
+    c.add_argument("-v", "--verbose", action="store_true", help="with the traceback of a plugin's failure")
     e = sub.add_parser("eval", help="evaluate a run or checkpoint with its recipe's evaluator callbacks")
     e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     e.add_argument("overrides", nargs="*", help="dotted.key=value changes to the run's recipe, e.g. callbacks.0.k=50")
     e.add_argument("--with", dest="sections", metavar="FILE", help="a YAML file whose sections (e.g. callbacks:) replace the recipe's")
+    e.add_argument("-v", "--verbose", action="store_true", help="with the traceback of a plugin's failure")
     x = sub.add_parser("export", help="write a run's encoder as safetensors with its recipe as metadata")
     x.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     x.add_argument("-o", "--output", metavar="FILE", help="default: the encoder file in the run folder")
@@ -102,13 +104,20 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         print(f"cl-run: {len(exc.problems)} problem(s); nothing was run", file=sys.stderr)
         return 2
+    except ComponentErrors as exc:
+        print(exc, file=sys.stderr)
+        print(f"cl-run: {len(exc.errors)} component(s) could not be built; nothing was run", file=sys.stderr)
+        return 2
     except UserError as exc:
         message = str(exc)
         # A message that starts at a recipe position already says "error:" (as recipe problems do).
         print(message if LOCATED_ERROR.match(message) else f"cl-run: error: {message}", file=sys.stderr)
         return 2
-    except ComponentFailure as exc:  # a plugin's bug, named (training reports its own, with -v)
-        print(f"cl-run: error: {exc}", file=sys.stderr)
+    except ComponentFailure as exc:  # a plugin's bug, named (training reports its own)
+        if getattr(args, "verbose", False):  # the plugin author's view: where in their code it failed
+            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+        hint = "" if getattr(args, "verbose", True) else " (-v shows the traceback)"
+        print(f"cl-run: error: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cl-run: interrupted", file=sys.stderr)

@@ -55,7 +55,8 @@ def test_every_entry_that_cannot_be_built_is_named_at_once_at_its_key(tmp_path, 
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
-    lines = err.splitlines()
+    *lines, summary = err.splitlines()
+    assert summary == "cl-run: 3 component(s) could not be built; nothing was run"
     assert [line.split(" could not be built: ")[0] for line in lines] == [
         f"{recipe}:18:16: error: views.0.transforms.0.scale: augmentation 'kornia/RandomResizedCrop'",
         f"{recipe}:34:3: error: optimizer: optimizer 'torch/AdamW'",
