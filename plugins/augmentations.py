@@ -11,9 +11,15 @@ listing pattern reaches into ``kornia/``, so listing components and plugins stay
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 
-from clrun import Component, LazyComponents, hookimpl
+from clrun import Component, ComponentError, LazyComponents, hookimpl
+
+# Ops that need an optional package (and a model from a hub): without it they are refused when built,
+# with the fix. Left to kornia, 0.8 asks on stdin whether to pip-install it (a hang in a batch job) and
+# 0.9 raises from deep inside its lazy loader.
+NEEDS_PACKAGE = {"RandomDissolving": ("diffusers", "a Stable Diffusion model from the Hugging Face hub")}
 
 
 @functools.cache
@@ -43,7 +49,16 @@ def kornia_op_names() -> list[str]:
 def kornia_op(name: str) -> Component:
     """The augmentation component ``kornia/<name>``."""
     cls = kornia_ops()[name]
+    package, needs = NEEDS_PACKAGE.get(name, (None, ""))
+    if package is not None and importlib.util.find_spec(package) is None:
+        return Component("augmentation", f"kornia/{name}", functools.partial(_refused, name, package, needs),
+                         _summary(cls))
     return Component("augmentation", f"kornia/{name}", cls, _summary(cls))
+
+
+def _refused(name: str, package: str, needs: str, **settings: object) -> None:
+    raise ComponentError(f"kornia/{name} needs the optional package {package!r}, not installed here, and {needs}; "
+                         f"install it (pip install {package}) where the model can be downloaded, or remove the op")
 
 
 def _summary(cls: type) -> str:
