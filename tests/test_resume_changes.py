@@ -66,7 +66,7 @@ def test_a_changed_training_is_refused_naming_every_difference(folder, capsys):
         f"cl-run: error: --resume: {folder.checkpoint}: the recipe differs from the one the run was trained "
         f"with in 2 setting(s) that change the training:\n"
         f"  loss.temperature: 0.2 -> 0.5\n  optimizer.lr: 0.001 -> 0.01\n"
-        f"resume with the run's own recipe, or pass --allow-changes to apply them from step on (they are "
+        f"resume with the run's own recipe, or pass --allow-changes to apply them from the checkpoint's step on (they are "
         f"recorded in the run folder and its report)\n"
     )
     assert folder.metrics.read_text(encoding="utf-8") == before and not folder.resumes.exists()

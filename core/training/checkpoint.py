@@ -9,6 +9,7 @@ previous complete checkpoint or the new complete one, never a half-written file.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import warnings
 from pathlib import Path
@@ -198,6 +199,10 @@ def load(path: Path, command: str = "--resume") -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{command}: no checkpoint at {path}") from None
+    except pickle.UnpicklingError as exc:  # torch's message is a page long: one sentence says it
+        raise UserError(f"{command}: {path} is not a cl-run checkpoint: it holds Python objects that only unpickling "
+                        f"would read, and unpickling a file can run any code in it, so cl-run does not; "
+                        f"pass a checkpoint that cl-run wrote") from exc
     except Exception as exc:
         raise UserError(f"{command}: {path} is not a readable cl-run checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or not isinstance(state.get("network"), dict):

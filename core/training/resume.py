@@ -73,6 +73,6 @@ def check_allowed(found: list[Change], allow: bool, source: str) -> None:
         raise UserError(
             f"--resume: {source}: the recipe differs from the one the run was trained with in "
             f"{len(refused)} setting(s) that change the training:\n{listed}\n"
-            f"resume with the run's own recipe, or pass --allow-changes to apply them from step on "
+            f"resume with the run's own recipe, or pass --allow-changes to apply them from the checkpoint's step on "
             f"(they are recorded in the run folder and its report)"
         )
