@@ -9,6 +9,7 @@ from typing import Any
 from clrun.component import Component
 from clrun.errors import ComponentError, ComponentFailure, DataError, DataNotFoundError, UserError
 from clrun.recipe.types import parameters
+from clrun.schedule import Schedule
 
 
 @dataclass
@@ -26,6 +27,12 @@ class ComponentSpec:
     @property
     def name(self) -> str:
         return self.component.name
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        """The settings given as schedules (clrun.schedule): the factory gets their first value, and the
+        training loop sets the built component's attribute of that name each step."""
+        return {k: v for k, v in self.params.items() if isinstance(v, Schedule)}
 
     def build(self, **injected: Any) -> Any:
         """Build nested entries, then call the factory with the recipe's settings and the injected values
@@ -75,13 +82,15 @@ class ComponentSpec:
 def _build(value: Any) -> Any:
     if isinstance(value, ComponentSpec):
         return value.build()
+    if isinstance(value, Schedule):
+        return value.initial
     if isinstance(value, list):
         return [_build(v) for v in value]
     return value
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, ComponentSpec):
+    if isinstance(value, (ComponentSpec, Schedule)):
         return value.plain()
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]

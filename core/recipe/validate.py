@@ -20,15 +20,17 @@ from clrun.component import INJECTED, Nested
 from clrun.errors import ComponentError
 from clrun.recipe.nodes import Node
 from clrun.recipe.problems import Problem
-from clrun.recipe.schema import FieldError
 from clrun.recipe.spec import ComponentSpec
 from clrun.recipe.types import NoneType, describe, describe_value, hints, is_union, parameters
 from clrun.registry import Registry
+from clrun.schedule import Schedule
 
 INVALID = object()  # the value of a node that had a problem (already recorded)
 
 _FLOAT_STRING = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n", "true", "false"}
+# The kinds whose float settings may follow a schedule (clrun.schedule): the training loop sets them each step.
+SCHEDULABLE = ("loss", "projector", "predictor", "optimizer")
 
 
 def _checkable(annotation: Any) -> bool:
@@ -45,6 +47,7 @@ class Validator:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.problems: list[Problem] = []
+        self.schedulable = False  # while checking the settings of a SCHEDULABLE component
 
     def error(self, node: Node, path: str, message: str) -> object:
         self.problems.append(Problem(node.file, node.line, node.col, path, message))
@@ -80,6 +83,11 @@ class Validator:
                 return value
             return self.mismatch(node, annotation, path)
         if annotation is float:
+            if isinstance(value, dict) and "schedule" in value:
+                if self.schedulable:
+                    return self.section(node, Schedule, path)
+                return self.error(node, path, f"expected a number, got a schedule; schedules are for the settings of "
+                                              f"a {', '.join(SCHEDULABLE[:-1])} or {SCHEDULABLE[-1]}")
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
             if isinstance(value, str) and _FLOAT_STRING.match(value.strip()):
@@ -180,11 +188,12 @@ class Validator:
             return INVALID
         try:
             return cls(**kwargs)
-        except FieldError as exc:  # a check on one field: point at its value
-            child = node.value.get(exc.field, node)
-            return self.error(child, f"{path}.{exc.field}" if path else exc.field, str(exc))
         except ValueError as exc:  # the section's own consistency checks (__post_init__)
-            return self.error(node, path, str(exc))
+            field = getattr(exc, "field", None)  # FieldError, ScheduleError: a check on one field
+            if field is None:
+                return self.error(node, path, str(exc))
+            child = node.value.get(field, node)  # point at its value, or at the section when it is missing
+            return self.error(child, f"{path}.{field}" if path else field, str(exc))
 
     def nested(self, node: Node, marker: Nested, path: str) -> Any:
         if marker.many:
@@ -216,7 +225,11 @@ class Validator:
             return self.error(name_node, f"{path}.name", str(exc))
         settings = Node({k: v for k, v in node.value.items() if k != "name"}, node.file, node.line, node.col,
                         key_positions=node.key_positions)
-        kwargs = self.arguments(settings, factory, path, f"{kind} {name!r}", skip=INJECTED.get(kind, ()))
+        outer, self.schedulable = self.schedulable, kind in SCHEDULABLE
+        try:
+            kwargs = self.arguments(settings, factory, path, f"{kind} {name!r}", skip=INJECTED.get(kind, ()))
+        finally:
+            self.schedulable = outer
         if kwargs is INVALID:
             return INVALID
         positions = {key: f"{child.file}:{child.line}:{child.col}" for key, child in settings.value.items()}

@@ -14,6 +14,7 @@ from clrun.recipe.schema import Recipe
 from clrun.recipe.spec import ComponentSpec
 from clrun.recipe.types import parameters
 from clrun.training.build_errors import BuildErrors
+from clrun.training.schedules import ScheduledScalars
 from clrun.training.network import OnlineNetwork, output_dim
 from clrun.training.target import TargetNetwork
 from clrun.training.views import Views
@@ -31,6 +32,7 @@ class Parts:
     total_steps: int
     feature_dim: int  # the backbone's output width
     projection_dim: int  # the projector's output width
+    schedules: ScheduledScalars  # the recipe's scheduled settings, set before each step
     # What a step differentiates: set by the loop (network + loss_fn, in DDP when several processes
     # train); None builds it on use from network and loss_fn as they are.
     trainable: Optional[nn.Module] = None
@@ -95,21 +97,30 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     if recipe.train.compile and training:
         # In place (the state_dict keys stay those of the plain module), after the target's copy was taken.
         network.backbone.compile()
-    optimizer, scheduler = optimizer_and_scheduler(recipe, [network, loss_fn], steps, steps_per_epoch, errors)
+    optimizer, scheduler, fixed = optimizer_and_scheduler(recipe, [network, loss_fn], steps, steps_per_epoch, errors)
+    errors.raise_any()
+    schedules = ScheduledScalars(steps_per_epoch, steps)
+    for spec, module in ((recipe.projector, projector), (recipe.predictor, predictor), (recipe.loss, loss_fn)):
+        if spec is not None:
+            errors.attempt(lambda: schedules.bind_attributes(spec, module), None)
+    errors.attempt(lambda: schedules.bind_optimizer(recipe.optimizer, optimizer, fixed, recipe.scheduler), None)
     errors.raise_any()
     eval_size = global_sizes[0] if global_sizes else tuple(example_views[0].shape[-2:])
     return Parts(views.to(device), network, target, loss_fn, optimizer, scheduler, eval_size, steps,
-                 feature_dim, projection_dim)
+                 feature_dim, projection_dim, schedules)
 
 
 def optimizer_and_scheduler(recipe: Recipe, modules: list[nn.Module], steps: int, steps_per_epoch: int,
-                            errors: BuildErrors) -> tuple[Optional[torch.optim.Optimizer], Any]:
+                            errors: BuildErrors) -> tuple[Optional[torch.optim.Optimizer], Any, list[set[str]]]:
+    """The optimizer, its scheduler, and the keys each parameter group set itself (before the optimizer
+    fills in its defaults)."""
     groups = param_groups(modules, not recipe.train.exclude_bias_and_norm_from_weight_decay)
+    fixed = [set(group) - {"params"} for group in groups]
     optimizer = errors.build(recipe.optimizer, params=groups)
     scheduler = None
     if recipe.scheduler is not None and optimizer is not None:
         scheduler = errors.build(recipe.scheduler, optimizer=optimizer, total_steps=steps, steps_per_epoch=steps_per_epoch)
-    return optimizer, scheduler
+    return optimizer, scheduler, fixed
 
 
 def measured_width(spec: ComponentSpec, module: nn.Module, example: Tensor, what: str) -> int:

@@ -45,6 +45,7 @@ def check(recipe: Recipe) -> list[str]:
     if recipe.target is not None:
         t = recipe.target
         lines.append(f"target: momentum copy of backbone + projector, {t.momentum} -> {t.final_momentum} ({t.schedule})")
+    lines += [f"schedule: {line}" for line in parts.schedules.describe()]
     h = recipe.health
     if h.enabled:
         a = h.alarm

@@ -6,6 +6,7 @@ way for every command: a check that passes builds exactly what training builds.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -54,6 +55,9 @@ def prepare(recipe: Recipe, purpose: Purpose, device: torch.device | None = None
     # Data first: a missing data root must stop the run before anything else is built or written.
     dataset, example, note = _data(recipe, purpose)
     loader, sampler_rng, steps_per_epoch = None, None, 1
+    if purpose == "check" and dataset is not None:  # what training would take: the schedules shown span it
+        batches = len(dataset) / recipe.data.batch_size
+        steps_per_epoch = max(int(batches) if recipe.data.drop_last else math.ceil(batches), 1)
     if purpose == "train":
         sampler_rng = torch.Generator()
         loader = make_loader(recipe, dataset, sampler_rng, device)

@@ -57,6 +57,7 @@ def train_step(parts: Parts, images: Tensor, device: torch.device, precision: st
     """One optimizer step; ``step`` is the number of steps completed before it. Returns the step's
     metrics and outputs (for callbacks such as an online probe; the graph is already freed)."""
     dtype = PRECISIONS[precision]
+    scheduled = parts.schedules.apply(step)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         result, out = forward_and_loss(parts, images, device, step)
         loss, extras = split_loss(result)
@@ -76,7 +77,7 @@ def train_step(parts: Parts, images: Tensor, device: torch.device, precision: st
     scaler.update()
     if parts.scheduler is not None:
         parts.scheduler.step()
-    metrics = {"loss": value, "lr": lr, **{k: v for k, v in metrics.items() if k != "loss"}}
+    metrics = {"loss": value, "lr": lr, **{k: v for k, v in metrics.items() if k != "loss"}, **scheduled}
     if parts.target is not None:
         metrics["target_momentum"] = float(parts.target.momentum)  # the momentum this update uses
         parts.target.update(parts.network)
