@@ -23,6 +23,7 @@ def create_timm_backbone(
     small_image_stem: bool = False,
     drop_path_rate: Optional[float] = None,
     img_size: Optional[int] = None,
+    model_args: Optional[dict] = None,
 ) -> nn.Module:
     """A timm model with its classifier removed (``num_classes=0``): ``forward(x)`` gives (B, F) features.
 
@@ -32,12 +33,20 @@ def create_timm_backbone(
     small_image_stem:  CIFAR-style stem for ResNet-family models on 32px images: a 3x3 stride-1 first
                        convolution and no max-pool, so small images keep their resolution.
     img_size:          input size for models that fix it (ViTs default to 224).
+    model_args:        any other keyword arguments of the timm model, e.g. a small ViT for 28px images:
+                       {patch_size: 4, embed_dim: 192, depth: 4, num_heads: 3, dynamic_img_size: true}
+                       (dynamic_img_size: one ViT takes global and local crops of different sizes).
     """
     kwargs: dict = {"num_classes": 0, "in_chans": in_chans}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
     if img_size is not None:
         kwargs["img_size"] = img_size
+    clashing = sorted(set(model_args or {}) & {"num_classes", "in_chans", "img_size", "drop_path_rate", "pretrained"})
+    if clashing:
+        raise UserError(f"timm/{model_name}: model_args: {', '.join(clashing)} have their own backbone setting "
+                        f"(num_classes is always 0: the backbone gives features); set them there")
+    kwargs.update(model_args or {})
     try:
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     except TypeError as exc:  # an option this model family does not take (e.g. img_size on a ResNet)

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 import clrun
 from clrun.cli import main as cl_run_main
@@ -103,5 +104,15 @@ def test_a_longer_run_needs_no_flag_but_is_recorded(folder, capsys):
 def test_where_the_run_writes_is_not_a_change(folder, capsys, tmp_path):
     code, _, err = cl_run(capsys, TINY, *BASE, f"run.dir={tmp_path / 'elsewhere'}", "train.threads=2",
                           "--resume", folder.path)
+    assert code == 0, err
+    assert not folder.resumes.exists()
+
+
+def test_a_setting_added_since_the_run_started_is_not_a_change(folder, capsys):
+    """A run folder from an earlier release has no `params:` section; today it resolves to its default."""
+    saved = yaml.safe_load(folder.recipe.read_text(encoding="utf-8"))
+    del saved["params"]
+    folder.recipe.write_text(yaml.safe_dump(saved), encoding="utf-8")
+    code, _, err = cl_run(capsys, TINY, *BASE, "--resume", folder.path)
     assert code == 0, err
     assert not folder.resumes.exists()

@@ -172,6 +172,42 @@ class HealthSection:
 
 
 @dataclass
+class ParamGroupRule:
+    """Settings for the parameters whose names match ``match`` (fnmatch patterns on names such as
+    ``backbone.blocks.0.attn.qkv.weight``, ``projector.last_layer.weight``, ``predictor.*``,
+    ``loss.prototypes.weight``; `cl-run check` lists the groups). A parameter follows the first rule that
+    matches it."""
+
+    match: list[str]
+    lr_scale: float = 1.0  # times the optimizer's lr, under its scheduler
+    weight_decay: Optional[float] = None  # instead of the optimizer's (biases and norms keep none)
+    fixed_lr: bool = False  # the scheduler leaves this group's lr alone (SimSiam's predictor)
+    frozen_epochs: float = 0.0  # not updated at all for the first N epochs (DINO's last layer: 1)
+
+    def __post_init__(self) -> None:
+        if not self.match:
+            raise FieldError("match", "give at least one pattern, e.g. [predictor.*]")
+        if self.lr_scale < 0:
+            raise FieldError("lr_scale", f"must be >= 0, got {self.lr_scale}")
+        if self.frozen_epochs < 0:
+            raise FieldError("frozen_epochs", f"must be >= 0, got {self.frozen_epochs}")
+
+
+@dataclass
+class ParamsSection:
+    """How the trainable parameters are grouped for the optimizer."""
+
+    groups: list[ParamGroupRule] = field(default_factory=list)
+    # Layer-wise learning-rate decay (BEiT, MAE fine-tuning): the backbone's layer i of L (timm's
+    # group_matcher: the stem is 0, block k is k + 1) learns at lr * layer_decay**(L + 1 - i); the heads at lr.
+    layer_decay: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise FieldError("layer_decay", f"must be in (0, 1], e.g. 0.65 or 0.75, got {self.layer_decay}")
+
+
+@dataclass
 class RunSection:
     """Where the run folder goes: ``<dir>/<name>`` (name defaults to the recipe file's stem)."""
 
@@ -195,6 +231,7 @@ class Recipe:
     target: Optional[TargetSection] = None
     callbacks: Annotated[list, Nested("callback", many=True)] = field(default_factory=list)
     health: HealthSection = field(default_factory=HealthSection)
+    params: ParamsSection = field(default_factory=ParamsSection)
     train: TrainSection = field(default_factory=TrainSection)
     run: RunSection = field(default_factory=RunSection)
     seed: int = 0

@@ -14,6 +14,7 @@ from clrun.recipe.schema import Recipe
 from clrun.recipe.spec import ComponentSpec
 from clrun.recipe.types import parameters
 from clrun.training.build_errors import BuildErrors
+from clrun.training.param_groups import PinnedRates, build_groups, layer_scales, named_parameters, scale_learning_rates
 from clrun.training.schedules import ScheduledScalars
 from clrun.training.network import OnlineNetwork, output_dim
 from clrun.training.target import TargetNetwork
@@ -36,17 +37,6 @@ class Parts:
     # What a step differentiates: set by the loop (network + loss_fn, in DDP when several processes
     # train); None builds it on use from network and loss_fn as they are.
     trainable: Optional[nn.Module] = None
-
-
-def param_groups(modules: list[nn.Module], weight_decay_on_all: bool) -> list[dict[str, Any]]:
-    """Trainable parameters; biases and normalization weights (1-d tensors) get no weight decay
-    unless ``weight_decay_on_all`` (the usual large-batch setup; LARS implementations also skip adapting them)."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    if weight_decay_on_all:
-        return [{"params": params}]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per_epoch: int,
@@ -76,7 +66,7 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
         loss_fn = errors.build(recipe.loss, in_dim=projection_dim)
     steps = total_steps(recipe, steps_per_epoch)
     if errors.errors:  # the optimizer's and scheduler's settings are still checked, on a stand-in
-        optimizer_and_scheduler(recipe, [nn.Linear(1, 1)], steps, steps_per_epoch, errors)
+        optimizer_and_scheduler(recipe, list(nn.Linear(1, 1).named_parameters()), None, steps, steps_per_epoch, errors)
     errors.raise_any()
 
     network = OnlineNetwork(backbone, projector, predictor)
@@ -97,7 +87,11 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     if recipe.train.compile and training:
         # In place (the state_dict keys stay those of the plain module), after the target's copy was taken.
         network.backbone.compile()
-    optimizer, scheduler, fixed = optimizer_and_scheduler(recipe, [network, loss_fn], steps, steps_per_epoch, errors)
+    layers = None
+    if recipe.params.layer_decay is not None:
+        layers = layer_scales(network.backbone, recipe.backbone.name, recipe.params.layer_decay)
+    named = named_parameters(network, loss_fn)
+    optimizer, scheduler, fixed = optimizer_and_scheduler(recipe, named, layers, steps, steps_per_epoch, errors)
     errors.raise_any()
     schedules = ScheduledScalars(steps_per_epoch, steps)
     for spec, module in ((recipe.projector, projector), (recipe.predictor, predictor), (recipe.loss, loss_fn)):
@@ -110,16 +104,23 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
                  feature_dim, projection_dim, schedules)
 
 
-def optimizer_and_scheduler(recipe: Recipe, modules: list[nn.Module], steps: int, steps_per_epoch: int,
-                            errors: BuildErrors) -> tuple[Optional[torch.optim.Optimizer], Any, list[set[str]]]:
-    """The optimizer, its scheduler, and the keys each parameter group set itself (before the optimizer
-    fills in its defaults)."""
-    groups = param_groups(modules, not recipe.train.exclude_bias_and_norm_from_weight_decay)
+def optimizer_and_scheduler(recipe: Recipe, named: list[tuple[str, nn.Parameter]], layers: Optional[dict[str, float]],
+                            steps: int, steps_per_epoch: int, errors: BuildErrors,
+                            ) -> tuple[Optional[torch.optim.Optimizer], Any, list[set[str]]]:
+    """The optimizer over the parameter groups (clrun.training.param_groups), its scheduler, and the keys
+    each group set itself (before the optimizer filled in its defaults)."""
+    decay_all = not recipe.train.exclude_bias_and_norm_from_weight_decay
+    groups = build_groups(named, recipe.params, decay_all, layers, steps_per_epoch)
     fixed = [set(group) - {"params"} for group in groups]
     optimizer = errors.build(recipe.optimizer, params=groups)
+    if optimizer is None:
+        return None, None, fixed
+    scale_learning_rates(optimizer)  # before the scheduler reads the base rates
     scheduler = None
-    if recipe.scheduler is not None and optimizer is not None:
+    if recipe.scheduler is not None:
         scheduler = errors.build(recipe.scheduler, optimizer=optimizer, total_steps=steps, steps_per_epoch=steps_per_epoch)
+    if scheduler is not None and any("pinned_lr" in group for group in optimizer.param_groups):
+        scheduler = PinnedRates(scheduler, optimizer)
     return optimizer, scheduler, fixed
 
 

@@ -6,7 +6,9 @@ import torch
 
 from clrun.errors import DataNotFoundError
 from clrun.recipe import Recipe
+from clrun.training import param_groups
 from clrun.training.build_errors import BuildErrors
+from clrun.training.param_groups import named_parameters
 from clrun.training.hooks import run_hooks
 from clrun.training.recipe_callbacks import NamedCallback
 from clrun.training.setup import prepare
@@ -46,6 +48,9 @@ def check(recipe: Recipe) -> list[str]:
         t = recipe.target
         lines.append(f"target: momentum copy of backbone + projector, {t.momentum} -> {t.final_momentum} ({t.schedule})")
     lines += [f"schedule: {line}" for line in parts.schedules.describe()]
+    if recipe.params.groups or recipe.params.layer_decay is not None:
+        named = named_parameters(parts.network, parts.loss_fn)
+        lines += [f"params: {line}" for line in param_groups.describe(parts.optimizer, named)]
     h = recipe.health
     if h.enabled:
         a = h.alarm

@@ -9,7 +9,7 @@ from typing import Iterator
 
 from clrun import distributed
 from clrun.errors import UserError
-from clrun.recipe import resolved
+from clrun.recipe import load_recipe, resolved
 from clrun.run_folder import RunFolder
 from clrun.run_lock import RunLock
 from clrun.storage import check_free_space
@@ -49,6 +49,16 @@ def open_run(setup: Setup, resume: str | Path | None, callbacks: list, allow_cha
         lock.release()
 
 
+def with_todays_defaults(folder: RunFolder, trained_with: dict) -> dict:
+    """The run's recipe resolved as this release resolves it: a setting added since the run started (a new
+    section, a new option) then holds its default on both sides and is not a change. A recipe this release
+    cannot read is compared as written (its problems show as differences)."""
+    try:
+        return resolved(load_recipe(folder.recipe))
+    except UserError:
+        return trained_with
+
+
 def continue_run(run: Run, saved: Path, callbacks: list, allow_changes: bool) -> None:
     """Restore the checkpoint, after checking what the recipe changes (``clrun.training.resume``); cut
     the logs back to the checkpoint (what a killed run wrote after it is written again from here on)."""
@@ -56,7 +66,7 @@ def continue_run(run: Run, saved: Path, callbacks: list, allow_changes: bool) ->
     if trained_with is None:
         raise UserError(f"--resume: {folder.recipe} is missing or not a recipe: a run folder keeps the recipe its "
                         f"checkpoints were trained with; restore that file, or start a new run")
-    found = changes(trained_with, new)
+    found = changes(with_todays_defaults(folder, trained_with), new)
     check_allowed(found, allow_changes, str(saved))
     changed = frozenset(c.section for c in training_changes(found))
     checkpoint.restore(run, checkpoint.load(saved), saved, callbacks, changed)

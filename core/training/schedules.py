@@ -86,5 +86,9 @@ def _group_setter(optimizer: torch.optim.Optimizer, indices: list[int], key: str
     # By index, looked up each time: loading a checkpoint's optimizer state replaces the group dicts.
     def set_groups(value: float) -> None:
         for index in indices:
-            optimizer.param_groups[index][key] = value
+            group = optimizer.param_groups[index]
+            if key != "lr":
+                group[key] = value
+            elif "pinned_lr" not in group:  # a learning rate keeps the group's scale (params: rules)
+                group[key] = value * group.get("lr_factor", 1.0)
     return set_groups

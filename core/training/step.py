@@ -11,6 +11,7 @@ from clrun import distributed
 from clrun.training.build import Parts
 from clrun.training.outputs import StepOutputs
 from clrun.training.network import Trainable
+from clrun.training.param_groups import freeze_gradients
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -72,6 +73,7 @@ def train_step(parts: Parts, images: Tensor, device: torch.device, precision: st
         scaler.unscale_(parts.optimizer)
         params = [p for group in parts.optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    freeze_gradients(parts.optimizer, step)  # after clipping, as DINO cancels its last layer's gradients
     lr = parts.optimizer.param_groups[0]["lr"]  # the rate this step used
     scaler.step(parts.optimizer)
     scaler.update()
