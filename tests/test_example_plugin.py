@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from clrun.cli import main
 
 DIST = "clrun-plugin-example"
 LOSS = "example/align_uniform"
+TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 AUGMENTATION = "example/RandomGaussianNoiseClamp"
 INSTALL_HINT = (
     f"the example plugin distribution {DIST!r} is not installed in this environment; install it with "
@@ -271,3 +273,19 @@ def test_recipe_with_the_example_components_trains(tmp_path):
     epochs = [r for r in records if "align" in r and "uniform" in r]
     assert epochs, "the loss's extra metrics (align, uniform) are logged"
     assert "example/align_uniform" in (run.directory / "recipe.yaml").read_text()
+
+
+def test_a_plugin_loss_follows_a_schedule_and_its_run_takes_parameter_groups(tmp_path, no_report):
+    """What a third-party component gets from the core without a line of its own: the loss keeps its
+    setting as self.uniformity_weight, so a recipe can schedule it; a params: rule freezes the projector."""
+    recipe = clrun.load_recipe(TINY, [
+        f"loss={{name: {LOSS}, uniformity_weight: {{schedule: linear, start: 0.0, end: 1.0, until_epoch: 1}}}}",
+        "params={groups: [{match: [projector.*], frozen_epochs: 1}]}",
+        f"run.dir={tmp_path}", "run.name=r", "train.epochs=2", "health.enabled=false"])
+    run = clrun.train(recipe)
+    lines = run.folder.metrics.read_text(encoding="utf-8").splitlines()
+    weights = [r["loss.uniformity_weight"] for r in map(json.loads, lines) if r["kind"] == "step"]
+    assert weights == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0])
+    assert run.parts.loss_fn.uniformity_weight == 1.0
+    frozen = [g for g in run.parts.optimizer.param_groups if g.get("frozen_steps")]
+    assert frozen and all(g["frozen_steps"] == 4 for g in frozen)
