@@ -226,20 +226,21 @@ def float_arg(
 MIN_TEMPERATURE = 1e-3
 
 
-def temperature_arg(owner: str, value: object, hint: str = "") -> float:
+def temperature_arg(owner: str, value: object, hint: str = "", name: str = "temperature") -> float:
     """``value`` as a softmax temperature: a finite number >= ``MIN_TEMPERATURE`` (1e-3).
 
     A loss divides similarities in [-1, 1] by its temperature: below 1e-3 the logits pass +-1000, the
     softmax is saturated (one-hot) and the loss grows like 1 / temperature (about 1e7 at 1e-8) while the
     run goes on with finite numbers and learns nothing. Refusing it when the loss is built makes
     ``cl-run check`` say so before any training. Non-numbers and values <= 0 get ``float_arg``'s message.
+    ``name``: the argument's name, for a loss with several temperatures.
     """
-    tau = float_arg(owner, "temperature", value, hint=hint)
+    tau = float_arg(owner, name, value, hint=hint)
     if tau < MIN_TEMPERATURE:
         raise ComponentError(
-            f"{owner}: temperature must be >= {MIN_TEMPERATURE:g}{hint}, got {value!r}: the logits are similarities "
+            f"{owner}: {name} must be >= {MIN_TEMPERATURE:g}{hint}, got {value!r}: the logits are similarities "
             f"divided by the temperature (up to +-{1 / tau:.0e} here), and past +-{1 / MIN_TEMPERATURE:g} the "
             f"softmax saturates and the loss explodes instead of training",
-            argument="temperature",
+            argument=name,
         )
     return tau

@@ -19,6 +19,8 @@ def clrun_components() -> list[Component]:
             f"{HEADS}:MLPProjector",
             "SimCLR's MLP projection head g(.): Linear-BN-ReLU layers, optional output batch norm",
         ),
+        Component("projector", "clrun/dino_head", "clrun.plugins.dino_head:DINOHead",
+                  "DINO's head: MLP to a bottleneck, l2-normalized, weight-normalized layer of K prototypes"),
         Component("projector", "clrun/identity", f"{HEADS}:IdentityProjector", "no projector: the loss sees the backbone features"),
         # The same MLP is the predictor head of BYOL and SimSiam (online branch only).
         Component(

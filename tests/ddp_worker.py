@@ -35,6 +35,7 @@ CASES = {
     "clrun/swav": ({"num_prototypes": 6, "freeze_prototypes_steps": 0, "temperature": 0.1}, False, False, 3),
     "clrun/barlow_twins": ({"lambd": 0.01}, False, False, 2),
     "clrun/vicreg": ({}, False, False, 2),
+    "clrun/dino": ({"teacher_temperature": 0.05, "center_momentum": 0.8}, False, True, 3),
 }
 
 

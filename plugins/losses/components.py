@@ -14,5 +14,6 @@ def clrun_components() -> list[Component]:
         Component("loss", "clrun/simsiam", "clrun.plugins.losses.simsiam:SimSiamLoss", "SimSiam: negative cosine of predictions to stop-gradient projections"),
         Component("loss", "clrun/swav", "clrun.plugins.losses.swav:SwAVLoss", "SwAV: swapped prediction of Sinkhorn-Knopp codes over learned prototypes"),
         Component("loss", "clrun/barlow_twins", "clrun.plugins.losses.barlow_twins:BarlowTwinsLoss", "Barlow Twins: cross-correlation of the views towards the identity"),
+        Component("loss", "clrun/dino", "clrun.plugins.losses.dino:DINOLoss", "DINO: cross-entropy of the student to the centered, sharpened momentum teacher"),
         Component("loss", "clrun/vicreg", "clrun.plugins.losses.vicreg:VICRegLoss", "VICReg: invariance, variance and covariance terms"),
     ]

@@ -1,0 +1,112 @@
+"""DINO's loss: self-distillation with a centered, sharpened momentum teacher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clrun import ComponentError, distributed, loss_kit
+
+OWNER = "clrun/dino"
+
+
+class DINOLoss(nn.Module):
+    r"""DINO: the student's distribution over K prototypes predicts the teacher's on another view.
+
+    Caron et al. (2021), "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021
+    (arXiv:2104.14294), algorithm 1 and the official ``DINOLoss`` (facebookresearch/dino, main_dino.py).
+
+    Input: the student's (online) head outputs for every view, ``out.projections`` (global and local,
+    each ``(N, K)``), and the teacher's (the momentum target's) for the global views,
+    ``out.target_projections``. With ``c`` the center ``(K,)``:
+
+        P_t(i) = softmax((t_i - c) / teacher_temperature)          teacher, global view i (no gradient)
+        P_s(v) = softmax(s_v / student_temperature)                 student, every view v
+        loss   = mean over pairs (i, v), v not the view i itself, of mean_n -sum_k P_t(i)[n,k] log P_s(v)[n,k]
+
+    Centering stops one prototype from dominating; sharpening (a low teacher temperature) stops the
+    uniform output: the two collapses DINO balances. After the loss, in training mode, the center moves
+    towards the teacher's mean output of the batch: ``c = m c + (1 - m) mean_{i,n} t_i[n]``, over every
+    rank's images (all-reduced, as the official ``update_center``); it is a buffer, in checkpoints.
+
+    DINO warms the teacher temperature up from 0.04 to 0.07 over 30 epochs; in a recipe that is a
+    schedule (clrun.schedule), set each step rather than each epoch:
+    ``teacher_temperature: {schedule: linear, start: 0.04, end: 0.07, until_epoch: 30}``.
+
+    Across ranks (torchrun): the loss is a mean over each rank's images, so DDP's mean of the gradients
+    is the global batch's; the center is updated from all ranks' teacher outputs, the same on every rank.
+
+    Args:
+        in_dim:              the head's output width K (injected by the training loop).
+        teacher_temperature: sharpening of the teacher (DINO: 0.04 -> 0.07 warm-up, then 0.07).
+        student_temperature: of the student's softmax (DINO: 0.1).
+        center_momentum:     of the center's moving average (DINO: 0.9).
+
+    Returns a dict with the scalar ``"loss"`` and detached metrics: ``teacher_entropy`` (mean entropy of
+    the teacher's distributions, nats: ``log K`` when uniform, 0 when one-hot), ``teacher_kl``
+    (mean KL(P_t || P_s) over the pairs: the loss minus the teacher's entropy), and ``top_prototype_share``
+    (the largest share of the batch whose teacher argmax is one prototype: 1 when one dominates).
+    """
+
+    main_metric = "teacher_entropy"
+
+    def __init__(self, in_dim: int, teacher_temperature: float = 0.04, student_temperature: float = 0.1,
+                 center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.in_dim = loss_kit.int_arg(OWNER, "in_dim", in_dim, 2, " (the head's output width, set by the training loop)")
+        self.teacher_temperature = loss_kit.temperature_arg(OWNER, teacher_temperature, " (DINO uses 0.04 to 0.07)",
+                                                            name="teacher_temperature")
+        self.student_temperature = loss_kit.temperature_arg(OWNER, student_temperature, " (DINO uses 0.1)",
+                                                            name="student_temperature")
+        self.center_momentum = loss_kit.float_arg(OWNER, "center_momentum", center_momentum, minimum=0.0,
+                                                  inclusive=True, hint=" (DINO uses 0.9)")
+        if self.center_momentum > 1:
+            raise ComponentError(f"{OWNER}: center_momentum must be <= 1 (DINO uses 0.9; 1 turns centering "
+                                          f"off), got {center_momentum!r}", argument="center_momentum")
+        self.register_buffer("center", torch.zeros(self.in_dim))
+
+    def extra_repr(self) -> str:
+        return (f"in_dim={self.in_dim}, teacher_temperature={self.teacher_temperature}, "
+                f"student_temperature={self.student_temperature}, center_momentum={self.center_momentum}")
+
+    def forward(self, out: Any) -> dict[str, Tensor]:
+        teacher = loss_kit.required_target_projections(OWNER, out)
+        student = out.projections
+        global_views = loss_kit.global_view_indices(OWNER, out, minimum=1, why="the teacher sees the global views")
+        if len(student) < 2:
+            raise ComponentError(
+                f"{OWNER} needs at least 2 views (the student predicts the teacher on another view); the recipe "
+                f"makes {len(student)}. Use 2 global views, and local ones for multi-crop")
+        loss_kit.batch_of_width(OWNER, "every view's head outputs", [*student, *teacher], self.in_dim)
+        dtype = loss_kit.compute_dtype(*student, *teacher)
+        with loss_kit.autocast_off(student[0]):
+            t = [x.detach().to(dtype) for x in teacher]
+            targets = [F.softmax((x - self.center.to(dtype)) / self.teacher_temperature, dim=-1) for x in t]
+            log_student = [F.log_softmax(s.to(dtype) / self.student_temperature, dim=-1) for s in student]
+            terms = [-(q * log_student[v]).sum(dim=-1).mean()
+                     for i, q in zip(global_views, targets) for v in range(len(student)) if v != i]
+            loss = torch.stack(terms).mean()
+            metrics = self._metrics(targets, loss)
+        if self.training:
+            self._update_center(t)
+        return {"loss": loss, **metrics}
+
+    @torch.no_grad()
+    def _metrics(self, targets: list[Tensor], loss: Tensor) -> dict[str, Tensor]:
+        probabilities = torch.cat(targets)
+        entropy = -(probabilities * probabilities.clamp_min(1e-30).log()).sum(dim=-1).mean()
+        shares = torch.bincount(probabilities.argmax(dim=-1), minlength=self.in_dim).float() / len(probabilities)
+        # Each pair's cross-entropy is its KL plus the teacher's entropy; every teacher view is in the same
+        # number of pairs, so the mean KL is the loss minus the mean entropy.
+        return {"teacher_entropy": entropy, "teacher_kl": loss.detach() - entropy, "top_prototype_share": shares.max()}
+
+    @torch.no_grad()
+    def _update_center(self, teacher: list[Tensor]) -> None:
+        total = torch.stack([x.sum(dim=0) for x in teacher]).sum(dim=0)
+        count = torch.tensor(float(sum(len(x) for x in teacher)), device=total.device, dtype=total.dtype)
+        summed = distributed.all_reduce_sum(torch.cat([total, count.reshape(1)]))
+        batch_center = summed[:-1] / summed[-1]
+        self.center.mul_(self.center_momentum).add_(batch_center.to(self.center.dtype), alpha=1 - self.center_momentum)
