@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -224,6 +225,25 @@ def float_arg(
 
 
 MIN_TEMPERATURE = 1e-3
+
+
+@dataclass(frozen=True)
+class CollapseSignal:
+    """How one of a loss's metrics looks when training collapses; a loss lists them as its class attribute
+    ``collapse_signals``, and the health alarm (health.alarm: patience, action) watches each epoch's
+    mean of ``metric``: beyond ``threshold`` (above it with ``above``, else below it) for ``patience``
+    epochs, it warns or halts. ``meaning`` says what the value means and what to change."""
+
+    metric: str
+    threshold: float
+    above: bool
+    meaning: str
+
+    def beyond(self, value: float) -> bool:
+        return not (value <= self.threshold if self.above else value >= self.threshold)  # NaN is beyond
+
+    def describe(self, value: float) -> str:
+        return f"{self.metric} = {value:.4g} {'>' if self.above else '<'} {self.threshold:g}: {self.meaning}"
 
 
 def temperature_arg(owner: str, value: object, hint: str = "", name: str = "temperature") -> float:

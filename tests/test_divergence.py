@@ -48,7 +48,7 @@ def test_the_loss_alarm_fires_after_patience_epochs_naming_the_signal(settings, 
     alarm = LossAlarm(AlarmSection(**settings))
     fired = {}
     for epoch, loss in enumerate(losses, start=1):
-        _, signals = alarm.observe(loss, epoch)
+        _, signals = alarm.observe({"loss": loss}, epoch)
         if signals:
             fired[epoch] = alarm.message(signals, epoch).removeprefix(f"loss alarm at epoch {epoch}: ")
     assert fired == expected
@@ -56,8 +56,8 @@ def test_the_loss_alarm_fires_after_patience_epochs_naming_the_signal(settings, 
 
 def test_advice_follows_the_kind_of_signal():
     alarm = LossAlarm(AlarmSection(patience=1))
-    assert LossAlarm.advice(alarm.observe(2e7, 1)[1]) == DIVERGED
-    assert LossAlarm.advice(alarm.observe(2e7, 2)[1]) == f"{DIVERGED}. {CONSTANT}"  # huge and constant
+    assert LossAlarm.advice(alarm.observe({"loss": 2e7}, 1)[1]) == DIVERGED
+    assert LossAlarm.advice(alarm.observe({"loss": 2e7}, 2)[1]) == f"{DIVERGED}. {CONSTANT}"  # huge and constant
 
 
 @pytest.mark.parametrize("key, value, expected", [
@@ -164,7 +164,8 @@ def test_a_tiny_temperature_is_refused_before_training_with_exit_2(tmp_path, mon
     code = main([*command, str(TINY), f"run.dir={tmp_path / 'runs'}", "loss.temperature=1.0e-8"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith(f"{TINY}:") and ": error: loss: " in err and err.rstrip().endswith(
+    # At the override that set the value (the second on the command line), and at its key.
+    assert err.startswith("<command line>:2:18: error: loss.temperature: ") and err.rstrip().endswith(
         "clrun/ntxent: temperature must be >= 0.001 (SimCLR uses 0.5; 0.07 to 0.2 is common), got 1e-08: the logits "
         "are similarities divided by the temperature (up to +-1e+08 here), and past +-1000 the softmax saturates and "
         "the loss explodes instead of training"

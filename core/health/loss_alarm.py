@@ -7,13 +7,20 @@ encoder; a loss that no longer moves at all means the network stopped learning (
 too-high learning rate, a zero learning rate, frozen weights). Augmentations make every epoch's mean
 loss differ a little while anything learns, so "no change" is a relative change below a small
 threshold. Both are checked every epoch, whatever ``health.every`` is: the loss is already computed.
+
+A loss may also declare how its own metrics look when it collapses (``collapse_signals``, a tuple of
+``clrun.loss_kit.CollapseSignal``: DINO's uniform teacher, or one prototype taking every image); those
+are checked here too, on the epoch's mean of each metric.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Sequence
+
 from clrun.health.alarm import Streaks
+from clrun.loss_kit import CollapseSignal
 from clrun.recipe.schema import AlarmSection
 
 DIVERGED_ADVICE = ("The loss diverged: lower optimizer.lr, set train.grad_clip, or check the loss's own "
@@ -38,15 +45,21 @@ class LossAlarm:
     The reference for ``max_loss_growth`` is the first epoch this process observed (after ``--resume``,
     the first resumed epoch), and, like the collapse alarm's, the streaks are not checkpointed."""
 
-    def __init__(self, section: AlarmSection) -> None:
+    def __init__(self, section: AlarmSection, declared: Sequence[CollapseSignal] = ()) -> None:
         self.section = section
+        self.declared = tuple(declared)  # the loss's own collapse signals
         self.first: tuple[int, float] | None = None  # (epoch, loss) of the first epoch observed
         self.previous: tuple[int, float] | None = None
         self.streaks = Streaks()
 
-    def beyond(self, loss: float) -> list[LossSignal]:
-        """The signals ``loss`` raises against the epochs observed before it."""
+    def beyond(self, loss: float, metrics: dict[str, float] | None = None) -> list[LossSignal]:
+        """The signals ``loss`` raises against the epochs observed before it, and the loss's declared
+        signals its epoch ``metrics`` raise."""
         s, out = self.section, []
+        for signal in self.declared:
+            value = (metrics or {}).get(signal.metric)
+            if value is not None and signal.beyond(value):
+                out.append(LossSignal(signal.metric, signal.describe(value)))
         # NaN counts as beyond, as it does for the collapse alarm.
         if s.max_loss is not None and not loss <= s.max_loss:
             out.append(LossSignal("loss_max", f"loss = {loss:.4g} > {s.max_loss:g} (health.alarm.max_loss)"))
@@ -66,11 +79,12 @@ class LossAlarm:
                                                        f"(health.alarm.min_loss_change)"))
         return out
 
-    def observe(self, loss: float | None, epoch: int) -> tuple[list[LossSignal], list[LossSignal]]:
-        """Record epoch ``epoch``'s mean ``loss`` (None: the epoch reported none, nothing is checked)."""
+    def observe(self, metrics: dict[str, float], epoch: int) -> tuple[list[LossSignal], list[LossSignal]]:
+        """Record epoch ``epoch``'s mean metrics (without a ``loss``, nothing is checked)."""
+        loss = metrics.get("loss")
         if self.section.action == "off" or loss is None:
             return [], []
-        now = self.beyond(loss)
+        now = self.beyond(loss, metrics)
         self.streaks.update({signal.name for signal in now}, epoch)
         if self.first is None:
             self.first = (epoch, loss)
@@ -94,4 +108,6 @@ class LossAlarm:
             parts.append(DIVERGED_ADVICE)
         if "loss_constant" in names:
             parts.append(CONSTANT_ADVICE)
+        if names - {"loss_max", "loss_growth", "loss_constant"}:
+            parts.append("The loss says it is collapsing (each signal above names what to change)")
         return ". ".join(parts)

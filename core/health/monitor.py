@@ -51,6 +51,7 @@ class HealthMonitor:
         self.latest: dict[str, float] = {}
 
     def clrun_run_start(self, run) -> None:
+        self.loss_alarm.declared = tuple(getattr(run.parts.loss_fn, "collapse_signals", ()))
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + 7919))
         self.images = torch.stack([self.dataset[int(i)][0] for i in order[: self.section.samples]])
 
@@ -68,7 +69,7 @@ class HealthMonitor:
         skipped = self.skipped_images()
         if skipped is not None:
             metrics["skipped_images"] = skipped
-        loss_now, loss_fired = self.loss_alarm.observe(metrics.get("loss"), epoch)
+        loss_now, loss_fired = self.loss_alarm.observe(metrics, epoch)
         collapse_fired: list[Signal] = []
         measured = not (epoch % self.section.every and epoch < run.recipe.train.epochs)
         if measured:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -46,12 +47,23 @@ class DINOLoss(nn.Module):
         center_momentum:     of the center's moving average (DINO: 0.9).
 
     Returns a dict with the scalar ``"loss"`` and detached metrics: ``teacher_entropy`` (mean entropy of
-    the teacher's distributions, nats: ``log K`` when uniform, 0 when one-hot), ``teacher_kl``
-    (mean KL(P_t || P_s) over the pairs: the loss minus the teacher's entropy), and ``top_prototype_share``
-    (the largest share of the batch whose teacher argmax is one prototype: 1 when one dominates).
+    the teacher's distributions, nats: ``log K`` when uniform, 0 when one-hot), ``teacher_entropy_ratio``
+    (the same over ``log K``), ``teacher_kl`` (mean KL(P_t || P_s) over the pairs: the loss minus the
+    teacher's entropy), and ``top_prototype_share`` (the largest share of the batch whose teacher argmax
+    is one prototype: 1 when one dominates).
+
+    The health alarm watches DINO's two collapses (``collapse_signals``): a uniform teacher (entropy ratio
+    above 0.98: every prototype equally likely, the student learns nothing) and a dominant prototype (one
+    takes more than half of the images: what centering prevents).
     """
 
     main_metric = "teacher_entropy"
+    collapse_signals = (
+        loss_kit.CollapseSignal("teacher_entropy_ratio", 0.98, above=True, meaning=(
+            "the teacher's output is uniform over the prototypes; sharpen it: a lower teacher_temperature")),
+        loss_kit.CollapseSignal("top_prototype_share", 0.5, above=True, meaning=(
+            "one prototype takes most images; center the teacher: center_momentum below 1 (DINO: 0.9)")),
+    )
 
     def __init__(self, in_dim: int, teacher_temperature: float = 0.04, student_temperature: float = 0.1,
                  center_momentum: float = 0.9) -> None:
@@ -101,7 +113,8 @@ class DINOLoss(nn.Module):
         shares = torch.bincount(probabilities.argmax(dim=-1), minlength=self.in_dim).float() / len(probabilities)
         # Each pair's cross-entropy is its KL plus the teacher's entropy; every teacher view is in the same
         # number of pairs, so the mean KL is the loss minus the mean entropy.
-        return {"teacher_entropy": entropy, "teacher_kl": loss.detach() - entropy, "top_prototype_share": shares.max()}
+        return {"teacher_entropy": entropy, "teacher_entropy_ratio": entropy / math.log(self.in_dim),
+                "teacher_kl": loss.detach() - entropy, "top_prototype_share": shares.max()}
 
     @torch.no_grad()
     def _update_center(self, teacher: list[Tensor]) -> None:
