@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import Optional
 
 import timm
 import torch
+from timm.models import group_parameters
 from torch import nn
 
 from clrun import UserError
@@ -62,7 +64,14 @@ def create_timm_backbone(
         _use_small_image_stem(model, model_name, in_chans)
     if checkpoint_path is not None:
         _load_checkpoint(model, model_name, checkpoint_path)
+    if hasattr(model, "group_matcher"):  # its layers, for layer-wise learning-rate decay (params.layer_decay)
+        model.layer_ids = types.MethodType(_layer_ids, model)
     return model
+
+
+def _layer_ids(model: nn.Module) -> dict[str, int]:
+    """Parameter name -> layer (0 on the input side), by timm's own grouping of the model."""
+    return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
 
 
 def _use_small_image_stem(model: nn.Module, model_name: str, in_chans: int) -> None:

@@ -119,7 +119,8 @@ def test_components_offered():
     offered = projectors.clrun_components()
     assert isinstance(offered, list) and all(isinstance(c, Component) for c in offered)
     by_kind_name = {(c.kind, c.name): c for c in offered}
-    assert set(by_kind_name) == {("projector", "clrun/mlp"), ("projector", "clrun/identity"), ("predictor", "clrun/mlp")}
+    assert set(by_kind_name) == {("projector", "clrun/mlp"), ("projector", "clrun/identity"), ("projector", "clrun/dino_head"),
+                                 ("predictor", "clrun/mlp")}
     assert by_kind_name["projector", "clrun/mlp"].factory is MLPProjector
     predictor = by_kind_name["predictor", "clrun/mlp"].factory(in_dim=24, hidden_dim=16)
     assert isinstance(predictor, MLPProjector)  # the same MLP heads the online branch

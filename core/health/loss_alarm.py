@@ -9,7 +9,7 @@ loss differ a little while anything learns, so "no change" is a relative change 
 threshold. Both are checked every epoch, whatever ``health.every`` is: the loss is already computed.
 
 A loss may also declare how its own metrics look when it collapses (``collapse_signals``, a tuple of
-``clrun.loss_kit.CollapseSignal``: DINO's uniform teacher, or one prototype taking every image); those
+``clrun.loss_kit.CollapseSignal``: a uniform teacher, or one prototype taking every image); those
 are checked here too, on the epoch's mean of each metric.
 """
 

@@ -181,8 +181,8 @@ class ParamGroupRule:
     match: list[str]
     lr_scale: float = 1.0  # times the optimizer's lr, under its scheduler
     weight_decay: Optional[float] = None  # instead of the optimizer's (biases and norms keep none)
-    fixed_lr: bool = False  # the scheduler leaves this group's lr alone (SimSiam's predictor)
-    frozen_epochs: float = 0.0  # not updated at all for the first N epochs (DINO's last layer: 1)
+    fixed_lr: bool = False  # the scheduler leaves this group's lr alone (e.g. a predictor head)
+    frozen_epochs: float = 0.0  # not updated at all for the first N epochs (e.g. a head's last layer)
 
     def __post_init__(self) -> None:
         if not self.match:
@@ -198,7 +198,7 @@ class ParamsSection:
     """How the trainable parameters are grouped for the optimizer."""
 
     groups: list[ParamGroupRule] = field(default_factory=list)
-    # Layer-wise learning-rate decay (BEiT, MAE fine-tuning): the backbone's layer i of L (timm's
+    # Layer-wise learning-rate decay (ViT fine-tuning): the backbone's layer i of L (timm's
     # group_matcher: the stem is 0, block k is k + 1) learns at lr * layer_decay**(L + 1 - i); the heads at lr.
     layer_decay: Optional[float] = None
 

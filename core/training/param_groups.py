@@ -67,16 +67,16 @@ def group_settings(rule, scale: float, decays: bool, steps_per_epoch: int) -> di
 
 
 def layer_scales(backbone: nn.Module, backbone_name: str, decay: float) -> dict[str, float]:
-    """``backbone.<name>`` -> ``decay ** (L + 1 - layer)``, BEiT's and MAE's rule with the heads as layer
-    L + 1 (full rate). The layers are timm's ``group_matcher``'s: for a ViT the stem (patch embedding,
-    class token, position embedding) is 0 and block k is k + 1; timm puts the final norm with the last
-    block (MAE gives it the full rate)."""
-    if not hasattr(backbone, "group_matcher"):
+    """``backbone.<name>`` -> ``decay ** (L + 1 - layer)``, the usual layer-wise decay rule, with the heads
+    as layer L + 1 (full rate). The backbone tells its layers with a method ``layer_ids() -> {parameter name:
+    layer}`` (0 on the input side); timm backbones get theirs from timm's ``group_matcher``: for a ViT
+    the stem (patch embedding, class token, position embedding) is 0 and block k is k + 1, and timm puts
+    the final norm with the last block (some recipes give it the full rate)."""
+    layer_ids = getattr(backbone, "layer_ids", None)
+    if layer_ids is None:
         raise UserError(f"params.layer_decay: the backbone {backbone_name} does not say how its parameters form "
-                        f"layers (no timm group_matcher); remove params.layer_decay, or use a timm model")
-    from timm.models import group_parameters  # timm's own grouping; imported only when decay is asked for
-
-    layer_of = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+                        f"layers (it has no layer_ids()); remove params.layer_decay, or use a timm model")
+    layer_of = layer_ids()
     last = max(layer_of.values())
     return {f"backbone.{name}": decay ** (last + 1 - layer) for name, layer in layer_of.items()}
 
@@ -92,7 +92,7 @@ def scale_learning_rates(optimizer) -> None:
 
 def freeze_gradients(optimizer, step: int) -> None:
     """No update for a group in its frozen steps: its gradients are dropped, so the optimizer skips its
-    parameters entirely (no weight decay, no moment update), as DINO cancels its last layer's."""
+    parameters entirely (no weight decay, no moment update)."""
     for group in optimizer.param_groups:
         if step < group.get("frozen_steps", 0):
             for parameter in group["params"]:

@@ -73,7 +73,7 @@ def train_step(parts: Parts, images: Tensor, device: torch.device, precision: st
         scaler.unscale_(parts.optimizer)
         params = [p for group in parts.optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    freeze_gradients(parts.optimizer, step)  # after clipping, as DINO cancels its last layer's gradients
+    freeze_gradients(parts.optimizer, step)  # after clipping: a frozen group's norm still counts, as in the papers
     lr = parts.optimizer.param_groups[0]["lr"]  # the rate this step used
     scaler.step(parts.optimizer)
     scaler.update()
