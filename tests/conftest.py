@@ -9,6 +9,7 @@ file, so a refactoring of those internals is adapted here, in one place.
 from __future__ import annotations
 
 import hashlib
+import os
 from contextlib import contextmanager
 from typing import Callable, ContextManager, Iterator
 
@@ -20,6 +21,13 @@ from clrun.recipe import Recipe
 from clrun.training.artifacts import RunArtifacts
 from clrun.training.run import Run, dataset_fingerprint
 from clrun.training.setup import prepare
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist every core runs a worker: one torch thread each keeps the cores busy without
+    oversubscribing them (a recipe's train.threads still applies to its run)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

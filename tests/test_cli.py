@@ -65,6 +65,7 @@ def test_misspelled_key_exits_2(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()  # nothing was run, no run folder
 
 
+@pytest.mark.slow  # a console-script subprocess (imports everything afresh, ~5 s)
 def test_misspelled_key_console_script(tmp_path):
     bad = misspelled_recipe(tmp_path)
     result = console_script(bad, "train.epochs=2", cwd=tmp_path)

@@ -24,7 +24,14 @@ def test_the_recipes_are_found():
     assert "quickstart" in names  # SimCLR's Fashion-MNIST recipe
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def cpu_sized(recipe: Path) -> bool:
+    return recipe.stem == "quickstart" or recipe.stem.endswith("_fmnist")
+
+
+# The GPU recipes (CIFAR-10, ImageNet: ResNet-18/50 and ViT-S builds take seconds each) are checked in
+# the slow suite, which CI runs; the CPU ones in every run.
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=[] if cpu_sized(r) else [pytest.mark.slow]) for r in RECIPES],
+                         ids=lambda p: p.name)
 def test_shipped_recipe_passes_check(recipe, registry, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
     monkeypatch.chdir(tmp_path)  # relative data roots resolve to nothing here; check writes nothing
