@@ -36,13 +36,23 @@ predictor: {name: clrun/mlp, hidden_dim: 32}
 target: {momentum: 0.95, final_momentum: 1.0}
 """
 BYOL_LOSS = "loss: {name: clrun/byol}"
+# DINO mid-schedule: the teacher temperature warms up over 1.5 epochs, the last layer is frozen for 1.5
+# (the checkpoint falls in both), the center and the teacher's momentum move every step.
+DINO = """
+target: {momentum: 0.9, final_momentum: 1.0}
+params: {groups: [{match: [projector.last_layer.*], frozen_epochs: 1.5}]}
+"""
+DINO_LOSS = ("loss: {name: clrun/dino, teacher_temperature: {schedule: linear, start: 0.04, end: 0.07, until_epoch: 1.5}}\n"
+             "projector: {name: clrun/dino_head, out_dim: 16, hidden_dim: 32, bottleneck_dim: 8}")
 
-CASES = {"moco": (MOCO_LOSS, MOCO), "swav": (SWAV_LOSS, ""), "byol": (BYOL_LOSS, BYOL)}
+CASES = {"moco": (MOCO_LOSS, MOCO), "swav": (SWAV_LOSS, ""), "byol": (BYOL_LOSS, BYOL), "dino": (DINO_LOSS, DINO)}
 
 
 def recipe_file(folder: Path, case: str) -> Path:
     loss, extra = CASES[case]
     text = TINY.read_text(encoding="utf-8").replace("loss:\n  name: clrun/ntxent\n  temperature: 0.2\n", loss + "\n")
+    if "projector:" in loss:  # the case brings its own head
+        text = text.replace("projector:\n  name: clrun/mlp\n  hidden_dim: 64\n  out_dim: 32\n", "")
     assert loss in text
     path = folder / f"{case}.yaml"
     path.write_text(text + extra, encoding="utf-8")
@@ -106,6 +116,8 @@ def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, monkeypatch,
         "moco": {"loss.queue", "loss.queue_ptr", "target.momentum", "target.updates"},
         "swav": {"loss.prototypes.weight", "loss.queue"},
         "byol": {"target.momentum", "target.updates", "network.predictor.net.0.weight"},
+        "dino": {"loss.center", "target.momentum", "target.updates",
+                 "network.projector.last_layer.parametrizations.weight.original1"},
     }[case]
     assert expected <= saved_flat.keys()
     if parts.target is not None:
