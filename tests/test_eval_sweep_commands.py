@@ -51,6 +51,7 @@ def run_folder(trained_folder, tmp_path) -> Path:
     return Path(shutil.copytree(trained_folder, tmp_path / "tiny"))
 
 
+@pytest.mark.slow  # embeds the 60k/10k splits for every evaluator of the file (~5 s)
 def test_eval_runs_the_evaluators_of_a_file_and_records_them(run_folder, tmp_path, capsys):
     knn_file = tmp_path / "knn.yaml"
     knn_file.write_text(KNN, encoding="utf-8")

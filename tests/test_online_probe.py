@@ -68,6 +68,7 @@ def probed(tmp_path_factory, reports_skipped):
         return clrun.train(load(folder, "probed", 2, f"[{PROBE}]"))
 
 
+@pytest.mark.slow  # trains until the probe separates the classes (~4 s)
 def test_the_probe_learns_separable_classes(tmp_path):
     train_set = "{name: clrun/synthetic, num_images: 256, num_classes: 4}"
     probe = f"{{name: clrun/online_probe, lr: 3e-2, test: {TEST_SET}}}"
