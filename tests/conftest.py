@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 import pytest
@@ -28,6 +29,33 @@ def pytest_configure(config) -> None:
     oversubscribing them (a recipe's train.threads still applies to its run)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+
+
+class Crashed(Exception):
+    """Raised by ``crash_after_first_checkpoint`` right after the run's first checkpoint is written."""
+
+
+@pytest.fixture
+def crash_after_first_checkpoint(monkeypatch) -> Callable[[Recipe], Path]:
+    """``crash_after_first_checkpoint(recipe) -> run folder``: train ``recipe`` and stop it, as a crash would,
+    right after its first checkpoint is written; the run folder is then ready for ``--resume``."""
+    from clrun.api import train
+    from clrun.training import checkpoint
+
+    def crash(recipe: Recipe) -> Path:
+        save = checkpoint.save
+
+        def save_then_crash(run, *args):
+            save(run, *args)
+            raise Crashed(run.directory)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(checkpoint, "save", save_then_crash)
+            with pytest.raises(Crashed) as crashed:
+                train(recipe)
+        return Path(str(crashed.value))
+
+    return crash
 
 
 @pytest.fixture(scope="session")

@@ -96,18 +96,9 @@ def test_layer_decay_gives_each_vit_layer_the_papers_rate(tmp_path, build_run):
         assert group_of(parts.optimizer, parameter)["lr"] == pytest.approx(expected), name
 
 
-def test_a_pinned_rate_stays_pinned_after_a_resume(tmp_path, monkeypatch):
+def test_a_pinned_rate_stays_pinned_after_a_resume(tmp_path, crash_after_first_checkpoint):
     overrides = [PROJECTOR_RULE, WARMUP, "train.epochs=2"]
-    save = checkpoint.save
-
-    def save_then_stop(run, *args):
-        save(run, *args)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patched:
-        patched.setattr(checkpoint, "save", save_then_stop)
-        with pytest.raises(KeyboardInterrupt):
-            clrun.train(recipe(tmp_path, *overrides))
+    crash_after_first_checkpoint(recipe(tmp_path, *overrides))
     resumed = clrun.train(recipe(tmp_path, *overrides), resume=tmp_path / "r")
     straight = clrun.train(recipe(tmp_path, *overrides, "run.name=straight"))
     a, b = (checkpoint.load(r.folder.checkpoint) for r in (resumed, straight))

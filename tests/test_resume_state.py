@@ -1,5 +1,6 @@
 """Resuming restores every piece of training state exactly: the MoCo queue and its pointer, SwAV's
-prototypes and queue, the momentum target network and the position of its schedule.
+prototypes and queue, DINO's center, the momentum target network and the position of its schedule, a
+scheduled scalar and a frozen parameter group mid-way.
 
 Two checks per recipe: (1) right after ``--resume`` loads a mid-run checkpoint, every tensor of that
 state equals the checkpoint's; (2) a 2-epoch run interrupted after its first epoch and resumed ends
@@ -73,29 +74,10 @@ def flat(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
-class Interrupted(Exception):
-    pass
-
-
-def train_until_first_checkpoint(recipe, monkeypatch) -> Path:
-    """Run ``recipe`` and stop it, as a crash would, right after its first checkpoint is written."""
-    save = checkpoint.save
-
-    def save_then_stop(run, *args):
-        save(run, *args)
-        raise Interrupted(run.directory)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(checkpoint, "save", save_then_stop)
-        with pytest.raises(Interrupted) as stopped:
-            clrun.train(recipe)
-    return Path(str(stopped.value))
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, monkeypatch, build_run):
+def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, crash_after_first_checkpoint, build_run):
     path = recipe_file(tmp_path, case)
-    interrupted = train_until_first_checkpoint(load(path, tmp_path, 2, "interrupted"), monkeypatch)
+    interrupted = crash_after_first_checkpoint(load(path, tmp_path, 2, "interrupted"))
     saved = checkpoint.load(RunFolder(interrupted).checkpoint)
 
     # (1) What --resume loads is exactly what was saved, and the stateful pieces are really in it.
@@ -135,9 +117,9 @@ def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, monkeypatch,
             assert torch.equal(a[key], b[key]), key
 
 
-def test_resume_with_a_recipe_that_does_not_fit_names_the_part(tmp_path, monkeypatch):
+def test_resume_with_a_recipe_that_does_not_fit_names_the_part(tmp_path, crash_after_first_checkpoint):
     path = recipe_file(tmp_path, "moco")
-    interrupted = train_until_first_checkpoint(load(path, tmp_path, 2, "interrupted"), monkeypatch)
+    interrupted = crash_after_first_checkpoint(load(path, tmp_path, 2, "interrupted"))
     saved = RunFolder(interrupted).checkpoint
     refit = "resume with the recipe the run was started with (recipe.yaml in its run folder)"
 

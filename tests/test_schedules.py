@@ -79,18 +79,9 @@ def test_a_run_sets_and_logs_the_scheduled_values_every_step(tmp_path):
     assert saved["loss"]["temperature"] == {"schedule": "linear", "start": 0.1, "end": 0.3, "until_epoch": 1.0}
 
 
-def test_a_resumed_run_continues_the_schedule_bit_for_bit(tmp_path, monkeypatch):
+def test_a_resumed_run_continues_the_schedule_bit_for_bit(tmp_path, crash_after_first_checkpoint):
     overrides = [TEMPERATURE, WEIGHT_DECAY, "train.epochs=2", f"run.dir={tmp_path}", "health.enabled=false"]
-    save = checkpoint.save
-
-    def save_then_stop(run, *args):
-        save(run, *args)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patched:
-        patched.setattr(checkpoint, "save", save_then_stop)
-        with pytest.raises(KeyboardInterrupt):
-            clrun.train(clrun.load_recipe(TINY, [*overrides, "run.name=resumed"]))
+    crash_after_first_checkpoint(clrun.load_recipe(TINY, [*overrides, "run.name=resumed"]))
     resumed = clrun.train(clrun.load_recipe(TINY, [*overrides, "run.name=resumed"]), resume=tmp_path / "resumed")
     straight = clrun.train(clrun.load_recipe(TINY, [*overrides, "run.name=straight"]))
     a, b = (checkpoint.load(r.folder.checkpoint) for r in (resumed, straight))
