@@ -94,7 +94,9 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     optimizer, scheduler, fixed = optimizer_and_scheduler(recipe, named, layers, steps, steps_per_epoch, errors)
     errors.raise_any()
     schedules = ScheduledScalars(steps_per_epoch, steps)
-    for spec, module in ((recipe.projector, projector), (recipe.predictor, predictor), (recipe.loss, loss_fn)):
+    # The network's own heads: those the run trains (a conversion above may have rebuilt modules).
+    heads = ((recipe.projector, network.projector), (recipe.predictor, network.predictor), (recipe.loss, loss_fn))
+    for spec, module in heads:
         if spec is not None:
             errors.attempt(lambda: schedules.bind_attributes(spec, module), None)
     errors.attempt(lambda: schedules.bind_optimizer(recipe.optimizer, optimizer, fixed, recipe.scheduler), None)
