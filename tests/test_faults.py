@@ -90,7 +90,7 @@ def evil_checkpoint(tmp, run, monkeypatch):
     class RunsCode:
         def __reduce__(self):
             return (os.system, ("echo pwned",))
-    run.checkpoint.write_bytes(pickle.dumps(RunsCode(), protocol=2))  # torch.load's own protocol
+    run.checkpoint.write_bytes(pickle.dumps(RunsCode(), protocol=2))  # the pickle protocol torch writes
     return ["eval", run.path]
 
 
