@@ -31,7 +31,12 @@ def create(kind: str, name: str, **params: Any) -> Any:
     if validator.problems or spec is INVALID:
         raise ComponentError("\n".join(f"{where}: {p.path + ': ' if p.path else ''}{p.message}" for p in validator.problems))
     spec.where = where  # no file position to name for an API call
-    return spec.build(**injected)
+    try:
+        return spec.build(**injected)
+    except ComponentError as exc:
+        if isinstance(exc.__cause__, ComponentError):
+            raise exc.__cause__ from None  # the factory's own words; a recipe's line and column mean nothing here
+        raise
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
