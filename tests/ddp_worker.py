@@ -36,6 +36,10 @@ CASES = {
     "clrun/barlow_twins": ({"lambd": 0.01}, False, False, 2),
     "clrun/vicreg": ({}, False, False, 2),
     "clrun/dino": ({"teacher_temperature": 0.05, "center_momentum": 0.8}, False, True, 3),
+    "clrun/mocov3": ({"temperature": 0.2}, True, True, 3),
+    "clrun/nnclr": ({"queue_size": 20, "temperature": 0.1}, True, False, 3),
+    "clrun/dcl": ({"temperature": 0.2}, False, False, 2),
+    "clrun/dclw": ({"temperature": 0.2, "weight_sigma": 0.5}, False, False, 2),
 }
 
 

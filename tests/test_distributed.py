@@ -89,6 +89,14 @@ def test_moco_queue_is_identical_on_both_ranks_after_several_steps(results):
     assert int(a["queue_ptr"]) == (2 * 8 * STEPS) % 40
 
 
+@pytest.mark.slow
+def test_nnclr_support_queue_gathers_every_ranks_projections(results):
+    a, b = (results[r]["clrun/nnclr"]["ddp"]["loss_state"] for r in (0, 1))
+    assert torch.equal(a["queue"], b["queue"]) and torch.equal(a["queue_ptr"], b["queue_ptr"])
+    # Each step enqueued the first view of all 8 images (both ranks' 4): 8 x STEPS rows in a 20-row ring.
+    assert int(a["queue_ptr"]) == (8 * STEPS) % 20
+
+
 def quickstart_args(run_dir: Path, *extra: str) -> list[str]:
     return [
         "-m", "clrun", "recipes/quickstart.yaml", "data.dataset.subset=1024", "data.batch_size=64",

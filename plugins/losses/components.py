@@ -10,6 +10,10 @@ def clrun_components() -> list[Component]:
     return [
         Component("loss", "clrun/ntxent", "clrun.plugins.losses.ntxent:NTXentLoss", "SimCLR's NT-Xent / InfoNCE with a temperature"),
         Component("loss", "clrun/moco", "clrun.plugins.losses.moco:MoCoLoss", "MoCo v2: InfoNCE of queries against momentum keys and a queue of past keys"),
+        Component("loss", "clrun/mocov3", "clrun.plugins.losses.mocov3:MoCoV3Loss", "MoCo v3: symmetric InfoNCE of predictions against the batch's momentum keys"),
+        Component("loss", "clrun/nnclr", "clrun.plugins.losses.nnclr:NNCLRLoss", "NNCLR: InfoNCE with nearest neighbours from a support queue as positives"),
+        Component("loss", "clrun/dcl", "clrun.plugins.losses.dcl:DCLLoss", "DCL: NT-Xent without the positive in the denominator (DCLW with weight_sigma)"),
+        Component("loss", "clrun/dclw", "clrun.plugins.losses.dcl:DCLWLoss", "DCLW: DCL with von Mises-Fisher weighted positives (sigma 0.5)"),
         Component("loss", "clrun/byol", "clrun.plugins.losses.byol:BYOLLoss", "BYOL: normalized MSE of predictions to the momentum target's projections"),
         Component("loss", "clrun/simsiam", "clrun.plugins.losses.simsiam:SimSiamLoss", "SimSiam: negative cosine of predictions to stop-gradient projections"),
         Component("loss", "clrun/swav", "clrun.plugins.losses.swav:SwAVLoss", "SwAV: swapped prediction of Sinkhorn-Knopp codes over learned prototypes"),
