@@ -77,6 +77,23 @@ def test_a_frozen_group_is_not_updated_for_exactly_its_epochs(tmp_path, build_ru
     assert not torch.equal(one["backbone.conv1.0.weight"], initial["backbone.conv1.0.weight"])
 
 
+def test_a_group_frozen_for_good_keeps_its_initialization_and_check_says_so(tmp_path, build_run, capsys):
+    frozen = "params={groups: [{match: [backbone.patch_embed.*], frozen: true}]}"
+    initial = build_run(recipe(tmp_path, *VIT, frozen)).parts.network.state_dict()
+    trained = clrun.train(recipe(tmp_path, *VIT, frozen, "train.epochs=2", "run.name=t")).parts.network.state_dict()
+    stem = [k for k in initial if k.startswith("backbone.patch_embed.")]
+    assert stem and all(torch.equal(trained[k], initial[k]) for k in stem)  # MoCo v3's random patch projection
+    assert not torch.equal(trained["backbone.blocks.0.attn.qkv.weight"], initial["backbone.blocks.0.attn.qkv.weight"])
+    assert cl_run_main(["check", str(TINY), *VIT, frozen, f"run.dir={tmp_path}"]) == 0
+    assert re.search(r"frozen \(never updated\): backbone\.patch_embed\.proj\.weight", capsys.readouterr().out)
+
+
+def test_frozen_and_frozen_epochs_together_are_refused(tmp_path):
+    with pytest.raises(clrun.UserError, match=r"params\.groups\.0\.frozen_epochs: frozen: true already keeps these "
+                                              r"parameters fixed for the whole run; remove one of the two"):
+        recipe(tmp_path, "params={groups: [{match: [projector.*], frozen: true, frozen_epochs: 1}]}")
+
+
 def beit_layer(name: str, depth: int) -> int:
     """BEiT's / MAE's get_layer_id_for_vit, written from the papers' code: embeddings 0, block k is k + 1,
     the heads depth + 1. (timm puts the final norm with the last block.)"""

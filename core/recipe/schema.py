@@ -183,6 +183,7 @@ class ParamGroupRule:
     weight_decay: Optional[float] = None  # instead of the optimizer's (biases and norms keep none)
     fixed_lr: bool = False  # the scheduler leaves this group's lr alone (e.g. a predictor head)
     frozen_epochs: float = 0.0  # not updated at all for the first N epochs (e.g. a head's last layer)
+    frozen: bool = False  # never updated: kept at its initialization (MoCo v3's random patch projection)
 
     def __post_init__(self) -> None:
         if not self.match:
@@ -191,6 +192,9 @@ class ParamGroupRule:
             raise FieldError("lr_scale", f"must be >= 0, got {self.lr_scale}")
         if self.frozen_epochs < 0:
             raise FieldError("frozen_epochs", f"must be >= 0, got {self.frozen_epochs}")
+        if self.frozen and self.frozen_epochs:
+            raise FieldError("frozen_epochs", "frozen: true already keeps these parameters fixed for the whole run; "
+                                              "remove one of the two")
 
 
 @dataclass

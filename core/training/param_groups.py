@@ -5,7 +5,8 @@ layer-wise learning-rate decay for the backbone.
 Each group's extra keys say how the loop treats it: ``lr_factor`` (a rule's lr_scale times the layer's
 decay) multiplies the optimizer's lr once, before the scheduler reads its base rates (not under timm's
 key ``lr_scale``: timm's schedulers would apply it a second time); ``pinned_lr`` is a rate the scheduler
-must not move; ``frozen_steps`` the optimizer steps during which its parameters get no update. Without rules the groups are exactly the
+must not move; ``frozen_steps`` the optimizer steps during which its parameters get no update
+(``frozen``: never). Without rules the groups are exactly the
 two of earlier releases (weights, then biases and norms without weight decay), so old checkpoints resume.
 """
 
@@ -63,6 +64,8 @@ def group_settings(rule, scale: float, decays: bool, steps_per_epoch: int) -> di
         settings["fixed_lr"] = True
     if rule is not None and rule.frozen_epochs:
         settings["frozen_steps"] = round(rule.frozen_epochs * steps_per_epoch)
+    if rule is not None and rule.frozen:
+        settings["frozen"] = True
     return settings
 
 
@@ -94,7 +97,7 @@ def freeze_gradients(optimizer, step: int) -> None:
     """No update for a group in its frozen steps: its gradients are dropped, so the optimizer skips its
     parameters entirely (no weight decay, no moment update)."""
     for group in optimizer.param_groups:
-        if step < group.get("frozen_steps", 0):
+        if group.get("frozen") or step < group.get("frozen_steps", 0):
             for parameter in group["params"]:
                 parameter.grad = None
 
@@ -133,5 +136,6 @@ def describe(optimizer, named: list[tuple[str, nn.Parameter]]) -> list[str]:
         extras = [f"lr {group.get('initial_lr', group['lr']):.3g}", f"weight decay {group.get('weight_decay', 0):.3g}"]
         extras += ["lr fixed"] if "pinned_lr" in group else []
         extras += [f"frozen for {group['frozen_steps']} steps"] if group.get("frozen_steps") else []
+        extras += ["frozen (never updated)"] if group.get("frozen") else []
         lines.append(f"group {i}: {'; '.join(extras)}: {shown or '(empty)'}")
     return lines
