@@ -17,11 +17,13 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 def test_the_recipes_are_found():
     names = {p.stem for p in RECIPES}
-    methods = ("simclr", "mocov2", "byol", "simsiam", "swav", "barlow_twins", "vicreg")
+    methods = ("simclr", "mocov2", "byol", "simsiam", "swav", "barlow_twins", "vicreg", "nnclr", "mocov3", "dino")
     for method in methods:  # a CPU Fashion-MNIST recipe and a CIFAR-10 ResNet-18 recipe for each method
         assert f"{method}_cifar10_r18" in names
         assert method == "simclr" or f"{method}_fmnist" in names
     assert "quickstart" in names  # SimCLR's Fashion-MNIST recipe
+    assert {"dcl_fmnist", "dclw_fmnist"} <= names  # solo-learn has no DCL settings for CIFAR-10
+    assert {"simclr_r50", "dino_vits16", "mocov3_vits16"} <= names  # ImageNet GPU recipes
 
 
 def cpu_sized(recipe: Path) -> bool:
