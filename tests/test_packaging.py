@@ -45,7 +45,7 @@ def test_wheel_holds_every_subpackage_and_no_repo_folder_names(tmp_path):
 def test_core_never_imports_plugins_timm_or_kornia_nor_names_a_method():
     """Dependencies go plugins -> core; core knows no method, model library or data set by name."""
     forbidden_imports = ("clrun.plugins", "timm", "kornia")
-    method_names = ("simclr", "moco", "byol", "simsiam", "swav", "barlow", "vicreg", "ntxent", "dino", "fashion", "cifar",
+    method_names = ("simclr", "moco", "byol", "simsiam", "swav", "barlow", "vicreg", "ntxent", "dino", "nnclr", "fashion", "cifar",
                     "resnet")
     for path in (REPO / "core").rglob("*.py"):
         text = path.read_text()

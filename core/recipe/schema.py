@@ -183,7 +183,7 @@ class ParamGroupRule:
     weight_decay: Optional[float] = None  # instead of the optimizer's (biases and norms keep none)
     fixed_lr: bool = False  # the scheduler leaves this group's lr alone (e.g. a predictor head)
     frozen_epochs: float = 0.0  # not updated at all for the first N epochs (e.g. a head's last layer)
-    frozen: bool = False  # never updated: kept at its initialization (MoCo v3's random patch projection)
+    frozen: bool = False  # never updated: kept at its initialization (e.g. a random patch projection)
 
     def __post_init__(self) -> None:
         if not self.match:
