@@ -9,6 +9,7 @@ tests folder is not on ``sys.path``):
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -38,3 +39,25 @@ def assert_close(actual, expected, rtol: float = 1e-10, atol_scale: float | None
     expected = np.asarray(expected, dtype=np.float64)
     scale = max(float(np.abs(expected).max()), 1e-300)
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=(atol_scale or rtol) * scale)
+
+
+def info_nce_row(sims: Sequence[float], positive: int, tau: float) -> tuple[float, bool, float, float]:
+    """One anchor's InfoNCE over its cosine similarities ``sims`` to every candidate: the term
+    ``-log softmax(sims / tau)[positive]`` (stable log-sum-exp), whether the positive has the largest
+    similarity, its similarity, and the mean similarity of the other candidates."""
+    top = max(sims)
+    lse = top / tau + math.log(sum(math.exp((s - top) / tau) for s in sims))
+    others = [s for m, s in enumerate(sims) if m != positive]
+    return lse - sims[positive] / tau, int(np.argmax(sims)) == positive, sims[positive], sum(others) / len(others)
+
+
+def assert_metrics_match(result, reference: dict[str, float], counts: Sequence[str] = ("contrastive_acc",)) -> None:
+    """Every metric of ``reference`` against ``result[name].item()`` (a loss's output dict): the ``counts``
+    (fractions of hits) to 1e-12, the rest with ``assert_close``; ``result`` has exactly those keys."""
+    assert set(result) == set(reference), (sorted(result), sorted(reference))
+    for name, want in reference.items():
+        got = float(result[name].item())
+        if name in counts:
+            assert abs(got - want) <= 1e-12, (name, got, want)
+        else:
+            assert_close(got, want)
