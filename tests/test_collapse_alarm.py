@@ -48,9 +48,12 @@ def test_the_quickstart_never_raises_a_signal(tmp_path):
 
 def test_dino_without_centering_collapses_onto_one_prototype_and_the_alarm_names_the_fix(tmp_path):
     """DINO's second collapse mode: with center_momentum 1 the center stays 0, and sharpening alone (a
-    teacher temperature of 0.02) drives most images onto one prototype. Measured with this budget: the top
-    prototype's share 0.30, 0.52, 0.52, 0.52 by epoch, the teacher's entropy 0.15 -> 0.005 of log K."""
-    no_centering = ["loss.center_momentum=1.0", "loss.teacher_temperature=0.02", "health.alarm.action=halt"]
+    teacher temperature of 0.02) drives most images onto one prototype. The head without batch norm, a
+    faster teacher and a higher rate make it happen within this budget (with the recipe's own head, the
+    alarm does not fire within these 64 steps). Measured: the top prototype's share 0.30, 0.52, 0.52 by epoch, the
+    teacher's entropy 0.15 -> 0.005 of log K."""
+    no_centering = ["loss.center_momentum=1.0", "loss.teacher_temperature=0.02", "projector.batch_norm=false",
+                    "target.momentum=0.99", "optimizer.lr=1e-3", "health.alarm.action=halt"]
     recipe = clrun.load_recipe(RECIPES / "dino_fmnist.yaml", [*BUDGET, *no_centering, f"run.dir={tmp_path}", "run.name=dino"])
     with pytest.raises(TrainingHalted) as halted:
         clrun.train(recipe)
