@@ -167,10 +167,10 @@ def main() -> None:
         check_same_budget([REPO / "recipes" / r for _, r in RECIPES])
         check_same_budget([REPO / "recipes" / r for _, r in VIT_RECIPES], VIT_SHARED)
         description, epochs = machine(), args.epochs
-        with tempfile.TemporaryDirectory(prefix="clrun-bench-") as tmp:
-            fresh = {r: {"method": m, "recipe": r, **train(REPO / "recipes" / r, epochs, Path(tmp))} for m, r in chosen}
         if args.only and saved["runs"] and saved.get("epochs") != epochs:
             raise SystemExit(f"--only adds rows to a table of {saved['epochs']} epochs; run every recipe for {epochs}")
+        with tempfile.TemporaryDirectory(prefix="clrun-bench-") as tmp:
+            fresh = {r: {"method": m, "recipe": r, **train(REPO / "recipes" / r, epochs, Path(tmp))} for m, r in chosen}
         # With --only, the other rows stay as measured before (the table says each row's wall time and speed).
         order = [r for _, r in RECIPES + VIT_RECIPES]
         merged = {r["recipe"]: r for r in saved["runs"]} | fresh if args.only else fresh
