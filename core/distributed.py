@@ -10,6 +10,9 @@ For loss authors:
     gather(t)           rows of ``t`` from every rank, rank order, *with* gradients: the backward
                         pass sends each rank the gradient of its own rows, summed over all ranks
     gather_no_grad(t)   the same without gradients (keys for a queue)
+    average(t)          element-wise mean over ranks, *with* gradients: the backward pass gives every
+                        rank the mean of all ranks' gradients of the result (a batch statistic that
+                        every rank's loss uses, e.g. SIGReg's characteristic function)
     all_reduce_sum(t)   element-wise sum over ranks, without gradients
     all_reduce_max(t)   element-wise max over ranks, without gradients
     rank(), world_size(), is_main()
@@ -98,6 +101,34 @@ def gather(tensor: Tensor) -> Tensor:
         warnings.simplefilter("ignore", FutureWarning)
         parts = all_gather(tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+class _Average(torch.autograd.Function):
+    """Element-wise mean over ranks. Backward: the mean over ranks of the incoming gradients.
+
+    Why the mean and not the local gradient: every rank's loss uses the averaged value, so the global
+    objective (the mean of the ranks' losses, which DDP's gradient averaging optimizes) depends on
+    rank r's input through every rank's loss. With the local gradient alone, each rank's contribution
+    is 1 / world_size too small: the bug LightlySSL shipped in its SIGReg (#1923).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out / world_size()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad / world_size()
+
+
+def average(tensor: Tensor) -> Tensor:
+    """The element-wise mean of ``tensor`` over ranks, differentiable (see ``_Average``); ``tensor`` itself
+    when one process trains."""
+    return _Average.apply(tensor) if active() else tensor
 
 
 @torch.no_grad()
