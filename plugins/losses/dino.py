@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clrun import ComponentError, distributed, loss_kit
+from clrun.plugins.losses.koleo import koleo
+from clrun.plugins.losses.sinkhorn import sinkhorn_knopp
 
 OWNER = "clrun/dino"
 
@@ -37,14 +39,25 @@ class DINOLoss(nn.Module):
     schedule (clrun.schedule), set each step rather than each epoch:
     ``teacher_temperature: {schedule: linear, start: 0.04, end: 0.07, until_epoch: 30}``.
 
+    DINOv2's options (Oquab et al. 2023, arXiv:2304.07193, and facebookresearch/dinov2):
+    ``centering: sinkhorn`` replaces the center by Sinkhorn-Knopp normalization of the teacher's scores
+    (``clrun.plugins.losses.sinkhorn``, ``sinkhorn_iterations`` rounds over the global views of every
+    rank's images together, at the teacher temperature); ``koleo_weight`` adds the KoLeo regularizer
+    (``clrun.plugins.losses.koleo``) of each global view's backbone features (the class token), which
+    spreads the images' features apart (DINOv2: 0.1).
+
     Across ranks (torchrun): the loss is a mean over each rank's images, so DDP's mean of the gradients
-    is the global batch's; the center is updated from all ranks' teacher outputs, the same on every rank.
+    is the global batch's; the center is updated from all ranks' teacher outputs, the same on every rank;
+    Sinkhorn-Knopp and KoLeo's nearest neighbours run over every rank's images.
 
     Args:
         in_dim:              the head's output width K (injected by the training loop).
         teacher_temperature: sharpening of the teacher (DINO: 0.04 -> 0.07 warm-up, then 0.07).
         student_temperature: of the student's softmax (DINO: 0.1).
-        center_momentum:     of the center's moving average (DINO: 0.9).
+        center_momentum:     of the center's moving average (DINO: 0.9); unused with Sinkhorn-Knopp.
+        centering:           ``"center"`` (DINO's moving average) or ``"sinkhorn"`` (DINOv2's).
+        sinkhorn_iterations: Sinkhorn-Knopp rounds (DINOv2: 3).
+        koleo_weight:        weight of the KoLeo term, 0 for none (DINOv2: 0.1).
 
     Returns a dict with the scalar ``"loss"`` and detached metrics: ``teacher_entropy`` (mean entropy of
     the teacher's distributions, nats: ``log K`` when uniform, 0 when one-hot), ``teacher_entropy_ratio``
@@ -58,6 +71,7 @@ class DINOLoss(nn.Module):
     """
 
     main_metric = "teacher_entropy"
+    CENTERINGS = ("center", "sinkhorn")
     collapse_signals = (
         loss_kit.CollapseSignal("teacher_entropy_ratio", 0.98, above=True, meaning=(
             "the teacher's output is uniform over the prototypes; sharpen it: a lower teacher_temperature")),
@@ -66,7 +80,8 @@ class DINOLoss(nn.Module):
     )
 
     def __init__(self, in_dim: int, teacher_temperature: float = 0.04, student_temperature: float = 0.1,
-                 center_momentum: float = 0.9) -> None:
+                 center_momentum: float = 0.9, centering: str = "center", sinkhorn_iterations: int = 3,
+                 koleo_weight: float = 0.0) -> None:
         super().__init__()
         self.in_dim = loss_kit.int_arg(OWNER, "in_dim", in_dim, 2, " (the head's output width, set by the training loop)")
         self.teacher_temperature = loss_kit.temperature_arg(OWNER, teacher_temperature, " (DINO uses 0.04 to 0.07)",
@@ -78,11 +93,19 @@ class DINOLoss(nn.Module):
         if self.center_momentum > 1:
             raise ComponentError(f"{OWNER}: center_momentum must be <= 1 (DINO uses 0.9; 1 turns centering "
                                           f"off), got {center_momentum!r}", argument="center_momentum")
+        if centering not in self.CENTERINGS:
+            raise ComponentError(f"{OWNER}: centering must be one of {', '.join(self.CENTERINGS)} (DINO: center, "
+                                 f"DINOv2: sinkhorn), got {centering!r}", argument="centering")
+        self.centering = centering
+        self.sinkhorn_iterations = loss_kit.int_arg(OWNER, "sinkhorn_iterations", sinkhorn_iterations, 1, " (DINOv2 uses 3)")
+        self.koleo_weight = loss_kit.float_arg(OWNER, "koleo_weight", koleo_weight, inclusive=True,
+                                               hint=" (DINOv2 uses 0.1; 0 for none)")
         self.register_buffer("center", torch.zeros(self.in_dim))
 
     def extra_repr(self) -> str:
         return (f"in_dim={self.in_dim}, teacher_temperature={self.teacher_temperature}, "
-                f"student_temperature={self.student_temperature}, center_momentum={self.center_momentum}")
+                f"student_temperature={self.student_temperature}, center_momentum={self.center_momentum}, "
+                f"centering={self.centering}, koleo_weight={self.koleo_weight}")
 
     def forward(self, out: Any) -> dict[str, Tensor]:
         teacher = loss_kit.required_target_projections(OWNER, out)
@@ -96,15 +119,27 @@ class DINOLoss(nn.Module):
         dtype = loss_kit.compute_dtype(*student, *teacher)
         with loss_kit.autocast_off(student[0]):
             t = [x.detach().to(dtype) for x in teacher]
-            targets = [F.softmax((x - self.center.to(dtype)) / self.teacher_temperature, dim=-1) for x in t]
+            targets = self._teacher_targets(t)
             log_student = [F.log_softmax(s.to(dtype) / self.student_temperature, dim=-1) for s in student]
             terms = [-(q * log_student[v]).sum(dim=-1).mean()
                      for i, q in zip(global_views, targets) for v in range(len(student)) if v != i]
             loss = torch.stack(terms).mean()
             metrics = self._metrics(targets, loss)
-        if self.training:
+            if self.koleo_weight > 0:
+                spread = torch.stack([koleo(out.features[i].to(dtype)) for i in global_views]).sum()
+                loss = loss + self.koleo_weight * spread
+                metrics["koleo"] = spread.detach()
+        if self.training and self.centering == "center":
             self._update_center(t)
         return {"loss": loss, **metrics}
+
+    def _teacher_targets(self, teacher: list[Tensor]) -> list[Tensor]:
+        """The teacher's distributions per global view: centered and sharpened, or Sinkhorn-Knopp's codes
+        over all global views of the batch at once (as DINOv2's ``sinkhorn_knopp_teacher``)."""
+        if self.centering == "sinkhorn":
+            codes = sinkhorn_knopp(torch.cat(teacher), self.sinkhorn_iterations, self.teacher_temperature)
+            return list(codes.split([len(x) for x in teacher]))
+        return [F.softmax((x - self.center.to(x.dtype)) / self.teacher_temperature, dim=-1) for x in teacher]
 
     @torch.no_grad()
     def _metrics(self, targets: list[Tensor], loss: Tensor) -> dict[str, Tensor]:
