@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from unittest import mock
 
 import torch
 from torch import nn
@@ -26,7 +27,8 @@ from clrun.training.network import Trainable, distribute
 
 GLOBAL_BATCH, IN_DIM, DIM, STEPS = 8, 12, 8, 3
 
-# name -> (loss parameters, has a predictor, has a momentum target, number of views (the last local))
+# name -> (loss parameters, has a predictor, has a momentum target, number of views (the last local));
+# a name's first word is the loss's component name, the rest tells two settings of one loss apart.
 CASES = {
     "clrun/ntxent": ({"temperature": 0.3}, False, False, 2),
     "clrun/moco": ({"queue_size": 40, "temperature": 0.2}, False, True, 2),
@@ -36,11 +38,24 @@ CASES = {
     "clrun/barlow_twins": ({"lambd": 0.01}, False, False, 2),
     "clrun/vicreg": ({}, False, False, 2),
     "clrun/dino": ({"teacher_temperature": 0.05, "center_momentum": 0.8}, False, True, 3),
+    "clrun/dino (DINOv2: Sinkhorn-Knopp, KoLeo)": (
+        {"teacher_temperature": 0.5, "centering": "sinkhorn", "koleo_weight": 0.5}, False, True, 3),
     "clrun/mocov3": ({"temperature": 0.2}, True, True, 3),
     "clrun/nnclr": ({"queue_size": 20, "temperature": 0.1}, True, False, 3),
     "clrun/dcl": ({"temperature": 0.2}, False, False, 2),
     "clrun/dclw": ({"temperature": 0.2, "weight_sigma": 0.5}, False, False, 2),
+    "clrun/lejepa": ({"lambd": 0.5, "num_slices": 16}, False, False, 3),
 }
+
+# A known bug the comparison must catch: SIGReg's characteristic function averaged over ranks with only
+# this rank's gradient (LightlySSL's before its #1923), each rank's gradient 1/world_size too small.
+BROKEN = "clrun/lejepa with a local-gradient average"
+
+
+def local_gradient_average(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks in the forward pass; in the backward pass only this rank's share of it."""
+    others = distributed.all_reduce_sum(tensor.detach()) - tensor.detach()
+    return (tensor + others) / distributed.world_size()
 
 
 def network(with_predictor: bool) -> OnlineNetwork:
@@ -63,7 +78,7 @@ def train(name: str, rows: slice, wrap: bool) -> dict:
     step's loss (averaged over ranks when wrapped) and the loss's final state."""
     params, with_predictor, with_target, views = CASES[name]
     net = network(with_predictor)
-    loss_fn = clrun.create("loss", name, in_dim=DIM, **params)
+    loss_fn = clrun.create("loss", name.split()[0], in_dim=DIM, **params)
     target = TargetNetwork(net, TargetSection(momentum=0.9), STEPS) if with_target else None
     trainable = Trainable(net, loss_fn)
     model = distribute(trainable, torch.device("cpu")) if wrap else trainable
@@ -92,8 +107,12 @@ def main(out: str) -> None:
     distributed.start("cpu")
     rank, world = distributed.rank(), distributed.world_size()
     share = GLOBAL_BATCH // world
-    ddp = {name: train(name, slice(rank * share, (rank + 1) * share), wrap=True) for name in CASES}
-    torch.save({name: {"single": single[name], "ddp": ddp[name]} for name in CASES}, f"{out}/rank{rank}.pt")
+    rows = slice(rank * share, (rank + 1) * share)
+    ddp = {name: train(name, rows, wrap=True) for name in CASES}
+    with mock.patch.object(distributed, "average", local_gradient_average):
+        ddp[BROKEN] = train("clrun/lejepa", rows, wrap=True)
+    single[BROKEN] = single["clrun/lejepa"]
+    torch.save({name: {"single": single[name], "ddp": ddp[name]} for name in ddp}, f"{out}/rank{rank}.pt")
     distributed.stop()
 
 

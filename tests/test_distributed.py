@@ -26,7 +26,7 @@ WORKER = ROOT / "tests" / "ddp_worker.py"
 _spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
 _worker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_worker)
-CASES, STEPS = _worker.CASES, _worker.STEPS
+CASES, STEPS, BROKEN = _worker.CASES, _worker.STEPS, _worker.BROKEN
 
 
 def torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -95,6 +95,17 @@ def test_nnclr_support_queue_gathers_every_ranks_projections(results):
     assert torch.equal(a["queue"], b["queue"]) and torch.equal(a["queue_ptr"], b["queue_ptr"])
     # Each step enqueued the first view of all 8 images (both ranks' 4): 8 x STEPS rows in a 20-row ring.
     assert int(a["queue_ptr"]) == (8 * STEPS) % 20
+
+
+@pytest.mark.slow
+def test_the_gradient_comparison_catches_a_cross_rank_average_without_its_backward_pass(results):
+    """LightlySSL's SIGReg bug (#1923): the right loss value, but each rank back-propagates through its
+    own share of the averaged characteristic function only. The SIGReg part of every gradient is then
+    halved on 2 ranks, which the comparison above must see (and does not see in the loss values)."""
+    single, broken = results[0][BROKEN]["single"], results[0][BROKEN]["ddp"]
+    assert broken["losses"][0] == pytest.approx(single["losses"][0], rel=1e-5)
+    with pytest.raises(AssertionError):
+        assert_same_gradients(broken["grads"], single["grads"])
 
 
 def quickstart_args(run_dir: Path, *extra: str) -> list[str]:
