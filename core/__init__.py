@@ -6,6 +6,7 @@ The public API (everything a recipe user or plugin author needs) is imported fro
     clrun.Component                what a plugin offers (kind, name, factory, summary)
     clrun.LazyComponents           a namespace of components resolved on first use (every timm model)
     clrun.Nested                   type-hint marker for a factory argument that is itself a component
+    clrun.Masks                    what a mask generator returns: visible patches and patches to predict
     clrun.create(kind, name, **p)  build one component, validated like a recipe entry
     clrun.components(kind=None)    the registered components
     clrun.load_recipe(path, overrides=())
@@ -39,6 +40,7 @@ from clrun.errors import (
     UserError,
 )
 from clrun.hookspecs import hookimpl
+from clrun.masks import Masks
 from clrun.run_folder import RunFolder
 from clrun.version import __version__
 
@@ -70,6 +72,7 @@ __all__ = [
     "Component",
     "LazyComponents",
     "Nested",
+    "Masks",
     "hookimpl",
     "create",
     "components",

@@ -14,6 +14,7 @@ from clrun.errors import ComponentError
 KINDS: tuple[str, ...] = (
     "dataset",
     "augmentation",
+    "mask",
     "backbone",
     "projector",
     "predictor",

@@ -6,6 +6,7 @@ The plugin manager registers the modules listed here even when entry-point autol
 BUILTIN_MODULES = (
     "clrun.plugins.datasets.components",
     "clrun.plugins.augmentations",
+    "clrun.plugins.mask_components",
     "clrun.plugins.backbones",
     "clrun.plugins.projectors",
     "clrun.plugins.losses.components",

@@ -27,6 +27,7 @@ The contracts, per kind (``contracts(kind)``; each function's docstring has the 
     predictor
     backbone      pooled_features, eval_batch_of_one
     augmentation  keeps_the_batch, random_per_image        (on float (B, 3, IMAGE_SIZE, IMAGE_SIZE))
+    mask          shapes_and_dtypes, targets_are_hidden, equal_counts, random_per_image_and_seeded
     dataset       items, deterministic_items, missing_root (the last for factories with a ``root``)
 
 ``step_outputs(projections, ...)`` builds the ``clrun.StepOutputs`` a loss is called with, for your
@@ -41,7 +42,7 @@ from typing import Any, Callable
 import torch
 
 from clrun import components
-from clrun.testing import datasets, losses, modules
+from clrun.testing import datasets, losses, masks, modules
 from clrun.testing.contract import ContractError
 from clrun.testing.losses import step_outputs
 from clrun.testing.modules import IMAGE_SIZE
@@ -49,6 +50,7 @@ from clrun.testing.modules import IMAGE_SIZE
 _CONTRACTS: dict[str, dict[str, Callable[..., None]]] = {
     "dataset": datasets.CONTRACTS,
     "augmentation": modules.AUGMENTATION_CONTRACTS,
+    "mask": masks.CONTRACTS,
     "backbone": modules.BACKBONE_CONTRACTS,
     "projector": modules.HEAD_CONTRACTS,
     "predictor": modules.HEAD_CONTRACTS,

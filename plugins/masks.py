@@ -1,0 +1,185 @@
+"""Mask generators over a ViT's patch grid (``mask`` components): MAE's random patches, BEiT/iBOT's blocks,
+I-JEPA's context and target blocks. Each draws a whole batch on the device from torch's default random
+stream (seeded and checkpointed by the training loop); see ``clrun.masks.Masks`` for what they return."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from clrun import ComponentError, Masks, loss_kit
+
+
+def _grid(grid: tuple[int, int]) -> tuple[int, int]:
+    h, w = (int(v) for v in grid)
+    if h < 1 or w < 1:
+        raise ValueError(f"a patch grid must have at least one row and column, got {grid}")
+    return h, w
+
+
+def rectangles(top: Tensor, left: Tensor, height: Tensor, width: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Boolean masks ``(*, H * W)`` of the rectangles with corner ``(top, left)`` and size ``height x width``
+    (tensors of one shape ``*``) on an ``H x W`` grid, raster order."""
+    h, w = grid
+    rows = torch.arange(h, device=top.device).view(*([1] * top.ndim), h, 1)
+    cols = torch.arange(w, device=top.device).view(*([1] * top.ndim), 1, w)
+    t, l_, bh, bw = (v.unsqueeze(-1).unsqueeze(-1) for v in (top, left, height, width))
+    inside = (rows >= t) & (rows < t + bh) & (cols >= l_) & (cols < l_ + bw)
+    return inside.flatten(-2)
+
+
+def _uniform(low: float | Tensor, high: float | Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    return low + (high - low) * torch.rand(shape, device=device)
+
+
+def _offsets(room: Tensor) -> Tensor:
+    """A uniform integer in ``0..room`` per element (``room >= 0``)."""
+    return (torch.rand(room.shape, device=room.device) * (room + 1)).floor().long().clamp(max=room)
+
+
+class RandomMask:
+    """MAE's masking (He et al. 2022): per image, a uniformly random ``ratio`` of the patches hidden, the
+    same count ``L - int(L (1 - ratio))`` for every image (MAE's ``random_masking``: argsort of noise)."""
+
+    equal_counts = True
+    owner = "clrun/random_mask"
+
+    def __init__(self, ratio: float = 0.75):
+        self.ratio = loss_kit.float_arg(self.owner, "ratio", ratio, hint=" and < 1 (MAE uses 0.75)")
+        if self.ratio >= 1:
+            raise ComponentError(f"{self.owner}: ratio must be a number > 0 and < 1 (MAE uses 0.75), got {ratio!r}",
+                                 argument="ratio")
+
+    def __call__(self, batch: int, grid: tuple[int, int], device: torch.device | str = "cpu") -> Masks:
+        h, w = _grid(grid)
+        patches = h * w
+        keep = max(1, int(patches * (1 - self.ratio)))
+        order = torch.rand(batch, patches, device=device).argsort(dim=1)
+        visible = torch.zeros(batch, patches, dtype=torch.bool, device=device)
+        visible.scatter_(1, order[:, :keep], True)
+        return Masks(visible, (~visible).unsqueeze(1))
+
+
+class BlockMask:
+    """BEiT's block-wise masking as iBOT uses it (Bao et al. 2021; Zhou et al. 2022, ``ImageFolderMask``).
+
+    Each image is masked with probability ``probability``; a masked image gets a ratio drawn uniformly
+    from ``ratio`` and rectangles are added until ``round(ratio L)`` patches are hidden: each rectangle
+    has an area uniform in ``[min_area, patches still to hide]`` (``min_area``: iBOT's
+    ``(min(H, W) // 3) ** 2``) and a log-uniform aspect ratio in ``aspect``; it is kept when it hides
+    at least one new patch and no more than are still to hide. Ten rejected rectangles in a row end the
+    image's draw, as in BEiT. All images are drawn together, one rectangle per image per round.
+    """
+
+    equal_counts = False
+    owner = "clrun/block_mask"
+    ATTEMPTS = 10
+
+    def __init__(self, probability: float = 0.5, ratio: tuple[float, float] = (0.1, 0.5),
+                 aspect: tuple[float, float] = (0.3, 1 / 0.3)):
+        self.probability = loss_kit.float_arg(self.owner, "probability", probability, inclusive=True,
+                                              hint=" and <= 1 (iBOT uses 0.5)")
+        if self.probability > 1:
+            raise ComponentError(f"{self.owner}: probability must be a number >= 0 and <= 1 (iBOT uses 0.5), "
+                                 f"got {probability!r}", argument="probability")
+        self.ratio = _range(self.owner, "ratio", ratio, 0.0, 1.0, "iBOT uses [0.1, 0.5]")
+        self.aspect = _range(self.owner, "aspect", aspect, 0.0, math.inf, "iBOT uses [0.3, 3.33]")
+
+    def __call__(self, batch: int, grid: tuple[int, int], device: torch.device | str = "cpu") -> Masks:
+        h, w = _grid(grid)
+        masked_image = torch.rand(batch, device=device) < self.probability
+        wanted = torch.round(_uniform(*self.ratio, (batch,), device) * h * w) * masked_image
+        min_area = float((min(h, w) // 3) ** 2)
+        log_aspect = [math.log(a) for a in self.aspect]
+        mask = torch.zeros(batch, h * w, dtype=torch.bool, device=device)
+        count = torch.zeros(batch, device=device)
+        failures = torch.zeros(batch, dtype=torch.long, device=device)
+        active = wanted > 0
+        while bool(active.any()):
+            remaining = wanted - count
+            area = _uniform(min_area, remaining, (batch,), device)
+            aspect = torch.exp(_uniform(*log_aspect, (batch,), device))
+            bh = torch.round(torch.sqrt(area * aspect)).long()
+            bw = torch.round(torch.sqrt(area / aspect)).long()
+            fits = (bh < h) & (bw < w) & (bh > 0) & (bw > 0)
+            bh, bw = torch.where(fits, bh, 1), torch.where(fits, bw, 1)
+            block = rectangles(_offsets(h - bh), _offsets(w - bw), bh, bw, (h, w))
+            new = (block & ~mask).sum(dim=1)
+            accept = active & fits & (new > 0) & (new <= remaining)
+            mask |= block & accept.unsqueeze(1)
+            count += new * accept
+            failures = torch.where(accept, 0, failures + 1)
+            active &= (count < wanted) & (failures < self.ATTEMPTS)
+        return Masks(~mask, mask.unsqueeze(1))
+
+
+class MultiBlockMask:
+    """I-JEPA's context and target blocks (Assran et al. 2023; ``MaskCollator`` in facebookresearch/ijepa).
+
+    Per batch, one target block size is drawn (scale in ``target_scale`` of the grid, aspect ratio in
+    ``target_aspect``, one uniform number for both, as the official collator) and one context size
+    (scale in ``context_scale``, square). Per image: ``targets`` target blocks at uniform positions
+    (they may overlap each other), and a context block at a uniform position minus every target block;
+    of a few context positions the first that keeps ``min_keep`` patches is taken. Contexts are then cut
+    to the batch's smallest (the last patches in raster order go), so every image keeps the same count.
+    """
+
+    equal_counts = True
+    owner = "clrun/multiblock_mask"
+    CONTEXT_TRIES = 20
+
+    def __init__(self, targets: int = 4, target_scale: tuple[float, float] = (0.15, 0.2),
+                 target_aspect: tuple[float, float] = (0.75, 1.5), context_scale: tuple[float, float] = (0.85, 1.0),
+                 min_keep: int = 10):
+        self.targets = loss_kit.int_arg(self.owner, "targets", targets, 1, " (I-JEPA uses 4)")
+        self.target_scale = _range(self.owner, "target_scale", target_scale, 0.0, 1.0, "I-JEPA uses [0.15, 0.2]")
+        self.target_aspect = _range(self.owner, "target_aspect", target_aspect, 0.0, math.inf, "I-JEPA uses [0.75, 1.5]")
+        self.context_scale = _range(self.owner, "context_scale", context_scale, 0.0, 1.0, "I-JEPA uses [0.85, 1.0]")
+        self.min_keep = loss_kit.int_arg(self.owner, "min_keep", min_keep, 1, " (I-JEPA uses 10)")
+
+    @staticmethod
+    def block_size(draw: float, scale: tuple[float, float], aspect: tuple[float, float], grid: tuple[int, int]) -> tuple[int, int]:
+        """The official ``_sample_block_size``: one uniform ``draw`` sets both the scale and the aspect."""
+        h, w = grid
+        area = int(h * w * (scale[0] + draw * (scale[1] - scale[0])))
+        ratio = aspect[0] + draw * (aspect[1] - aspect[0])
+        bh, bw = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+        return max(1, min(bh, h - 1)), max(1, min(bw, w - 1))
+
+    def __call__(self, batch: int, grid: tuple[int, int], device: torch.device | str = "cpu") -> Masks:
+        h, w = _grid(grid)
+        if h < 2 or w < 2:
+            raise ValueError(f"{self.owner} needs a patch grid of at least 2 x 2, got {h} x {w}")
+        draws = torch.rand(2).tolist()  # CPU: the sizes are Python numbers; positions are drawn on the device
+        th, tw = self.block_size(draws[0], self.target_scale, self.target_aspect, (h, w))
+        ch, cw = self.block_size(draws[1], self.context_scale, (1.0, 1.0), (h, w))
+
+        def blocks(n: int, bh: int, bw: int) -> Tensor:
+            size = torch.full((batch, n), 1, dtype=torch.long, device=device)
+            return rectangles(_offsets(size * (h - bh)), _offsets(size * (w - bw)), size * bh, size * bw, (h, w))
+
+        targets = blocks(self.targets, th, tw)  # (B, M, L)
+        allowed = ~targets.any(dim=1)  # (B, L)
+        contexts = blocks(self.CONTEXT_TRIES, ch, cw) & allowed.unsqueeze(1)  # (B, tries, L)
+        kept = contexts.sum(dim=2)
+        enough = kept >= self.min_keep
+        # The first try that keeps enough patches; when none does, the one that keeps the most.
+        choice = torch.where(enough.any(dim=1), enough.float().argmax(dim=1), kept.argmax(dim=1))
+        context = contexts[torch.arange(batch, device=device), choice]
+        smallest = context.sum(dim=1).min()
+        context &= context.cumsum(dim=1) <= smallest
+        return Masks(context, targets)
+
+
+def _range(owner: str, name: str, value: object, low: float, high: float, hint: str) -> tuple[float, float]:
+    """``value`` as a pair ``[a, b]`` with ``low < a <= b`` and ``b <= high``."""
+    valid = (isinstance(value, (list, tuple)) and len(value) == 2
+             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    if not valid or not low < value[0] <= value[1] or value[1] > high:
+        bound = "" if math.isinf(high) else f" <= {high:g}"
+        got = list(value) if isinstance(value, tuple) else value  # the factory hands a recipe's list as a tuple
+        raise ComponentError(f"{owner}: {name} must be a pair [a, b] with {low:g} < a <= b{bound} ({hint}), got {got!r}",
+                             argument=name)
+    return float(value[0]), float(value[1])
