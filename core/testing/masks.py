@@ -13,7 +13,7 @@ import torch
 from clrun import Masks, create
 from clrun.testing.contract import require
 
-GRIDS = ((14, 14), (4, 4), (6, 9))  # ViT-S/16 at 224 px, the Fashion-MNIST ViT, a non-square grid
+GRIDS = ((14, 14), (4, 4), (6, 9))  # a 224 px image in 16 px patches, a tiny grid, a non-square one
 BATCH = 16
 
 
