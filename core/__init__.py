@@ -7,6 +7,7 @@ The public API (everything a recipe user or plugin author needs) is imported fro
     clrun.LazyComponents           a namespace of components resolved on first use (every timm model)
     clrun.Nested                   type-hint marker for a factory argument that is itself a component
     clrun.Masks                    what a mask generator returns: visible patches and patches to predict
+    clrun.Tokens, clrun.offers_tokens  a ViT backbone's tokens (``backbone.forward_tokens``)
     clrun.create(kind, name, **p)  build one component, validated like a recipe entry
     clrun.components(kind=None)    the registered components
     clrun.load_recipe(path, overrides=())
@@ -41,6 +42,7 @@ from clrun.errors import (
 )
 from clrun.hookspecs import hookimpl
 from clrun.masks import Masks
+from clrun.tokens import Tokens, offers_tokens
 from clrun.run_folder import RunFolder
 from clrun.version import __version__
 
@@ -73,6 +75,8 @@ __all__ = [
     "LazyComponents",
     "Nested",
     "Masks",
+    "Tokens",
+    "offers_tokens",
     "hookimpl",
     "create",
     "components",

@@ -15,6 +15,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from clrun import UserError
+from clrun.plugins.vit_tokens import add_tokens
 
 
 def create_timm_backbone(
@@ -26,6 +27,7 @@ def create_timm_backbone(
     drop_path_rate: Optional[float] = None,
     img_size: Optional[int] = None,
     model_args: Optional[dict] = None,
+    mask_token: bool = False,
 ) -> nn.Module:
     """A timm model with its classifier removed (``num_classes=0``): ``forward(x)`` gives (B, F) features.
 
@@ -38,6 +40,11 @@ def create_timm_backbone(
     model_args:        any other keyword arguments of the timm model, e.g. a small ViT for 28px images:
                        {patch_size: 4, embed_dim: 192, depth: 4, num_heads: 3, dynamic_img_size: true}
                        (dynamic_img_size: one ViT takes global and local crops of different sizes).
+    mask_token:        a learned token that replaces hidden patches (iBOT's masked patch modelling);
+                       vision transformers only.
+
+    A timm vision transformer also offers ``forward_tokens`` (``clrun.tokens``): its class, register and
+    patch tokens, with hidden patches replaced by the mask token or dropped.
     """
     kwargs: dict = {"num_classes": 0, "in_chans": in_chans}
     if drop_path_rate is not None:
@@ -64,6 +71,7 @@ def create_timm_backbone(
         _use_small_image_stem(model, model_name, in_chans)
     if checkpoint_path is not None:
         _load_checkpoint(model, model_name, checkpoint_path)
+    add_tokens(model, model_name, mask_token)  # after loading: timm's checkpoints have no mask token
     if hasattr(model, "group_matcher"):  # its layers, for layer-wise learning-rate decay (params.layer_decay)
         model.layer_ids = types.MethodType(_layer_ids, model)
     return model

@@ -1,0 +1,42 @@
+"""What a backbone that works on tokens (a vision transformer) offers besides its pooled features.
+
+A backbone offers tokens by having a method
+
+    backbone.forward_tokens(images, visible=None, drop=False) -> clrun.Tokens
+
+``visible`` is a ``(B, L)`` bool mask over the patch grid (``clrun.Masks.visible``): the hidden patches
+are replaced by a learned mask token (iBOT) or, with ``drop=True``, left out of the sequence with the
+position embeddings of the kept ones (MAE's encoder, I-JEPA's context encoder; every image must keep the
+same number). A backbone without the method (a CNN) has no tokens: ``offers_tokens`` says so, and a
+recipe that needs tokens is refused with that reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # `import clrun` stays free of torch
+    from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A batch's tokens after the backbone's last block and final norm.
+
+    prefix:  ``(B, P, D)`` class and register tokens (``P`` may be 0).
+    patches: ``(B, N, D)`` patch tokens in raster order: every patch of the ``grid``, or with tokens
+             dropped the visible ones only (in raster order).
+    grid:    ``(rows, columns)`` of the image's patch grid.
+    pooled:  ``(B, F)`` the pooled features, what ``backbone(images)`` returns.
+    """
+
+    prefix: Tensor
+    patches: Tensor
+    grid: tuple[int, int]
+    pooled: Tensor
+
+
+def offers_tokens(backbone: Any) -> bool:
+    """Whether ``backbone`` has a ``forward_tokens`` method (see this module)."""
+    return callable(getattr(backbone, "forward_tokens", None))

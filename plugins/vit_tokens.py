@@ -1,0 +1,62 @@
+"""Tokens from any timm VisionTransformer, composed from its own pieces (``patch_embed``, ``_pos_embed``,
+``blocks``, ``norm``, ``forward_head``): no copy of timm's ViT code, so every ViT timm builds (class and
+register tokens, dynamic image size, any depth) offers ``forward_tokens`` the same way."""
+
+from __future__ import annotations
+
+import types
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from clrun import Tokens, UserError
+
+# The pieces forward_tokens composes; a timm model with all of them is a VisionTransformer in this sense.
+PIECES = ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "forward_head", "num_prefix_tokens")
+
+
+def is_vit(model: nn.Module) -> bool:
+    return all(hasattr(model, piece) for piece in PIECES)
+
+
+def add_tokens(model: nn.Module, model_name: str, mask_token: bool) -> None:
+    """Give a timm ViT ``forward_tokens`` (see ``clrun.tokens``) and, with ``mask_token``, the learned
+    token that replaces hidden patches (initialized to zeros, as iBOT's ``masked_embed``)."""
+    if not is_vit(model):
+        if mask_token:
+            raise UserError(f"timm/{model_name}: mask_token needs a vision transformer (patch tokens); "
+                            f"this model has none. Pick a timm ViT, e.g. timm/vit_small_patch16_224")
+        return
+    if mask_token:
+        model.mask_token = nn.Parameter(torch.zeros(model.embed_dim))
+    model.forward_tokens = types.MethodType(forward_tokens, model)
+
+
+def forward_tokens(model: nn.Module, images: Tensor, visible: Optional[Tensor] = None, drop: bool = False) -> Tokens:
+    x = model.patch_embed(images)  # (B, rows, cols, D) with dynamic_img_size, else (B, L, D)
+    grid = tuple(x.shape[1:3]) if x.ndim == 4 else tuple(model.patch_embed.grid_size)
+    batch, width = x.shape[0], x.shape[-1]
+    if visible is not None and tuple(visible.shape) != (batch, grid[0] * grid[1]):
+        raise ValueError(f"forward_tokens: visible must be ({batch}, {grid[0] * grid[1]}) for a {grid[0]} x {grid[1]} "
+                         f"patch grid, got {tuple(visible.shape)}")
+    if visible is not None and not drop:
+        if getattr(model, "mask_token", None) is None:
+            raise ValueError("forward_tokens: replacing hidden patches needs the backbone's mask token "
+                             "(backbone option mask_token: true)")
+        keep = visible.view(*x.shape[:-1], 1)
+        x = torch.where(keep, x, model.mask_token.to(x.dtype))  # before the position embeddings, as iBOT
+    x = model._pos_embed(x)  # prefix tokens and position embeddings: (B, P + L, D)
+    prefix_count = model.num_prefix_tokens
+    if visible is not None and drop:
+        counts = visible.sum(dim=1)
+        if bool((counts != counts[0]).any()):
+            raise ValueError("forward_tokens: dropping hidden patches needs the same visible count in every image; "
+                             f"got {sorted(set(counts.tolist()))}")
+        kept = visible.nonzero()[:, 1].view(batch, -1)  # raster order
+        patches = x[:, prefix_count:].gather(1, kept.unsqueeze(-1).expand(-1, -1, width))
+        x = torch.cat([x[:, :prefix_count], patches], dim=1)
+    x = model.norm_pre(model.patch_drop(x))
+    x = model.norm(model.blocks(x))
+    return Tokens(prefix=x[:, :prefix_count], patches=x[:, prefix_count:], grid=grid,
+                  pooled=model.forward_head(x, pre_logits=True))
