@@ -50,10 +50,11 @@ RECIPES = [
 VIT_RECIPES = [
     ("MoCo v3", "mocov3_fmnist.yaml"),
     ("DINO", "dino_fmnist.yaml"),
+    ("LeJEPA", "lejepa_fmnist.yaml"),
 ]
 
 SHARED = ("data", "backbone", "optimizer", "scheduler", "train", "callbacks", "seed")
-VIT_SHARED = ("data", "backbone", "callbacks", "seed")  # DINO and MoCo v3 schedule their optimizers differently
+VIT_SHARED = ("data", "backbone", "callbacks", "seed")  # the ViT methods set their optimizers as their papers do
 
 
 def check_same_budget(paths: list[Path], shared: tuple[str, ...] = SHARED) -> None:
@@ -115,7 +116,7 @@ def table(rows: list[dict], base: dict, epochs: int, description: str) -> str:
         f"10,000 training images, timm/resnet10t, batch 128, AdamW; kNN (k={base['k']}, temperature {base['temperature']}, "
         "cosine) on backbone features with all 60k training images as the neighbour bank, scored on the full",
         "official 10k test split. *untrained*: the same recipe's encoder at initialization, evaluated the same way.",
-        "Wall time is the whole command, including the final kNN evaluation. The ViT rows (DINO, MoCo v3) use",
+        "Wall time is the whole command, including the final kNN evaluation. The ViT rows (MoCo v3, DINO, LeJEPA) use",
         "the same data and evaluation with a 4-block timm ViT (patch 7, width 192) and their papers' optimizer",
         "settings instead; a random ViT scores lower than a random ResNet, hence their lower *untrained* column.",
         "",
