@@ -7,6 +7,7 @@ untrained encoders): on that file's neighbour bank it must beat the encoder it s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,11 @@ def test_the_quickstart_recipe_keeps_the_readmes_promises(tmp_path, untrained_kn
     print(f"quickstart: kNN top-1 with a {BANK} bank: trained {trained:.4f}, untrained {untrained:.4f}")
     assert trained >= untrained + 0.05
     assert s["std_sqrt_d_projector"] > 0.9 and s["uniformity_projector"] < -3.0
+    # A healthy run: the health check of every epoch raises no signal (the collapse alarm's control case;
+    # tests/test_collapse_alarm.py has the recipes that collapse).
+    health = [json.loads(line) for line in (run.directory / "health.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [h["alarm"]["signals"] for h in health] == [[]] * 4
+    assert all(h["metrics"]["std_sqrt_d_projector"] > 0.5 and h["metrics"]["rankme_projector"] > 10 for h in health)
 
     report = (run.directory / "report.md").read_text(encoding="utf-8")
     assert "## Backbone vs projector" in report
