@@ -31,6 +31,11 @@ def add_tokens(model: nn.Module, model_name: str, mask_token: bool) -> None:
     if mask_token:
         model.mask_token = nn.Parameter(torch.zeros(model.embed_dim))
     model.forward_tokens = types.MethodType(forward_tokens, model)
+    last = model.blocks[-1] if len(model.blocks) else None
+    attention = getattr(last, "attn", None)
+    if model.num_prefix_tokens and hasattr(last, "norm1") and all(
+            hasattr(attention, a) for a in ("qkv", "num_heads", "head_dim", "scale", "q_norm", "k_norm")):
+        model.prefix_attention = types.MethodType(prefix_attention, model)
 
 
 def forward_tokens(model: nn.Module, images: Tensor, visible: Optional[Tensor] = None, drop: bool = False) -> Tokens:
@@ -60,3 +65,19 @@ def forward_tokens(model: nn.Module, images: Tensor, visible: Optional[Tensor] =
     x = model.norm(model.blocks(x))
     return Tokens(prefix=x[:, :prefix_count], patches=x[:, prefix_count:], grid=grid,
                   pooled=model.forward_head(x, pre_logits=True))
+
+
+def prefix_attention(model: nn.Module, images: Tensor) -> Tensor:
+    """``(B, heads, rows * cols)``: how the first prefix token (the class token) attends to each patch in the
+    last block, per head (softmax over all tokens, the prefix's columns left out): the attention maps
+    DINO made famous. Computed from the block's own projections; timm's fused attention does not return
+    its weights."""
+    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+    x = model.blocks[:-1](x)
+    last = model.blocks[-1]
+    attn = last.attn
+    batch, count, _ = x.shape
+    qkv = attn.qkv(last.norm1(x)).reshape(batch, count, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, tokens)
+    return weights[:, :, 0, model.num_prefix_tokens:]

@@ -134,3 +134,22 @@ def test_bad_masks_are_refused():
         model.forward_tokens(images(), uneven, drop=True)
     with pytest.raises(ValueError, match=r"needs the backbone's mask token \(backbone option mask_token: true\)"):
         model.forward_tokens(images(), uneven)
+
+
+def test_the_class_tokens_attention_is_the_last_blocks_own():
+    """The weights, applied to the block's values, give the class token's row of timm's fused attention."""
+    model = vit(reg_tokens=2, no_embed_class=True)
+    x = images()
+    with torch.no_grad():
+        weights = model.prefix_attention(x)  # (B, heads, patches)
+        tokens = model.norm_pre(model._pos_embed(model.patch_embed(x)))
+        tokens = model.blocks[:-1](tokens)
+        last = model.blocks[-1]
+        h = last.norm1(tokens)
+        qkv = last.attn.qkv(h).reshape(3, 19, 3, 3, 16).permute(2, 0, 3, 1, 4)
+        fused = F.scaled_dot_product_attention(*qkv.unbind(0))[:, :, 0]  # the class token's output, per head
+        full = torch.softmax((qkv[0][:, :, :1] * last.attn.scale) @ qkv[1].transpose(-2, -1), dim=-1)[:, :, 0]
+    assert weights.shape == (3, 3, 16)
+    torch.testing.assert_close(weights, full[:, :, 3:])  # the patches' columns, after the class and 2 registers
+    torch.testing.assert_close((full.unsqueeze(-2) @ qkv[2]).squeeze(-2), fused)
+    assert (weights.sum(dim=-1) <= 1 + 1e-6).all()
