@@ -36,6 +36,7 @@ class RunFolder:
         "encoder.safetensors": "the trained backbone, loadable with timm or `clrun.export.load_encoder`",
         "checkpoint.pt": "the last checkpoint (resumable)",
         "resumes.jsonl": "every resume that changed the recipe: what changed, from which step",
+        "token_maps.npz": "a ViT backbone's patch-feature PCA and class-token attention on a few images (for the report)",
     }
 
     def __init__(self, path: str | Path) -> None:
@@ -83,6 +84,10 @@ class RunFolder:
     @property
     def encoder(self) -> Path:
         return self.path / "encoder.safetensors"
+
+    @property
+    def token_maps(self) -> Path:
+        return self.path / "token_maps.npz"
 
     @property
     def report(self) -> Path:

@@ -48,6 +48,7 @@ def test_the_quickstart_recipe_keeps_the_readmes_promises(tmp_path, untrained_kn
     report = (run.directory / "report.md").read_text(encoding="utf-8")
     assert "## Backbone vs projector" in report
     assert f"| kNN | {100 * s['knn_top1']:.2f} | {100 * s['knn_top1_projector']:.2f} |" in report
+    assert not run.folder.token_maps.exists() and "Token maps" not in report  # a CNN has no tokens
     for plot in ("loss", "accuracy", "alignment_uniformity", "health", "similarities"):
         assert f"(plots/{plot}.png)" in report and (run.directory / "plots" / f"{plot}.png").stat().st_size > 10_000
 

@@ -52,8 +52,7 @@ class HealthMonitor:
 
     def clrun_run_start(self, run) -> None:
         self.loss_alarm.declared = tuple(getattr(run.parts.loss_fn, "collapse_signals", ()))
-        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + 7919))
-        self.images = torch.stack([self.dataset[int(i)][0] for i in order[: self.section.samples]])
+        self.images = fixed_sample(self.dataset, self.seed, self.section.samples)
 
     @hookimpl(wrapper=True)
     def clrun_epoch_end(self, run, epoch: int, metrics: dict[str, float]):
@@ -155,6 +154,13 @@ class HealthMonitor:
             pos_h, neg_h = histogram(positive), histogram(negative)
             hists[branch] = {"edges": pos_h["edges"], "positive": pos_h["counts"], "negative": neg_h["counts"]}
         return metrics, hists
+
+
+def fixed_sample(dataset: Dataset, seed: int, count: int) -> Tensor:
+    """``count`` training images drawn once from ``seed`` (uint8, stacked): the same at every check, in every
+    run of the recipe."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 7919))
+    return torch.stack([dataset[int(i)][0] for i in order[:count]])
 
 
 def two_views(views, images: Tensor, run) -> tuple[Tensor, Tensor]:

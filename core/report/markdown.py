@@ -59,6 +59,9 @@ CAPTIONS = {
     "similarities": ("Similarity distributions", "Cosine similarity of positive pairs (two views of one image) "
                      "vs negative pairs (different images) at the first and last health check: well separated is "
                      "good; both piled up near 1 is collapse."),
+    "token_maps": ("Token maps", "For a few training images: the first three principal components of the patch "
+                   "features as RGB (patches the model represents alike get alike colours) and the class token's "
+                   "attention in the last block, per head (a model that found the object attends to it)."),
 }
 
 def render(records: RunRecords, plots: dict[str, Path]) -> str:

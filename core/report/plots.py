@@ -209,6 +209,34 @@ def similarities_figure(records: RunRecords) -> Figure | None:
     return fig
 
 
+def token_maps_figure(records: RunRecords) -> Figure | None:
+    """Per image (rows): the image, the patch tokens' 3-component PCA as RGB, and the class token's
+    last-block attention per head (up to 6 heads), each map upsampled to the image's size."""
+    maps = records.token_maps
+    if not maps or "images" not in maps or "pca" not in maps:
+        return None
+    images, pca = maps["images"], maps["pca"]
+    attention = maps.get("attention")
+    heads = 0 if attention is None else min(attention.shape[1], 6)
+    columns = 2 + heads
+    fig = Figure(figsize=(1.6 * columns, 1.6 * len(images)), layout="constrained")
+    axes = fig.subplots(len(images), columns, squeeze=False)
+    extent = None
+    for row, image in enumerate(images):
+        picture = image.transpose(1, 2, 0)
+        extent = (0, picture.shape[1], picture.shape[0], 0)  # maps stretched over the image's pixels
+        panels = [(picture[..., 0] if picture.shape[2] == 1 else picture, "image", "gray"), (pca[row], "patch PCA", None)]
+        panels += [(attention[row, h], f"attention, head {h + 1}", "inferno") for h in range(heads)]
+        for col, (data, title, cmap) in enumerate(panels):
+            ax = axes[row][col]
+            ax.imshow(data, cmap=cmap, extent=extent, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize="small")
+    return fig
+
+
 # name -> builder, in the order the report shows them
 FIGURES: dict[str, Callable[[RunRecords], Figure | None]] = {
     "loss": loss_figure,
@@ -216,6 +244,7 @@ FIGURES: dict[str, Callable[[RunRecords], Figure | None]] = {
     "alignment_uniformity": alignment_uniformity_figure,
     "health": health_figure,
     "similarities": similarities_figure,
+    "token_maps": token_maps_figure,
 }
 
 

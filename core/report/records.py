@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from clrun.run_folder import RunFolder
@@ -33,6 +34,7 @@ class RunRecords:
     health: list[dict[str, Any]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None  # the record `cl-run eval` writes
     resumes: list[dict[str, Any]] = field(default_factory=list)  # resumes that changed the recipe
+    token_maps: dict[str, Any] | None = None  # the arrays of RunFolder.token_maps (a ViT backbone's PCA and attention)
     missing: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -63,7 +65,20 @@ def read_run(run_dir: Path) -> RunRecords:
     evaluation = _read_json(folder.evaluation, records, optional=True)
     if isinstance(evaluation, dict) and isinstance(evaluation.get("results"), dict):
         records.evaluation = evaluation
+    records.token_maps = _read_npz(folder.token_maps, records)
     return records
+
+
+def _read_npz(path: Path, records: RunRecords) -> dict[str, Any] | None:
+    """The arrays of an optional ``.npz`` file (no pickled objects: ``allow_pickle=False``); None if absent."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        records.problems.append(f"{path.name}: unreadable ({type(exc).__name__}: {exc})")
+        return None
 
 
 def number(value: Any) -> float | None:

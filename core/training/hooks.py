@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from clrun import distributed
 from clrun.errors import TrainingHalted, UserError
 from clrun.health.monitor import HealthMonitor
+from clrun.health.token_maps import TokenMaps
 from clrun.hookspecs import RunSpecs
 from clrun.plugin_manager import ClrunPluginManager
 from clrun.recipe import Recipe
@@ -34,6 +35,8 @@ def builtin_callbacks(recipe: Recipe, dataset: Dataset, verbose: bool = False) -
         builtins.append(HealthMonitor(recipe.health, dataset, recipe.seed))
     if distributed.is_main():
         builtins += [MetricsLog(), Console(recipe.train.progress, verbose), RunArtifacts()]
+        if recipe.health.enabled:
+            builtins.append(TokenMaps(dataset, recipe.seed))
     return builtins
 
 
