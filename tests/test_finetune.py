@@ -150,3 +150,39 @@ def test_bad_numbers_are_errors():
     )
     finetune = clrun.create("callback", "clrun/finetune", train=DATA, test=DATA, branches=["projector"])
     assert isinstance(finetune, FineTune) and finetune.branches == ["projector"]
+
+
+def test_layer_decay_gives_each_vit_layer_its_rate():
+    """BEiT/MAE's rule on a 2-block ViT (timm's layers: stem 0, blocks 1 and 2, the final norm with the last
+    block): rate lr * decay ** (3 - layer); the head at lr * head_lr_scale; biases and norms without decay."""
+    backbone = clrun.create("backbone", "timm/vit_tiny_patch16_224", in_chans=1, img_size=28,
+                            model_args={"patch_size": 7, "embed_dim": 48, "depth": 2, "num_heads": 3})
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(48, 4))
+    finetune = FineTune(Textures(8, seed=0), Textures(8, seed=1), lr=1.0, head_lr_scale=10.0, layer_decay=0.5)
+    rate = {}
+    for group in finetune.parameter_groups(model):
+        for p in group["params"]:
+            rate[p] = (group["lr"], group.get("weight_decay", "default"))
+    named = dict(backbone.named_parameters())
+    assert rate[named["patch_embed.proj.weight"]] == (0.125, "default")
+    assert rate[named["cls_token"]][0] == 0.125
+    assert rate[named["blocks.0.attn.qkv.weight"]] == (0.25, "default")
+    assert rate[named["blocks.0.attn.qkv.bias"]] == (0.25, 0.0)
+    assert rate[named["blocks.1.mlp.fc1.weight"]] == (0.5, "default")
+    assert rate[named["norm.weight"]] == (0.5, 0.0)
+    assert rate[model[1].weight] == (10.0, "default") and rate[model[1].bias] == (10.0, 0.0)
+    assert len(rate) == len(list(model.parameters()))
+    plain = FineTune(Textures(8, seed=0), Textures(8, seed=1), lr=1.0)
+    assert {g["lr"] for g in plain.parameter_groups(model)} == {1.0, 10.0}
+
+
+def test_layer_decay_needs_a_backbone_with_layers(pretrained):
+    finetune = FineTune(Textures(8, seed=0), Textures(8, seed=1), layer_decay=0.7)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    with pytest.raises(clrun.UserError) as info:
+        finetune.parameter_groups(model)
+    assert str(info.value) == ("clrun/finetune: layer_decay needs a backbone that says how its parameters form layers "
+                               "(a layer_ids() method, as timm backbones have); remove layer_decay for this backbone")
+    with pytest.raises(clrun.ComponentError, match=r"layer_decay must be in \(0, 1\] \(MAE fine-tunes ViTs with "
+                                                   r"0.65-0.75\), got 1.5"):
+        FineTune(Textures(8, seed=0), Textures(8, seed=1), layer_decay=1.5)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import ExitStack, contextmanager
-from typing import Annotated, Iterator, Literal, Sequence
+from typing import Annotated, Iterator, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +114,10 @@ class FineTune(Evaluator):
                    "random": PyTorch's default initialization of a Linear layer
     seed:          seed of the head, the batch order, the augmentations and any dropout in the encoder
     every:         also evaluate every this many epochs of pre-training (0: only at the end of the run)
+    layer_decay:   layer-wise learning-rate decay (BEiT, MAE: 0.65-0.75 for ViTs): backbone layer ``i`` of
+                   ``L`` (by its ``layer_ids()``, timm's grouping: the stem 0, block k k + 1) learns at
+                   ``lr * layer_decay ** (L + 1 - i)``, the projector (branch "projector") at ``lr``;
+                   null: one rate for the whole encoder
     """
 
     def __init__(
@@ -130,7 +134,11 @@ class FineTune(Evaluator):
         head_init: Literal["probe", "random"] = "probe",
         seed: int = 0,
         every: int = 0,
+        layer_decay: Optional[float] = None,
     ) -> None:
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ComponentError(f"{NAME}: layer_decay must be in (0, 1] (MAE fine-tunes ViTs with 0.65-0.75), "
+                                 f"got {layer_decay!r}", argument="layer_decay")
         if epochs < 1 or lr <= 0 or head_lr_scale <= 0 or weight_decay < 0 or batch_size < 1 or every < 0:
             raise ComponentError(
                 f"{NAME}: need epochs >= 1, lr > 0, head_lr_scale > 0, weight_decay >= 0, batch_size >= 1 and "
@@ -146,7 +154,7 @@ class FineTune(Evaluator):
         self.train, self.test = train, test
         self.epochs, self.lr, self.head_lr_scale, self.weight_decay = epochs, lr, head_lr_scale, weight_decay
         self.batch_size, self.augment, self.branches, self.head_init = batch_size, augment, branches, head_init
-        self.seed, self.every = seed, every
+        self.seed, self.every, self.layer_decay = seed, every, layer_decay
 
     # -- helpers ---------------------------------------------------------------------------------
     def _labels(self) -> tuple[Tensor, Tensor, int]:
@@ -223,19 +231,37 @@ class FineTune(Evaluator):
             total += len(y)
         return correct / total
 
+    def parameter_groups(self, model: nn.Module) -> list[dict]:
+        """AdamW's groups for ``model`` (backbone copy, [projector copy,] head): no weight decay on biases
+        and norms; the head at ``lr * head_lr_scale``; with ``layer_decay``, one rate per backbone layer."""
+        head = list(model[-1].parameters())
+        scales = self._layer_scales(model[0])  # backbone parameter -> rate factor
+        rates: dict[float, list[nn.Parameter]] = {}
+        for p in model.parameters():
+            if not any(p is h for h in head):
+                rates.setdefault(scales.get(p, 1.0), []).append(p)
+        rates.setdefault(self.head_lr_scale, []).extend(head)
+        groups = []
+        for scale, params in rates.items():
+            groups.append({"params": [p for p in params if p.ndim > 1], "lr": self.lr * scale})
+            groups.append({"params": [p for p in params if p.ndim <= 1], "lr": self.lr * scale, "weight_decay": 0.0})
+        return [g for g in groups if g["params"]]
+
+    def _layer_scales(self, backbone: nn.Module) -> dict[nn.Parameter, float]:
+        if self.layer_decay is None:
+            return {}
+        layer_ids = getattr(backbone, "layer_ids", None)
+        if not callable(layer_ids):
+            raise UserError(f"{NAME}: layer_decay needs a backbone that says how its parameters form layers (a "
+                            f"layer_ids() method, as timm backbones have); remove layer_decay for this backbone")
+        layer_of = layer_ids()
+        last = max(layer_of.values())
+        named = dict(backbone.named_parameters())
+        return {named[name]: self.layer_decay ** (last + 1 - layer) for name, layer in layer_of.items() if name in named}
+
     @torch.enable_grad()
     def _finetune(self, run: Run, model: nn.Module) -> None:
-        head = list(model[-1].parameters())
-        encoder = [p for p in model.parameters() if all(p is not h for h in head)]
-        decay = lambda ps: [p for p in ps if p.ndim > 1]  # noqa: E731 (no decay on biases and norms)
-        no_decay = lambda ps: [p for p in ps if p.ndim <= 1]  # noqa: E731
-        groups = [
-            {"params": decay(encoder), "lr": self.lr},
-            {"params": no_decay(encoder), "lr": self.lr, "weight_decay": 0.0},
-            {"params": decay(head), "lr": self.lr * self.head_lr_scale},
-            {"params": no_decay(head), "lr": self.lr * self.head_lr_scale, "weight_decay": 0.0},
-        ]
-        groups = [g for g in groups if g["params"]]
+        groups = self.parameter_groups(model)
         peak = [g["lr"] for g in groups]
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         dtype = AMP[run.recipe.train.precision]
