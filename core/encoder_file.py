@@ -22,10 +22,20 @@ from clrun.storage import writing
 from clrun.version import __version__
 
 _PREFIX = "backbone."
+# A backbone's tensors that only pre-training uses (a ViT's mask token) are named with this prefix (their
+# last name part): they train and are checkpointed with the backbone, and stay out of the encoder file,
+# which then loads into the plain model (timm's own, strictly).
+PRETEXT = "pretext_"
+
+
+def is_pretext(name: str) -> bool:
+    """Whether the tensor ``name`` (``a.b.pretext_c``) is pre-training scaffolding, not part of the encoder."""
+    return name.rsplit(".", 1)[-1].startswith(PRETEXT)
 
 
 def encoder_state(network_state: dict[str, Any]) -> dict[str, Tensor]:
-    """The backbone's tensors of a checkpoint's ``network`` state, named as in the bare backbone.
+    """The backbone's tensors of a checkpoint's ``network`` state, named as in the bare backbone, without
+    its pre-training-only ones (``is_pretext``).
 
     Cloned (safetensors refuses tensors that share storage) and contiguous (it stores plain row-major
     bytes; a ``channels_last`` run's weights are not).
@@ -33,7 +43,7 @@ def encoder_state(network_state: dict[str, Any]) -> dict[str, Tensor]:
     return {
         key[len(_PREFIX):]: value.detach().cpu().contiguous().clone()
         for key, value in network_state.items()
-        if key.startswith(_PREFIX)
+        if key.startswith(_PREFIX) and not is_pretext(key)
     }
 
 

@@ -36,7 +36,7 @@ import yaml
 from torch import nn
 
 from clrun.api import create
-from clrun.encoder_file import encoder_state, read_metadata, write_encoder
+from clrun.encoder_file import encoder_state, is_pretext, read_metadata, write_encoder
 from clrun.errors import UserError
 from clrun.run_folder import RunFolder
 from clrun.training import checkpoint as checkpoints
@@ -84,6 +84,8 @@ def load_encoder(path: str | Path) -> nn.Module:
     except UserError as exc:
         raise UserError(f"{file}: cannot rebuild its backbone {name} with {args}: {exc}") from exc
     state = safetensors.torch.load_file(str(file))
+    # Strict, except for the pre-training-only tensors the export leaves out (they keep their initial values).
+    state.update({k: v for k, v in model.state_dict().items() if is_pretext(k) and k not in state})
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

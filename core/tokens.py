@@ -7,8 +7,10 @@ A backbone offers tokens by having a method
 ``visible`` is a ``(B, L)`` bool mask over the patch grid (``clrun.Masks.visible``): the hidden patches
 are replaced by a learned mask token (iBOT) or, with ``drop=True``, left out of the sequence with the
 position embeddings of the kept ones (MAE's encoder, I-JEPA's context encoder; every image must keep the
-same number). A backbone without the method (a CNN) has no tokens: ``offers_tokens`` says so, and a
-recipe that needs tokens is refused with that reason.
+same number). A backbone without the method (a CNN) has no tokens: ``offers_tokens`` says so.
+
+A backbone's tensors that only pre-training uses, such as that mask token, are named ``pretext_*``
+(``clrun.encoder_file.PRETEXT``): the exported encoder leaves them out, so it loads into the plain model.
 """
 
 from __future__ import annotations

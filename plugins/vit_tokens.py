@@ -22,14 +22,16 @@ def is_vit(model: nn.Module) -> bool:
 
 def add_tokens(model: nn.Module, model_name: str, mask_token: bool) -> None:
     """Give a timm ViT ``forward_tokens`` (see ``clrun.tokens``) and, with ``mask_token``, the learned
-    token that replaces hidden patches (initialized to zeros, as iBOT's ``masked_embed``)."""
+    token that replaces hidden patches (initialized to zeros, as iBOT's ``masked_embed``). It is named
+    ``pretext_mask_token``: only pre-training uses it, so the exported encoder leaves it out and loads
+    into timm's plain model."""
     if not is_vit(model):
         if mask_token:
             raise UserError(f"timm/{model_name}: mask_token needs a vision transformer (patch tokens); "
                             f"this model has none. Pick a timm ViT, e.g. timm/vit_small_patch16_224")
         return
     if mask_token:
-        model.mask_token = nn.Parameter(torch.zeros(model.embed_dim))
+        model.pretext_mask_token = nn.Parameter(torch.zeros(model.embed_dim))
     model.forward_tokens = types.MethodType(forward_tokens, model)
     last = model.blocks[-1] if len(model.blocks) else None
     attention = getattr(last, "attn", None)
@@ -46,11 +48,11 @@ def forward_tokens(model: nn.Module, images: Tensor, visible: Optional[Tensor] =
         raise ValueError(f"forward_tokens: visible must be ({batch}, {grid[0] * grid[1]}) for a {grid[0]} x {grid[1]} "
                          f"patch grid, got {tuple(visible.shape)}")
     if visible is not None and not drop:
-        if getattr(model, "mask_token", None) is None:
+        if getattr(model, "pretext_mask_token", None) is None:
             raise ValueError("forward_tokens: replacing hidden patches needs the backbone's mask token "
                              "(backbone option mask_token: true)")
         keep = visible.view(*x.shape[:-1], 1)
-        x = torch.where(keep, x, model.mask_token.to(x.dtype))  # before the position embeddings, as iBOT
+        x = torch.where(keep, x, model.pretext_mask_token.to(x.dtype))  # before the position embeddings, as iBOT
     x = model._pos_embed(x)  # prefix tokens and position embeddings: (B, P + L, D)
     prefix_count = model.num_prefix_tokens
     if visible is not None and drop:

@@ -168,3 +168,22 @@ def test_encoder_state_strips_the_prefix_and_copies_contiguously():
     assert list(state) == ["conv1.weight"]
     assert state["conv1.weight"].is_contiguous() and torch.equal(state["conv1.weight"], conv)
     assert state["conv1.weight"].data_ptr() != conv.data_ptr()
+
+
+def test_a_vits_mask_token_stays_out_of_the_encoder_file(tmp_path):
+    """Pre-training-only tensors (named pretext_*) are not exported: timm's own ViT loads the file strictly,
+    and load_encoder rebuilds the backbone with its mask token at its initial value."""
+    args = {"in_chans": 1, "img_size": 28, "model_args": {"patch_size": 7, "embed_dim": 48, "depth": 2, "num_heads": 3}}
+    backbone = clrun.create("backbone", "timm/vit_tiny_patch16_224", mask_token=True, **args)
+    state = encoder_state({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
+    assert "pretext_mask_token" in backbone.state_dict() and "pretext_mask_token" not in state
+    recipe = {"backbone": {"name": "timm/vit_tiny_patch16_224", "mask_token": True, **args}}
+    file = write_encoder(tmp_path / "vit.safetensors", state, recipe)
+    plain = timm.create_model("vit_tiny_patch16_224", num_classes=0, in_chans=1, img_size=28, checkpoint_path=str(file),
+                              **args["model_args"])
+    rebuilt = load_encoder(file)
+    assert not rebuilt.pretext_mask_token.any()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), backbone.eval()(x))
+        torch.testing.assert_close(rebuilt(x), backbone(x))

@@ -30,7 +30,7 @@ def reference(model, images, visible=None, drop=False):
     x = F.conv2d(images, proj.weight, proj.bias, stride=proj.stride).flatten(2).transpose(1, 2)  # (B, L, D)
     batch, count = x.shape[:2]
     if visible is not None and not drop:
-        x = torch.where(visible.unsqueeze(-1), x, model.mask_token)
+        x = torch.where(visible.unsqueeze(-1), x, model.pretext_mask_token)
     prefix = [model.cls_token.expand(batch, -1, -1)]
     if model.reg_token is not None:
         prefix.append(model.reg_token.expand(batch, -1, -1))
@@ -86,7 +86,7 @@ def test_dropping_hidden_patches_equals_the_reference_on_the_kept_tokens(model_a
 def test_replacing_hidden_patches_by_the_mask_token_equals_the_reference():
     model = vit(mask_token=True)
     with torch.no_grad():
-        model.mask_token.normal_()  # zeros at initialization: a nonzero token tests where it goes
+        model.pretext_mask_token.normal_()  # zeros at initialization: a nonzero token tests where it goes
     x, visible = images(), masks("clrun/block_mask", probability=1.0, ratio=[0.4, 0.5]).visible
     assert (~visible).any()
     with torch.no_grad():
@@ -99,10 +99,10 @@ def test_replacing_hidden_patches_by_the_mask_token_equals_the_reference():
 
 def test_the_mask_token_is_learned_and_starts_at_zero():
     model = vit(mask_token=True).train()
-    assert "mask_token" in dict(model.named_parameters()) and not model.mask_token.any()
+    assert "pretext_mask_token" in dict(model.named_parameters()) and not model.pretext_mask_token.any()
     visible = masks("clrun/block_mask", probability=1.0).visible
     model.forward_tokens(images(), visible).patches.square().mean().backward()
-    assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
+    assert model.pretext_mask_token.grad is not None and model.pretext_mask_token.grad.abs().sum() > 0
 
 
 def test_a_dynamic_size_vit_gives_the_grid_of_each_crop_size():
