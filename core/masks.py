@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # `import clrun` stays free of torch
     from torch import Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compared by identity, not element-wise
 class Masks:
     """A batch's masks over its ``L = grid_height x grid_width`` patches, in raster order.
 

@@ -1,8 +1,9 @@
 """What a backbone that works on tokens (a vision transformer) offers besides its pooled features.
 
-A backbone offers tokens by having a method
+A backbone offers tokens by having two methods,
 
     backbone.forward_tokens(images, visible=None, drop=False) -> clrun.Tokens
+    backbone.token_grid(height, width) -> (rows, columns)     # the patch grid of an image of that size
 
 ``visible`` is a ``(B, L)`` bool mask over the patch grid (``clrun.Masks.visible``): the hidden patches
 are replaced by a learned mask token (iBOT) or, with ``drop=True``, left out of the sequence with the
@@ -22,7 +23,7 @@ if TYPE_CHECKING:  # `import clrun` stays free of torch
     from torch import Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compared by identity, not element-wise
 class Tokens:
     """A batch's tokens after the backbone's last block and final norm.
 
@@ -40,5 +41,5 @@ class Tokens:
 
 
 def offers_tokens(backbone: Any) -> bool:
-    """Whether ``backbone`` has a ``forward_tokens`` method (see this module)."""
-    return callable(getattr(backbone, "forward_tokens", None))
+    """Whether ``backbone`` has the ``forward_tokens`` and ``token_grid`` methods (see this module)."""
+    return all(callable(getattr(backbone, name, None)) for name in ("forward_tokens", "token_grid"))

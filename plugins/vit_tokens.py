@@ -33,11 +33,19 @@ def add_tokens(model: nn.Module, model_name: str, mask_token: bool) -> None:
     if mask_token:
         model.pretext_mask_token = nn.Parameter(torch.zeros(model.embed_dim))
     model.forward_tokens = types.MethodType(forward_tokens, model)
+    model.token_grid = types.MethodType(token_grid, model)
     last = model.blocks[-1] if len(model.blocks) else None
     attention = getattr(last, "attn", None)
     if model.num_prefix_tokens and hasattr(last, "norm1") and all(
             hasattr(attention, a) for a in ("qkv", "num_heads", "head_dim", "scale", "q_norm", "k_norm")):
         model.prefix_attention = types.MethodType(prefix_attention, model)
+
+
+def token_grid(model: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """The patch grid ``(rows, columns)`` of an image of ``height x width`` pixels."""
+    if getattr(model, "dynamic_img_size", False):
+        return tuple(model.patch_embed.dynamic_feat_size((height, width)))
+    return tuple(model.patch_embed.grid_size)
 
 
 def forward_tokens(model: nn.Module, images: Tensor, visible: Optional[Tensor] = None, drop: bool = False) -> Tokens:

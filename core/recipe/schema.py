@@ -96,6 +96,19 @@ class TrainSection:
 
 
 @dataclass
+class MaskingSection:
+    """Masked views for token-level objectives. Per batch, the mask generator (a ``mask`` component) draws
+    which patches of each global view the online backbone sees; the hidden patches are replaced by the
+    backbone's learned mask token (``hidden: mask_token``; the backbone option ``mask_token: true``) or
+    left out of its sequence (``hidden: drop``; the generator must keep one count per image). The target
+    network sees the whole global views, and its tokens reach the loss too. Needs a backbone that offers
+    tokens (``clrun.tokens``: a timm vision transformer)."""
+
+    generator: Annotated[ComponentSpec, Nested("mask")]
+    hidden: Literal["mask_token", "drop"] = "mask_token"
+
+
+@dataclass
 class TargetSection:
     """A momentum (EMA) target network: a copy of backbone + projector that never receives gradients.
 
@@ -233,6 +246,7 @@ class Recipe:
     # An extra head on the online branch only: backbone -> projector -> predictor.
     predictor: Optional[Annotated[ComponentSpec, Nested("predictor")]] = None
     target: Optional[TargetSection] = None
+    masking: Optional[MaskingSection] = None
     callbacks: Annotated[list, Nested("callback", many=True)] = field(default_factory=list)
     health: HealthSection = field(default_factory=HealthSection)
     params: ParamsSection = field(default_factory=ParamsSection)

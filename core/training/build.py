@@ -17,6 +17,7 @@ from clrun.training.build_errors import BuildErrors
 from clrun.training.param_groups import PinnedRates, build_groups, layer_scales, named_parameters, scale_learning_rates
 from clrun.training.schedules import ScheduledScalars
 from clrun.training.network import OnlineNetwork, output_dim
+from clrun.training.masking import Masking, build_masking
 from clrun.training.target import TargetNetwork
 from clrun.training.views import Views
 
@@ -34,6 +35,7 @@ class Parts:
     feature_dim: int  # the backbone's output width
     projection_dim: int  # the projector's output width
     schedules: ScheduledScalars  # the recipe's scheduled settings, set before each step
+    masking: Optional[Masking] = None  # the recipe's masking: section, built
     # What a step differentiates: set by the loop (network + loss_fn, in DDP when several processes
     # train); None builds it on use from network and loss_fn as they are.
     trainable: Optional[nn.Module] = None
@@ -51,6 +53,11 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     example_views = views(example)
     global_sizes = [tuple(v.shape[-2:]) for v, g in zip(example_views, views.is_global) if g]
     backbone = errors.build(recipe.backbone)
+    masking = None
+    if recipe.masking is not None:
+        generator = errors.build(recipe.masking.generator)
+        if generator is not None and backbone is not None:
+            masking = errors.attempt(lambda: build_masking(recipe, backbone, generator), None)
     feature_dim = projection_dim = predictor = None
     if backbone is not None and views_ok:
         feature_dim = errors.attempt(lambda: measured_width(recipe.backbone, backbone, example_views[0], "backbone"), None)
@@ -103,7 +110,7 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     errors.raise_any()
     eval_size = global_sizes[0] if global_sizes else tuple(example_views[0].shape[-2:])
     return Parts(views.to(device), network, target, loss_fn, optimizer, scheduler, eval_size, steps,
-                 feature_dim, projection_dim, schedules)
+                 feature_dim, projection_dim, schedules, masking)
 
 
 def optimizer_and_scheduler(recipe: Recipe, named: list[tuple[str, nn.Parameter]], layers: Optional[dict[str, float]],

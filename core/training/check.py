@@ -47,6 +47,11 @@ def check(recipe: Recipe) -> list[str]:
     if recipe.target is not None:
         t = recipe.target
         lines.append(f"target: momentum copy of backbone + projector, {t.momentum} -> {t.final_momentum} ({t.schedule})")
+    if recipe.masking is not None:
+        hidden = "dropped" if parts.masking.drop else "replaced by the backbone's mask token"
+        grids = sorted({parts.network.backbone.token_grid(*s[-2:]) for s, g in zip(view_shapes, parts.views.is_global) if g})
+        lines.append(f"masking: {recipe.masking.generator.name} on the global views' "
+                     f"{', '.join(f'{r}x{c}' for r, c in grids)} patch grids; hidden patches {hidden}")
     lines += [f"schedule: {line}" for line in parts.schedules.describe()]
     if recipe.params.groups or recipe.params.layer_decay is not None:
         named = named_parameters(parts.network, parts.loss_fn)

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from clrun import distributed
+from clrun.masks import Masks
+from clrun.tokens import Tokens
 from clrun.training.outputs import StepOutputs
 
 
@@ -24,29 +26,53 @@ def output_dim(module: nn.Module, example: Tensor, what: str) -> int:
     return int(out.shape[1])
 
 
-def size_groups(views: list[Tensor]) -> list[list[int]]:
-    """Indices of the views that share an image size, in first-seen order."""
-    groups: dict[tuple[int, ...], list[int]] = {}
+def size_groups(views: list[Tensor], masked: Optional[list[bool]] = None) -> list[list[int]]:
+    """Indices of the views that share an image size (and, given ``masked``, whether they are masked), in
+    first-seen order."""
+    groups: dict[tuple, list[int]] = {}
     for i, v in enumerate(views):
-        groups.setdefault(tuple(v.shape[1:]), []).append(i)
+        groups.setdefault((tuple(v.shape[1:]), bool(masked and masked[i])), []).append(i)
     return list(groups.values())
 
 
-def embed(backbone: nn.Module, projector: nn.Module, views: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    """(features, projections) per view. Views of the same size go through in one call: fewer, larger
-    kernels, and BatchNorm statistics over all those views together, as contrastive papers do."""
-    features: list[Optional[Tensor]] = [None] * len(views)
-    projections: list[Optional[Tensor]] = [None] * len(views)
-    for indices in size_groups(views):
-        f = backbone(torch.cat([views[i] for i in indices]))
+def split_tokens(tokens: Tokens, parts: int) -> list[Tokens]:
+    """Tokens of ``parts`` stacked views (equal batches), one ``Tokens`` per view."""
+    pieces = zip(tokens.prefix.chunk(parts), tokens.patches.chunk(parts), tokens.pooled.chunk(parts))
+    return [Tokens(prefix, patches, tokens.grid, pooled) for prefix, patches, pooled in pieces]
+
+
+def embed(backbone: nn.Module, projector: nn.Module, views: list[Tensor], masks: Optional[list[Optional[Masks]]] = None,
+          drop: bool = False, tokens: bool = False) -> tuple[list[Tensor], list[Tensor], list[Optional[Tokens]]]:
+    """(features, projections, tokens) per view. Views of the same size go through in one call: fewer,
+    larger kernels, and BatchNorm statistics over all those views together, as contrastive papers do.
+
+    A view with a mask (``masks[i]`` not None) goes through ``backbone.forward_tokens`` with it (hidden
+    patches replaced by the mask token, or dropped when ``drop``); with ``tokens``, every view does.
+    Those views' ``Tokens`` are returned, None for the others."""
+    count = len(views)
+    masked = [masks is not None and masks[i] is not None for i in range(count)]
+    features: list[Optional[Tensor]] = [None] * count
+    projections: list[Optional[Tensor]] = [None] * count
+    out_tokens: list[Optional[Tokens]] = [None] * count
+    for indices in size_groups(views, masked):
+        x = torch.cat([views[i] for i in indices])
+        if masked[indices[0]] or tokens:
+            visible = torch.cat([masks[i].visible for i in indices]) if masked[indices[0]] else None
+            t = backbone.forward_tokens(x, visible, drop)
+            f = t.pooled
+            for i, ti in zip(indices, split_tokens(t, len(indices))):
+                out_tokens[i] = ti
+        else:
+            f = backbone(x)
         z = projector(f)
         for i, fi, zi in zip(indices, f.chunk(len(indices)), z.chunk(len(indices))):
             features[i], projections[i] = fi, zi
-    return features, projections  # type: ignore[return-value]
+    return features, projections, out_tokens  # type: ignore[return-value]
 
 
 class OnlineNetwork(nn.Module):
-    """The trained branch. ``forward(views) -> (features, projections, predictions or None)``, per view."""
+    """The trained branch. ``forward(views, masks, drop) -> (features, projections, predictions or None,
+    tokens)``, per view (tokens: None for the views without a mask)."""
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: Optional[nn.Module] = None) -> None:
         super().__init__()
@@ -54,14 +80,15 @@ class OnlineNetwork(nn.Module):
         self.projector = projector
         self.predictor = predictor
 
-    def forward(self, views: list[Tensor]) -> tuple[list[Tensor], list[Tensor], Optional[list[Tensor]]]:
-        features, projections = embed(self.backbone, self.projector, views)
+    def forward(self, views: list[Tensor], masks: Optional[list[Optional[Masks]]] = None, drop: bool = False,
+                ) -> tuple[list[Tensor], list[Tensor], Optional[list[Tensor]], list[Optional[Tokens]]]:
+        features, projections, tokens = embed(self.backbone, self.projector, views, masks, drop)
         predictions = None
         if self.predictor is not None:
             # One predictor call over all views: like the projector, its BatchNorm sees them together.
             sizes = [len(z) for z in projections]
             predictions = list(self.predictor(torch.cat(projections)).split(sizes))
-        return features, projections, predictions
+        return features, projections, predictions, tokens
 
 
 # What one optimizer step differentiates: the online network and the loss, as one module. The loss
@@ -76,9 +103,11 @@ class Trainable(nn.Module):
         self.loss_fn = loss_fn
 
     def forward(self, views: list[Tensor], is_global: list[bool], targets: Optional[list[Tensor]],
-                step: int, total_steps: int) -> tuple[Any, StepOutputs]:
-        features, projections, predictions = self.network(views)
-        out = StepOutputs(features, projections, list(is_global), predictions, targets, step, total_steps)
+                step: int, total_steps: int, masks: Optional[list[Optional[Masks]]] = None, drop: bool = False,
+                target_tokens: Optional[list[Tokens]] = None) -> tuple[Any, StepOutputs]:
+        features, projections, predictions, tokens = self.network(views, masks, drop)
+        out = StepOutputs(features, projections, list(is_global), predictions, targets, step, total_steps,
+                          masks=masks, tokens=tokens if masks is not None else None, target_tokens=target_tokens)
         return self.loss_fn(out), out
 
 

@@ -7,6 +7,9 @@ from typing import Optional
 
 from torch import Tensor
 
+from clrun.masks import Masks
+from clrun.tokens import Tokens
+
 
 @dataclass
 class StepOutputs:
@@ -23,6 +26,12 @@ class StepOutputs:
                         computed without gradient; ``None`` when the recipe has no target network
     step:               optimizer steps completed before this one (0 on the first step)
     total_steps:        optimizer steps the run will take in all
+    masks:              with a ``masking:`` section, per view the ``clrun.Masks`` drawn for it (global views;
+                        None for the others); else ``None``
+    tokens:             with a ``masking:`` section, per view the online backbone's ``clrun.Tokens`` of the
+                        masked view (None for the others); else ``None``
+    target_tokens:      with ``masking:`` and ``target:`` sections, the target network's ``clrun.Tokens`` of the
+                        whole global views, in global-view order, without gradient; else ``None``
 
     A loss returns a scalar tensor, or a dict with ``"loss"`` and extra scalar metrics to log.
     """
@@ -34,6 +43,9 @@ class StepOutputs:
     target_projections: Optional[list[Tensor]] = None
     step: int = 0
     total_steps: int = 1
+    masks: Optional[list[Optional[Masks]]] = None
+    tokens: Optional[list[Optional[Tokens]]] = None
+    target_tokens: Optional[list[Tokens]] = None
 
     def _global(self, per_view: list[Tensor]) -> list[Tensor]:
         return [t for t, g in zip(per_view, self.is_global) if g]

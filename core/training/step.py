@@ -34,15 +34,23 @@ def split_loss(result: Any) -> tuple[Tensor, dict[str, Tensor]]:
 
 
 def forward_and_loss(parts: Parts, images: Tensor, device: torch.device, step: int) -> tuple[Any, StepOutputs]:
-    """Views on the device, the target network on the global ones (no gradient), then the online
-    network and the loss (``parts.trainable``, DDP-wrapped when several processes train)."""
+    """Views on the device, their masks (a ``masking:`` section), the target network on the global ones (no
+    gradient), then the online network and the loss (``parts.trainable``, DDP-wrapped when several
+    processes train)."""
     views = parts.views(images.to(device, non_blocking=True))
     is_global = parts.views.is_global
-    targets = None
+    masking = parts.masking
+    masks = masking.draw(parts.network.backbone, views, is_global) if masking is not None else None
+    targets = target_tokens = None
     if parts.target is not None:
-        targets = parts.target([v for v, g in zip(views, is_global) if g])
+        global_views = [v for v, g in zip(views, is_global) if g]
+        if masking is not None:  # a token-level loss compares with the target's tokens of the whole views
+            targets, target_tokens = parts.target.with_tokens(global_views)
+        else:
+            targets = parts.target(global_views)
     trainable = parts.trainable if parts.trainable is not None else Trainable(parts.network, parts.loss_fn)
-    return trainable(views, is_global, targets, step, parts.total_steps)
+    drop = masking is not None and masking.drop
+    return trainable(views, is_global, targets, step, parts.total_steps, masks, drop, target_tokens)
 
 
 def reduced_metrics(loss: Tensor, extras: dict[str, Tensor]) -> dict[str, float]:

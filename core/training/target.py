@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from clrun.recipe.schema import TargetSection
+from clrun.tokens import Tokens
 from clrun.training.network import OnlineNetwork, embed
 
 
@@ -46,6 +47,12 @@ class TargetNetwork(nn.Module):
     def forward(self, views: list[Tensor]) -> list[Tensor]:
         """Projections of ``views`` (the global ones), without gradient."""
         return embed(self.backbone, self.projector, views)[1]
+
+    @torch.no_grad()
+    def with_tokens(self, views: list[Tensor]) -> tuple[list[Tensor], list[Tokens]]:
+        """Projections and tokens (``clrun.Tokens``) of ``views`` (the whole global views), without gradient."""
+        _, projections, tokens = embed(self.backbone, self.projector, views, tokens=True)
+        return projections, tokens  # type: ignore[return-value]
 
     @torch.no_grad()
     def update(self, online: OnlineNetwork) -> None:
