@@ -106,6 +106,9 @@ class MaskingSection:
 
     generator: Annotated[ComponentSpec, Nested("mask")]
     hidden: Literal["mask_token", "drop"] = "mask_token"
+    # The projector (and the target's) also maps every patch token, for a loss on per-patch outputs of the
+    # same head as the pooled features' (StepOutputs.token_projections, target_token_projections).
+    project_tokens: bool = False
 
 
 @dataclass

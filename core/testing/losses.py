@@ -17,12 +17,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from clrun import StepOutputs, create
+from clrun import Masks, StepOutputs, create
 from clrun.testing.contract import ContractError, clear_error_or_result, finite, require
 
 BATCH = 8
 DIM = 16
 FEATURES = 32
+PATCHES = 4  # the patch tokens of each global view: a 2 x 2 grid
 STANDARD_VIEWS = (True, True)
 
 # View layouts a recipe can make besides the standard one; the loss computes or says what it needs.
@@ -44,10 +45,13 @@ def step_outputs(
     features: Sequence[Tensor] | None = None,
     step: int = 0,
     total_steps: int = 1,
+    masks: Sequence[Masks | None] | None = None,
+    token_projections: Sequence[Tensor | None] | None = None,
+    target_token_projections: Sequence[Tensor] | None = None,
 ) -> StepOutputs:
     """A ``clrun.StepOutputs`` to call a loss with in a test: one projection per view, every view global
     unless ``is_global`` says otherwise, and the backbone features (unused by most losses) defaulting
-    to the detached projections."""
+    to the detached projections. The token-level fields (a ``masking:`` section's) are optional."""
     flags = [True] * len(projections) if is_global is None else list(is_global)
     return StepOutputs(
         features=[p.detach() for p in projections] if features is None else list(features),
@@ -57,6 +61,9 @@ def step_outputs(
         target_projections=None if target_projections is None else list(target_projections),
         step=step,
         total_steps=total_steps,
+        masks=None if masks is None else list(masks),
+        token_projections=None if token_projections is None else list(token_projections),
+        target_token_projections=None if target_token_projections is None else list(target_token_projections),
     )
 
 
@@ -72,11 +79,20 @@ def random_outputs(
     step: int = 0,
 ) -> StepOutputs:
     """Random step outputs as the training loop makes them: projections and predictions per view (leaves
-    that require grad), target projections per global view (no grad), features per view."""
+    that require grad), target projections per global view (no grad), features per view; and what a
+    ``masking:`` section with ``project_tokens`` adds: masks of ``PATCHES`` patches per global view (half
+    of them hidden), the head's output per patch token of each global view (grad) and the target's."""
     generator = torch.Generator().manual_seed(seed)
 
     def draw(width: int = dim) -> Tensor:
         return torch.randn(batch, width, generator=generator).to(dtype)
+
+    def patches() -> Tensor:
+        return torch.randn(batch, PATCHES, dim, generator=generator).to(dtype)
+
+    def mask() -> Masks:
+        visible = torch.rand(batch, PATCHES, generator=generator).argsort(dim=1) < PATCHES // 2
+        return Masks(visible, (~visible).unsqueeze(1))
 
     return step_outputs(
         [draw().requires_grad_() for _ in is_global],
@@ -86,6 +102,9 @@ def random_outputs(
         features=[draw(FEATURES) for _ in is_global],
         step=step,
         total_steps=100,
+        masks=[mask() if g else None for g in is_global],
+        token_projections=[patches().requires_grad_() if g else None for g in is_global],
+        target_token_projections=[patches() for g in is_global if g] if targets else None,
     )
 
 
@@ -183,10 +202,14 @@ def _as_float32(out: StepOutputs) -> StepOutputs:
             return None
         return [t.detach().float().requires_grad_(t.requires_grad) for t in tensors]
 
+    def cast_some(tensors: list[Tensor | None] | None) -> list[Tensor | None] | None:
+        return None if tensors is None else [None if t is None else cast([t])[0] for t in tensors]
+
     return step_outputs(
         cast(out.projections), out.is_global, predictions=cast(out.predictions),
         target_projections=cast(out.target_projections), features=cast(out.features), step=out.step,
-        total_steps=out.total_steps,
+        total_steps=out.total_steps, masks=out.masks, token_projections=cast_some(out.token_projections),
+        target_token_projections=cast(out.target_token_projections),
     )
 
 

@@ -41,6 +41,17 @@ def split_tokens(tokens: Tokens, parts: int) -> list[Tokens]:
     return [Tokens(prefix, patches, tokens.grid, pooled) for prefix, patches, pooled in pieces]
 
 
+def project_tokens(projector: nn.Module, tokens: list[Optional[Tokens]]) -> list[Optional[Tensor]]:
+    """The projector applied to every patch token of the views that have tokens, ``(B, N, K)`` each (None
+    for the others); one call over all of them, so a BatchNorm in the head sees them together."""
+    present = [t for t in tokens if t is not None]
+    if not present:
+        return [None] * len(tokens)
+    flat = projector(torch.cat([t.patches.flatten(0, 1) for t in present]))
+    pieces = iter(flat.split([t.patches.shape[0] * t.patches.shape[1] for t in present]))
+    return [None if t is None else next(pieces).view(*t.patches.shape[:2], -1) for t in tokens]
+
+
 def embed(backbone: nn.Module, projector: nn.Module, views: list[Tensor], masks: Optional[list[Optional[Masks]]] = None,
           drop: bool = False, tokens: bool = False) -> tuple[list[Tensor], list[Tensor], list[Optional[Tokens]]]:
     """(features, projections, tokens) per view. Views of the same size go through in one call: fewer,
@@ -81,14 +92,16 @@ class OnlineNetwork(nn.Module):
         self.predictor = predictor
 
     def forward(self, views: list[Tensor], masks: Optional[list[Optional[Masks]]] = None, drop: bool = False,
-                ) -> tuple[list[Tensor], list[Tensor], Optional[list[Tensor]], list[Optional[Tokens]]]:
+                with_token_projections: bool = False) -> tuple[list[Tensor], list[Tensor], Optional[list[Tensor]],
+                                                                list[Optional[Tokens]], Optional[list[Optional[Tensor]]]]:
         features, projections, tokens = embed(self.backbone, self.projector, views, masks, drop)
         predictions = None
         if self.predictor is not None:
             # One predictor call over all views: like the projector, its BatchNorm sees them together.
             sizes = [len(z) for z in projections]
             predictions = list(self.predictor(torch.cat(projections)).split(sizes))
-        return features, projections, predictions, tokens
+        token_projections = project_tokens(self.projector, tokens) if with_token_projections else None
+        return features, projections, predictions, tokens, token_projections
 
 
 # What one optimizer step differentiates: the online network and the loss, as one module. The loss
@@ -104,10 +117,14 @@ class Trainable(nn.Module):
 
     def forward(self, views: list[Tensor], is_global: list[bool], targets: Optional[list[Tensor]],
                 step: int, total_steps: int, masks: Optional[list[Optional[Masks]]] = None, drop: bool = False,
-                target_tokens: Optional[list[Tokens]] = None) -> tuple[Any, StepOutputs]:
-        features, projections, predictions, tokens = self.network(views, masks, drop)
+                target_tokens: Optional[list[Tokens]] = None,
+                target_token_projections: Optional[list[Tensor]] = None) -> tuple[Any, StepOutputs]:
+        with_token_projections = target_token_projections is not None
+        features, projections, predictions, tokens, token_projections = self.network(
+            views, masks, drop, with_token_projections)
         out = StepOutputs(features, projections, list(is_global), predictions, targets, step, total_steps,
-                          masks=masks, tokens=tokens if masks is not None else None, target_tokens=target_tokens)
+                          masks=masks, tokens=tokens if masks is not None else None, target_tokens=target_tokens,
+                          token_projections=token_projections, target_token_projections=target_token_projections)
         return self.loss_fn(out), out
 
 

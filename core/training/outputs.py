@@ -32,6 +32,10 @@ class StepOutputs:
                         masked view (None for the others); else ``None``
     target_tokens:      with ``masking:`` and ``target:`` sections, the target network's ``clrun.Tokens`` of the
                         whole global views, in global-view order, without gradient; else ``None``
+    token_projections:  with ``masking.project_tokens``, per view the projector's output for every patch
+                        token of ``tokens``, ``(B, N, D)`` (None for views without tokens); else ``None``
+    target_token_projections: the same from the target network, per global view (whole views, no
+                        gradient); ``None`` without ``project_tokens`` or ``target:``
 
     A loss returns a scalar tensor, or a dict with ``"loss"`` and extra scalar metrics to log.
     """
@@ -46,6 +50,8 @@ class StepOutputs:
     masks: Optional[list[Optional[Masks]]] = None
     tokens: Optional[list[Optional[Tokens]]] = None
     target_tokens: Optional[list[Tokens]] = None
+    token_projections: Optional[list[Optional[Tensor]]] = None
+    target_token_projections: Optional[list[Tensor]] = None
 
     def _global(self, per_view: list[Tensor]) -> list[Tensor]:
         return [t for t, g in zip(per_view, self.is_global) if g]

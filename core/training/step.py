@@ -41,16 +41,18 @@ def forward_and_loss(parts: Parts, images: Tensor, device: torch.device, step: i
     is_global = parts.views.is_global
     masking = parts.masking
     masks = masking.draw(parts.network.backbone, views, is_global) if masking is not None else None
-    targets = target_tokens = None
+    targets = target_tokens = target_token_projections = None
     if parts.target is not None:
         global_views = [v for v, g in zip(views, is_global) if g]
         if masking is not None:  # a token-level loss compares with the target's tokens of the whole views
-            targets, target_tokens = parts.target.with_tokens(global_views)
+            targets, target_tokens, target_token_projections = parts.target.with_tokens(
+                global_views, project=masking.project_tokens)
         else:
             targets = parts.target(global_views)
     trainable = parts.trainable if parts.trainable is not None else Trainable(parts.network, parts.loss_fn)
     drop = masking is not None and masking.drop
-    return trainable(views, is_global, targets, step, parts.total_steps, masks, drop, target_tokens)
+    return trainable(views, is_global, targets, step, parts.total_steps, masks, drop, target_tokens,
+                     target_token_projections)
 
 
 def reduced_metrics(loss: Tensor, extras: dict[str, Tensor]) -> dict[str, float]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from clrun.recipe.schema import TargetSection
 from clrun.tokens import Tokens
-from clrun.training.network import OnlineNetwork, embed
+from clrun.training.network import OnlineNetwork, embed, project_tokens
 
 
 def momentum_at(settings: TargetSection, step: int, total_steps: int) -> float:
@@ -49,10 +50,12 @@ class TargetNetwork(nn.Module):
         return embed(self.backbone, self.projector, views)[1]
 
     @torch.no_grad()
-    def with_tokens(self, views: list[Tensor]) -> tuple[list[Tensor], list[Tokens]]:
-        """Projections and tokens (``clrun.Tokens``) of ``views`` (the whole global views), without gradient."""
+    def with_tokens(self, views: list[Tensor], project: bool = False) -> tuple[list[Tensor], list[Tokens], Optional[list[Tensor]]]:
+        """Projections and tokens (``clrun.Tokens``) of ``views`` (the whole global views), without gradient;
+        with ``project``, also the projector's output for every patch token."""
         _, projections, tokens = embed(self.backbone, self.projector, views, tokens=True)
-        return projections, tokens  # type: ignore[return-value]
+        token_projections = project_tokens(self.projector, tokens) if project else None
+        return projections, tokens, token_projections  # type: ignore[return-value]
 
     @torch.no_grad()
     def update(self, online: OnlineNetwork) -> None:
