@@ -72,7 +72,7 @@ CASES = [
     ),
     pytest.param(
         [("clrun/ntxent", "clrun/ntxnet")],
-        ["30:9: error: loss.name: unknown loss 'clrun/ntxnet'; did you mean 'clrun/ntxent' or 'clrun/nnclr' or 'clrun/dino'?"],
+        ["30:9: error: loss.name: unknown loss 'clrun/ntxnet'; did you mean 'clrun/ntxent' or 'clrun/nnclr' or 'clrun/ibot'?"],
         id="unknown-loss",
     ),
     pytest.param(

@@ -19,6 +19,7 @@ def clrun_components() -> list[Component]:
         Component("loss", "clrun/swav", "clrun.plugins.losses.swav:SwAVLoss", "SwAV: swapped prediction of Sinkhorn-Knopp codes over learned prototypes"),
         Component("loss", "clrun/barlow_twins", "clrun.plugins.losses.barlow_twins:BarlowTwinsLoss", "Barlow Twins: cross-correlation of the views towards the identity"),
         Component("loss", "clrun/dino", "clrun.plugins.losses.dino:DINOLoss", "DINO: cross-entropy of the student to the centered, sharpened momentum teacher"),
+        Component("loss", "clrun/ibot", "clrun.plugins.losses.ibot:IBOTLoss", "iBOT: DINO on the class token plus distillation of masked patch tokens"),
         Component("loss", "clrun/lejepa", "clrun.plugins.losses.lejepa:LeJEPALoss", "LeJEPA: invariance to the global views' mean plus SIGReg, a sliced Gaussianity test"),
         Component("loss", "clrun/vicreg", "clrun.plugins.losses.vicreg:VICRegLoss", "VICReg: invariance, variance and covariance terms"),
     ]

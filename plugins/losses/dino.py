@@ -71,6 +71,7 @@ class DINOLoss(nn.Module):
     """
 
     main_metric = "teacher_entropy"
+    owner = OWNER  # the component name errors start with (a subclass sets its own)
     CENTERINGS = ("center", "sinkhorn")
     collapse_signals = (
         loss_kit.CollapseSignal("teacher_entropy_ratio", 0.98, above=True, meaning=(
@@ -83,22 +84,22 @@ class DINOLoss(nn.Module):
                  center_momentum: float = 0.9, centering: str = "center", sinkhorn_iterations: int = 3,
                  koleo_weight: float = 0.0) -> None:
         super().__init__()
-        self.in_dim = loss_kit.int_arg(OWNER, "in_dim", in_dim, 2, " (the head's output width, set by the training loop)")
-        self.teacher_temperature = loss_kit.temperature_arg(OWNER, teacher_temperature, " (DINO uses 0.04 to 0.07)",
+        self.in_dim = loss_kit.int_arg(self.owner, "in_dim", in_dim, 2, " (the head's output width, set by the training loop)")
+        self.teacher_temperature = loss_kit.temperature_arg(self.owner, teacher_temperature, " (DINO uses 0.04 to 0.07)",
                                                             name="teacher_temperature")
-        self.student_temperature = loss_kit.temperature_arg(OWNER, student_temperature, " (DINO uses 0.1)",
+        self.student_temperature = loss_kit.temperature_arg(self.owner, student_temperature, " (DINO uses 0.1)",
                                                             name="student_temperature")
-        self.center_momentum = loss_kit.float_arg(OWNER, "center_momentum", center_momentum, minimum=0.0,
+        self.center_momentum = loss_kit.float_arg(self.owner, "center_momentum", center_momentum, minimum=0.0,
                                                   inclusive=True, hint=" (DINO uses 0.9)")
         if self.center_momentum > 1:
-            raise ComponentError(f"{OWNER}: center_momentum must be <= 1 (DINO uses 0.9; 1 turns centering "
+            raise ComponentError(f"{self.owner}: center_momentum must be <= 1 (DINO uses 0.9; 1 turns centering "
                                           f"off), got {center_momentum!r}", argument="center_momentum")
         if centering not in self.CENTERINGS:
-            raise ComponentError(f"{OWNER}: centering must be one of {', '.join(self.CENTERINGS)} (DINO: center, "
+            raise ComponentError(f"{self.owner}: centering must be one of {', '.join(self.CENTERINGS)} (DINO: center, "
                                  f"DINOv2: sinkhorn), got {centering!r}", argument="centering")
         self.centering = centering
-        self.sinkhorn_iterations = loss_kit.int_arg(OWNER, "sinkhorn_iterations", sinkhorn_iterations, 1, " (DINOv2 uses 3)")
-        self.koleo_weight = loss_kit.float_arg(OWNER, "koleo_weight", koleo_weight, inclusive=True,
+        self.sinkhorn_iterations = loss_kit.int_arg(self.owner, "sinkhorn_iterations", sinkhorn_iterations, 1, " (DINOv2 uses 3)")
+        self.koleo_weight = loss_kit.float_arg(self.owner, "koleo_weight", koleo_weight, inclusive=True,
                                                hint=" (DINOv2 uses 0.1; 0 for none)")
         self.register_buffer("center", torch.zeros(self.in_dim))
 
@@ -108,14 +109,14 @@ class DINOLoss(nn.Module):
                 f"centering={self.centering}, koleo_weight={self.koleo_weight}")
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        teacher = loss_kit.required_target_projections(OWNER, out)
+        teacher = loss_kit.required_target_projections(self.owner, out)
         student = out.projections
-        global_views = loss_kit.global_view_indices(OWNER, out, minimum=1, why="the teacher sees the global views")
+        global_views = loss_kit.global_view_indices(self.owner, out, minimum=1, why="the teacher sees the global views")
         if len(student) < 2:
             raise ComponentError(
-                f"{OWNER} needs at least 2 views (the student predicts the teacher on another view); the recipe "
+                f"{self.owner} needs at least 2 views (the student predicts the teacher on another view); the recipe "
                 f"makes {len(student)}. Use 2 global views, and local ones for multi-crop")
-        loss_kit.batch_of_width(OWNER, "every view's head outputs", [*student, *teacher], self.in_dim)
+        loss_kit.batch_of_width(self.owner, "every view's head outputs", [*student, *teacher], self.in_dim)
         dtype = loss_kit.compute_dtype(*student, *teacher)
         with loss_kit.autocast_off(student[0]):
             t = [x.detach().to(dtype) for x in teacher]
