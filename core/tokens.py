@@ -8,7 +8,7 @@ A backbone offers tokens by having two methods,
 ``visible`` is a ``(B, L)`` bool mask over the patch grid (``clrun.Masks.visible``): the hidden patches
 are replaced by a learned mask token (iBOT) or, with ``drop=True``, left out of the sequence with the
 position embeddings of the kept ones (MAE's encoder, I-JEPA's context encoder; every image must keep the
-same number). A backbone without the method (a CNN) has no tokens: ``offers_tokens`` says so.
+same number). A backbone without these methods (a CNN) has no tokens: ``offers_tokens`` says so.
 
 A backbone's tensors that only pre-training uses, such as that mask token, are named ``pretext_*``
 (``clrun.encoder_file.PRETEXT``): the exported encoder leaves them out, so it loads into the plain model.

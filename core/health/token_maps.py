@@ -27,7 +27,7 @@ IMAGES = 4
 def principal_components(patches: Tensor, grid: tuple[int, int], k: int = 3) -> np.ndarray:
     """``(N, rows, cols, k)`` in [0, 1]: the top ``k`` principal components of every patch token of the
     ``N`` images, fitted over all of them, each component min-max scaled."""
-    n, count, width = patches.shape
+    n, _, width = patches.shape
     x = patches.reshape(-1, width).double()
     x = x - x.mean(dim=0)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
@@ -50,7 +50,8 @@ class TokenMaps:
         backbone = run.parts.network.backbone
         if not offers_tokens(backbone):
             return
-        images = fixed_sample(self.dataset, self.seed, min(IMAGES, len(self.dataset)))  # the health sample's first
+        # The first images of the health monitor's fixed sample: the same in every run of the recipe.
+        images = fixed_sample(self.dataset, self.seed, min(IMAGES, len(self.dataset)))
         x = run.preprocess(images.to(run.device))
         was_training = backbone.training
         backbone.eval()

@@ -221,7 +221,6 @@ def token_maps_figure(records: RunRecords) -> Figure | None:
     columns = 2 + heads
     fig = Figure(figsize=(1.6 * columns, 1.6 * len(images)), layout="constrained")
     axes = fig.subplots(len(images), columns, squeeze=False)
-    extent = None
     for row, image in enumerate(images):
         picture = image.transpose(1, 2, 0)
         extent = (0, picture.shape[1], picture.shape[0], 0)  # maps stretched over the image's pixels
