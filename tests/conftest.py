@@ -31,23 +31,6 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(1)
 
 
-# The longest test files of the full suite (each minutes of training on a CPU), longest first. With
-# --no-loadscope-reorder (.ci/run's full suite) pytest-xdist hands whole files to its workers in this
-# collection order; by default it puts the files with the most tests first, and these few-test files
-# last, leaving one worker to finish them alone. Starting them first is longest-processing-time-first.
-LONGEST_FIRST = ("test_methods_learn.py", "test_methods_learn_tokens.py", "test_methods_learn_vit.py",
-                 "test_end_to_end.py", "test_distributed.py", "test_collapse_alarm.py")
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """The files of ``LONGEST_FIRST`` first, in that order; every other file after them, as collected."""
-    def rank(item) -> int:
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: the tests of a file keep their order
-
-
 class Crashed(Exception):
     """Raised by ``crash_after_first_checkpoint`` right after the run's first checkpoint is written."""
 
