@@ -154,8 +154,13 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def _update_center(self, teacher: list[Tensor]) -> None:
-        total = torch.stack([x.sum(dim=0) for x in teacher]).sum(dim=0)
-        count = torch.tensor(float(sum(len(x) for x in teacher)), device=total.device, dtype=total.dtype)
-        summed = distributed.all_reduce_sum(torch.cat([total, count.reshape(1)]))
-        batch_center = summed[:-1] / summed[-1]
-        self.center.mul_(self.center_momentum).add_(batch_center.to(self.center.dtype), alpha=1 - self.center_momentum)
+        move_center(self.center, torch.cat(teacher), self.center_momentum)
+
+
+@torch.no_grad()
+def move_center(center: Tensor, rows: Tensor, momentum: float) -> None:
+    """``center = momentum * center + (1 - momentum) * mean of rows``, the mean over every rank's rows
+    ``(N, K)`` (one all-reduce of their sum and count): DINO's ``update_center`` and iBOT's patch center."""
+    count = torch.tensor([float(len(rows))], device=rows.device, dtype=rows.dtype)
+    summed = distributed.all_reduce_sum(torch.cat([rows.sum(dim=0), count]))
+    center.mul_(momentum).add_((summed[:-1] / summed[-1]).to(center.dtype), alpha=1 - momentum)

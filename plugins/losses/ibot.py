@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clrun import ComponentError, distributed, loss_kit
-from clrun.plugins.losses.dino import DINOLoss
+from clrun import ComponentError, loss_kit
+from clrun.plugins.losses.dino import DINOLoss, move_center
 
 OWNER = "clrun/ibot"
 
@@ -95,10 +95,5 @@ class IBOTLoss(DINOLoss):
                                  f"token (masking.hidden: mask_token); got outputs and masks of shapes {shapes}")
         return [student[i] for i in views], list(teacher), [~out.masks[i].visible for i in views]
 
-    @torch.no_grad()
     def _update_patch_center(self, teacher: list[Tensor]) -> None:
-        total = torch.stack([x.sum(dim=(0, 1)) for x in teacher]).sum(dim=0)
-        count = torch.tensor(float(sum(x.shape[0] * x.shape[1] for x in teacher)), device=total.device, dtype=total.dtype)
-        summed = distributed.all_reduce_sum(torch.cat([total, count.reshape(1)]))
-        m = self.patch_center_momentum
-        self.patch_center.mul_(m).add_(summed[:-1].to(self.patch_center.dtype) / summed[-1], alpha=1 - m)
+        move_center(self.patch_center, torch.cat([x.flatten(0, 1) for x in teacher]), self.patch_center_momentum)
