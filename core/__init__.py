@@ -8,6 +8,7 @@ The public API (everything a recipe user or plugin author needs) is imported fro
     clrun.Nested                   type-hint marker for a factory argument that is itself a component
     clrun.Masks                    what a mask generator returns: visible patches and patches to predict
     clrun.Tokens, clrun.offers_tokens  a ViT backbone's tokens (``backbone.forward_tokens``)
+    clrun.patchify                 images as per-patch pixel vectors (a pixel target for masked modelling)
     clrun.create(kind, name, **p)  build one component, validated like a recipe entry
     clrun.components(kind=None)    the registered components
     clrun.load_recipe(path, overrides=())
@@ -42,7 +43,7 @@ from clrun.errors import (
 )
 from clrun.hookspecs import hookimpl
 from clrun.masks import Masks
-from clrun.tokens import Tokens, offers_tokens
+from clrun.tokens import Tokens, offers_tokens, patchify
 from clrun.run_folder import RunFolder
 from clrun.version import __version__
 
@@ -77,6 +78,7 @@ __all__ = [
     "Masks",
     "Tokens",
     "offers_tokens",
+    "patchify",
     "hookimpl",
     "create",
     "components",

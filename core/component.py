@@ -18,6 +18,7 @@ KINDS: tuple[str, ...] = (
     "backbone",
     "projector",
     "predictor",
+    "token_head",
     "loss",
     "optimizer",
     "scheduler",
@@ -30,6 +31,8 @@ KINDS: tuple[str, ...] = (
 INJECTED: dict[str, tuple[str, ...]] = {
     "projector": ("in_dim",),  # the backbone's feature width
     "predictor": ("in_dim",),  # the projector's output width
+    # The backbone's token width, and the values per patch of a global view (channels x patch pixels).
+    "token_head": ("token_dim", "patch_pixels"),
     "loss": ("in_dim",),  # the projector's output width: sizes a loss's queue or prototypes
     "optimizer": ("params",),
     "scheduler": ("optimizer", "total_steps", "steps_per_epoch"),

@@ -120,6 +120,17 @@ def required_target_projections(owner: str, out: Any) -> list[Tensor]:
     return list(targets)
 
 
+def required_token_predictions(owner: str, out: Any, example: str) -> list[tuple[int, Tensor]]:
+    """``(view index, the token head's predictions)`` for every masked view; an error that asks for a
+    ``masking:`` section with a ``head:`` (``example``: a fitting section, e.g. MAE's) when there are none."""
+    predictions = getattr(out, "token_predictions", None)
+    if predictions is None or all(p is None for p in predictions):
+        raise ComponentError(f"{owner} compares a token head's predictions at the hidden patches of the global views "
+                             f"with their targets: the recipe needs a global view, a ViT backbone and a masking: "
+                             f"section with a head, e.g. {example}")
+    return [(i, p) for i, p in enumerate(predictions) if p is not None]
+
+
 def global_projections(owner: str, out: Any, why_two_images: str, *, exactly: int | None = None) -> list[Tensor]:
     """The global views' projections: at least 2 views (``exactly`` that many if given), all ``(batch, dim)``
     tensors of one shape, batch >= 2.

@@ -39,3 +39,18 @@ class Masks:
     def hidden(self) -> Tensor:
         """``(B, L)`` bool: the patches the online network does not see."""
         return ~self.visible
+
+    def at_targets(self, values: Tensor) -> Tensor:
+        """``values`` ``(B, L, ...)`` given per patch (target tokens, pixels), at each target set's patches:
+        ``(B, M, T, ...)`` in raster order, where every set has ``T`` patches (a generator with
+        ``equal_counts``). What a token head predicts there, a token-level loss compares with this."""
+        batch, sets, length = self.targets.shape
+        if tuple(values.shape[:2]) != (batch, length):
+            raise ValueError(f"Masks.at_targets: values must be ({batch}, {length}, ...) for these masks, "
+                             f"got {tuple(values.shape)}")
+        counts = self.targets.sum(dim=-1)
+        if bool((counts != counts[0, 0]).any()):
+            raise ValueError("Masks.at_targets: every target set must have the same number of patches (a "
+                             f"generator with equal_counts); got {sorted(set(counts.flatten().tolist()))}")
+        spread = values.unsqueeze(1).expand(batch, sets, *values.shape[1:])
+        return spread[self.targets].view(batch, sets, int(counts[0, 0]), *values.shape[2:])

@@ -43,3 +43,17 @@ class Tokens:
 def offers_tokens(backbone: Any) -> bool:
     """Whether ``backbone`` has the ``forward_tokens`` and ``token_grid`` methods (see this module)."""
     return all(callable(getattr(backbone, name, None)) for name in ("forward_tokens", "token_grid"))
+
+
+def patchify(images: Tensor, grid: tuple[int, int]) -> Tensor:
+    """``(B, C, H, W)`` images as ``(B, rows * columns, ph * pw * C)`` patches of a ``grid`` (rows, columns)
+    in raster order, each patch's pixels row by row with the channels last (MAE's layout): the pixels
+    a masked-image-modelling head predicts per patch token."""
+    batch, channels, height, width = images.shape
+    rows, columns = grid
+    if height % rows or width % columns:
+        raise ValueError(f"patchify: a {height} x {width} image does not split into a {rows} x {columns} grid of "
+                         f"equal patches")
+    ph, pw = height // rows, width // columns
+    patches = images.reshape(batch, channels, rows, ph, columns, pw).permute(0, 2, 4, 3, 5, 1)
+    return patches.reshape(batch, rows * columns, ph * pw * channels)

@@ -9,6 +9,7 @@ BUILTIN_MODULES = (
     "clrun.plugins.mask_components",
     "clrun.plugins.backbones",
     "clrun.plugins.projectors",
+    "clrun.plugins.token_head_components",
     "clrun.plugins.losses.components",
     "clrun.plugins.optimizers",
     "clrun.plugins.schedulers",

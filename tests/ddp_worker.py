@@ -1,6 +1,6 @@
 """Run by ``torchrun --nproc_per_node=2 tests/ddp_worker.py OUT`` from tests/test_distributed.py.
 
-For every loss, each rank trains a copy of the same small network for a few steps twice: once alone on
+For every loss (the token-level ones on a small ViT), each rank trains a copy of the same small network for a few steps twice: once alone on
 the whole batch (the reference a single process computes), and once under DistributedDataParallel on
 its half of the batch, through cl-run's own step pieces (Trainable, distribute, the losses' cross-rank
 code, the averaged metrics). It saves both so the test can compare gradients, losses and queues.
@@ -47,6 +47,19 @@ CASES = {
     "clrun/lejepa": ({"lambd": 0.5, "num_slices": 16}, False, False, 3),
 }
 
+# The token-level losses, on a one-block ViT (LayerNorm only) with masks drawn for the whole batch and
+# split by rank: name -> (loss parameters, mask generator and its settings, hidden, masking settings:
+# a token head or project_tokens, has a momentum target).
+TOKEN_CASES = {
+    "clrun/mae": ({}, ("clrun/random_mask", {}), "drop",
+                  {"head": ("clrun/mae_decoder", {"embed_dim": 8, "depth": 1, "num_heads": 2})}, False),
+    "clrun/ijepa": ({}, ("clrun/multiblock_mask", {"min_keep": 2}), "drop",
+                    {"head": ("clrun/jepa_predictor", {"embed_dim": 8, "depth": 1, "num_heads": 2})}, True),
+    "clrun/ibot": ({"teacher_temperature": 0.05, "center_momentum": 0.8, "patch_center_momentum": 0.7},
+                   ("clrun/block_mask", {}), "mask_token", {"project_tokens": True}, True),
+}
+IMAGE, PATCH = 16, 4  # 16 x 16 one-channel images: a 4 x 4 patch grid
+
 # A known bug the comparison must catch: SIGReg's characteristic function averaged over ranks with only
 # this rank's gradient (LightlySSL's before its #1923), each rank's gradient 1/world_size too small.
 BROKEN = "clrun/lejepa with a local-gradient average"
@@ -73,9 +86,59 @@ def batches(views: int) -> list[list[torch.Tensor]]:
             for _ in range(STEPS)]
 
 
+def token_network(name: str) -> OnlineNetwork:
+    _, _, hidden, masking, _ = TOKEN_CASES[name]
+    torch.manual_seed(0)
+    backbone = clrun.create("backbone", "timm/vit_tiny_patch16_224", in_chans=1, img_size=IMAGE,
+                            mask_token=hidden == "mask_token",
+                            model_args={"patch_size": PATCH, "embed_dim": 16, "depth": 1, "num_heads": 2})
+    projector = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, DIM))
+    head = None
+    if "head" in masking:
+        head_name, settings = masking["head"]
+        head = clrun.create("token_head", head_name, token_dim=16, patch_pixels=PATCH * PATCH, **settings)
+    return OnlineNetwork(backbone, projector, None, head)
+
+
+def train_tokens(name: str, rows: slice, wrap: bool) -> dict:
+    """``train`` for a token-level loss: two global views of images, their masks drawn for the whole batch
+    from a seeded stream (the same on every rank) and cut to ``rows``."""
+    params, (mask_name, mask_settings), hidden, masking, with_target = TOKEN_CASES[name]
+    net = token_network(name)
+    loss_fn = clrun.create("loss", name, in_dim=DIM, **params)
+    generator = clrun.create("mask", mask_name, **mask_settings)
+    target = TargetNetwork(net, TargetSection(momentum=0.9), STEPS) if with_target else None
+    trainable = Trainable(net, loss_fn)
+    model = distribute(trainable, torch.device("cpu")) if wrap else trainable
+    optimizer = torch.optim.SGD(trainable.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    first_grads, losses = None, []
+    for step in range(STEPS):
+        views = [torch.randn(GLOBAL_BATCH, 1, IMAGE, IMAGE, generator=g)[rows] for _ in range(2)]
+        torch.manual_seed(100 + step)
+        drawn = [generator(GLOBAL_BATCH, (IMAGE // PATCH,) * 2, "cpu") for _ in views]
+        masks = [clrun.Masks(m.visible[rows], m.targets[rows]) for m in drawn]
+        targets = tokens = token_projections = None
+        if target is not None:
+            targets, tokens, token_projections = target.with_tokens(views, project=masking.get("project_tokens", False))
+        loss, extras = split_loss(model(views, [True, True], targets, step, STEPS, masks, hidden == "drop", tokens,
+                                        token_projections)[0])
+        losses.append(reduced_metrics(loss, extras)["loss"] if wrap else float(loss.detach()))
+        optimizer.zero_grad()
+        loss.backward()
+        if first_grads is None:
+            first_grads = {k: p.grad.clone() for k, p in trainable.named_parameters() if p.grad is not None}
+        optimizer.step()
+        if target is not None:
+            target.update(net)
+    return {"grads": first_grads, "losses": losses, "loss_state": copy.deepcopy(loss_fn.state_dict())}
+
+
 def train(name: str, rows: slice, wrap: bool) -> dict:
     """STEPS SGD steps on the ``rows`` of every batch; returns the first step's gradients, each
     step's loss (averaged over ranks when wrapped) and the loss's final state."""
+    if name in TOKEN_CASES:
+        return train_tokens(name, rows, wrap)
     params, with_predictor, with_target, views = CASES[name]
     net = network(with_predictor)
     loss_fn = clrun.create("loss", name.split()[0], in_dim=DIM, **params)
@@ -103,12 +166,12 @@ def train(name: str, rows: slice, wrap: bool) -> dict:
 def main(out: str) -> None:
     # The single-process reference first, before the process group exists: with a group running,
     # the losses would gather across ranks.
-    single = {name: train(name, slice(None), wrap=False) for name in CASES}
+    single = {name: train(name, slice(None), wrap=False) for name in [*CASES, *TOKEN_CASES]}
     distributed.start("cpu")
     rank, world = distributed.rank(), distributed.world_size()
     share = GLOBAL_BATCH // world
     rows = slice(rank * share, (rank + 1) * share)
-    ddp = {name: train(name, rows, wrap=True) for name in CASES}
+    ddp = {name: train(name, rows, wrap=True) for name in [*CASES, *TOKEN_CASES]}
     with mock.patch.object(distributed, "average", local_gradient_average):
         ddp[BROKEN] = train("clrun/lejepa", rows, wrap=True)
     single[BROKEN] = single["clrun/lejepa"]

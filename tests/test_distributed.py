@@ -26,7 +26,7 @@ WORKER = ROOT / "tests" / "ddp_worker.py"
 _spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
 _worker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_worker)
-CASES, STEPS, BROKEN = _worker.CASES, _worker.STEPS, _worker.BROKEN
+CASES, STEPS, BROKEN = [*_worker.CASES, *_worker.TOKEN_CASES], _worker.STEPS, _worker.BROKEN
 
 
 def torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

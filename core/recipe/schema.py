@@ -109,6 +109,9 @@ class MaskingSection:
     # The projector (and the target's) also maps every patch token, for a loss on per-patch outputs of the
     # same head as the pooled features' (StepOutputs.token_projections, target_token_projections).
     project_tokens: bool = False
+    # A token head (a ``token_head`` component: MAE's pixel decoder, I-JEPA's predictor) on the online
+    # branch: from a masked view's tokens it predicts every target set's patches (StepOutputs.token_predictions).
+    head: Optional[Annotated[ComponentSpec, Nested("token_head")]] = None
 
 
 @dataclass

@@ -17,13 +17,14 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from clrun import Masks, StepOutputs, create
+from clrun import Masks, StepOutputs, Tokens, create
 from clrun.testing.contract import ContractError, clear_error_or_result, finite, require
 
 BATCH = 8
 DIM = 16
 FEATURES = 32
 PATCHES = 4  # the patch tokens of each global view: a 2 x 2 grid
+GRID = (2, 2)
 STANDARD_VIEWS = (True, True)
 
 # View layouts a recipe can make besides the standard one; the loss computes or says what it needs.
@@ -48,6 +49,10 @@ def step_outputs(
     masks: Sequence[Masks | None] | None = None,
     token_projections: Sequence[Tensor | None] | None = None,
     target_token_projections: Sequence[Tensor] | None = None,
+    tokens: Sequence[Tokens | None] | None = None,
+    target_tokens: Sequence[Tokens] | None = None,
+    token_predictions: Sequence[Tensor | None] | None = None,
+    views: Sequence[Tensor] | None = None,
 ) -> StepOutputs:
     """A ``clrun.StepOutputs`` to call a loss with in a test: one projection per view, every view global
     unless ``is_global`` says otherwise, and the backbone features (unused by most losses) defaulting
@@ -64,6 +69,10 @@ def step_outputs(
         masks=None if masks is None else list(masks),
         token_projections=None if token_projections is None else list(token_projections),
         target_token_projections=None if target_token_projections is None else list(target_token_projections),
+        tokens=None if tokens is None else list(tokens),
+        target_tokens=None if target_tokens is None else list(target_tokens),
+        token_predictions=None if token_predictions is None else list(token_predictions),
+        views=None if views is None else list(views),
     )
 
 
@@ -81,7 +90,10 @@ def random_outputs(
     """Random step outputs as the training loop makes them: projections and predictions per view (leaves
     that require grad), target projections per global view (no grad), features per view; and what a
     ``masking:`` section with ``project_tokens`` adds: masks of ``PATCHES`` patches per global view (half
-    of them hidden), the head's output per patch token of each global view (grad) and the target's."""
+    of them hidden), the head's output per patch token of each global view (grad) and the target's; the
+    online tokens of the visible patches (the hidden ones dropped) and the target's tokens of all of them;
+    a token head's predictions for the hidden patches (grad); the views, ``dim`` channels of ``2 x 2``
+    pixels, one pixel per patch (so a pixel-predicting loss finds ``dim`` values per patch too)."""
     generator = torch.Generator().manual_seed(seed)
 
     def draw(width: int = dim) -> Tensor:
@@ -94,6 +106,11 @@ def random_outputs(
         visible = torch.rand(batch, PATCHES, generator=generator).argsort(dim=1) < PATCHES // 2
         return Masks(visible, (~visible).unsqueeze(1))
 
+    def tokens(count: int) -> Tokens:
+        return Tokens(prefix=draw().unsqueeze(1), patches=torch.randn(batch, count, dim, generator=generator).to(dtype),
+                      grid=GRID, pooled=draw())
+
+    hidden = PATCHES - PATCHES // 2
     return step_outputs(
         [draw().requires_grad_() for _ in is_global],
         is_global,
@@ -105,6 +122,11 @@ def random_outputs(
         masks=[mask() if g else None for g in is_global],
         token_projections=[patches().requires_grad_() if g else None for g in is_global],
         target_token_projections=[patches() for g in is_global if g] if targets else None,
+        tokens=[tokens(PATCHES // 2) if g else None for g in is_global],
+        target_tokens=[tokens(PATCHES) for g in is_global if g] if targets else None,
+        token_predictions=[torch.randn(batch, 1, hidden, dim, generator=generator).to(dtype).requires_grad_() if g
+                           else None for g in is_global],
+        views=[torch.randn(batch, dim, *GRID, generator=generator).to(dtype) for _ in is_global],
     )
 
 
@@ -205,11 +227,18 @@ def _as_float32(out: StepOutputs) -> StepOutputs:
     def cast_some(tensors: list[Tensor | None] | None) -> list[Tensor | None] | None:
         return None if tensors is None else [None if t is None else cast([t])[0] for t in tensors]
 
+    def cast_tokens(tokens: list[Tokens | None] | None) -> list[Tokens | None] | None:
+        if tokens is None:
+            return None
+        return [None if t is None else Tokens(*cast([t.prefix, t.patches]), t.grid, *cast([t.pooled])) for t in tokens]
+
     return step_outputs(
         cast(out.projections), out.is_global, predictions=cast(out.predictions),
         target_projections=cast(out.target_projections), features=cast(out.features), step=out.step,
         total_steps=out.total_steps, masks=out.masks, token_projections=cast_some(out.token_projections),
-        target_token_projections=cast(out.target_token_projections),
+        target_token_projections=cast(out.target_token_projections), tokens=cast_tokens(out.tokens),
+        target_tokens=cast_tokens(out.target_tokens), token_predictions=cast_some(out.token_predictions),
+        views=cast(out.views),
     )
 
 
@@ -221,8 +250,9 @@ def finite_gradients(kind: str, name: str, **settings: Any) -> None:
     loss, _ = _split(loss_fn(out))
     require(loss.requires_grad, "the loss does not require grad: nothing to differentiate")
     loss.backward()
-    grads = [t.grad for t in [*out.projections, *out.predictions] if t.grad is not None]
-    require(bool(grads), "no projection or prediction received a gradient")
+    outputs = [*out.projections, *out.predictions, *(t for t in out.token_predictions if t is not None)]
+    grads = [t.grad for t in outputs if t.grad is not None]
+    require(bool(grads), "no projection, prediction or token prediction received a gradient")
     require(all(finite(g) for g in grads), "a projection or prediction received a non-finite gradient")
     require(any(bool(g.abs().sum() > 0) for g in grads), "every gradient is zero: the loss trains nothing")
     for pname, p in loss_fn.named_parameters():

@@ -67,6 +67,12 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
             lambda: measured_width(recipe.projector, projector, torch.zeros(2, feature_dim), "projector"), None)
     if recipe.predictor is not None and projection_dim is not None:
         predictor = errors.build(recipe.predictor, in_dim=projection_dim)
+    token_head = None
+    if masking is not None and recipe.masking.head is not None and feature_dim is not None:
+        global_view = next(v for v, g in zip(example_views, views.is_global) if g)
+        sizes = errors.attempt(lambda: token_sizes(backbone, global_view), None)
+        if sizes is not None:
+            token_head = errors.build(recipe.masking.head, token_dim=sizes[0], patch_pixels=sizes[1])
     # A loss that needs the projection width waits for it; the others are checked regardless.
     loss_fn = None
     if projection_dim is not None or "in_dim" not in parameters(recipe.loss.component.factory)[0]:
@@ -76,7 +82,7 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
         optimizer_and_scheduler(recipe, list(nn.Linear(1, 1).named_parameters()), None, steps, steps_per_epoch, errors)
     errors.raise_any()
 
-    network = OnlineNetwork(backbone, projector, predictor)
+    network = OnlineNetwork(backbone, projector, predictor, token_head)
     if recipe.train.sync_batchnorm and distributed.active():
         if device.type == "cpu":
             raise UserError(
@@ -102,7 +108,8 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     errors.raise_any()
     schedules = ScheduledScalars(steps_per_epoch, steps)
     # The network's own heads: those the run trains (a conversion above may have rebuilt modules).
-    heads = ((recipe.projector, network.projector), (recipe.predictor, network.predictor), (recipe.loss, loss_fn))
+    heads = ((recipe.projector, network.projector), (recipe.predictor, network.predictor), (recipe.loss, loss_fn),
+             (recipe.masking.head if recipe.masking is not None else None, network.token_head))
     for spec, module in heads:
         if spec is not None:
             errors.attempt(lambda: schedules.bind_attributes(spec, module), None)
@@ -143,6 +150,18 @@ def measured_width(spec: ComponentSpec, module: nn.Module, example: Tensor, what
         hint = " (gray images need in_chans: 1)" if what == "backbone" and example.shape[1] == 1 else ""
         raise ComponentError(f"{spec.where}: error: {spec.path or what}: {what} {spec.name!r} cannot take the "
                              f"run's input of shape {tuple(example.shape[1:])}{hint}: {detail}") from None
+
+
+def token_sizes(backbone: nn.Module, view: Tensor) -> tuple[int, int]:
+    """(token width, values per patch) of ``backbone`` on a global view: what a token head is sized by."""
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        tokens = backbone.forward_tokens(view[:2])
+    backbone.train(was_training)
+    rows, columns = tokens.grid
+    channels, height, width = view.shape[1:]
+    return int(tokens.patches.shape[-1]), channels * (height // rows) * (width // columns)
 
 
 def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:

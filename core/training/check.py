@@ -51,7 +51,8 @@ def check(recipe: Recipe) -> list[str]:
         hidden = "dropped" if parts.masking.drop else "replaced by the backbone's mask token"
         grids = sorted({parts.network.backbone.token_grid(*s[-2:]) for s, g in zip(view_shapes, parts.views.is_global) if g})
         lines.append(f"masking: {recipe.masking.generator.name} on the global views' "
-                     f"{', '.join(f'{r}x{c}' for r, c in grids)} patch grids; hidden patches {hidden}")
+                     f"{', '.join(f'{r}x{c}' for r, c in grids)} patch grids; hidden patches {hidden}"
+                     + (f"; token head {recipe.masking.head.name}" if recipe.masking.head is not None else ""))
     lines += [f"schedule: {line}" for line in parts.schedules.describe()]
     if recipe.params.groups or recipe.params.layer_decay is not None:
         named = named_parameters(parts.network, parts.loss_fn)

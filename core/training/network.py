@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import torch
@@ -26,12 +27,12 @@ def output_dim(module: nn.Module, example: Tensor, what: str) -> int:
     return int(out.shape[1])
 
 
-def size_groups(views: list[Tensor], masked: Optional[list[bool]] = None) -> list[list[int]]:
-    """Indices of the views that share an image size (and, given ``masked``, whether they are masked), in
-    first-seen order."""
+def size_groups(views: list[Tensor], masked: Optional[list] = None) -> list[list[int]]:
+    """Indices of the views that share an image size (and, given ``masked``, the same masking: whether
+    masked, or the visible count that dropping leaves), in first-seen order."""
     groups: dict[tuple, list[int]] = {}
     for i, v in enumerate(views):
-        groups.setdefault((tuple(v.shape[1:]), bool(masked and masked[i])), []).append(i)
+        groups.setdefault((tuple(v.shape[1:]), masked[i] if masked else False), []).append(i)
     return list(groups.values())
 
 
@@ -62,10 +63,12 @@ def embed(backbone: nn.Module, projector: nn.Module, views: list[Tensor], masks:
     Those views' ``Tokens`` are returned, None for the others."""
     count = len(views)
     masked = [masks is not None and masks[i] is not None for i in range(count)]
+    # Views whose hidden patches are dropped go through together only with the same number kept.
+    grouping = [(m, int(masks[i].visible[0].sum()) if m and drop else None) for i, m in enumerate(masked)]
     features: list[Optional[Tensor]] = [None] * count
     projections: list[Optional[Tensor]] = [None] * count
     out_tokens: list[Optional[Tokens]] = [None] * count
-    for indices in size_groups(views, masked):
+    for indices in size_groups(views, grouping):
         x = torch.cat([views[i] for i in indices])
         if masked[indices[0]] or tokens:
             visible = torch.cat([masks[i].visible for i in indices]) if masked[indices[0]] else None
@@ -83,17 +86,21 @@ def embed(backbone: nn.Module, projector: nn.Module, views: list[Tensor], masks:
 
 class OnlineNetwork(nn.Module):
     """The trained branch. ``forward(views, masks, drop) -> (features, projections, predictions or None,
-    tokens)``, per view (tokens: None for the views without a mask)."""
+    tokens, token projections or None, token predictions or None)``, per view (tokens and token
+    predictions: None for the views without a mask)."""
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: Optional[nn.Module] = None) -> None:
+    def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: Optional[nn.Module] = None,
+                 token_head: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.projector = projector
         self.predictor = predictor
+        self.token_head = token_head
 
     def forward(self, views: list[Tensor], masks: Optional[list[Optional[Masks]]] = None, drop: bool = False,
                 with_token_projections: bool = False) -> tuple[list[Tensor], list[Tensor], Optional[list[Tensor]],
-                                                                list[Optional[Tokens]], Optional[list[Optional[Tensor]]]]:
+                                                                list[Optional[Tokens]], Optional[list[Optional[Tensor]]],
+                                                                Optional[list[Optional[Tensor]]]]:
         features, projections, tokens = embed(self.backbone, self.projector, views, masks, drop)
         predictions = None
         if self.predictor is not None:
@@ -101,7 +108,10 @@ class OnlineNetwork(nn.Module):
             sizes = [len(z) for z in projections]
             predictions = list(self.predictor(torch.cat(projections)).split(sizes))
         token_projections = project_tokens(self.projector, tokens) if with_token_projections else None
-        return features, projections, predictions, tokens, token_projections
+        token_predictions = None
+        if self.token_head is not None and masks is not None:
+            token_predictions = [None if t is None else self.token_head(t, m) for t, m in zip(tokens, masks)]
+        return features, projections, predictions, tokens, token_projections, token_predictions
 
 
 # What one optimizer step differentiates: the online network and the loss, as one module. The loss
@@ -120,12 +130,26 @@ class Trainable(nn.Module):
                 target_tokens: Optional[list[Tokens]] = None,
                 target_token_projections: Optional[list[Tensor]] = None) -> tuple[Any, StepOutputs]:
         with_token_projections = target_token_projections is not None
-        features, projections, predictions, tokens, token_projections = self.network(
+        features, projections, predictions, tokens, token_projections, token_predictions = self.network(
             views, masks, drop, with_token_projections)
         out = StepOutputs(features, projections, list(is_global), predictions, targets, step, total_steps,
                           masks=masks, tokens=tokens if masks is not None else None, target_tokens=target_tokens,
-                          token_projections=token_projections, target_token_projections=target_token_projections)
-        return self.loss_fn(out), out
+                          token_projections=token_projections, target_token_projections=target_token_projections,
+                          token_predictions=token_predictions, views=views)
+        # The outputs go back detached: DDP looks for unused parameters from whatever forward returns, and
+        # a token-level loss may leave the projections out of its graph (callbacks need no gradients).
+        return self.loss_fn(out), detached(out)
+
+
+def detached(value: Any) -> Any:
+    """``value`` (StepOutputs, Tokens, a list, a tensor) with every tensor in it detached from the graph."""
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, list):
+        return [detached(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, Masks):
+        return dataclasses.replace(value, **{f.name: detached(getattr(value, f.name)) for f in dataclasses.fields(value)})
+    return value
 
 
 def distribute(trainable: Trainable, device: torch.device) -> nn.Module:
@@ -139,11 +163,13 @@ def distribute(trainable: Trainable, device: torch.device) -> nn.Module:
     if not distributed.active():
         return trainable
     # A loss with parameters may leave them out of some steps' graphs (prototypes frozen
-    # for the first steps); DDP must then look for unused parameters, at a small cost per step.
-    loss_has_params = any(p.requires_grad for p in trainable.loss_fn.parameters())
+    # for the first steps), and a token-level loss (a token head's) may never use the pooled branch (the
+    # projector, a pooling norm); DDP must then look for unused parameters, at a small cost per step.
+    maybe_unused = any(p.requires_grad for p in trainable.loss_fn.parameters())
+    maybe_unused = maybe_unused or getattr(trainable.network, "token_head", None) is not None
     return nn.parallel.DistributedDataParallel(
         trainable,
         device_ids=[device.index] if device.type == "cuda" else None,
         forward_sync_buffers=False,
-        find_unused_parameters=loss_has_params,
+        find_unused_parameters=maybe_unused,
     )

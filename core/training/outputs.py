@@ -36,6 +36,11 @@ class StepOutputs:
                         token of ``tokens``, ``(B, N, D)`` (None for views without tokens); else ``None``
     target_token_projections: the same from the target network, per global view (whole views, no
                         gradient); ``None`` without ``project_tokens`` or ``target:``
+    token_predictions:  with ``masking.head``, per view the token head's predictions for each target set's
+                        patches, ``(B, M, T, D)`` (``clrun.Masks.at_targets`` gives what they predict: the
+                        target's tokens, the view's pixels); None for views without a mask; else ``None``
+    views:              the views themselves as the networks saw them (augmented, normalized), ``(B, C, H, W)``
+                        each: the pixels a masked-image-modelling loss reconstructs
 
     A loss returns a scalar tensor, or a dict with ``"loss"`` and extra scalar metrics to log.
     """
@@ -52,6 +57,8 @@ class StepOutputs:
     target_tokens: Optional[list[Tokens]] = None
     token_projections: Optional[list[Optional[Tensor]]] = None
     target_token_projections: Optional[list[Tensor]] = None
+    token_predictions: Optional[list[Optional[Tensor]]] = None
+    views: Optional[list[Tensor]] = None
 
     def _global(self, per_view: list[Tensor]) -> list[Tensor]:
         return [t for t, g in zip(per_view, self.is_global) if g]

@@ -21,5 +21,7 @@ def clrun_components() -> list[Component]:
         Component("loss", "clrun/dino", "clrun.plugins.losses.dino:DINOLoss", "DINO: cross-entropy of the student to the centered, sharpened momentum teacher"),
         Component("loss", "clrun/ibot", "clrun.plugins.losses.ibot:IBOTLoss", "iBOT: DINO on the class token plus distillation of masked patch tokens"),
         Component("loss", "clrun/lejepa", "clrun.plugins.losses.lejepa:LeJEPALoss", "LeJEPA: invariance to the global views' mean plus SIGReg, a sliced Gaussianity test"),
+        Component("loss", "clrun/mae", "clrun.plugins.losses.mae:MAELoss", "MAE: squared error of the predicted pixels of the hidden patches, normalized per patch"),
+        Component("loss", "clrun/ijepa", "clrun.plugins.losses.ijepa:IJEPALoss", "I-JEPA: smooth L1 of predicted to the target's layer-normed tokens of the target blocks"),
         Component("loss", "clrun/vicreg", "clrun.plugins.losses.vicreg:VICRegLoss", "VICReg: invariance, variance and covariance terms"),
     ]

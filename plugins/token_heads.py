@@ -1,0 +1,147 @@
+"""Token heads: small transformers that, from a masked view's tokens, predict what is at the hidden patches.
+
+A ``token_head`` component is called per masked view as ``head(tokens, masks)`` (``clrun.Tokens`` of the
+online backbone, ``clrun.Masks`` drawn for the view) and returns ``(B, M, T, out)``: for each of the ``M``
+target sets of each image, a prediction per target patch in raster order, aligned with
+``masks.at_targets(...)`` of what it predicts. The loop injects ``token_dim`` (the backbone's token width)
+and ``patch_pixels`` (channels x pixels of a global view's patch).
+
+- ``MAEDecoder`` (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners"): the encoded visible
+  patches and a learned mask token at every hidden one, fixed 2-D sin-cos position embeddings, a few
+  transformer blocks, a linear map to each patch's pixels.
+- ``JEPAPredictor`` (Assran et al. 2023, I-JEPA): a narrow transformer over the context tokens plus one
+  mask token per target patch (with that patch's position), run once per target block; it predicts the
+  target encoder's token at each, mapped back to the encoder's width.
+
+Both use timm's transformer ``Block`` (no copy of it here). The hidden patches may have been dropped from
+the sequence (``masking.hidden: drop``: ``tokens.patches`` holds the visible ones) or replaced by the
+backbone's mask token (every patch present).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from clrun import Masks, Tokens
+
+
+def sincos_position_embeddings(grid: tuple[int, int], dim: int) -> Tensor:
+    """``(rows * columns, dim)`` fixed 2-D sin-cos embeddings in raster order, MAE's layout (its
+    ``get_2d_sincos_pos_embed``): the first half encodes the patch's column, the second its row, each half
+    as ``[sin(p w_i), cos(p w_i)]`` with ``w_i = 10000^(-i / (dim / 4))``. Computed for any grid, so a head
+    follows the backbone's dynamic image size."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
+    rows, columns = grid
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    row, column = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(columns, dtype=torch.float64),
+                                 indexing="ij")
+
+    def one_axis(position: Tensor) -> Tensor:
+        angles = position.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([one_axis(column), one_axis(row)], dim=1).float()
+
+
+def _positive(owner: str, **values: object) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
+
+
+def _blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.Sequential:
+    if dim % num_heads:
+        raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads})")
+    if dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4 (sin-cos position embeddings over rows and columns), got {dim}")
+    norm = partial(nn.LayerNorm, eps=1e-6)
+    return nn.Sequential(*(Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)))
+
+
+def full_sequence(visible_tokens: Tensor, masks: Masks, mask_token: Tensor) -> Tensor:
+    """``(B, L, E)``: the visible patches' tokens where they are, ``mask_token`` at the hidden patches.
+    ``visible_tokens`` holds every patch (then the hidden ones' are replaced) or the visible ones only, in
+    raster order (then they are scattered into place)."""
+    batch, length = masks.visible.shape
+    blank = mask_token.to(visible_tokens.dtype).expand(batch, length, -1)
+    where = masks.visible.unsqueeze(-1)
+    if visible_tokens.shape[1] == length:
+        return torch.where(where, visible_tokens, blank)
+    return blank.masked_scatter(where.expand_as(blank), visible_tokens)
+
+
+class MAEDecoder(nn.Module):
+    """MAE's decoder. ``embed_dim``, ``depth`` and ``num_heads`` default to the paper's (512, 8, 16: its
+    ViT-B/L/H decoder). The class and register tokens go through it too, with zero position embeddings
+    (MAE's class token); the output is the prediction of every target patch's ``patch_pixels`` values."""
+
+    def __init__(self, token_dim: int, patch_pixels: int, embed_dim: int = 512, depth: int = 8, num_heads: int = 16,
+                 mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        _positive("clrun/mae_decoder", embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+        self.embed = nn.Linear(token_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(embed_dim))
+        self.blocks = _blocks(embed_dim, depth, num_heads, mlp_ratio)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.pixels = nn.Linear(embed_dim, patch_pixels)
+        # MAE's initialization: xavier-uniform linear layers, zero biases, a N(0, 0.02) mask token.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, tokens: Tokens, masks: Masks) -> Tensor:
+        prefix = self.embed(tokens.prefix)
+        patches = full_sequence(self.embed(tokens.patches), masks, self.mask_token)
+        patches = patches + sincos_position_embeddings(tokens.grid, patches.shape[-1]).to(patches)
+        x = self.norm(self.blocks(torch.cat([prefix, patches], dim=1)))
+        return masks.at_targets(self.pixels(x[:, prefix.shape[1]:]))
+
+
+class JEPAPredictor(nn.Module):
+    """I-JEPA's predictor. ``embed_dim`` and ``depth`` default to the paper's ViT-H/14 setting (384, 12;
+    ``num_heads`` 12, the official code's). The context tokens and the position embeddings of the target
+    patches go in; one pass per target block, as the official code batches them."""
+
+    def __init__(self, token_dim: int, embed_dim: int = 384, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        _positive("clrun/jepa_predictor", embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+        self.embed = nn.Linear(token_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(embed_dim))
+        self.blocks = _blocks(embed_dim, depth, num_heads, mlp_ratio)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.project = nn.Linear(embed_dim, token_dim)
+        # The official initialization: N(0, 0.02) weights (truncated), zero biases, and each block's output
+        # projections scaled down by sqrt(2 * layer) so deeper blocks start closer to the identity.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        with torch.no_grad():
+            for layer, block in enumerate(self.blocks, start=1):
+                block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+                block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
+
+    def forward(self, tokens: Tokens, masks: Masks) -> Tensor:
+        batch, length = masks.visible.shape
+        context = self.embed(tokens.patches)  # (B, K, E): the visible patches (or every patch)
+        positions = sincos_position_embeddings(tokens.grid, context.shape[-1]).to(context).expand(batch, length, -1)
+        if context.shape[1] == length:
+            context = context + positions
+        else:
+            context = context + positions[masks.visible].view_as(context)
+        queries = masks.at_targets(positions) + self.mask_token.to(context.dtype)  # (B, M, T, E)
+        sets, count = queries.shape[1:3]
+        context = context.unsqueeze(1).expand(-1, sets, -1, -1).flatten(0, 1)
+        x = torch.cat([context, queries.flatten(0, 1)], dim=1)
+        x = self.norm(self.blocks(x))[:, -count:]
+        return self.project(x).view(batch, sets, count, -1)
