@@ -58,6 +58,21 @@ def crash_after_first_checkpoint(monkeypatch) -> Callable[[Recipe], Path]:
     return crash
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """pytest-xdist (``--dist loadgroup``) hands tests out one by one, so the few long ones (learning
+    runs, the full quickstart) do not keep one worker busy while the other idles, as whole files did.
+    The exception: a file whose tests share a module-scoped fixture of its own (a trained run folder, a
+    torchrun job) is one ``xdist_group``, so that fixture is built once."""
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        fixtures = getattr(item, "_fixtureinfo", None)
+        shared = fixtures is not None and any(
+            defs[-1].scope == "module" and defs[-1].baseid == module for defs in fixtures.name2fixturedefs.values())
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
 @pytest.fixture(scope="session")
 def registry():
     """The process-wide registry that ``clrun.load_recipe`` and the CLI use (built-ins and entry points)."""

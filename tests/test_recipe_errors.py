@@ -72,7 +72,7 @@ CASES = [
     ),
     pytest.param(
         [("clrun/ntxent", "clrun/ntxnet")],
-        ["30:9: error: loss.name: unknown loss 'clrun/ntxnet'; did you mean 'clrun/ntxent' or 'clrun/nnclr' or 'clrun/ibot'?"],
+        ["30:9: error: loss.name: unknown loss 'clrun/ntxnet'; did you mean 'clrun/ntxent' or 'clrun/nnclr' or 'clrun/mae'?"],
         id="unknown-loss",
     ),
     pytest.param(

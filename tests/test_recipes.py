@@ -23,18 +23,24 @@ def test_the_recipes_are_found():
         assert method == "simclr" or f"{method}_fmnist" in names
     assert "quickstart" in names  # SimCLR's Fashion-MNIST recipe
     assert {"dcl_fmnist", "dclw_fmnist"} <= names  # solo-learn has no DCL settings for CIFAR-10
-    assert {"simclr_r50", "dino_vits16", "mocov3_vits16", "lejepa_vits16", "ibot_vits16"} <= names  # ImageNet GPU recipes
-    assert {"lejepa_fmnist", "ibot_fmnist"} <= names
+    gpu = {"simclr_r50", "dino_vits16", "mocov3_vits16", "lejepa_vits16", "ibot_vits16", "mae_vitb16", "ijepa_vith14"}
+    assert gpu <= names  # ImageNet GPU recipes
+    assert {"lejepa_fmnist", "ibot_fmnist", "mae_fmnist", "ijepa_fmnist"} <= names
 
 
 def cpu_sized(recipe: Path) -> bool:
     return recipe.stem == "quickstart" or recipe.stem.endswith("_fmnist")
 
 
-# The GPU recipes (CIFAR-10, ImageNet: ResNet-18/50 and ViT-S builds take seconds each) are checked in
+# Too large to build on a CI machine (I-JEPA's ViT-H/14: 632M parameters, its target copy and AdamW's
+# state, about 15 GB): checked below with smaller ViTs in its place, the rest of the recipe as shipped.
+HUGE = {"ijepa_vith14"}
+
+
+# The GPU recipes (CIFAR-10, ImageNet: ResNet-18/50 and ViT-S/B builds take seconds each) are checked in
 # the slow suite, which CI runs; the CPU ones in every run.
-@pytest.mark.parametrize("recipe", [pytest.param(r, marks=[] if cpu_sized(r) else [pytest.mark.slow]) for r in RECIPES],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=[] if cpu_sized(r) else [pytest.mark.slow])
+                                    for r in RECIPES if r.stem not in HUGE], ids=lambda p: p.name)
 def test_shipped_recipe_passes_check(recipe, registry, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
     monkeypatch.chdir(tmp_path)  # relative data roots resolve to nothing here; check writes nothing
@@ -45,14 +51,18 @@ def test_shipped_recipe_passes_check(recipe, registry, capsys, monkeypatch, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-# The ImageNet ViT recipes name ViT-S/16; one recipe line makes them a ViT-B/16 (86M parameters, built and
-# stepped on the CPU: slow).
+# The ImageNet ViT recipes name one ViT size; one recipe line makes them another (built and stepped on the
+# CPU: slow). I-JEPA's, whose ViT-H is not built here, is checked with two other sizes.
+SWAPS = [("lejepa_vits16", "timm/vit_base_patch16_224"), ("mae_vitb16", "timm/vit_small_patch16_224"),
+         ("ijepa_vith14", "timm/vit_tiny_patch16_224"), ("ijepa_vith14", "timm/vit_small_patch16_224")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stem", ["lejepa_vits16"])  # one is enough to show the swap; each costs seconds
-def test_vit_recipes_pass_check_with_another_vit_size(stem, registry, capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize("stem, backbone", SWAPS)
+def test_vit_recipes_pass_check_with_another_vit_size(stem, backbone, registry, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
     monkeypatch.chdir(tmp_path)
-    code = main(["check", str(REPO / "recipes" / f"{stem}.yaml"), "backbone.name=timm/vit_base_patch16_224"])
+    code = main(["check", str(REPO / "recipes" / f"{stem}.yaml"), f"backbone.name={backbone}"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "backbone: timm/vit_base_patch16_224 (85.8" in out
+    assert f"backbone: {backbone} (" in out and out.splitlines()[-1].endswith(": OK")
