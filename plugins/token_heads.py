@@ -76,20 +76,29 @@ def full_sequence(visible_tokens: Tensor, masks: Masks, mask_token: Tensor) -> T
     return blank.masked_scatter(where.expand_as(blank), visible_tokens)
 
 
-class MAEDecoder(nn.Module):
+class TokenTransformer(nn.Module):
+    """What both heads are made of: a linear map from the backbone's tokens into the head's width, a learned
+    mask token, ``depth`` transformer blocks, a final norm, and a linear map ``out`` to the output width."""
+
+    def __init__(self, owner: str, token_dim: int, out_dim: int, embed_dim: int, depth: int, num_heads: int,
+                 mlp_ratio: float) -> None:
+        super().__init__()
+        _positive(owner, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+        self.embed = nn.Linear(token_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(embed_dim))
+        self.blocks = _blocks(embed_dim, depth, num_heads, mlp_ratio)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.out = nn.Linear(embed_dim, out_dim)
+
+
+class MAEDecoder(TokenTransformer):
     """MAE's decoder. ``embed_dim``, ``depth`` and ``num_heads`` default to the paper's (512, 8, 16: its
     ViT-B/L/H decoder). The class and register tokens go through it too, with zero position embeddings
     (MAE's class token); the output is the prediction of every target patch's ``patch_pixels`` values."""
 
     def __init__(self, token_dim: int, patch_pixels: int, embed_dim: int = 512, depth: int = 8, num_heads: int = 16,
                  mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        _positive("clrun/mae_decoder", embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-        self.embed = nn.Linear(token_dim, embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(embed_dim))
-        self.blocks = _blocks(embed_dim, depth, num_heads, mlp_ratio)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.pixels = nn.Linear(embed_dim, patch_pixels)
+        super().__init__("clrun/mae_decoder", token_dim, patch_pixels, embed_dim, depth, num_heads, mlp_ratio)
         # MAE's initialization: xavier-uniform linear layers, zero biases, a N(0, 0.02) mask token.
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -102,23 +111,17 @@ class MAEDecoder(nn.Module):
         patches = full_sequence(self.embed(tokens.patches), masks, self.mask_token)
         patches = patches + sincos_position_embeddings(tokens.grid, patches.shape[-1]).to(patches)
         x = self.norm(self.blocks(torch.cat([prefix, patches], dim=1)))
-        return masks.at_targets(self.pixels(x[:, prefix.shape[1]:]))
+        return masks.at_targets(self.out(x[:, prefix.shape[1]:]))
 
 
-class JEPAPredictor(nn.Module):
+class JEPAPredictor(TokenTransformer):
     """I-JEPA's predictor. ``embed_dim`` and ``depth`` default to the paper's ViT-H/14 setting (384, 12;
     ``num_heads`` 12, the official code's). The context tokens and the position embeddings of the target
     patches go in; one pass per target block, as the official code batches them."""
 
     def __init__(self, token_dim: int, embed_dim: int = 384, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        _positive("clrun/jepa_predictor", embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-        self.embed = nn.Linear(token_dim, embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(embed_dim))
-        self.blocks = _blocks(embed_dim, depth, num_heads, mlp_ratio)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.project = nn.Linear(embed_dim, token_dim)
+        super().__init__("clrun/jepa_predictor", token_dim, token_dim, embed_dim, depth, num_heads, mlp_ratio)
         # The official initialization: N(0, 0.02) weights (truncated), zero biases, and each block's output
         # projections scaled down by sqrt(2 * layer) so deeper blocks start closer to the identity.
         for module in self.modules():
@@ -144,4 +147,4 @@ class JEPAPredictor(nn.Module):
         context = context.unsqueeze(1).expand(-1, sets, -1, -1).flatten(0, 1)
         x = torch.cat([context, queries.flatten(0, 1)], dim=1)
         x = self.norm(self.blocks(x))[:, -count:]
-        return self.project(x).view(batch, sets, count, -1)
+        return self.out(x).view(batch, sets, count, -1)

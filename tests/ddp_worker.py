@@ -86,6 +86,20 @@ def batches(views: int) -> list[list[torch.Tensor]]:
             for _ in range(STEPS)]
 
 
+def step_on(result, trainable: Trainable, optimizer: torch.optim.Optimizer, target, wrap: bool, record: dict) -> None:
+    """One SGD step on what the (wrapped) trainable returned; ``record``: each step's loss (averaged over
+    ranks when wrapped) and the first step's gradients."""
+    loss, extras = split_loss(result[0])
+    record["losses"].append(reduced_metrics(loss, extras)["loss"] if wrap else float(loss.detach()))
+    optimizer.zero_grad()
+    loss.backward()
+    if record["grads"] is None:
+        record["grads"] = {k: p.grad.clone() for k, p in trainable.named_parameters() if p.grad is not None}
+    optimizer.step()
+    if target is not None:
+        target.update(trainable.network)
+
+
 def token_network(name: str) -> OnlineNetwork:
     _, _, hidden, masking, _ = TOKEN_CASES[name]
     torch.manual_seed(0)
@@ -112,7 +126,7 @@ def train_tokens(name: str, rows: slice, wrap: bool) -> dict:
     model = distribute(trainable, torch.device("cpu")) if wrap else trainable
     optimizer = torch.optim.SGD(trainable.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(1)
-    first_grads, losses = None, []
+    record = {"grads": None, "losses": []}
     for step in range(STEPS):
         views = [torch.randn(GLOBAL_BATCH, 1, IMAGE, IMAGE, generator=g)[rows] for _ in range(2)]
         torch.manual_seed(100 + step)
@@ -121,17 +135,9 @@ def train_tokens(name: str, rows: slice, wrap: bool) -> dict:
         targets = tokens = token_projections = None
         if target is not None:
             targets, tokens, token_projections = target.with_tokens(views, project=masking.get("project_tokens", False))
-        loss, extras = split_loss(model(views, [True, True], targets, step, STEPS, masks, hidden == "drop", tokens,
-                                        token_projections)[0])
-        losses.append(reduced_metrics(loss, extras)["loss"] if wrap else float(loss.detach()))
-        optimizer.zero_grad()
-        loss.backward()
-        if first_grads is None:
-            first_grads = {k: p.grad.clone() for k, p in trainable.named_parameters() if p.grad is not None}
-        optimizer.step()
-        if target is not None:
-            target.update(net)
-    return {"grads": first_grads, "losses": losses, "loss_state": copy.deepcopy(loss_fn.state_dict())}
+        step_on(model(views, [True, True], targets, step, STEPS, masks, hidden == "drop", tokens, token_projections),
+                trainable, optimizer, target, wrap, record)
+    return {**record, "loss_state": copy.deepcopy(loss_fn.state_dict())}
 
 
 def train(name: str, rows: slice, wrap: bool) -> dict:
@@ -147,20 +153,12 @@ def train(name: str, rows: slice, wrap: bool) -> dict:
     model = distribute(trainable, torch.device("cpu")) if wrap else trainable
     optimizer = torch.optim.SGD(trainable.parameters(), lr=0.1)
     is_global = [True, True, False][:views]
-    first_grads, losses = None, []
+    record = {"grads": None, "losses": []}
     for step, batch in enumerate(batches(views)):
         x = [v[rows] for v in batch]
         targets = target([v for v, gl in zip(x, is_global) if gl]) if target is not None else None
-        loss, extras = split_loss(model(x, is_global, targets, step, STEPS)[0])
-        losses.append(reduced_metrics(loss, extras)["loss"] if wrap else float(loss.detach()))
-        optimizer.zero_grad()
-        loss.backward()
-        if first_grads is None:
-            first_grads = {k: p.grad.clone() for k, p in trainable.named_parameters() if p.grad is not None}
-        optimizer.step()
-        if target is not None:
-            target.update(net)
-    return {"grads": first_grads, "losses": losses, "loss_state": copy.deepcopy(loss_fn.state_dict())}
+        step_on(model(x, is_global, targets, step, STEPS), trainable, optimizer, target, wrap, record)
+    return {**record, "loss_state": copy.deepcopy(loss_fn.state_dict())}
 
 
 def main(out: str) -> None:

@@ -71,7 +71,7 @@ def mae_reference(head, prefix, patches, grid, masks, b):
             token = head.mask_token
         sequence.append(token + pos[index])
     x = torch.cat([head.embed(prefix[b]), torch.stack(sequence)])
-    out = head.pixels(run_blocks(head, x[None]))[0, prefix.shape[1]:]
+    out = head.out(run_blocks(head, x[None]))[0, prefix.shape[1]:]
     return out[masks.targets[b, 0]]
 
 
@@ -107,7 +107,7 @@ def jepa_reference(head, patches, grid, masks, b, m):
     context = head.embed(patches[b]) + pos[positions]
     queries = torch.stack([head.mask_token + pos[i] for i in masks.targets[b, m].nonzero()[:, 0]])
     x = run_blocks(head, torch.cat([context, queries])[None])[0]
-    return head.project(x[-len(queries):])
+    return head.out(x[-len(queries):])
 
 
 def test_jepa_predictor_equals_a_token_by_token_reference_per_target_block():
