@@ -36,6 +36,7 @@ class RunFolder:
         "encoder.safetensors": "the trained backbone, loadable with timm or `clrun.export.load_encoder`",
         "checkpoint.pt": "the last checkpoint (resumable)",
         "resumes.jsonl": "every resume that changed the recipe: what changed, from which step",
+        "launch.json": "the torchrun job that started the run (its restarts resume the run)",
         "token_maps.npz": "a ViT backbone's patch-feature PCA and class-token attention on a few images (for the report)",
     }
 
@@ -76,6 +77,10 @@ class RunFolder:
     @property
     def resumes(self) -> Path:
         return self.path / "resumes.jsonl"
+
+    @property
+    def launch(self) -> Path:
+        return self.path / "launch.json"
 
     @property
     def checkpoint(self) -> Path:

@@ -83,6 +83,12 @@ class TrainSection:
     # Large-batch (LARS) practice: biases and normalization weights get no weight decay (nor LARS adaptation).
     exclude_bias_and_norm_from_weight_decay: bool = True
     checkpoint_every: int = 1  # epochs; a final checkpoint is always written
+    # Also a checkpoint every this many steps, mid-epoch (written in the background), holding the place in
+    # the epoch and every random stream: a run killed mid-epoch resumes bit-exactly from the last one.
+    checkpoint_every_steps: Optional[int] = None
+    # Continue from the run's own latest checkpoint when started again (clrun.training.auto_resume): None
+    # when torchrun restarts the job, true on any start (a requeued job), false never.
+    auto_resume: Optional[bool] = None
     progress: bool = True  # progress bar on a terminal
     threads: Optional[int] = None  # torch CPU threads; None keeps torch's default
 
@@ -90,6 +96,7 @@ class TrainSection:
         _at_least(self.epochs, 1, "epochs")
         _at_least(self.max_steps, 1, "max_steps")
         _at_least(self.checkpoint_every, 1, "checkpoint_every")
+        _at_least(self.checkpoint_every_steps, 1, "checkpoint_every_steps")
         _at_least(self.threads, 1, "threads")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")

@@ -29,6 +29,8 @@ from clrun.report.records import (
 
 LAYOUT = RunFolder(".")  # the run folder's file names, for the report's words about them
 EVAL_SOURCE = LAYOUT.evaluation.name
+# Above this share of the step time spent waiting for data, the report calls the loader the bottleneck.
+DATA_BOUND = 0.1
 
 # What each missing file costs the reader (the recipe is always there: the run wrote it first).
 MISSING_MEANS = {
@@ -134,7 +136,21 @@ def setup(records: RunRecords) -> str:
     speeds = [x for e in records.epochs if _ok(x := number(e.get("images_per_s")))]
     if speeds:
         text += f" Throughput: {sum(speeds) / len(speeds):,.0f} images/s on average."
+    text += data_stall(records)
     return "## Setup\n\n" + text
+
+
+def data_stall(records: RunRecords) -> str:
+    """The share of the steps' time spent waiting for data, and what to do when the loader is the bottleneck."""
+    waits = [x for e in records.epochs if _ok(x := number(e.get("data_wait")))]
+    if not waits:
+        return ""
+    wait = sum(waits) / len(waits)
+    text = f" The steps waited for data {100 * wait:.1f}% of the time"
+    if wait > DATA_BOUND:
+        return text + (" (the data loader is the bottleneck: raise `data.num_workers`, or read the data from "
+                       "shards: `cl-run shards`).")
+    return text + " (the model is the bottleneck)."
 
 
 def missing(records: RunRecords) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,12 @@ FORMAT = 1
 REFIT = f"resume with the recipe the run was started with ({RunFolder('.').recipe.name} in its run folder)"
 
 
-def save(run: Run, callbacks: list = (), position: dict[str, Any] | None = None) -> bool:
+def save(run: Run, callbacks: list = (), position: dict[str, Any] | None = None,
+         writer: BackgroundWriter | None = None) -> bool:
     """Write the run's checkpoint (rank 0), unless a callback holds checkpoints (the state may be
     collapsing); returns whether it was written. ``position``: where in the current epoch the run is
-    (``{"batches": done, "sums": metric sums}``), for a checkpoint written mid-epoch.
+    (``{"batches": done, "sums": metric sums}``), for a checkpoint written mid-epoch. With ``writer``, the
+    state is copied and written on the writer's thread while training goes on.
 
     Every rank calls it: the random states of all ranks are gathered, so that a resumed distributed
     run draws the augmentations it would have drawn."""
@@ -57,7 +61,10 @@ def save(run: Run, callbacks: list = (), position: dict[str, Any] | None = None)
         "callbacks": callback_states(callbacks),
         "position": position,
     }
-    save_atomic(state, run.folder.checkpoint)
+    if writer is None:
+        save_atomic(state, run.folder.checkpoint)
+    else:
+        writer.write(snapshot(state), run.folder.checkpoint)
     run.checkpoint_epoch = run.epoch
     return True
 
@@ -181,6 +188,56 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def snapshot(value: Any) -> Any:
+    """``value`` with every tensor copied and every container rebuilt: what a background write may hold
+    while the training goes on changing the live weights and optimizer moments in place."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(v) for v in value)
+    return value
+
+
+class BackgroundWriter:
+    """Writes checkpoints on a thread, one at a time, so a step-level checkpoint costs the training only
+    the copy of its tensors (``snapshot``), not the serialization and the disk. A failed write is raised
+    by the next ``write`` or ``wait``: the previous checkpoint is then still on disk (``save_atomic``)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, state: dict[str, Any], path: Path) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(state, path), name="clrun-checkpoint")
+        self._thread.start()
+
+    def _write(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            save_atomic(state, path)
+        except BaseException as exc:  # raised in the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Until the write under way is on disk; its error, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        """``wait`` for a run that is ending anyway: a failed write is reported, not raised over the
+        error that ends the run."""
+        try:
+            self.wait()
+        except BaseException as exc:
+            print(f"cl-run: a step-level checkpoint was not written: {exc}", file=sys.stderr, flush=True)
 
 
 def expected_size(parts) -> int:

@@ -7,6 +7,7 @@ import signal
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator
 
 import pluggy
 import torch
@@ -74,41 +75,81 @@ def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: list) ->
 def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: list,
                   scaler: torch.amp.GradScaler, stop: StopOnSignal) -> dict[str, float]:
     recipe, parts, device, loader = setup.recipe, setup.parts, setup.device, setup.loader
+    every_steps = recipe.train.checkpoint_every_steps
+    writer = checkpoint.BackgroundWriter()  # step-level checkpoints are written while training goes on
     epoch_metrics: dict[str, float] = {}
-    while run.epoch < recipe.train.epochs and not reached_max_steps(run):
-        done = run.position["batches"] if run.position else 0  # > 0: resuming in the middle of this epoch
-        set_epoch(loader, setup.sampler_rng, recipe.seed, run.epoch, done)  # the order depends on the epoch only
-        loader_iterator = iter(loader)
-        done, sums = checkpoint.resume_in_epoch(run)
-        sums, steps, started = defaultdict(float, sums), done, time.time()
-        for images, labels in batches(loader_iterator, recipe.data.dataset):
-            try:
-                metrics, outputs = train_step(parts, images, device, recipe.train.precision, scaler,
-                                              recipe.train.grad_clip, run.step)
-            except NonFiniteLossError as exc:
-                raise explain_non_finite(exc, run) from None
-            run.step += 1
-            steps += 1
-            hooks.clrun_step_outputs(run=run, outputs=outputs, labels=labels)
-            del outputs  # the step's activations: free them before the next step
-            hooks.clrun_step_end(run=run, step=run.step, metrics=metrics)
-            for k, v in metrics.items():
-                sums[k] += v
-            if signum := stop.requested():  # a signal: checkpoint here, mid-epoch, and stop
-                kept = checkpoint.save(run, callbacks, position={"batches": steps, "sums": dict(sums)})
-                raise stopped(signum, run, kept)
-            if reached_max_steps(run):
-                break
-        run.epoch += 1
-        elapsed = time.time() - started
-        epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
-        epoch_metrics.update(images_per_s=(steps - done) * recipe.data.batch_size / elapsed, epoch_time_s=elapsed)
-        end_epoch(hooks, run, epoch_metrics, save=lambda: checkpoint.save(run, callbacks))
-        if run.epoch % recipe.train.checkpoint_every == 0:
+    try:
+        while run.epoch < recipe.train.epochs and not reached_max_steps(run):
+            done = run.position["batches"] if run.position else 0  # > 0: resuming in the middle of this epoch
+            set_epoch(loader, setup.sampler_rng, recipe.seed, run.epoch, done)  # the order depends on the epoch only
+            loader_iterator = iter(loader)
+            done, sums = checkpoint.resume_in_epoch(run)
+            sums, steps, waited = defaultdict(float, sums), done, DataWait()
+            for images, labels in waited.on(batches(loader_iterator, recipe.data.dataset)):
+                try:
+                    metrics, outputs = train_step(parts, images, device, recipe.train.precision, scaler,
+                                                  recipe.train.grad_clip, run.step)
+                except NonFiniteLossError as exc:
+                    raise explain_non_finite(exc, run) from None
+                run.step += 1
+                steps += 1
+                hooks.clrun_step_outputs(run=run, outputs=outputs, labels=labels)
+                del outputs  # the step's activations: free them before the next step
+                hooks.clrun_step_end(run=run, step=run.step, metrics=metrics)
+                for k, v in metrics.items():
+                    sums[k] += v
+                position = {"batches": steps, "sums": dict(sums)}
+                if signum := stop.requested():  # a signal: checkpoint here, mid-epoch, and stop
+                    writer.wait()
+                    raise stopped(signum, run, checkpoint.save(run, callbacks, position=position))
+                if reached_max_steps(run):
+                    break
+                # Mid-epoch only: the epoch's end writes its own checkpoint.
+                if every_steps and run.step % every_steps == 0 and steps < run.steps_per_epoch:
+                    checkpoint.save(run, callbacks, position=position, writer=writer)
+            run.epoch += 1
+            epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
+            epoch_metrics.update(images_per_s=(steps - done) * recipe.data.batch_size / waited.elapsed,
+                                 data_wait=waited.fraction, epoch_time_s=waited.elapsed)
+            writer.wait()  # an epoch's checkpoint replaces the step-level ones: never two writes at once
+            end_epoch(hooks, run, epoch_metrics, save=lambda: checkpoint.save(run, callbacks))
+            if run.epoch % recipe.train.checkpoint_every == 0:
+                checkpoint.save(run, callbacks)
+        writer.wait()
+        if run.epoch % recipe.train.checkpoint_every != 0:
             checkpoint.save(run, callbacks)
-    if run.epoch % recipe.train.checkpoint_every != 0:
-        checkpoint.save(run, callbacks)
+    finally:
+        writer.close()  # after an error: the write under way finishes (or fails) before the run ends
     return epoch_metrics
+
+
+class DataWait:
+    """How long an epoch's steps waited for their batches: ``on(batches)`` yields the batches and times
+    each wait. ``fraction``: the share of the epoch's wall time spent waiting, the data-stall metric (near 0:
+    the model is the bottleneck; near 1: the loader is)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.waiting = 0.0
+
+    def on(self, batches: Iterator) -> Iterator:
+        while True:
+            asked = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.waiting += time.perf_counter() - asked
+            yield batch
+
+    @property
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.started, 1e-9)
+
+    @property
+    def fraction(self) -> float:
+        return min(self.waiting / self.elapsed, 1.0)
 
 
 def stopped(signum: int, run: Run, kept: bool) -> Stopped:

@@ -13,7 +13,7 @@ from clrun.recipe import load_recipe, resolved
 from clrun.run_folder import RunFolder
 from clrun.run_lock import RunLock
 from clrun.storage import check_free_space
-from clrun.training import checkpoint
+from clrun.training import auto_resume, checkpoint
 from clrun.training.resume import changes, check_allowed, recorded, training_changes
 from clrun.training.run import Run
 from clrun.training.setup import Setup, seed_augmentations
@@ -25,6 +25,9 @@ def open_run(setup: Setup, resume: str | Path | None, callbacks: list, allow_cha
     path) or in the resumed run's folder with the checkpoint restored into the freshly built parts and
     the logs cut back to the checkpoint. Rank 0 holds the folder's lock while the run is open."""
     recipe, main = setup.recipe, distributed.is_main()
+    if not resume and (resume := auto_resume.checkpoint_to_resume(recipe)):
+        if main:
+            print(f"cl-run: {auto_resume.why(recipe)}: resuming {resume}", flush=True)
     if resume:
         saved = checkpoint.find(resume)
         folder = RunFolder.of_checkpoint(saved)
@@ -43,6 +46,7 @@ def open_run(setup: Setup, resume: str | Path | None, callbacks: list, allow_cha
         else:
             if main:
                 folder.write_recipe(resolved(recipe))
+                auto_resume.record_launch(folder)
             seed_augmentations(recipe.seed)
         yield run
     finally:

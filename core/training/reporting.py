@@ -27,11 +27,11 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
 
 
 def compact(run: Run, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """What a person follows epoch by epoch: loss, learning rate, speed, the loss's own main metric and
-    the collapse signal of the branch the alarm watches. Everything else is in the run folder's files."""
+    """What a person follows epoch by epoch: loss, learning rate, speed, the share of it spent waiting for
+    data, the loss's own main metric and the collapse signal of the branch the alarm watches. Everything else is in the run folder's files."""
     loss_metric = getattr(run.parts.loss_fn, "main_metric", None)
     signal = f"std_sqrt_d_{run.recipe.health.alarm.branch}"
-    keys = ["loss", "lr", "images_per_s", loss_metric, signal]
+    keys = ["loss", "lr", "images_per_s", "data_wait", loss_metric, signal]
     return {k: metrics[k] for k in keys if k is not None and k in metrics}
 
 

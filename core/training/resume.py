@@ -22,7 +22,7 @@ from typing import Any
 from clrun.errors import UserError
 
 BOOKKEEPING = ("run.", "train.progress", "train.threads", "data.num_workers")
-OBSERVING = ("train.epochs", "train.max_steps", "train.checkpoint_every", "health.", "callbacks")
+OBSERVING = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.checkpoint_every_steps", "health.", "callbacks")
 
 
 @dataclass(frozen=True)

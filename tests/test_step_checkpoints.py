@@ -1,0 +1,104 @@
+"""Step-level checkpoints (``train.checkpoint_every_steps``): written in the background mid-epoch with the
+place in the epoch and every random stream, so a run that dies mid-epoch resumes bit-exactly from the last
+one; a failed background write stops the run with the disk's error and keeps the previous checkpoint. And
+the data-stall metric: the share of each epoch spent waiting for data."""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import clrun
+from clrun.report.markdown import DATA_BOUND
+from clrun.run_folder import RunFolder
+from clrun.storage import StorageError
+from clrun.training import checkpoint, loop
+
+TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
+
+
+def recipe(tmp_path: Path, name: str, *extra: str):
+    return clrun.load_recipe(TINY, [f"run.dir={tmp_path}", f"run.name={name}", "train.epochs=3",
+                                    "health.enabled=false", *extra])
+
+
+def records(folder: RunFolder, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, folder.metrics.read_text().splitlines()) if r["kind"] == kind]
+
+
+def crash_before_step(monkeypatch, at: int) -> None:
+    """The process dies as step ``at`` begins (an exception here; tests/test_elastic.py kills a real one)."""
+    step = loop.train_step
+
+    def step_or_crash(parts, images, device, precision, scaler, grad_clip, done):
+        if done + 1 == at:
+            raise RuntimeError("the node went away")
+        return step(parts, images, device, precision, scaler, grad_clip, done)
+
+    monkeypatch.setattr(loop, "train_step", step_or_crash)
+
+
+def test_a_run_that_dies_mid_epoch_resumes_bit_exactly_from_its_last_step_checkpoint(tmp_path, monkeypatch):
+    every = "train.checkpoint_every_steps=3"  # 4 steps an epoch: steps 3, 6 and 9 are mid-epoch
+    with monkeypatch.context() as patched:
+        crash_before_step(patched, at=8)
+        with pytest.raises(RuntimeError, match="the node went away"):
+            clrun.train(recipe(tmp_path, "crashed", every))
+    folder = RunFolder(tmp_path / "crashed")
+    saved = checkpoint.load(folder.checkpoint)
+    assert (saved["epoch"], saved["step"], saved["position"]["batches"]) == (1, 6, 2)
+
+    resumed = clrun.train(recipe(tmp_path, "crashed", every), resume=folder.path)
+    straight = clrun.train(recipe(tmp_path, "straight"))  # no step checkpoints: they change nothing
+    a, b = checkpoint.load(resumed.folder.checkpoint), checkpoint.load(straight.folder.checkpoint)
+    for part in ("network", "loss"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert (a[part][key] == b[part][key]).all(), f"{part}.{key}"
+    for moment in ("exp_avg", "exp_avg_sq"):
+        assert all((a["optimizer"]["state"][i][moment] == s[moment]).all() for i, s in b["optimizer"]["state"].items())
+    assert [r["step"] for r in records(resumed.folder, "step")] == list(range(1, 13))
+    assert [r["loss"] for r in records(resumed.folder, "epoch")] == [r["loss"] for r in records(straight.folder, "epoch")]
+
+
+def test_a_failed_background_write_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    real, calls = checkpoint.torch.save, []
+
+    def second_write_finds_the_disk_full(obj, f):
+        calls.append((obj["step"], threading.current_thread().name))
+        if len(calls) == 2:
+            time.sleep(0.2)  # still writing when the training thread moves on
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", second_write_finds_the_disk_full)
+    with pytest.raises(StorageError) as info:
+        clrun.train(recipe(tmp_path, "r", "train.checkpoint_every_steps=1"))
+    folder = RunFolder(tmp_path / "r")
+    assert str(info.value).endswith("free some space or set run.dir to a larger disk; the previous checkpoint is kept")
+    # Written on the writer's thread; the failure surfaced at the next checkpoint, before a third write.
+    assert calls == [(1, "clrun-checkpoint"), (2, "clrun-checkpoint")]
+    assert int(checkpoint.load(folder.checkpoint)["step"]) == 1
+    assert not [p for p in folder.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_share_of_time_spent_waiting_for_data_is_recorded_shown_and_explained(tmp_path, monkeypatch, capsys):
+    batches = loop.batches
+
+    def slow_loader(iterator, dataset):
+        for batch in batches(iterator, dataset):
+            time.sleep(0.15)  # a loader far slower than the tiny model's step
+            yield batch
+
+    monkeypatch.setattr(loop, "batches", slow_loader)
+    run = clrun.train(recipe(tmp_path, "slow", "train.epochs=1"))
+    wait = records(run.folder, "epoch")[0]["data_wait"]
+    assert DATA_BOUND < 0.5 < wait < 1
+    assert f"data_wait {wait:.4g}" in capsys.readouterr().out
+    assert (f"The steps waited for data {100 * wait:.1f}% of the time (the data loader is the bottleneck: raise "
+            f"`data.num_workers`, or read the data from shards: `cl-run shards`).") in run.folder.report.read_text()
