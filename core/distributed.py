@@ -80,7 +80,15 @@ def start(device_type: str) -> bool:
     if device_type == "cuda":
         torch.cuda.set_device(local_rank())
     # A generous timeout: rank 0 alone runs mid-training evaluations while the others wait.
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
+    timeout = datetime.timedelta(minutes=60)
+    store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
+    # torchrun's restarts (--max-restarts) reuse its store, where the dead attempt's processes left
+    # their addresses under the same keys: a restarted process would connect to those and fail
+    # ("Gloo connectFullMesh failed ... Connection refused", pytorch/pytorch#167288). Each attempt
+    # gets keys of its own.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"clrun/attempt_{attempt}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank_, world_size=world, timeout=timeout)
     return True
 
 

@@ -22,7 +22,7 @@ def test_the_epoch_line_is_compact_and_verbose_shows_every_metric(tmp_path, caps
     verbose_line = epoch_lines(capsys.readouterr().out)[0]
     # A word per metric name and one per value: the compact line names only what a person follows.
     shown = compact_line.split()[2::2]
-    assert shown == ["loss", "lr", "images_per_s", "contrastive_acc", "std_sqrt_d_projector"]  # NT-Xent names its main metric
+    assert shown == ["loss", "lr", "images_per_s", "data_wait", "contrastive_acc", "std_sqrt_d_projector"]  # NT-Xent names its main metric
     assert len(verbose_line.split()) > 3 * len(compact_line.split())
     for name in ("uniformity_backbone", "rankme_projector", "epoch_time_s"):
         assert f" {name} " in verbose_line

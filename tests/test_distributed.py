@@ -22,6 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ddp_worker.py"
+ELASTIC_WORKER = ROOT / "tests" / "elastic_worker.py"
 # Loaded by path: pytest runs with --import-mode=importlib, so the tests folder is not on sys.path.
 _spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
 _worker = importlib.util.module_from_spec(_spec)
@@ -150,19 +151,26 @@ def test_settings_a_distributed_cpu_run_cannot_have_are_clear_errors(tmp_path, o
 
 
 @pytest.mark.slow
-def test_a_resumed_two_process_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
-    # No learning-rate schedule: its length depends on train.epochs, which the interrupted run lowers.
-    common = ["train.max_steps=null", "data.dataset.subset=512", "scheduler=null"]
+def test_a_worker_killed_mid_epoch_under_max_restarts_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    # 512 images in global batches of 64: 8 steps an epoch, 16 in all; step checkpoints at 3 and 6 in epoch 1.
+    common = ["train.max_steps=null", "data.dataset.subset=512", "train.checkpoint_every_steps=3"]
     straight = torchrun(*quickstart_args(tmp_path / "a", *common))
     assert straight.returncode == 0, straight.stderr[-4000:]
-    first = torchrun(*quickstart_args(tmp_path / "b", *common, "train.epochs=1"))
-    assert first.returncode == 0, first.stderr[-4000:]
-    resumed = torchrun(*quickstart_args(tmp_path / "b", *common), "--resume", str(tmp_path / "b" / "quickstart"))
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    # Rank 1 dies as step 7 begins; torchrun stops rank 0 and starts both again, and they resume by
+    # themselves (train.auto_resume's default under torchrun) from the last step checkpoint.
+    args = quickstart_args(tmp_path / "b", *common)[2:]
+    elastic = torchrun("--max-restarts=1", str(ELASTIC_WORKER), "7", *args)
+    assert elastic.returncode == 0, elastic.stderr[-4000:]
+    folder = tmp_path / "b" / "quickstart"
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["quickstart"]
+    assert f"cl-run: restarted by torchrun (restart 1): resuming {folder / 'checkpoint.pt'}" in elastic.stdout
     a, b = (torch.load(tmp_path / x / "quickstart" / "checkpoint.pt", weights_only=True) for x in ("a", "b"))
-    assert a["step"] == b["step"] == 16  # 512 images in global batches of 64, 2 epochs
+    assert a["step"] == b["step"] == 16
     for key, value in a["network"].items():
         assert torch.equal(value, b["network"][key]), key
+    steps = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "step"]
+    assert steps == list(range(1, 17))  # the steps after the checkpoint were logged once, by the restart
 
 
 def test_a_copy_without_sync_batchnorm_computes_what_the_plain_batchnorm_network_does():

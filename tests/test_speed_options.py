@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("no_report")  # the report is not under tes
 
 def losses(tmp_path: Path, name: str, *overrides: str) -> tuple[list[float], Path]:
     recipe = clrun.load_recipe(QUICKSTART, [
-        "data.dataset.subset=512", "data.batch_size=64", "train.epochs=1", "train.max_steps=3",
+        # Small steps: bf16 convolutions are emulated, ~10x slower than fp32, on CPUs without AVX512-BF16.
+        "data.dataset.subset=512", "data.batch_size=16", "train.epochs=1", "train.max_steps=2",
         "train.progress=false", "health.enabled=false", "callbacks=[]", "train.channels_last=false",
         f"run.dir={tmp_path}", f"run.name={name}", *overrides,
     ])
@@ -44,7 +45,7 @@ def plain(tmp_path_factory, reports_skipped) -> tuple[list[float], Path]:
 def test_precision_and_layout_options_train_the_same_steps(plain, tmp_path, option, tolerance):
     plain, _ = plain
     other, _ = losses(tmp_path, "other", option)
-    assert len(plain) == len(other) == 3
+    assert len(plain) == len(other) == 2
     assert other == pytest.approx(plain, rel=tolerance)
 
 

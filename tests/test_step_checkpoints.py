@@ -43,17 +43,22 @@ def crash_before_step(monkeypatch, at: int) -> None:
     monkeypatch.setattr(loop, "train_step", step_or_crash)
 
 
-def test_a_run_that_dies_mid_epoch_resumes_bit_exactly_from_its_last_step_checkpoint(tmp_path, monkeypatch):
-    every = "train.checkpoint_every_steps=3"  # 4 steps an epoch: steps 3, 6 and 9 are mid-epoch
+def test_a_run_that_dies_mid_epoch_resumes_bit_exactly_from_its_last_step_checkpoint(tmp_path, monkeypatch, capsys):
+    # 4 steps an epoch: steps 3, 6 and 9 are mid-epoch. Started again (a requeued job), the run continues
+    # by itself: train.auto_resume.
+    settings = ("train.checkpoint_every_steps=3", "train.auto_resume=true")
     with monkeypatch.context() as patched:
         crash_before_step(patched, at=8)
         with pytest.raises(RuntimeError, match="the node went away"):
-            clrun.train(recipe(tmp_path, "crashed", every))
+            clrun.train(recipe(tmp_path, "crashed", *settings))
     folder = RunFolder(tmp_path / "crashed")
     saved = checkpoint.load(folder.checkpoint)
     assert (saved["epoch"], saved["step"], saved["position"]["batches"]) == (1, 6, 2)
 
-    resumed = clrun.train(recipe(tmp_path, "crashed", every), resume=folder.path)
+    capsys.readouterr()
+    resumed = clrun.train(recipe(tmp_path, "crashed", *settings))
+    assert resumed.folder.path == folder.path and sorted(p.name for p in tmp_path.iterdir()) == ["crashed"]
+    assert f"cl-run: train.auto_resume is on: resuming {folder.checkpoint}\n" in capsys.readouterr().out
     straight = clrun.train(recipe(tmp_path, "straight"))  # no step checkpoints: they change nothing
     a, b = checkpoint.load(resumed.folder.checkpoint), checkpoint.load(straight.folder.checkpoint)
     for part in ("network", "loss"):

@@ -4,7 +4,7 @@ worker or node failed) and a cluster scheduler's requeue.
 ``train.auto_resume``:
 
 * unset (the default): a process that torchrun restarted (``TORCHELASTIC_RESTART_COUNT`` > 0) resumes
-  the run folder that the same torchrun job started (its ``launch.json`` holds the job's
+  the run folder that the same torchrun job started (its ``RunFolder.launch`` file holds the job's
   ``TORCHELASTIC_RUN_ID``), from its latest checkpoint. A first start always starts a new run.
 * ``true``: any start resumes the newest checkpoint among the runs of this name in ``run.dir``
   (``NAME``, ``NAME-2``...), whichever job wrote it; a scheduler that requeues the whole job (a new

@@ -4,7 +4,7 @@ A resume must not lie: the run folder's recipe describes the training its checkp
 export metadata, ``cl-run eval`` and the report read it. So a resume compares the two recipes key by
 key. Changes fall in three groups:
 
-* bookkeeping (where the run writes, threads, workers, the progress bar): applied, not recorded;
+* bookkeeping (where the run writes, threads, workers, the progress bar, auto-resume): applied, not recorded;
 * the run's length and what observes it (epochs, max steps, checkpoint frequency, health checks,
   callbacks, which never change what the encoder learns): applied and recorded;
 * everything else changes the training (learning rate, temperature, batch size, data, seed...):
@@ -21,7 +21,7 @@ from typing import Any
 
 from clrun.errors import UserError
 
-BOOKKEEPING = ("run.", "train.progress", "train.threads", "data.num_workers")
+BOOKKEEPING = ("run.", "train.progress", "train.threads", "train.auto_resume", "data.num_workers")
 OBSERVING = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.checkpoint_every_steps", "health.", "callbacks")
 
 
