@@ -17,10 +17,12 @@ The public API (everything a recipe user or plugin author needs) is imported fro
     clrun.loss_kit                 helpers every loss uses (autocast off, view and argument checks)
     clrun.Evaluator, clrun.Stateful  the callback contract (see clrun.callback)
     clrun.RunFolder                a run folder's layout: one property per file
+    clrun.Stream                   base class of a streamed data set (shards), split over processes and
+                                   loader workers and resumable mid-epoch
     clrun.testing                  contract checks for a plugin's components (import it explicitly)
 
 ``import clrun`` does not import torch: the names that need it (``Run``, ``StepOutputs``,
-``distributed``) are imported on first access (PEP 562), so ``cl-run --help`` and plugin discovery
+``Stream``, ``distributed``) are imported on first access (PEP 562), so ``cl-run --help`` and plugin discovery
 answer without paying torch's import time.
 """
 
@@ -53,6 +55,7 @@ _IMPORTED_ON_FIRST_ACCESS: dict[str, tuple[str, str | None]] = {
     "loss_kit": ("clrun.loss_kit", None),
     "StepOutputs": ("clrun.training.outputs", "StepOutputs"),
     "Run": ("clrun.training.run", "Run"),
+    "Stream": ("clrun.streams", "Stream"),
 }
 
 
@@ -91,6 +94,7 @@ __all__ = [
     "RunFolder",
     "StepOutputs",
     "Run",
+    "Stream",
     "UserError",
     "DataError",
     "DataNotFoundError",

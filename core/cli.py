@@ -6,6 +6,7 @@
     cl-run export RUN_OR_CHECKPOINT [-o FILE.safetensors]               the encoder for timm and others
     cl-run sweep RECIPE key=v1,v2,... [dotted.key=value ...]            one run per value, one table
     cl-run report RUN                                                   (re)write a run's plots and report
+    cl-run shards IMAGE_FOLDER OUTPUT [--shard-size N]                  an image folder as tar shards
     cl-run components [KIND] [PATTERN]                                  what can be selected
     cl-run plugins                                                      loaded and broken plugins
 
@@ -34,7 +35,7 @@ LOCATED_ERROR = re.compile(r"^(<[^>]+>|\S+):\d+:\d+: error: ")
 # Options before the command, with the number of values each takes.
 GLOBAL_FLAGS = {"--strict-plugins": 0, "--no-plugins": 0, "--disable-plugin": 1}
 
-COMMANDS = ("train", "check", "eval", "export", "sweep", "report", "components", "plugins")
+COMMANDS = ("train", "check", "eval", "export", "sweep", "report", "shards", "components", "plugins")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,6 +70,11 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("overrides", nargs="+", help="key=v1,v2,... (swept) and key=value (fixed)")
     r = sub.add_parser("report", help="write a run folder's plots and report from its files")
     r.add_argument("run", metavar="RUN")
+    sh = sub.add_parser("shards", help="write an image folder as WebDataset tar shards (for clrun/webdataset)")
+    sh.add_argument("source", metavar="IMAGE_FOLDER", help="images, searched recursively; one subfolder per class gives labels")
+    sh.add_argument("output", metavar="OUTPUT", help="a new or empty folder for the shards and their index.json")
+    sh.add_argument("--shard-size", type=int, default=1000, metavar="N", help="images per shard (default 1000)")
+    sh.add_argument("--seed", type=int, default=0, help="the shuffle of the images before writing (default 0)")
     ls = sub.add_parser("components", help="list registered components")
     ls.add_argument("kind", nargs="?", choices=KINDS)
     ls.add_argument("pattern", nargs="?", help="fnmatch pattern on the name, e.g. 'timm/vit_*'")
@@ -222,6 +228,16 @@ def checkpoint_folder(run_or_checkpoint: str):
     return RunFolder(path) if path.is_dir() else RunFolder.of_checkpoint(path)
 
 
+def cmd_shards(args) -> int:
+    from clrun.shards import INDEX, write_shards
+
+    index = write_shards(args.source, args.output, args.shard_size, args.seed)
+    classes = f", {len(index['classes'])} classes" if index["classes"] else ", unlabeled"
+    print(f"cl-run: wrote {index['images']} images in {len(index['shards'])} shards{classes} to {args.output} "
+          f"(see its {INDEX}); train on them with data.dataset.name=clrun/webdataset data.dataset.urls={args.output}")
+    return 0
+
+
 def cmd_components(args) -> int:
     registry = plugin_manager.default_registry()
     if args.kind and args.pattern and not any(ch in args.pattern for ch in "*?["):  # one component: its help
@@ -273,5 +289,5 @@ def cmd_plugins(args) -> int:
 
 COMMAND_FUNCTIONS = {
     "train": cmd_train, "check": cmd_check, "eval": cmd_eval, "export": cmd_export, "sweep": cmd_sweep,
-    "report": cmd_report, "components": cmd_components, "plugins": cmd_plugins,
+    "report": cmd_report, "shards": cmd_shards, "components": cmd_components, "plugins": cmd_plugins,
 }

@@ -32,7 +32,56 @@ def pytest_configure(config) -> None:
 
 
 class Crashed(Exception):
-    """Raised by ``crash_after_first_checkpoint`` right after the run's first checkpoint is written."""
+    """A simulated crash: raised by ``crash_after_first_checkpoint`` and ``crash_before_step``."""
+
+
+@pytest.fixture
+def crash_before_step(monkeypatch) -> Callable[[Recipe, int], Path]:
+    """``crash_before_step(recipe, at) -> run folder``: train ``recipe`` until the process dies (an exception
+    here; tests/test_distributed.py kills a real one) as step ``at`` begins."""
+    from clrun.api import train
+    from clrun.training import loop
+
+    def crash(recipe: Recipe, at: int) -> Path:
+        step = loop.train_step
+
+        def step_or_crash(parts, images, device, precision, scaler, grad_clip, done):
+            if done + 1 == at:
+                raise Crashed("the node went away")
+            return step(parts, images, device, precision, scaler, grad_clip, done)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(loop, "train_step", step_or_crash)
+            with pytest.raises(Crashed, match="the node went away"):
+                train(recipe)
+        return Path(recipe.run.dir) / recipe.run.name
+
+    return crash
+
+
+@pytest.fixture(scope="session")
+def assert_same_checkpoints() -> Callable[[Path, Path], None]:
+    """``assert_same_checkpoints(run_a, run_b)``: the two run folders' checkpoints hold the same step and
+    equal tensors, bit for bit: network, target, loss state and optimizer moments."""
+    from clrun.run_folder import RunFolder
+    from clrun.training import checkpoint
+
+    def tensors(state, prefix=""):
+        if isinstance(state, dict):
+            return {k: v for key, value in state.items() for k, v in tensors(value, f"{prefix}{key}.").items()}
+        if isinstance(state, (list, tuple)):
+            return {k: v for i, value in enumerate(state) for k, v in tensors(value, f"{prefix}{i}.").items()}
+        return {prefix: state} if isinstance(state, torch.Tensor) else {}
+
+    def check(a: Path, b: Path) -> None:
+        saved = [checkpoint.load(RunFolder(x).checkpoint) for x in (a, b)]
+        assert saved[0]["step"] == saved[1]["step"]
+        found = [tensors({k: s[k] for k in ("network", "target", "loss", "optimizer")}) for s in saved]
+        assert found[0].keys() == found[1].keys() and found[0]
+        for key, value in found[0].items():
+            assert torch.equal(value, found[1][key]), key
+
+    return check
 
 
 @pytest.fixture

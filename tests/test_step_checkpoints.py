@@ -31,27 +31,12 @@ def records(folder: RunFolder, kind: str) -> list[dict]:
     return [r for r in map(json.loads, folder.metrics.read_text().splitlines()) if r["kind"] == kind]
 
 
-def crash_before_step(monkeypatch, at: int) -> None:
-    """The process dies as step ``at`` begins (an exception here; tests/test_elastic.py kills a real one)."""
-    step = loop.train_step
-
-    def step_or_crash(parts, images, device, precision, scaler, grad_clip, done):
-        if done + 1 == at:
-            raise RuntimeError("the node went away")
-        return step(parts, images, device, precision, scaler, grad_clip, done)
-
-    monkeypatch.setattr(loop, "train_step", step_or_crash)
-
-
-def test_a_run_that_dies_mid_epoch_resumes_bit_exactly_from_its_last_step_checkpoint(tmp_path, monkeypatch, capsys):
+def test_a_run_that_dies_mid_epoch_resumes_bit_exactly_from_its_last_step_checkpoint(
+        tmp_path, crash_before_step, assert_same_checkpoints, capsys):
     # 4 steps an epoch: steps 3, 6 and 9 are mid-epoch. Started again (a requeued job), the run continues
     # by itself: train.auto_resume.
     settings = ("train.checkpoint_every_steps=3", "train.auto_resume=true")
-    with monkeypatch.context() as patched:
-        crash_before_step(patched, at=8)
-        with pytest.raises(RuntimeError, match="the node went away"):
-            clrun.train(recipe(tmp_path, "crashed", *settings))
-    folder = RunFolder(tmp_path / "crashed")
+    folder = RunFolder(crash_before_step(recipe(tmp_path, "crashed", *settings), at=8))
     saved = checkpoint.load(folder.checkpoint)
     assert (saved["epoch"], saved["step"], saved["position"]["batches"]) == (1, 6, 2)
 
@@ -60,13 +45,7 @@ def test_a_run_that_dies_mid_epoch_resumes_bit_exactly_from_its_last_step_checkp
     assert resumed.folder.path == folder.path and sorted(p.name for p in tmp_path.iterdir()) == ["crashed"]
     assert f"cl-run: train.auto_resume is on: resuming {folder.checkpoint}\n" in capsys.readouterr().out
     straight = clrun.train(recipe(tmp_path, "straight"))  # no step checkpoints: they change nothing
-    a, b = checkpoint.load(resumed.folder.checkpoint), checkpoint.load(straight.folder.checkpoint)
-    for part in ("network", "loss"):
-        assert a[part].keys() == b[part].keys()
-        for key in a[part]:
-            assert (a[part][key] == b[part][key]).all(), f"{part}.{key}"
-    for moment in ("exp_avg", "exp_avg_sq"):
-        assert all((a["optimizer"]["state"][i][moment] == s[moment]).all() for i, s in b["optimizer"]["state"].items())
+    assert_same_checkpoints(resumed.directory, straight.directory)
     assert [r["step"] for r in records(resumed.folder, "step")] == list(range(1, 13))
     assert [r["loss"] for r in records(resumed.folder, "epoch")] == [r["loss"] for r in records(straight.folder, "epoch")]
 

@@ -21,6 +21,7 @@ from clrun.health.loss_alarm import LossAlarm
 from clrun.health.metrics import health_metrics, histogram, pair_cosines
 from clrun.hookspecs import hookimpl
 from clrun.recipe.schema import HealthSection
+from clrun.streams import Stream
 
 COLLAPSE_ADVICE = ("A loss without negatives needs a predictor, a stop-gradient or a momentum target to avoid "
                    "collapse; also try a lower optimizer.lr")
@@ -159,6 +160,8 @@ class HealthMonitor:
 def fixed_sample(dataset: Dataset, seed: int, count: int) -> Tensor:
     """``count`` training images drawn once from ``seed`` (uint8, stacked): the same at every check, in every
     run of the recipe."""
+    if isinstance(dataset, Stream):  # no random access: the stream's first images
+        return torch.stack([image for image, _ in dataset.examples(min(count, dataset.epoch_size))])
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 7919))
     return torch.stack([dataset[int(i)][0] for i in order[:count]])
 

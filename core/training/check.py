@@ -6,6 +6,7 @@ import torch
 
 from clrun.errors import DataNotFoundError
 from clrun.recipe import Recipe
+from clrun.streams import images_in
 from clrun.training import param_groups
 from clrun.training.build_errors import BuildErrors
 from clrun.training.param_groups import named_parameters
@@ -35,7 +36,7 @@ def check(recipe: Recipe) -> list[str]:
     if setup.dataset is None:
         lines = [f"data: {setup.data_note}"]
     else:
-        lines = [f"data: {recipe.data.dataset.name} with {len(setup.dataset)} images of shape {tuple(images.shape[1:])}"]
+        lines = [f"data: {recipe.data.dataset.name} with {images_in(setup.dataset)} images of shape {tuple(images.shape[1:])}"]
     lines += callback_lines
     run_hooks(built)  # the hook names and arguments of each callback, as training registers them
     view_shapes = [tuple(v.shape[1:]) for v in parts.views(images)]

@@ -29,13 +29,15 @@ class ResumableSampler(Sampler[int]):
 from clrun import distributed
 from clrun.errors import ComponentFailure, UserError
 from clrun.recipe.spec import ComponentSpec
+from clrun.streams import Stream, images_in
 from clrun.training.recipe_callbacks import describe
 from clrun.recipe import Recipe
 
 
 def make_loader(recipe: Recipe, dataset: Dataset, rng: torch.Generator, device: torch.device) -> DataLoader:
     """Batches of ``data.batch_size`` images, or with N processes each rank's ``batch_size / N`` share of
-    a global batch (a distributed sampler gives every rank a disjoint part of the data)."""
+    a global batch (a distributed sampler gives every rank a disjoint part of the data; a ``Stream``
+    splits itself over processes and loader workers)."""
     data = recipe.data
     world = distributed.world_size()
     if data.batch_size % world:
@@ -44,11 +46,17 @@ def make_loader(recipe: Recipe, dataset: Dataset, rng: torch.Generator, device: 
             f"{world} processes; use a multiple of {world} (the batch size is the global batch, each process "
             f"takes batch_size / {world} images)"
         )
-    if data.drop_last and len(dataset) < data.batch_size:
+    size = images_in(dataset)
+    if (data.drop_last or isinstance(dataset, Stream)) and size < data.batch_size:
         raise UserError(
             f"{data.dataset.where}: error: data.batch_size: {data.batch_size} is more than the data set's "
-            f"{len(dataset)} images, so no full batch can be made; lower data.batch_size"
+            f"{size} images, so no full batch can be made; lower data.batch_size"
         )
+    if isinstance(dataset, Stream):
+        dataset.place(recipe.seed, data.batch_size // world, world, distributed.rank())
+        # Fresh workers each epoch: they take the stream's place (epoch, batches done) with them.
+        return DataLoader(dataset, batch_size=data.batch_size // world, num_workers=data.num_workers,
+                          drop_last=True, pin_memory=device.type == "cuda")
     if world > 1:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=distributed.rank(), shuffle=True,
                                      seed=recipe.seed, drop_last=True)
@@ -63,6 +71,10 @@ def make_loader(recipe: Recipe, dataset: Dataset, rng: torch.Generator, device: 
 def set_epoch(loader: DataLoader, rng: torch.Generator, seed: int, epoch: int, done_batches: int = 0) -> None:
     """Seed the epoch's data order from the seed and the epoch only, so a resumed run sees the same order,
     and skip the ``done_batches`` an interrupted epoch already trained on."""
+    if isinstance(loader.dataset, Stream):
+        loader.dataset.place(seed * 100_003 + epoch, loader.batch_size, distributed.world_size(),
+                             distributed.rank(), done_batches)
+        return
     sampler: ResumableSampler = loader.sampler
     if isinstance(sampler.base, DistributedSampler):
         sampler.base.set_epoch(epoch)

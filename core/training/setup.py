@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from clrun import distributed
 from clrun.errors import DataNotFoundError, UserError
 from clrun.recipe import Recipe
+from clrun.streams import Stream, images_in
 from clrun.training.build import Parts, build_parts
 from clrun.training.data import make_loader
 
@@ -56,7 +57,7 @@ def prepare(recipe: Recipe, purpose: Purpose, device: torch.device | None = None
     dataset, example, note = _data(recipe, purpose)
     loader, sampler_rng, steps_per_epoch = None, None, 1
     if purpose == "check" and dataset is not None:  # what training would take: the schedules shown span it
-        batches = len(dataset) / recipe.data.batch_size
+        batches = images_in(dataset) / recipe.data.batch_size
         steps_per_epoch = max(int(batches) if recipe.data.drop_last else math.ceil(batches), 1)
     if purpose == "train":
         sampler_rng = torch.Generator()
@@ -75,9 +76,13 @@ def _data(recipe: Recipe, purpose: Purpose) -> tuple[Optional[Dataset], Tensor, 
             raise
         images = torch.randint(0, 256, (EXAMPLE_SIZE, *exc.expected_shape), dtype=torch.uint8)
         return None, images, f"not available here ({exc}); checking the rest on random images of shape {exc.expected_shape}"
-    if len(dataset) == 0:
+    if images_in(dataset) == 0:
         raise UserError(f"{recipe.data.dataset.where}: error: data.dataset: the data set is empty")
-    example = torch.stack([dataset[i][0] for i in range(min(EXAMPLE_SIZE, len(dataset)))])
+    if isinstance(dataset, Stream):
+        firsts = dataset.examples(EXAMPLE_SIZE)
+    else:
+        firsts = [dataset[i] for i in range(min(EXAMPLE_SIZE, len(dataset)))]
+    example = torch.stack([image for image, _ in firsts])
     if example.shape[0] < 2:
         raise DataNotFoundError(f"{recipe.data.dataset.where}: error: data.dataset: fewer than 2 images; a batch needs 2 or more")
     return dataset, example, ""

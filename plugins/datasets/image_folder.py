@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from clrun import ComponentError, DataError, DataNotFoundError
+from clrun.image_files import DEFAULT_EXTENSIONS, find_images
+from clrun.plugins.datasets.decode import DECODE_ERRORS, square_image, to_tensor
 from clrun.plugins.datasets.class_folders import checked_class_list, class_labels
 from clrun.plugins.datasets.unreadable import SkippedImages
 
-DEFAULT_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
-# What PIL raises on a file it cannot decode: UnidentifiedImageError and truncation are OSErrors;
-# some plugins raise SyntaxError or ValueError on malformed headers.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def find_images(root: Path, extensions: tuple[str, ...]) -> list[Path]:
-    """Image files under ``root`` (recursively), relative to it, sorted so the order is the same everywhere.
-
-    Extensions match case-insensitively (cameras write .JPG). Hidden files and folders are skipped:
-    macOS leaves ``._name.jpg`` resource forks next to real images, and they would fail to decode.
-    Symlinked folders are followed, since data sets are often assembled from links.
-    """
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(extensions):
-                found.append(Path(dirpath, name).relative_to(root))
-    return sorted(found)
 
 
 def _normalize_extensions(extensions: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
@@ -128,9 +108,7 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         index, image = self._readable(i)
-        # np.array copies into a writable array (torch warns on PIL's read-only buffer); HWC -> CHW.
-        array = np.array(image, dtype=np.uint8).reshape(self.size, self.size, -1)
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous(), self.targets[index]
+        return to_tensor(image), self.targets[index]
 
     def _readable(self, i: int) -> tuple[int, Image.Image]:
         """``(i, image i)``; with ``on_error="skip"``, for an unreadable file the first readable one after it
@@ -138,7 +116,7 @@ class ImageFolder(Dataset):
         if self.skipped is None or not self.skipped.known(i):
             try:
                 return i, self._load(self.files[i])
-            except _DECODE_ERRORS as e:
+            except DECODE_ERRORS as e:
                 if self.skipped is None:
                     raise DataError(
                         f"clrun/image_folder: cannot read image {self.files[i]} ({type(e).__name__}: {e}); remove "
@@ -151,25 +129,11 @@ class ImageFolder(Dataset):
                 continue
             try:
                 return j, self._load(self.files[j])
-            except _DECODE_ERRORS as e:
+            except DECODE_ERRORS as e:
                 self.skipped.record(j, e)
         raise DataError(f"clrun/image_folder: none of the {n} images in {self.root} can be read "
                         f"(e.g. {self.files[i]}); replace them, or check the `extensions` setting")
 
     def _load(self, path: Path) -> Image.Image:
         """Decode ``path`` and return it as a ``size`` x ``size`` image in ``self.mode``."""
-        size = self.size
-        with Image.open(path) as image:
-            # Lets the JPEG decoder scale down by 2/4/8 while decoding (never below `size`): much less work
-            # for photos far larger than the target, which is the common case.
-            image.draft(self.mode, (size, size))
-            if image.mode == "P" and "transparency" in image.info:
-                image = image.convert("RGBA")  # avoids PIL's warning about palette transparency
-            image = image.convert(self.mode)  # forces the full decode inside the `try` of the caller
-        # Resize the shorter side to `size` and center-crop, done as one resample of the centered square
-        # (same result, and only the kept pixels are interpolated). PIL's bilinear filter widens its
-        # support when shrinking, i.e. it is antialiased.
-        w, h = image.size
-        side = min(w, h)
-        left, top = (w - side) / 2, (h - side) / 2
-        return image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+        return square_image(path, self.size, self.mode)
