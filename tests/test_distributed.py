@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -171,6 +172,38 @@ def test_a_worker_killed_mid_epoch_under_max_restarts_ends_with_the_weights_of_a
     steps = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "step"]
     assert steps == list(range(1, 17))  # the steps after the checkpoint were logged once, by the restart
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["webdataset", "hf_dataset"])
+def test_two_processes_train_from_tar_shards_and_from_a_local_hugging_face_data_set(tmp_path, kind):
+    from PIL import Image
+
+    from clrun.shards import write_shards
+
+    rng = np.random.default_rng(0)
+    for i in range(64):
+        folder = tmp_path / "images" / ("even" if i % 2 == 0 else "odd")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    if kind == "webdataset":
+        write_shards(tmp_path / "images", tmp_path / "data", shard_size=8)  # 8 shards, 2 per reader
+        dataset = f"{{name: clrun/webdataset, urls: {tmp_path / 'data'}, size: 32}}"
+    else:
+        import datasets
+
+        files = sorted((tmp_path / "images").rglob("*.png"))
+        table = datasets.Dataset.from_dict({"image": [str(f) for f in files]}).cast_column("image", datasets.Image())
+        for k in range(4):
+            table.shard(4, k).to_parquet(str(tmp_path / "data" / f"part-{k}.parquet"))
+        dataset = f"{{name: clrun/hf_dataset, path: {tmp_path / 'data'}, size: 32, streaming: true, label_column: null}}"
+    # 2 processes x 2 loader workers read 64 images in global batches of 16: 4 steps an epoch.
+    done = torchrun("-m", "clrun", "tests/recipes/tiny.yaml", f"data.dataset={dataset}", "data.batch_size=16",
+                    "data.num_workers=2", "train.epochs=2", "health.enabled=false", f"run.dir={tmp_path / 'runs'}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "epoch"] == [4, 8]
+    assert all(0 <= r["data_wait"] <= 1 for r in records if r["kind"] == "epoch")
 
 
 def test_a_copy_without_sync_batchnorm_computes_what_the_plain_batchnorm_network_does():

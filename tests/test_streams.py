@@ -48,6 +48,36 @@ def stream(shards: Path, **options):
     return clrun.create("dataset", "clrun/webdataset", urls=str(shards), size=SIZE, **options)
 
 
+@pytest.fixture
+def hf_folders(folder, tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """The same 26 images as a Hugging Face data set: a save_to_disk folder and 3 Parquet files."""
+    import datasets
+
+    # datasets sleeps 5 s whenever a Parquet stream is closed before its end (a guard against an Arrow
+    # crash at interpreter exit, apache/arrow#45214): once per epoch and reader in training, but these
+    # tests open dozens of streams. Forked loader workers inherit the setting.
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    table = datasets.Dataset.from_dict(
+        {"image": [{"bytes": f.read_bytes(), "path": None} for f in files],
+         "label": [["cat", "dog"].index(f.parent.name) for f in files]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+    table.save_to_disk(str(tmp_path / "saved"))
+    for k in range(3):
+        table.shard(3, k, contiguous=True).to_parquet(str(tmp_path / "parquet" / f"part-{k}.parquet"))
+    return tmp_path / "saved", tmp_path / "parquet"
+
+
+def hf_stream(folder: Path, **options):
+    return clrun.create("dataset", "clrun/hf_dataset", path=str(folder), size=SIZE, streaming=True, **options)
+
+
+def streams(shards: Path, hf_folders: tuple[Path, Path], **options) -> dict:
+    """The same images as a webdataset stream and a Parquet stream."""
+    return {"webdataset": stream(shards, **options), "parquet": hf_stream(hf_folders[1], **options)}
+
+
 def batches(dataset, workers: int, seed: int = 5, batch: int = 2, ranks: int = 1, rank: int = 0, done: int = 0) -> list:
     dataset.place(seed, batch, ranks, rank, done)
     return [(images, labels) for images, labels in DataLoader(dataset, batch_size=batch, num_workers=workers)]
@@ -71,15 +101,24 @@ def test_the_shards_hold_every_image_once_with_its_class_and_decode_as_the_folde
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_stream_resumed_mid_epoch_serves_the_batches_an_uninterrupted_epoch_would(shards, workers):
-    dataset = stream(shards, shuffle=5)
-    whole = batches(dataset, workers)
-    assert len(whole) == 13  # 26 images in batches of 2
-    for done in (1, 4, 7):
-        rest = batches(dataset, workers, done=done)
-        assert len(rest) == len(whole) - done
-        for (a, la), (b, lb) in zip(rest, whole[done:]):
-            assert torch.equal(a, b) and torch.equal(la, lb)
+def test_a_stream_resumed_mid_epoch_serves_the_batches_an_uninterrupted_epoch_would(shards, hf_folders, workers):
+    for kind, dataset in streams(shards, hf_folders, shuffle=5).items():
+        whole = batches(dataset, workers)
+        assert len(whole) == 13, kind  # 26 images in batches of 2
+        for done in (1, 4, 7):
+            rest = batches(dataset, workers, done=done)
+            assert len(rest) == len(whole) - done, kind
+            for (a, la), (b, lb) in zip(rest, whole[done:]):
+                assert torch.equal(a, b) and torch.equal(la, lb), (kind, done)
+
+
+def test_a_hugging_face_data_set_serves_the_folders_pixels_from_disk_and_from_a_parquet_stream(folder, hf_folders):
+    reference = ImageFolder(str(folder), size=SIZE)
+    expected = sorted((reference[i][0].numpy().tobytes(), reference[i][1]) for i in range(len(reference)))
+    saved = clrun.create("dataset", "clrun/hf_dataset", path=str(hf_folders[0]), size=SIZE)
+    assert sorted((saved[i][0].numpy().tobytes(), saved[i][1]) for i in range(len(saved))) == expected
+    served = batches(hf_stream(hf_folders[1], shuffle=0), workers=0, batch=1)
+    assert sorted((images[0].numpy().tobytes(), int(labels[0])) for images, labels in served) == expected
 
 
 def test_processes_read_disjoint_shards_and_epochs_are_shuffled_differently(shards):

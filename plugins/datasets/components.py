@@ -20,5 +20,6 @@ def clrun_components() -> list[Component]:
         Component("dataset", "clrun/cifar100", f"{PACKAGE}.cifar:CIFAR100", "CIFAR-100 3x32x32, 100 fine classes, from torchvision's on-disk format"),
         Component("dataset", "clrun/image_folder", f"{PACKAGE}.image_folder:ImageFolder", "your images from a folder (recursive), optionally one subfolder per class"),
         Component("dataset", "clrun/webdataset", f"{PACKAGE}.webdataset:WebDataset", "images from WebDataset tar shards (`cl-run shards`), streamed per process and worker"),
+        Component("dataset", "clrun/hf_dataset", f"{PACKAGE}.hf_dataset:hf_dataset", "a Hugging Face `datasets` data set from disk (save_to_disk or Parquet), random access or streamed"),
         Component("dataset", "clrun/synthetic", f"{PACKAGE}.synthetic:Synthetic", "small generated striped images with learnable classes, for tests"),
     ]
