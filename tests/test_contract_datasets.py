@@ -64,11 +64,29 @@ def image_folder_files(root: Path) -> dict:
     """Two class folders of PNGs of different sizes and modes (RGB, gray, RGBA): resized to one size."""
     rng = np.random.default_rng(0)
     for i, (cls, size, mode) in enumerate([("cat", (20, 30), "RGB"), ("cat", (40, 24), "L"), ("dog", (17, 17), "RGBA")]):
-        (root / cls).mkdir(exist_ok=True)
+        (root / cls).mkdir(parents=True, exist_ok=True)
         channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
         pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
         Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(root / cls / f"{i}.png")
     return {"root": str(root), "size": 16}
+
+
+def webdataset_files(root: Path) -> dict:
+    """The image folder's images written by `cl-run shards`, one shard each."""
+    from clrun.shards import write_shards
+
+    write_shards(image_folder_files(root / "images")["root"], root / "shards", shard_size=1)
+    return {"urls": str(root / "shards"), "size": 16}
+
+
+def parquet_files(root: Path) -> dict:
+    """The image folder's images as a Parquet file with an Image column."""
+    import datasets
+
+    files = sorted(Path(image_folder_files(root / "images")["root"]).rglob("*.png"))
+    table = datasets.Dataset.from_dict({"image": [str(f) for f in files], "label": [0, 0, 1]})
+    table.cast_column("image", datasets.Image()).to_parquet(str(root / "images.parquet"))
+    return {"path": str(root / "images.parquet"), "size": 16}
 
 
 # What each file-reading data set is built from; the others are built from their defaults.
@@ -77,6 +95,8 @@ MAKERS: dict[str, Callable[[Path], dict]] = {
     "clrun/cifar10": cifar10_files,
     "clrun/cifar100": cifar100_files,
     "clrun/image_folder": image_folder_files,
+    "clrun/webdataset": webdataset_files,
+    "clrun/hf_dataset": parquet_files,
     "clrun/synthetic": lambda root: {"num_images": 12, "size": 16},  # smaller than the default 512 images
 }
 
@@ -88,8 +108,9 @@ def test_every_builtin_dataset_has_its_contracts():
     assert {"clrun/fashion_mnist", "clrun/cifar10", "clrun/cifar100", "clrun/image_folder", "clrun/synthetic"} <= names
     covered = {(c.name, c.contract) for c in CASES}
     assert {(name, contract) for name in names for contract in ("items", "deterministic_items")} <= covered
-    # the data sets that read files are also checked with a missing root
-    assert {name for name, contract in covered if contract == "missing_root"} == names - {"clrun/synthetic"}
+    # the data sets that read files from a `root` are also checked with a missing root
+    assert {name for name, contract in covered if contract == "missing_root"} == names - {
+        "clrun/synthetic", "clrun/webdataset", "clrun/hf_dataset"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

@@ -1,6 +1,6 @@
 """The contracts of a ``dataset`` component.
 
-The training loop batches ``dataset[i]`` with a DataLoader and moves the batch to the device before
+The training loop batches ``dataset[i]`` (or a ``clrun.Stream``'s items) with a DataLoader and moves the batch to the device before
 any augmentation: every item must be ``(uint8 image (C, H, W), int label)``, one image size for all
 items, the label ``-1`` for unlabeled data. A data set whose files are missing raises
 ``clrun.DataNotFoundError`` so that ``cl-run check`` can go on with random images.
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from clrun import DataNotFoundError, create
+from clrun.streams import Stream, images_in
 from clrun.testing.contract import ContractError, require
 
 
@@ -23,16 +24,21 @@ def _sample_indices(n: int) -> list[int]:
     return sorted({0, n // 2, n - 1})
 
 
+def _sample_items(dataset: Any) -> list[tuple[int, Any]]:
+    """(position, item) of a few items: by index, or a stream's first ones (no random access)."""
+    if isinstance(dataset, Stream):
+        return list(enumerate(dataset.examples(3)))
+    return [(i, dataset[i]) for i in _sample_indices(len(dataset))]
+
+
 def items(kind: str, name: str, **settings: Any) -> None:
     """Items are ``(uint8 (C, H, W) tensor, int label)`` of one shape (the ``image_shape`` it declares, if
     any); labels lie in ``range(len(classes))`` when it names classes, else they are -1 or more."""
     dataset = create(kind, name, **settings)
-    n = len(dataset)
-    require(n >= 1, "the data set is empty")
+    require(images_in(dataset) >= 1, "the data set is empty")
     classes = getattr(dataset, "classes", None) or []
     shapes = set()
-    for i in _sample_indices(n):
-        item = dataset[i]
+    for i, item in _sample_items(dataset):
         require(isinstance(item, (tuple, list)) and len(item) == 2, f"item {i} is {type(item).__name__}; return (image, label)")
         image, label = item
         require(
@@ -63,8 +69,7 @@ def deterministic_items(kind: str, name: str, **settings: Any) -> None:
     """Reading an item twice gives the same image and label: augmentation happens on the device, and
     resuming or evaluating must see the same data."""
     dataset = create(kind, name, **settings)
-    for i in _sample_indices(len(dataset)):
-        (a, label_a), (b, label_b) = dataset[i], dataset[i]
+    for (i, (a, label_a)), (_, (b, label_b)) in zip(_sample_items(dataset), _sample_items(dataset)):
         require(torch.equal(a, b) and label_a == label_b, f"item {i} differs between two reads")
 
 
