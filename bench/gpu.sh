@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The four benchmarks on a CUDA machine, in under 8 minutes all together: each runs under its own time
-# limit (90 + 70 + 200 + 60 s, plus at most 10 s each to stop one that overruns: 7:40 at worst). The
+# The five benchmarks on a CUDA machine, in under 11 minutes all together: each runs under its own time
+# limit (90 + 70 + 200 + 60 + 180 s, plus at most 10 s each to stop one that overruns: 10:50 at worst). The
 # limits follow what each spends: vs_lightly.py starts a fresh process per repetition (imports, CUDA start-up),
 # loss_vs_lightly.py one per side for its memory figure.
 #
@@ -69,5 +69,7 @@ run 90 bench/overhead.py "${train[@]}" "${data[@]}" "${results[@]}"
 run 70 bench/pipeline.py "${train[@]}" "${data[@]}" "${results[@]}"
 run 200 bench/vs_lightly.py "${train[@]}" "${data[@]}" "${results[@]}"
 run 60 bench/loss_vs_lightly.py "${loss[@]}" "${results[@]}"
+# The data paths (image folder, tar shards, Parquet stream) feeding the GPU, and step-level checkpoints.
+run 180 bench/scale_out.py --device "$DEVICE" --images 2000 --steps 40 "${results[@]}"
 echo "gpu.sh: done in $((SECONDS - started)) s"
 exit $status

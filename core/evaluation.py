@@ -15,7 +15,7 @@ from clrun.errors import UserError
 from clrun.plugin_manager import default_registry
 from clrun.recipe import load_recipe
 from clrun.run_folder import RunFolder
-from clrun.training import checkpoint
+from clrun.training import checkpoint, checkpoints
 from clrun.training.run import Run
 from clrun.training.setup import prepare
 
@@ -23,14 +23,14 @@ from clrun.training.setup import prepare
 def evaluate(run_or_checkpoint: str | Path, overrides: Iterable[str] = (), sections_from: str | Path | None = None) -> dict[str, float]:
     """Evaluate a checkpoint; ``overrides`` change the run's recipe (``callbacks.0.k=50``) and
     ``sections_from`` replaces whole sections (a file with its own ``callbacks:`` list)."""
-    saved = checkpoint.find(run_or_checkpoint, "eval")
+    saved = checkpoints.find(run_or_checkpoint, "eval")
     folder = RunFolder.of_checkpoint(saved)
     if not folder.is_run():
         raise UserError(f"eval: no {folder.recipe.name} beside {saved}; cl-run rebuilds the network from the run's "
                         f"resolved recipe: put that run's {folder.recipe.name} in {folder.path}")
     recipe = load_recipe(folder.recipe, tuple(overrides), default_registry(), sections_from=sections_from)
     setup = prepare(recipe, "eval")  # the data set's images measure the views, as in training
-    state = checkpoint.load(saved, "eval")
+    state = checkpoints.load(saved, "eval")
     checkpoint.load_module(setup.parts.network, state["network"], f"eval: {saved}: its network",
                            "evaluate it with the recipe it was trained with")
     run = Run(recipe, setup.parts, setup.device, folder, steps_per_epoch=1, epoch=int(state["epoch"]), step=int(state["step"]))

@@ -39,7 +39,7 @@ from clrun.api import create
 from clrun.encoder_file import encoder_state, is_pretext, read_metadata, write_encoder
 from clrun.errors import UserError
 from clrun.run_folder import RunFolder
-from clrun.training import checkpoint as checkpoints
+from clrun.training import checkpoints
 
 __all__ = ["export", "load_encoder", "encoder_state", "read_metadata", "write_encoder"]
 

@@ -35,6 +35,7 @@ class RunFolder:
         "eval.json": "the evaluation by `cl-run eval`",
         "encoder.safetensors": "the trained backbone, loadable with timm or `clrun.export.load_encoder`",
         "checkpoint.pt": "the last checkpoint (resumable)",
+        "checkpoint.dcp": "the last checkpoint of a sharded run (train.strategy: fsdp), one shard per process",
         "resumes.jsonl": "every resume that changed the recipe: what changed, from which step",
         "launch.json": "the torchrun job that started the run (its restarts resume the run)",
         "token_maps.npz": "a ViT backbone's patch-feature PCA and class-token attention on a few images (for the report)",
@@ -85,6 +86,10 @@ class RunFolder:
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint.pt"
+
+    @property
+    def sharded_checkpoint(self) -> Path:
+        return self.path / "checkpoint.dcp"
 
     @property
     def encoder(self) -> Path:
@@ -145,8 +150,9 @@ class RunFolder:
 
     @classmethod
     def of_checkpoint(cls, checkpoint: str | Path) -> RunFolder:
-        """The run folder a checkpoint file lies in."""
-        return cls(Path(checkpoint).parent)
+        """The run folder a checkpoint file (or a sharded checkpoint's folder) lies in."""
+        parent = Path(checkpoint).parent
+        return cls(parent.parent if parent.name == cls(".").sharded_checkpoint.name else parent)
 
     def write_recipe(self, resolved: dict[str, Any]) -> None:
         write_atomic(self.recipe, yaml.safe_dump(resolved, sort_keys=False))

@@ -206,6 +206,70 @@ def test_two_processes_train_from_tar_shards_and_from_a_local_hugging_face_data_
     assert all(0 <= r["data_wait"] <= 1 for r in records if r["kind"] == "epoch")
 
 
+def assert_state_equal(got: dict, saved: dict) -> None:
+    """A network's tensors and an optimizer's moments (keyed by parameter name), bit for bit."""
+    assert got["network"].keys() == saved["network"].keys()
+    for key, value in saved["network"].items():
+        assert torch.equal(got["network"][key], value), key
+    moments = saved["optimizer"]["state"]
+    assert got["optimizer"]["state"].keys() == moments.keys() and moments
+    for name, state in moments.items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(got["optimizer"]["state"][name][key]), torch.as_tensor(value)), (name, key)
+
+
+@pytest.mark.slow
+def test_fsdp_trains_as_ddp_does_and_its_checkpoints_load_on_another_number_of_processes(tmp_path):
+    from safetensors.torch import load_file
+
+    import clrun
+    from clrun.training import checkpoints
+    from clrun.training.sharded_checkpoint import trained
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    # BYOL's parts on the tiny recipe: a predictor and an EMA target network, sharded like the online one.
+    tiny = ["tests/recipes/tiny.yaml", "train.epochs=2", "health.enabled=false", "target={momentum: 0.9}",
+            "predictor={name: clrun/mlp, hidden_dim: 32, out_dim: 32}", "loss={name: clrun/byol}"]
+    fsdp = [*tiny, "train.strategy=fsdp"]
+    sharded = torchrun("-m", "clrun", *fsdp, f"run.dir={tmp_path / 'fsdp'}")
+    replicated = torchrun("-m", "clrun", *tiny, f"run.dir={tmp_path / 'ddp'}")
+    assert sharded.returncode == 0 and replicated.returncode == 0, sharded.stderr[-3000:] + replicated.stderr[-3000:]
+    # One checkpoint folder per process's shards, and a pointer to the complete one.
+    folder = tmp_path / "fsdp" / "tiny"
+    saved = checkpoints.find(folder)
+    assert saved.parent == folder / "checkpoint.dcp" and sorted(p.name for p in saved.iterdir()) == [".metadata",
+        "__0_0.distcp", "__1_0.distcp", "rest.pt"]
+    whole = checkpoints.load(saved)  # gathered into one process, as cl-run eval and export read it
+    # The same training: FSDP2's reduce-scatter gives each process DDP's averaged gradients for its shard,
+    # and the target follows. (BatchNorm statistics are per process: both checkpoints keep rank 0's.)
+    replicated_state = checkpoints.load(checkpoints.find(tmp_path / "ddp" / "tiny"))
+    for part in ("network", "target"):
+        assert whole[part].keys() == replicated_state[part].keys()
+        for key, value in replicated_state[part].items():
+            torch.testing.assert_close(whole[part][key], value, rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
+    a, b = (load_file(tmp_path / x / "tiny" / "encoder.safetensors") for x in ("fsdp", "ddp"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+    # 2 -> 1: resumed on one process (nothing left to train), the run holds every saved tensor.
+    one = clrun.train(clrun.load_recipe(fsdp[0], [*fsdp[1:], f"run.dir={tmp_path / 'fsdp'}"]), resume=folder)
+    loaded = {"network": one.parts.network.state_dict(),
+              "optimizer": get_optimizer_state_dict(trained(one.parts), one.parts.optimizer)}
+    assert one.step == whole["step"] == 8
+    assert_state_equal(loaded, whole)
+
+    # 1 -> 2: a sharded recipe trained on one process resumes on two, each loading its half.
+    single = clrun.train(clrun.load_recipe(fsdp[0], [*fsdp[1:], f"run.dir={tmp_path / 'one'}"]))
+    out = tmp_path / "loaded.pt"
+    done = torchrun(str(ROOT / "tests" / "sharded_worker.py"), str(single.directory), str(out), *fsdp,
+                    f"run.dir={tmp_path / 'one'}")
+    assert done.returncode == 0, done.stderr[-4000:]
+    loaded = torch.load(out, weights_only=True)
+    assert loaded["processes"] == 2 and loaded["step"] == single.step
+    assert_state_equal(loaded, checkpoints.load(checkpoints.find(single.directory)))
+
+
 def test_a_copy_without_sync_batchnorm_computes_what_the_plain_batchnorm_network_does():
     from torch import nn
 

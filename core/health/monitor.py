@@ -130,7 +130,7 @@ class HealthMonitor:
 
     @torch.no_grad()
     def measure(self, run) -> tuple[dict[str, float], dict[str, dict]]:
-        network, views = run.parts.network, run.parts.views
+        network, views = run.network, run.parts.views
         buffers = [b.clone() for b in network.buffers()]  # BatchNorm running statistics, restored below
         devices = [run.device] if run.device.type == "cuda" else []
         feats: list[list[Tensor]] = [[], []]

@@ -47,7 +47,7 @@ class TokenMaps:
 
     @hookimpl
     def clrun_run_end(self, run, metrics: dict[str, float]) -> None:
-        backbone = run.parts.network.backbone
+        backbone = run.network.backbone
         if not offers_tokens(backbone):
             return
         # The first images of the health monitor's fixed sample: the same in every run of the recipe.

@@ -80,6 +80,10 @@ class TrainSection:
     compile: bool = False
     # With several processes (torchrun): BatchNorm statistics over the whole global batch (CUDA only).
     sync_batchnorm: bool = False
+    # With several processes: "ddp" keeps a whole copy of the network on each (DistributedDataParallel);
+    # "fsdp" splits parameters, gradients and optimizer state over them (FSDP2), with checkpoints through
+    # torch.distributed.checkpoint that load on any number of processes (clrun.training.sharding).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     # Large-batch (LARS) practice: biases and normalization weights get no weight decay (nor LARS adaptation).
     exclude_bias_and_norm_from_weight_decay: bool = True
     checkpoint_every: int = 1  # epochs; a final checkpoint is always written

@@ -25,6 +25,7 @@ from typing import Optional
 from clrun import distributed
 from clrun.recipe import Recipe
 from clrun.run_folder import RunFolder, write_atomic
+from clrun.training import checkpoints
 
 RUN_ID = "TORCHELASTIC_RUN_ID"
 RESTARTS = "TORCHELASTIC_RESTART_COUNT"
@@ -49,8 +50,8 @@ def _find(recipe: Recipe) -> Optional[Path]:
     if setting is False or (setting is None and restart_count() == 0):
         return None
     job = None if setting else os.environ.get(RUN_ID)
-    found = [folder.checkpoint for folder in runs_named(Path(recipe.run.dir), run_name(recipe))
-             if folder.checkpoint.is_file() and (job is None or launched_by(folder) == job)]
+    found = [saved for folder in runs_named(Path(recipe.run.dir), run_name(recipe))
+             if (saved := checkpoints.latest(folder)) is not None and (job is None or launched_by(folder) == job)]
     return max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
 
 

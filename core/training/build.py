@@ -18,6 +18,8 @@ from clrun.training.param_groups import PinnedRates, build_groups, layer_scales,
 from clrun.training.schedules import ScheduledScalars
 from clrun.training.network import OnlineNetwork, output_dim
 from clrun.training.masking import Masking, build_masking
+from clrun.training import sharding
+from clrun.training.sharding import shard
 from clrun.training.target import TargetNetwork
 from clrun.training.views import Views
 
@@ -39,6 +41,8 @@ class Parts:
     # What a step differentiates: set by the loop (network + loss_fn, in DDP when several processes
     # train); None builds it on use from network and loss_fn as they are.
     trainable: Optional[nn.Module] = None
+    # A sharded run's plain copy of the network (on the CPU): what its whole weights are gathered into.
+    whole_template: Optional[OnlineNetwork] = None
 
 
 def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per_epoch: int,
@@ -100,6 +104,14 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     if recipe.train.compile and training:
         # In place (the state_dict keys stay those of the plain module), after the target's copy was taken.
         network.backbone.compile()
+    whole = None
+    if training and sharding.is_sharded(recipe):  # before the optimizer: sharding replaces the parameters
+        if recipe.train.compile:
+            raise UserError("train.compile: compiling a sharded backbone is not supported yet; set "
+                            "train.compile=false with train.strategy=fsdp")
+        whole = sharding.template(network)
+        shard([network.backbone, network.projector, network.predictor, network.token_head,
+               *((target.backbone, target.projector) if target is not None else ()), loss_fn], device)
     layers = None
     if recipe.params.layer_decay is not None:
         layers = layer_scales(network.backbone, recipe.backbone.name, recipe.params.layer_decay)
@@ -117,7 +129,7 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     errors.raise_any()
     eval_size = global_sizes[0] if global_sizes else tuple(example_views[0].shape[-2:])
     return Parts(views.to(device), network, target, loss_fn, optimizer, scheduler, eval_size, steps,
-                 feature_dim, projection_dim, schedules, masking)
+                 feature_dim, projection_dim, schedules, masking, whole_template=whole)
 
 
 def optimizer_and_scheduler(recipe: Recipe, named: list[tuple[str, nn.Parameter]], layers: Optional[dict[str, float]],

@@ -70,30 +70,24 @@ def save(run: Run, callbacks: list = (), position: dict[str, Any] | None = None,
 
 
 def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callbacks: list = (),
-            changed: frozenset[str] = frozenset()) -> None:
+            changed: frozenset[str] = frozenset(), tensors_loaded: bool = False) -> None:
     """Load a checkpoint into a freshly built run; a checkpoint from a different recipe is a user error
     that names the part that does not fit, never a raw size-mismatch traceback.
 
     ``changed``: recipe sections a resume was allowed to change (``clrun.training.resume``). Their new
     settings win over the saved ones: the optimizer keeps its moments but takes the recipe's learning
-    rate and weight decay, the schedules are rebuilt and advanced to the checkpoint's step."""
+    rate and weight decay, the schedules are rebuilt and advanced to the checkpoint's step.
+    ``tensors_loaded``: the network, target, loss and optimizer states are in place already (a sharded
+    checkpoint, ``clrun.training.sharded_checkpoint``); ``state`` holds the rest."""
     parts = run.parts
-    for key, module in (("network", parts.network), ("target", parts.target), ("loss", parts.loss_fn)):
-        saved = state.get(key)
-        if module is None and saved is None:
-            continue
-        if saved is None:
-            raise UserError(f"--resume: {source}: the recipe has a `target:` section but the checkpoint has no "
-                            f"target network; {REFIT}")
-        if module is None:
-            raise UserError(f"--resume: {source}: the checkpoint has a target network but the recipe has no "
-                            f"`target:` section; {REFIT}")
-        load_module(module, saved, f"--resume: {source}: its {key} state", REFIT)
+    if not tensors_loaded:
+        load_modules(parts, state, source)
     step = int(state["step"])
     if changed & {"optimizer", "scheduler", "data", "train"}:
-        _restore_with_new_settings(parts, state, step)
+        _restore_with_new_settings(parts, state, step, tensors_loaded)
     else:
-        parts.optimizer.load_state_dict(state["optimizer"])
+        if not tensors_loaded:
+            parts.optimizer.load_state_dict(state["optimizer"])
         if parts.scheduler is not None and state["scheduler"] is not None:
             parts.scheduler.load_state_dict(state["scheduler"])
     if parts.target is not None and "target" in changed:
@@ -106,6 +100,22 @@ def restore(run: Run, state: dict, source: str | Path = "the checkpoint", callba
         restore_streams(run, state)
     else:  # mid-epoch: after the loader's iterator is made (it draws a seed from the global stream)
         run.position["state"] = state
+
+
+def load_modules(parts, state: dict, source: str | Path) -> None:
+    """The network, target and loss states of ``state`` into ``parts``; a part the recipe and the
+    checkpoint do not agree on is a user error."""
+    for key, module in (("network", parts.network), ("target", parts.target), ("loss", parts.loss_fn)):
+        saved = state.get(key)
+        if module is None and saved is None:
+            continue
+        if saved is None:
+            raise UserError(f"--resume: {source}: the recipe has a `target:` section but the checkpoint has no "
+                            f"target network; {REFIT}")
+        if module is None:
+            raise UserError(f"--resume: {source}: the checkpoint has a target network but the recipe has no "
+                            f"`target:` section; {REFIT}")
+        load_module(module, saved, f"--resume: {source}: its {key} state", REFIT)
 
 
 def restore_streams(run: Run, state: dict) -> None:
@@ -128,12 +138,14 @@ def resume_in_epoch(run: Run) -> tuple[int, dict[str, float]]:
     return int(position["batches"]), dict(position["sums"])
 
 
-def _restore_with_new_settings(parts, state: dict, step: int) -> None:
+def _restore_with_new_settings(parts, state: dict, step: int, loaded: bool = False) -> None:
     """The optimizer's moments (when its kind is unchanged) under the recipe's new hyper-parameters, and
-    a fresh schedule advanced ``step`` steps: the run continues as if it had had these settings."""
+    a fresh schedule advanced ``step`` steps: the run continues as if it had had these settings
+    (``loaded``: the moments are in place already)."""
     fresh = [{k: v for k, v in group.items() if k != "params"} for group in parts.optimizer.param_groups]
     try:
-        parts.optimizer.load_state_dict(state["optimizer"])
+        if not loaded:
+            parts.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError):  # another optimizer: its state does not carry over, it starts afresh
         pass
     for group, settings in zip(parts.optimizer.param_groups, fresh):

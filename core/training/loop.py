@@ -14,13 +14,14 @@ import torch
 
 from clrun import distributed
 from clrun.recipe import Recipe
-from clrun.training import checkpoint, recipe_callbacks
+from clrun.training import checkpoint, checkpoints, recipe_callbacks
 from clrun.training.data import batches, set_epoch
 from clrun.training.hooks import builtin_callbacks, end_epoch, run_hooks
 from clrun.training.network import Trainable, distribute
 from clrun.training.run import Run
 from clrun.training.opening import open_run
 from clrun.training.setup import Setup, prepare, resolve_device
+from clrun.training.sharding import whole_weights
 from clrun.training.step import NonFiniteLossError, train_step
 from clrun.training.stop import StopOnSignal, Stopped
 
@@ -64,7 +65,8 @@ def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: list) ->
         with StopOnSignal(device) as stop:
             epoch_metrics = _train_epochs(setup, run, hooks, callbacks, scaler, stop)
         final = {k: v for k, v in epoch_metrics.items() if k in ("loss",)}
-        hooks.clrun_run_end(run=run, metrics=final)
+        with whole_weights(run):
+            hooks.clrun_run_end(run=run, metrics=final)
         run.summary = final
     except BaseException as exc:
         hooks.clrun_run_error(run=run, error=exc)
@@ -101,23 +103,24 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: li
                 position = {"batches": steps, "sums": dict(sums)}
                 if signum := stop.requested():  # a signal: checkpoint here, mid-epoch, and stop
                     writer.wait()
-                    raise stopped(signum, run, checkpoint.save(run, callbacks, position=position))
+                    raise stopped(signum, run, checkpoints.save(run, callbacks, position=position))
                 if reached_max_steps(run):
                     break
                 # Mid-epoch only: the epoch's end writes its own checkpoint.
                 if every_steps and run.step % every_steps == 0 and steps < run.steps_per_epoch:
-                    checkpoint.save(run, callbacks, position=position, writer=writer)
+                    checkpoints.save(run, callbacks, position=position, writer=writer)
             run.epoch += 1
             epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
             epoch_metrics.update(images_per_s=(steps - done) * recipe.data.batch_size / waited.elapsed,
                                  data_wait=waited.fraction, epoch_time_s=waited.elapsed)
             writer.wait()  # an epoch's checkpoint replaces the step-level ones: never two writes at once
-            end_epoch(hooks, run, epoch_metrics, save=lambda: checkpoint.save(run, callbacks))
+            with whole_weights(run):
+                end_epoch(hooks, run, epoch_metrics, save=lambda: checkpoints.save(run, callbacks))
             if run.epoch % recipe.train.checkpoint_every == 0:
-                checkpoint.save(run, callbacks)
+                checkpoints.save(run, callbacks)
         writer.wait()
         if run.epoch % recipe.train.checkpoint_every != 0:
-            checkpoint.save(run, callbacks)
+            checkpoints.save(run, callbacks)
     finally:
         writer.close()  # after an error: the write under way finishes (or fails) before the run ends
     return epoch_metrics
@@ -163,7 +166,7 @@ def stopped(signum: int, run: Run, kept: bool) -> Stopped:
 
 
 def explain_non_finite(exc: NonFiniteLossError, run: Run) -> NonFiniteLossError:
-    saved = run.folder.checkpoint.is_file()
+    saved = checkpoints.latest(run.folder) is not None
     where = f"the last good checkpoint is in {run.directory}" if saved else "no checkpoint was written yet"
     return NonFiniteLossError(
         f"{exc} at epoch {run.epoch + 1}, step {run.step + 1}; the optimizer step was not taken and "

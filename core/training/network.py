@@ -152,6 +152,13 @@ def detached(value: Any) -> Any:
     return value
 
 
+def is_fully_sharded(module: nn.Module) -> bool:
+    """Whether ``module`` holds FSDP2-sharded parts (``clrun.training.sharding``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
 def distribute(trainable: Trainable, device: torch.device) -> nn.Module:
     """``trainable`` wrapped in DistributedDataParallel when several processes train, else itself.
 
@@ -160,8 +167,8 @@ def distribute(trainable: Trainable, device: torch.device) -> nn.Module:
     (a queue of keys) is kept identical by the loss itself. The constructor still copies rank 0's
     parameters and buffers to every rank once.
     """
-    if not distributed.active():
-        return trainable
+    if not distributed.active() or is_fully_sharded(trainable):
+        return trainable  # single process, or FSDP2 (clrun.training.sharding) already shares the gradients
     # A loss with parameters may leave them out of some steps' graphs (prototypes frozen
     # for the first steps), and a token-level loss (a token head's) may never use the pooled branch (the
     # projector, a pooling norm); DDP must then look for unused parameters, at a small cost per step.

@@ -13,7 +13,7 @@ from clrun.recipe import load_recipe, resolved
 from clrun.run_folder import RunFolder
 from clrun.run_lock import RunLock
 from clrun.storage import check_free_space
-from clrun.training import auto_resume, checkpoint
+from clrun.training import auto_resume, checkpoint, checkpoints
 from clrun.training.resume import changes, check_allowed, recorded, training_changes
 from clrun.training.run import Run
 from clrun.training.setup import Setup, seed_augmentations
@@ -29,7 +29,7 @@ def open_run(setup: Setup, resume: str | Path | None, callbacks: list, allow_cha
         if main:
             print(f"cl-run: {auto_resume.why(recipe)}: resuming {resume}", flush=True)
     if resume:
-        saved = checkpoint.find(resume)
+        saved = checkpoints.find(resume)
         folder = RunFolder.of_checkpoint(saved)
     else:
         if main:  # before the folder exists: a run that cannot checkpoint does not start
@@ -73,7 +73,7 @@ def continue_run(run: Run, saved: Path, callbacks: list, allow_changes: bool) ->
     found = changes(with_todays_defaults(folder, trained_with), new)
     check_allowed(found, allow_changes, str(saved))
     changed = frozenset(c.section for c in training_changes(found))
-    checkpoint.restore(run, checkpoint.load(saved), saved, callbacks, changed)
+    checkpoints.restore(run, saved, callbacks, changed)
     if not distributed.is_main():
         return
     folder.remove_temp_files()

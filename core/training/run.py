@@ -40,6 +40,8 @@ class Run:
     # Set by a callback (the collapse alarm) to skip checkpoint writes while the state looks unhealthy.
     checkpoint_hold: str | None = None
     checkpoint_epoch: int | None = None  # the epoch of the checkpoint on disk, if any
+    # A sharded run's whole network, gathered around the hooks that need whole weights (internal).
+    whole: OnlineNetwork | None = field(default=None, repr=False)
     # A mid-epoch checkpoint's place in its epoch, until the loop has continued from it (internal).
     position: dict[str, Any] | None = field(default=None, repr=False)
     # Features of the data sets embedded at the current step: the kNN and linear-probe evaluators at the
@@ -57,12 +59,13 @@ class Run:
 
     @property
     def network(self) -> OnlineNetwork:
-        """The online network: ``backbone``, ``projector`` and ``predictor`` (None without one)."""
-        return self.parts.network
+        """The online network: ``backbone``, ``projector`` and ``predictor`` (None without one). In a sharded
+        run (``train.strategy: fsdp``), a whole copy gathered for the epoch-end and run-end hooks."""
+        return self.whole if self.whole is not None else self.parts.network
 
     @property
     def encoder(self) -> torch.nn.Module:
-        return self.parts.network.backbone
+        return self.network.backbone
 
     @property
     def feature_dim(self) -> int:
@@ -101,7 +104,7 @@ class Run:
 
     @torch.no_grad()
     def _embed(self, dataset: Dataset, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
-        network = self.parts.network
+        network = self.network
         was_training = network.training
         network.eval()
         feats, projs, labels = [], [], []

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from clrun.recipe.schema import TargetSection
 from clrun.tokens import Tokens
 from clrun.training.network import OnlineNetwork, embed, project_tokens
+from clrun.training.sharding import reshard
 
 
 def momentum_at(settings: TargetSection, step: int, total_steps: int) -> float:
@@ -65,6 +66,7 @@ class TargetNetwork(nn.Module):
         forward passes, as the reference code of momentum-target methods does.
         """
         m = float(self.momentum)
+        reshard(self)  # sharded (train.strategy: fsdp): update shard by shard, as the online network is stored
         for module, source in ((self.backbone, online.backbone), (self.projector, online.projector)):
             for mine, theirs in zip(module.parameters(), source.parameters()):
                 mine.lerp_(theirs.detach(), 1.0 - m)  # mine + (1 - m) * (theirs - mine)
