@@ -64,7 +64,7 @@ def make_data(work: Path, count: int) -> dict[str, Path]:
         (folder / "done").touch()
     if not (shards / "index.json").exists():
         from clrun.shards import write_shards
-        write_shards(folder, shards, shard_size=500)
+        write_shards(folder, shards, shard_size=max(count // 16, 1))  # 16 shards: 2 processes x 8 workers
     if not parquet.exists():
         import datasets
         files = sorted(folder.rglob("*.jpg"))

@@ -109,6 +109,9 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
         if recipe.train.compile:
             raise UserError("train.compile: compiling a sharded backbone is not supported yet; set "
                             "train.compile=false with train.strategy=fsdp")
+        if recipe.train.channels_last:
+            raise UserError("train.channels_last: FSDP2 cannot shard channels-last (non-contiguous) weights; set "
+                            "train.channels_last=false with train.strategy=fsdp")
         whole = sharding.template(network)
         shard([network.backbone, network.projector, network.predictor, network.token_head,
                *((target.backbone, target.projector) if target is not None else ()), loss_fn], device)
