@@ -1,14 +1,22 @@
 """The training data loader: batches of uint8 images in an order that depends on the seed and epoch only,
-resumable in the middle of an epoch."""
+resumable in the middle of an epoch, and how long the steps wait for them."""
 
 from __future__ import annotations
 
 import itertools
 import re
+import time
 from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+
+from clrun import distributed
+from clrun.errors import ComponentFailure, UserError
+from clrun.recipe.spec import ComponentSpec
+from clrun.streams import Stream, images_in
+from clrun.training.recipe_callbacks import describe
+from clrun.recipe import Recipe
 
 
 class ResumableSampler(Sampler[int]):
@@ -25,13 +33,6 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(len(self.base) - self.skip, 0)
-
-from clrun import distributed
-from clrun.errors import ComponentFailure, UserError
-from clrun.recipe.spec import ComponentSpec
-from clrun.streams import Stream, images_in
-from clrun.training.recipe_callbacks import describe
-from clrun.recipe import Recipe
 
 
 def make_loader(recipe: Recipe, dataset: Dataset, rng: torch.Generator, device: torch.device) -> DataLoader:
@@ -119,3 +120,32 @@ def _unwrapped(exc: UserError) -> UserError:
         return type(exc)(message)
     except TypeError:  # an error class with another constructor: keep it whole
         return exc
+
+
+class DataWait:
+    """How long an epoch's steps waited for their batches: ``on(batches)`` yields the batches and times
+    each wait. ``fraction``: the share of the epoch's wall time spent waiting, the data-stall metric (near 0:
+    the model is the bottleneck; near 1: the loader is)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.waiting = 0.0
+
+    def on(self, batches: Iterator) -> Iterator:
+        while True:
+            asked = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.waiting += time.perf_counter() - asked
+            yield batch
+
+    @property
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.started, 1e-9)
+
+    @property
+    def fraction(self) -> float:
+        return min(self.waiting / self.elapsed, 1.0)

@@ -7,7 +7,6 @@ import signal
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterator
 
 import pluggy
 import torch
@@ -15,7 +14,7 @@ import torch
 from clrun import distributed
 from clrun.recipe import Recipe
 from clrun.training import checkpoint, checkpoints, recipe_callbacks
-from clrun.training.data import batches, set_epoch
+from clrun.training.data import DataWait, batches, set_epoch
 from clrun.training.hooks import builtin_callbacks, end_epoch, run_hooks
 from clrun.training.network import Trainable, distribute
 from clrun.training.run import Run
@@ -124,35 +123,6 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: li
     finally:
         writer.close()  # after an error: the write under way finishes (or fails) before the run ends
     return epoch_metrics
-
-
-class DataWait:
-    """How long an epoch's steps waited for their batches: ``on(batches)`` yields the batches and times
-    each wait. ``fraction``: the share of the epoch's wall time spent waiting, the data-stall metric (near 0:
-    the model is the bottleneck; near 1: the loader is)."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.waiting = 0.0
-
-    def on(self, batches: Iterator) -> Iterator:
-        while True:
-            asked = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            finally:
-                self.waiting += time.perf_counter() - asked
-            yield batch
-
-    @property
-    def elapsed(self) -> float:
-        return max(time.perf_counter() - self.started, 1e-9)
-
-    @property
-    def fraction(self) -> float:
-        return min(self.waiting / self.elapsed, 1.0)
 
 
 def stopped(signum: int, run: Run, kept: bool) -> Stopped:
