@@ -2,7 +2,10 @@
 
 For every loss, DDP's gradients with different data on each rank must equal a single process's
 gradients on the concatenated batch, and the averaged loss must equal its loss (tests/ddp_worker.py
-computes both in each rank). A 2-process run of the quickstart recipe must write one run folder.
+computes both in each rank). A 2-process run of the quickstart recipe must write one run folder, and one
+whose worker is killed mid-epoch under ``--max-restarts=1`` must end with the uninterrupted run's weights.
+Two processes train from tar shards and from a Parquet stream; FSDP2 trains as DDP does, and its
+checkpoints load on another number of processes.
 
 Every test that launches torchrun is marked slow: each launch starts two Python processes that import
 torch, and the launches take a minute and a half of the default run's CPU time.
@@ -119,25 +122,6 @@ def quickstart_args(run_dir: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_process_quickstart_run_completes_and_writes_one_run_folder(tmp_path):
-    done = torchrun(*quickstart_args(tmp_path))
-    assert done.returncode == 0, done.stderr[-4000:]
-    folders = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert [p.name for p in folders] == ["quickstart"]
-    run = folders[0]
-    for name in ("recipe.yaml", "metrics.jsonl", "health.jsonl", "checkpoint.pt", "encoder.safetensors", "report.md"):
-        assert (run / name).is_file(), name
-    assert done.stdout.count("run folder:") == 1  # rank 0 alone reports
-    assert done.stdout.count("cl-run: training recipes/quickstart.yaml on cpu x 2 processes") == 1
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in records if r["kind"] == "step"]
-    # 1024 images in global batches of 64 (32 per rank): 16 steps an epoch; max_steps stops at 12.
-    assert len(steps) == 12 and all(r["loss"] == r["loss"] for r in steps)
-    state = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert state["step"] == 12 and len(state["rng_ranks"]) == 2
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("override, message", [
     ("data.batch_size=63", "data.batch_size: 63 does not split evenly over 2 processes; use a multiple of 2 (the "
                            "batch size is the global batch, each process takes batch_size / 2 images)"),
@@ -153,25 +137,35 @@ def test_settings_a_distributed_cpu_run_cannot_have_are_clear_errors(tmp_path, o
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_epoch_under_max_restarts_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
-    # 512 images in global batches of 64: 8 steps an epoch, 16 in all; step checkpoints at 3 and 6 in epoch 1.
-    common = ["train.max_steps=null", "data.dataset.subset=512", "train.checkpoint_every_steps=3"]
+    # 384 images in global batches of 64 (32 per rank): 6 steps an epoch, 12 in all; step checkpoints at 2
+    # and 4 in epoch 1.
+    common = ["train.max_steps=null", "data.dataset.subset=384", "train.checkpoint_every_steps=2"]
     straight = torchrun(*quickstart_args(tmp_path / "a", *common))
     assert straight.returncode == 0, straight.stderr[-4000:]
-    # Rank 1 dies as step 7 begins; torchrun stops rank 0 and starts both again, and they resume by
+    # The uninterrupted run: one run folder, written by rank 0 alone, with both ranks' random streams.
+    run = tmp_path / "a" / "quickstart"
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["quickstart"]
+    for name in ("recipe.yaml", "metrics.jsonl", "health.jsonl", "checkpoint.pt", "encoder.safetensors", "report.md"):
+        assert (run / name).is_file(), name
+    assert straight.stdout.count("run folder:") == 1
+    assert straight.stdout.count("cl-run: training recipes/quickstart.yaml on cpu x 2 processes") == 1
+    assert len(torch.load(run / "checkpoint.pt", weights_only=True)["rng_ranks"]) == 2
+
+    # Rank 1 dies as step 5 begins; torchrun stops rank 0 and starts both again, and they resume by
     # themselves (train.auto_resume's default under torchrun) from the last step checkpoint.
     args = quickstart_args(tmp_path / "b", *common)[2:]
-    elastic = torchrun("--max-restarts=1", str(ELASTIC_WORKER), "7", *args)
+    elastic = torchrun("--max-restarts=1", str(ELASTIC_WORKER), "5", *args)
     assert elastic.returncode == 0, elastic.stderr[-4000:]
     folder = tmp_path / "b" / "quickstart"
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["quickstart"]
     assert f"cl-run: restarted by torchrun (restart 1): resuming {folder / 'checkpoint.pt'}" in elastic.stdout
     a, b = (torch.load(tmp_path / x / "quickstart" / "checkpoint.pt", weights_only=True) for x in ("a", "b"))
-    assert a["step"] == b["step"] == 16
+    assert a["step"] == b["step"] == 12
     for key, value in a["network"].items():
         assert torch.equal(value, b["network"][key]), key
     steps = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "step"]
-    assert steps == list(range(1, 17))  # the steps after the checkpoint were logged once, by the restart
+    assert steps == list(range(1, 13))  # the steps after the checkpoint were logged once, by the restart
 
 
 @pytest.mark.slow
@@ -197,12 +191,13 @@ def test_two_processes_train_from_tar_shards_and_from_a_local_hugging_face_data_
         for k in range(4):
             table.shard(4, k).to_parquet(str(tmp_path / "data" / f"part-{k}.parquet"))
         dataset = f"{{name: clrun/hf_dataset, path: {tmp_path / 'data'}, size: 32, streaming: true, label_column: null}}"
-    # 2 processes x 2 loader workers read 64 images in global batches of 16: 4 steps an epoch.
+    # 2 processes x 2 loader workers read 64 images in global batches of 16: 4 steps an epoch. (One epoch:
+    # datasets sleeps 5 s in every reader at the end of each, apache/arrow#45214.)
     done = torchrun("-m", "clrun", "tests/recipes/tiny.yaml", f"data.dataset={dataset}", "data.batch_size=16",
-                    "data.num_workers=2", "train.epochs=2", "health.enabled=false", f"run.dir={tmp_path / 'runs'}")
+                    "data.num_workers=2", "train.epochs=1", "health.enabled=false", f"run.dir={tmp_path / 'runs'}")
     assert done.returncode == 0, done.stderr[-4000:]
     records = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["kind"] == "epoch"] == [4, 8]
+    assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4]
     assert all(0 <= r["data_wait"] <= 1 for r in records if r["kind"] == "epoch")
 
 
