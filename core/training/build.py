@@ -19,7 +19,6 @@ from clrun.training.schedules import ScheduledScalars
 from clrun.training.network import OnlineNetwork, output_dim
 from clrun.training.masking import Masking, build_masking
 from clrun.training import sharding
-from clrun.training.sharding import shard
 from clrun.training.target import TargetNetwork
 from clrun.training.views import Views
 
@@ -86,6 +85,13 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
         optimizer_and_scheduler(recipe, list(nn.Linear(1, 1).named_parameters()), None, steps, steps_per_epoch, errors)
     errors.raise_any()
 
+    sharded = training and sharding.is_sharded(recipe)
+    if sharded and recipe.train.compile:
+        raise UserError("train.compile: compiling a sharded backbone is not supported yet; set "
+                        "train.compile=false with train.strategy=fsdp")
+    if sharded and recipe.train.channels_last:
+        raise UserError("train.channels_last: FSDP2 cannot shard channels-last (non-contiguous) weights; set "
+                        "train.channels_last=false with train.strategy=fsdp")
     network = OnlineNetwork(backbone, projector, predictor, token_head)
     if recipe.train.sync_batchnorm and distributed.active():
         if device.type == "cpu":
@@ -105,16 +111,10 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
         # In place (the state_dict keys stay those of the plain module), after the target's copy was taken.
         network.backbone.compile()
     whole = None
-    if training and sharding.is_sharded(recipe):  # before the optimizer: sharding replaces the parameters
-        if recipe.train.compile:
-            raise UserError("train.compile: compiling a sharded backbone is not supported yet; set "
-                            "train.compile=false with train.strategy=fsdp")
-        if recipe.train.channels_last:
-            raise UserError("train.channels_last: FSDP2 cannot shard channels-last (non-contiguous) weights; set "
-                            "train.channels_last=false with train.strategy=fsdp")
+    if sharded:  # before the optimizer: sharding replaces the parameters
         whole = sharding.template(network)
-        shard([network.backbone, network.projector, network.predictor, network.token_head,
-               *((target.backbone, target.projector) if target is not None else ()), loss_fn], device)
+        sharding.shard([network.backbone, network.projector, network.predictor, network.token_head,
+                       *((target.backbone, target.projector) if target is not None else ()), loss_fn], device)
     layers = None
     if recipe.params.layer_decay is not None:
         layers = layer_scales(network.backbone, recipe.backbone.name, recipe.params.layer_decay)
