@@ -4,7 +4,6 @@ callbacks, checkpoints."""
 from __future__ import annotations
 
 import signal
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -99,15 +98,14 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: li
                 hooks.clrun_step_end(run=run, step=run.step, metrics=metrics)
                 for k, v in metrics.items():
                     sums[k] += v
-                position = {"batches": steps, "sums": dict(sums)}
                 if signum := stop.requested():  # a signal: checkpoint here, mid-epoch, and stop
                     writer.wait()
-                    raise stopped(signum, run, checkpoints.save(run, callbacks, position=position))
+                    raise stopped(signum, run, checkpoints.save(run, callbacks, position=place(steps, sums)))
                 if reached_max_steps(run):
                     break
                 # Mid-epoch only: the epoch's end writes its own checkpoint.
                 if every_steps and run.step % every_steps == 0 and steps < run.steps_per_epoch:
-                    checkpoints.save(run, callbacks, position=position, writer=writer)
+                    checkpoints.save(run, callbacks, position=place(steps, sums), writer=writer)
             run.epoch += 1
             epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
             epoch_metrics.update(images_per_s=(steps - done) * recipe.data.batch_size / waited.elapsed,
@@ -123,6 +121,11 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: li
     finally:
         writer.close()  # after an error: the write under way finishes (or fails) before the run ends
     return epoch_metrics
+
+
+def place(batches: int, sums: dict[str, float]) -> dict:
+    """Where a mid-epoch checkpoint is in its epoch: the batches done and the metric sums so far."""
+    return {"batches": batches, "sums": dict(sums)}
 
 
 def stopped(signum: int, run: Run, kept: bool) -> Stopped:

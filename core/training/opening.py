@@ -34,7 +34,7 @@ def open_run(setup: Setup, resume: str | Path | None, callbacks: list, allow_cha
     else:
         if main:  # before the folder exists: a run that cannot checkpoint does not start
             check_free_space(Path(recipe.run.dir), checkpoint.expected_size(setup.parts), "the run's checkpoint")
-        name = recipe.run.name or Path(recipe.source).stem
+        name = auto_resume.run_name(recipe)
         folder = distributed.broadcast_object(RunFolder.create(recipe.run.dir, name) if main else None)
     lock = RunLock(folder.lock)
     if main:

@@ -73,8 +73,7 @@ def save(run, callbacks: list = (), position: Optional[dict[str, Any]] = None) -
                 "position": position}
         if distributed.is_main():
             checkpoint.save_atomic(rest, root / name / REST)
-    # Every process's shards are on disk before rank 0 points `latest` at them.
-    distributed.gather_objects(None)
+    # dcp.save returns on rank 0 only after every process's shards are written: `latest` may point at them.
     if distributed.is_main():
         write_atomic(root / LATEST, name + "\n")
         for old in root.iterdir():
