@@ -72,17 +72,21 @@ def test_a_failed_background_write_stops_the_run_and_keeps_the_previous_checkpoi
 
 
 def test_the_share_of_time_spent_waiting_for_data_is_recorded_shown_and_explained(tmp_path, monkeypatch, capsys):
-    batches = loop.batches
+    batches, slept = loop.batches, []
 
     def slow_loader(iterator, dataset):
         for batch in batches(iterator, dataset):
             time.sleep(0.15)  # a loader far slower than the tiny model's step
+            slept.append(0.15)
             yield batch
 
     monkeypatch.setattr(loop, "batches", slow_loader)
     run = clrun.train(recipe(tmp_path, "slow", "train.epochs=1"))
-    wait = records(run.folder, "epoch")[0]["data_wait"]
-    assert DATA_BOUND < 0.5 < wait < 1
+    epoch = records(run.folder, "epoch")[0]
+    wait = epoch["data_wait"]
+    # Every sleep happens while a step waits for its batch: at least that share of the epoch was waiting
+    # (how much more depends on the machine's speed, which varies too much for a tighter bound).
+    assert DATA_BOUND < sum(slept) / epoch["epoch_time_s"] <= wait < 1
     assert f"data_wait {wait:.4g}" in capsys.readouterr().out
     assert (f"The steps waited for data {100 * wait:.1f}% of the time (the data loader is the bottleneck: raise "
             f"`data.num_workers`, or read the data from shards: `cl-run shards`).") in run.folder.report.read_text()
