@@ -45,10 +45,10 @@ def crash_before_step(monkeypatch) -> Callable[[Recipe, int], Path]:
     def crash(recipe: Recipe, at: int) -> Path:
         step = loop.train_step
 
-        def step_or_crash(parts, images, device, precision, scaler, grad_clip, done):
+        def step_or_crash(parts, images, device, precision, scaler, grad_clip, done, *places):
             if done + 1 == at:
                 raise Crashed("the node went away")
-            return step(parts, images, device, precision, scaler, grad_clip, done)
+            return step(parts, images, device, precision, scaler, grad_clip, done, *places)
 
         with monkeypatch.context() as patched:
             patched.setattr(loop, "train_step", step_or_crash)

@@ -31,6 +31,7 @@ SETTINGS: dict[str, dict] = {
     "kornia/SmallestMaxSize": {"max_size": S},
     "kornia/RandomCrop": {"size": [S, S], "padding": 4},
     "kornia/RandomResizedCrop": {"size": [S, S]},
+    "clrun/random_resized_crop": {"size": [S, S]},
     "kornia/Normalize": NORMALIZE,
     "kornia/Denormalize": NORMALIZE,
     "kornia/RandomAffine": {"degrees": 30.0},

@@ -22,6 +22,7 @@ from clrun.health.metrics import health_metrics, histogram, pair_cosines
 from clrun.hookspecs import hookimpl
 from clrun.recipe.schema import HealthSection
 from clrun.streams import Stream
+from clrun.training.data import stacked
 
 COLLAPSE_ADVICE = ("A loss without negatives needs a predictor, a stop-gradient or a momentum target to avoid "
                    "collapse; also try a lower optimizer.lr")
@@ -49,11 +50,12 @@ class HealthMonitor:
         self.loss_alarm = LossAlarm(section.alarm)
         self.collapsing: list[Signal] = []  # the collapse signals beyond their thresholds at the last check
         self.images: Tensor | None = None
+        self.places: Tensor | None = None  # the images' places, when the data set letterboxes them
         self.latest: dict[str, float] = {}
 
     def clrun_run_start(self, run) -> None:
         self.loss_alarm.declared = tuple(getattr(run.parts.loss_fn, "collapse_signals", ()))
-        self.images = fixed_sample(self.dataset, self.seed, self.section.samples)
+        self.images, self.places = fixed_items(self.dataset, self.seed, self.section.samples)
 
     @hookimpl(wrapper=True)
     def clrun_epoch_end(self, run, epoch: int, metrics: dict[str, float]):
@@ -138,8 +140,10 @@ class HealthMonitor:
         try:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed)
-                for batch in self.images.split(self.section.batch_size):
-                    pair = two_views(views, batch.to(run.device), run)
+                size = self.section.batch_size
+                places = [None] * len(self.images) if self.places is None else self.places.split(size)
+                for batch, batch_places in zip(self.images.split(size), places):
+                    pair = two_views(views, batch.to(run.device), run, batch_places)
                     for k, x in enumerate(pair):
                         f = network.backbone(x)
                         feats[k].append(f.float().cpu())
@@ -160,16 +164,21 @@ class HealthMonitor:
 def fixed_sample(dataset: Dataset, seed: int, count: int) -> Tensor:
     """``count`` training images drawn once from ``seed`` (uint8, stacked): the same at every check, in every
     run of the recipe."""
+    return fixed_items(dataset, seed, count)[0]
+
+
+def fixed_items(dataset: Dataset, seed: int, count: int) -> tuple[Tensor, Tensor | None]:
+    """``fixed_sample``'s images and their places on the canvas (None unless the data set letterboxes)."""
     if isinstance(dataset, Stream):  # no random access: the stream's first images
-        return torch.stack([image for image, _ in dataset.examples(min(count, dataset.epoch_size))])
+        return stacked(dataset.examples(min(count, dataset.epoch_size)))
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 7919))
-    return torch.stack([dataset[int(i)][0] for i in order[:count]])
+    return stacked([dataset[int(i)] for i in order[:count]])
 
 
-def two_views(views, images: Tensor, run) -> tuple[Tensor, Tensor]:
+def two_views(views, images: Tensor, run, places: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The first two global views of ``images`` (a positive pair); with a single global view, that view
     and the un-augmented image."""
-    made = views(images)
+    made = views(images, None if places is None else places.to(images.device))
     pair = [v for v, g in zip(made, views.is_global) if g][:2]
     if len(pair) < 2:
         pair = [made[0], run.preprocess(images)]

@@ -2,7 +2,8 @@
 
 The training loop batches ``dataset[i]`` (or a ``clrun.Stream``'s items) with a DataLoader and moves the batch to the device before
 any augmentation: every item must be ``(uint8 image (C, H, W), int label)``, one image size for all
-items, the label ``-1`` for unlabeled data. A data set whose files are missing raises
+items, the label ``-1`` for unlabeled data. A data set that letterboxes its images (``serves_places =
+True``) adds each image's place on the canvas: ``(image, label, int64 [top, left, height, width])``. A data set whose files are missing raises
 ``clrun.DataNotFoundError`` so that ``cl-run check`` can go on with random images.
 """
 
@@ -33,14 +34,19 @@ def _sample_items(dataset: Any) -> list[tuple[int, Any]]:
 
 def items(kind: str, name: str, **settings: Any) -> None:
     """Items are ``(uint8 (C, H, W) tensor, int label)`` of one shape (the ``image_shape`` it declares, if
-    any); labels lie in ``range(len(classes))`` when it names classes, else they are -1 or more."""
+    any); labels lie in ``range(len(classes))`` when it names classes, else they are -1 or more. With
+    ``serves_places``, a third element: the image's place, inside the canvas."""
     dataset = create(kind, name, **settings)
     require(images_in(dataset) >= 1, "the data set is empty")
     classes = getattr(dataset, "classes", None) or []
+    places = bool(getattr(dataset, "serves_places", False))
+    expected = "(image, label, place)" if places else "(image, label)"
     shapes = set()
     for i, item in _sample_items(dataset):
-        require(isinstance(item, (tuple, list)) and len(item) == 2, f"item {i} is {type(item).__name__}; return (image, label)")
-        image, label = item
+        require(isinstance(item, (tuple, list)) and len(item) == 2 + places, f"item {i} is {_describe(item)}; return {expected}")
+        image, label = item[:2]
+        if places:
+            _check_place(i, item[2], image)
         require(
             isinstance(image, Tensor) and image.dtype == torch.uint8 and image.ndim == 3,
             f"item {i}'s image is {_describe(image)}; return a uint8 (C, H, W) tensor (decode and resize in the data set)",
@@ -59,9 +65,20 @@ def items(kind: str, name: str, **settings: Any) -> None:
     require(declared is None or tuple(declared) in shapes, f"it declares image_shape {declared} but its items are {shapes.pop()}")
 
 
+def _check_place(i: int, place: Any, image: Tensor) -> None:
+    require(isinstance(place, Tensor) and place.dtype == torch.int64 and tuple(place.shape) == (4,),
+            f"item {i}'s place is {_describe(place)}; return an int64 tensor [top, left, height, width]")
+    top, left, height, width = place.tolist()
+    _, h, w = image.shape
+    require(height >= 1 and width >= 1 and 0 <= top <= h - height and 0 <= left <= w - width,
+            f"item {i}'s place {place.tolist()} is not inside its {h}x{w} image")
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
     return type(value).__name__
 
 
@@ -69,8 +86,9 @@ def deterministic_items(kind: str, name: str, **settings: Any) -> None:
     """Reading an item twice gives the same image and label: augmentation happens on the device, and
     resuming or evaluating must see the same data."""
     dataset = create(kind, name, **settings)
-    for (i, (a, label_a)), (_, (b, label_b)) in zip(_sample_items(dataset), _sample_items(dataset)):
-        require(torch.equal(a, b) and label_a == label_b, f"item {i} differs between two reads")
+    for (i, (a, label_a, *place_a)), (_, (b, label_b, *place_b)) in zip(_sample_items(dataset), _sample_items(dataset)):
+        same_place = all(torch.equal(x, y) for x, y in zip(place_a, place_b))
+        require(torch.equal(a, b) and label_a == label_b and same_place, f"item {i} differs between two reads")
 
 
 def missing_root(kind: str, name: str, **settings: Any) -> None:

@@ -39,7 +39,7 @@ def check(recipe: Recipe) -> list[str]:
         lines = [f"data: {recipe.data.dataset.name} with {images_in(setup.dataset)} images of shape {tuple(images.shape[1:])}"]
     lines += callback_lines
     run_hooks(built)  # the hook names and arguments of each callback, as training registers them
-    view_shapes = [tuple(v.shape[1:]) for v in parts.views(images)]
+    view_shapes = [tuple(v.shape[1:]) for v in parts.views(images, setup.example_places)]
     lines.append(f"views: {len(view_shapes)} -> {', '.join('x'.join(map(str, s)) for s in view_shapes)}")
     n_params = sum(p.numel() for p in parts.network.backbone.parameters())
     lines.append(f"backbone: {recipe.backbone.name} ({n_params / 1e6:.2f}M parameters)")
@@ -68,7 +68,8 @@ def check(recipe: Recipe) -> list[str]:
         lines.append("health: off")
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     precision = "fp32"  # the CPU check verifies the wiring; reduced precision is a device matter
-    metrics, _ = train_step(parts, images, device, precision, scaler, recipe.train.grad_clip, step=0)
+    metrics, _ = train_step(parts, images, device, precision, scaler, recipe.train.grad_clip, step=0,
+                            places=setup.example_places)
     lines.append(f"step: {recipe.loss.name} loss {metrics['loss']:.4f} on a batch of {images.shape[0]}; "
                  f"{recipe.optimizer.name} stepped")
     return lines

@@ -69,6 +69,14 @@ def make_loader(recipe: Recipe, dataset: Dataset, rng: torch.Generator, device: 
     )
 
 
+def stacked(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Data set items stacked: their images, and their places on the canvas when the data set letterboxes
+    them (items ``(image, label, place)``, e.g. ``clrun/image_folder`` with keep_aspect), else None."""
+    images = torch.stack([item[0] for item in items])
+    places = torch.stack([torch.as_tensor(item[2]) for item in items]) if len(items[0]) > 2 else None
+    return images, places
+
+
 def set_epoch(loader: DataLoader, rng: torch.Generator, seed: int, epoch: int, done_batches: int = 0) -> None:
     """Seed the epoch's data order from the seed and the epoch only, so a resumed run sees the same order,
     and skip the ``done_batches`` an interrupted epoch already trained on."""

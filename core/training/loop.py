@@ -85,10 +85,10 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: li
             loader_iterator = iter(loader)
             done, sums = checkpoint.resume_in_epoch(run)
             sums, steps, waited = defaultdict(float, sums), done, DataWait()
-            for images, labels in waited.on(batches(loader_iterator, recipe.data.dataset)):
+            for images, labels, *places in waited.on(batches(loader_iterator, recipe.data.dataset)):
                 try:
                     metrics, outputs = train_step(parts, images, device, recipe.train.precision, scaler,
-                                                  recipe.train.grad_clip, run.step)
+                                                  recipe.train.grad_clip, run.step, *places)
                 except NonFiniteLossError as exc:
                     raise explain_non_finite(exc, run) from None
                 run.step += 1

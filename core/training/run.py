@@ -113,7 +113,7 @@ class Run:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.recipe.data.num_workers,
                             generator=torch.Generator())
         try:
-            for images, y in loader:
+            for images, y, *_ in loader:  # a letterboxing data set adds places: the canvas is evaluated whole
                 f = network.backbone(self.preprocess(images))
                 feats.append(f.float().cpu())
                 projs.append(network.projector(f).float().cpu())
@@ -130,6 +130,6 @@ def dataset_fingerprint(dataset: Dataset) -> tuple:
         return type(dataset).__qualname__, 0, ()
     sample = []
     for i in sorted({0, n // 3, n // 2, (2 * n) // 3, n - 1}):
-        image, label = dataset[i]
+        image, label = dataset[i][:2]  # a letterboxing data set adds each image's place
         sample.append((hash(torch.as_tensor(image).numpy().tobytes()), int(label)))
     return type(dataset).__qualname__, n, tuple(sample)

@@ -21,7 +21,7 @@ from clrun.errors import DataNotFoundError, UserError
 from clrun.recipe import Recipe
 from clrun.streams import Stream, images_in
 from clrun.training.build import Parts, build_parts
-from clrun.training.data import make_loader
+from clrun.training.data import make_loader, stacked
 
 Purpose = Literal["train", "check", "eval"]
 EXAMPLE_SIZE = 4  # images to measure view sizes and head widths with (and `check`'s one batch)
@@ -41,6 +41,7 @@ class Setup:
     loader: Optional[DataLoader] = None
     sampler_rng: Optional[torch.Generator] = None
     data_note: str = ""
+    example_places: Optional[Tensor] = None  # the example images' places, when the data set letterboxes them
 
 
 def prepare(recipe: Recipe, purpose: Purpose, device: torch.device | None = None) -> Setup:
@@ -54,7 +55,7 @@ def prepare(recipe: Recipe, purpose: Purpose, device: torch.device | None = None
     if device is None:
         device = torch.device("cpu") if purpose == "check" else resolve_device(recipe.train.device)
     # Data first: a missing data root must stop the run before anything else is built or written.
-    dataset, example, note = _data(recipe, purpose)
+    dataset, (example, example_places), note = _data(recipe, purpose)
     loader, sampler_rng, steps_per_epoch = None, None, 1
     if purpose == "check" and dataset is not None:  # what training would take: the schedules shown span it
         batches = images_in(dataset) / recipe.data.batch_size
@@ -65,27 +66,47 @@ def prepare(recipe: Recipe, purpose: Purpose, device: torch.device | None = None
         steps_per_epoch = len(loader)
     # Compiling pays off over many steps only: a check or an evaluation runs few.
     parts = build_parts(recipe, example, device, steps_per_epoch, training=purpose == "train")
-    return Setup(recipe, device, dataset, example, parts, steps_per_epoch, loader, sampler_rng, note)
+    if example_places is not None:
+        _check_views_crop_inside_places(recipe, parts)
+    return Setup(recipe, device, dataset, example, parts, steps_per_epoch, loader, sampler_rng, note, example_places)
 
 
-def _data(recipe: Recipe, purpose: Purpose) -> tuple[Optional[Dataset], Tensor, str]:
+def _check_views_crop_inside_places(recipe: Recipe, parts: Parts) -> None:
+    """A letterboxing data set's padding must never reach the network: every view begins with a crop
+    inside each image's place."""
+    others = parts.views.views_without_place_crop()
+    if others:
+        names = ", ".join(f"view {k} ({_first_transform(recipe.views[k - 1])})" for k in others)
+        raise UserError(
+            f"{recipe.data.dataset.where}: error: data.dataset: keep_aspect serves each image whole on a padded "
+            f"square, so every view must begin with clrun/random_resized_crop, which crops inside the image; "
+            f"{names} {'begins' if len(others) == 1 else 'begin'} otherwise: make clrun/random_resized_crop its "
+            f"first transform (it takes kornia/RandomResizedCrop's size, scale and ratio)")
+
+
+def _first_transform(view) -> str:
+    return view.transforms[0].name if view.transforms else "no transforms"
+
+
+def _data(recipe: Recipe, purpose: Purpose) -> tuple[Optional[Dataset], tuple[Tensor, Optional[Tensor]], str]:
+    """The data set, a few of its images (and their places, when it letterboxes them) and a note."""
     try:
         dataset = recipe.data.dataset.build()
     except DataNotFoundError as exc:
         if purpose != "check" or exc.expected_shape is None:
             raise
         images = torch.randint(0, 256, (EXAMPLE_SIZE, *exc.expected_shape), dtype=torch.uint8)
-        return None, images, f"not available here ({exc}); checking the rest on random images of shape {exc.expected_shape}"
+        return None, (images, None), f"not available here ({exc}); checking the rest on random images of shape {exc.expected_shape}"
     if images_in(dataset) == 0:
         raise UserError(f"{recipe.data.dataset.where}: error: data.dataset: the data set is empty")
     if isinstance(dataset, Stream):
         firsts = dataset.examples(EXAMPLE_SIZE)
     else:
         firsts = [dataset[i] for i in range(min(EXAMPLE_SIZE, len(dataset)))]
-    example = torch.stack([image for image, _ in firsts])
+    example, places = stacked(firsts)
     if example.shape[0] < 2:
         raise DataNotFoundError(f"{recipe.data.dataset.where}: error: data.dataset: fewer than 2 images; a batch needs 2 or more")
-    return dataset, example, ""
+    return dataset, (example, places), ""
 
 
 def seed_everything(seed: int) -> None:

@@ -33,11 +33,14 @@ def split_loss(result: Any) -> tuple[Tensor, dict[str, Tensor]]:
     raise TypeError(f"a loss must return a scalar tensor or a dict with 'loss'; got {type(result).__name__}")
 
 
-def forward_and_loss(parts: Parts, images: Tensor, device: torch.device, step: int) -> tuple[Any, StepOutputs]:
-    """Views on the device, their masks (a ``masking:`` section), the target network on the global ones (no
+def forward_and_loss(parts: Parts, images: Tensor, device: torch.device, step: int,
+                     places: Tensor | None = None) -> tuple[Any, StepOutputs]:
+    """Views on the device (cropped inside each image's ``places`` when the data set letterboxes), their masks (a ``masking:`` section), the target network on the global ones (no
     gradient), then the online network and the loss (``parts.trainable``, DDP-wrapped when several
     processes train)."""
-    views = parts.views(images.to(device, non_blocking=True))
+    if places is not None:
+        places = places.to(device, non_blocking=True)
+    views = parts.views(images.to(device, non_blocking=True), places)
     is_global = parts.views.is_global
     masking = parts.masking
     masks = masking.draw(parts.network.backbone, views, is_global) if masking is not None else None
@@ -64,13 +67,14 @@ def reduced_metrics(loss: Tensor, extras: dict[str, Tensor]) -> dict[str, float]
 
 
 def train_step(parts: Parts, images: Tensor, device: torch.device, precision: str,
-               scaler: torch.amp.GradScaler, grad_clip: float | None, step: int) -> tuple[dict[str, float], StepOutputs]:
-    """One optimizer step; ``step`` is the number of steps completed before it. Returns the step's
-    metrics and outputs (for callbacks such as an online probe; the graph is already freed)."""
+               scaler: torch.amp.GradScaler, grad_clip: float | None, step: int,
+               places: Tensor | None = None) -> tuple[dict[str, float], StepOutputs]:
+    """One optimizer step; ``step`` is the number of steps completed before it; ``places``: the images'
+    places on their canvas when the data set letterboxes them. Returns the step's metrics and outputs (for callbacks such as an online probe; the graph is already freed)."""
     dtype = PRECISIONS[precision]
     scheduled = parts.schedules.apply(step)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        result, out = forward_and_loss(parts, images, device, step)
+        result, out = forward_and_loss(parts, images, device, step, places)
         loss, extras = split_loss(result)
     metrics = reduced_metrics(loss, extras)
     value = metrics["loss"]

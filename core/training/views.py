@@ -59,17 +59,36 @@ class Views(nn.Module):
         self.normalize = Normalize(data.mean, data.std)
         self.channels_last = False  # set by the builder when the network uses NHWC
 
+    def views_without_place_crop(self) -> list[int]:
+        """The views (numbered from 1 in recipe order) whose first transform is not an op that crops inside
+        each image's place (``takes_places``): given letterboxed images, they would show the padding."""
+        return [k for k, pipeline in enumerate(self.pipelines, 1)
+                if not (len(pipeline) and getattr(pipeline[0], "takes_places", False))]
+
     @torch.no_grad()
-    def forward(self, images: Tensor) -> list[Tensor]:
+    def forward(self, images: Tensor, places: Tensor | None = None) -> list[Tensor]:
+        """``places``: (B, 4) ``[top, left, height, width]`` of each image on its canvas when the data set
+        letterboxes them (``clrun/image_folder`` keep_aspect), for the first op of each view."""
         x = to_float(images)
         views: list[Tensor] = []
         for pipeline, n, stackable in zip(self.pipelines, self.counts, self.stackable):
             if n > 1 and stackable:
                 # A view drawn n times is augmented as one stacked batch of n copies: kornia draws every
                 # sample's parameters independently, so it is n independent views in one call per op.
-                views += self.normalize(pipeline(x.repeat(n, *([1] * (x.ndim - 1))))).chunk(n)
+                stacked = None if places is None else places.repeat(n, 1)
+                views += self.normalize(augmented(pipeline, x.repeat(n, *([1] * (x.ndim - 1))), stacked)).chunk(n)
             else:
-                views += [self.normalize(pipeline(x)) for _ in range(n)]
+                views += [self.normalize(augmented(pipeline, x, places)) for _ in range(n)]
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return views
+
+
+def augmented(pipeline: nn.Sequential, x: Tensor, places: Tensor | None) -> Tensor:
+    """``pipeline`` applied to ``x``; an op that ``takes_places`` gets them (after it, the image fills the frame)."""
+    for op in pipeline:
+        if places is not None and getattr(op, "takes_places", False):
+            x, places = op(x, places), None
+        else:
+            x = op(x)
+    return x

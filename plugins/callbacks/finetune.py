@@ -212,7 +212,7 @@ class FineTune(Evaluator):
             m.momentum = None  # cumulative average
             m.train()
         try:
-            for images, _ in self._loader(run, self.train, False, torch.Generator()):
+            for images, *_ in self._loader(run, self.train, False, torch.Generator()):
                 with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
                     model(run.preprocess(images))
         finally:
@@ -224,7 +224,7 @@ class FineTune(Evaluator):
     def _accuracy(self, run: Run, model: nn.Module, dtype: torch.dtype | None) -> float:
         model.eval()
         correct = total = 0
-        for images, y in self._loader(run, self.test, False, torch.Generator()):
+        for images, y, *_ in self._loader(run, self.test, False, torch.Generator()):
             with torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None):
                 logits = model(run.preprocess(images))
             correct += int((logits.argmax(dim=1).cpu() == torch.as_tensor(y)).sum())
@@ -271,7 +271,7 @@ class FineTune(Evaluator):
         total_steps, step = self.epochs * len(loader), 0
         model.train()
         for _ in range(self.epochs):
-            for images, y in loader:
+            for images, y, *_ in loader:
                 for group, top in zip(optimizer.param_groups, peak):
                     group["lr"] = top * cosine_factor(step, total_steps)
                 x = run.preprocess(images)

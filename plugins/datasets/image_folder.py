@@ -11,11 +11,9 @@ from torch.utils.data import Dataset
 
 from clrun import ComponentError, DataError, DataNotFoundError
 from clrun.image_files import DEFAULT_EXTENSIONS, find_images
-from clrun.plugins.datasets.decode import DECODE_ERRORS, square_image, to_tensor
+from clrun.plugins.datasets.decode import DECODE_ERRORS, letterboxed_image, square_image, to_tensor
 from clrun.plugins.datasets.class_folders import checked_class_list, class_labels
 from clrun.plugins.datasets.unreadable import SkippedImages
-
-
 
 
 def _normalize_extensions(extensions: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
@@ -29,7 +27,8 @@ def _normalize_extensions(extensions: tuple[str, ...] | list[str] | str) -> tupl
 
 
 class ImageFolder(Dataset):
-    """Images from a folder tree, decoded, resized and center-cropped to ``size`` x ``size`` on access.
+    """Images from a folder tree, decoded, resized and center-cropped to ``size`` x ``size`` on access (or,
+    with ``keep_aspect``, whole).
 
     root:       the folder; searched recursively.
     size:       side of the square images served (the shorter side is resized to it, then center-cropped).
@@ -42,6 +41,12 @@ class ImageFolder(Dataset):
                 labels="subfolders"). Give a train and a test set the same list and their labels agree
                 whatever their folders hold; a listed class without images is an error. Unset: the
                 subfolders in alphabetical order, and an empty one is an error (it would shift the labels).
+    keep_aspect: serve each image whole, its aspect ratio kept: resized so that its longer side is ``size``
+                and centered on a black ``size`` x ``size`` square, with its place on it, so that the views'
+                ``clrun/random_resized_crop`` crops from the whole image (the papers' crops from the full
+                file) rather than from its center square. Give ``size`` above the views' size (e.g. 288 for
+                224-pixel views) so the crops are taken from more pixels than they keep. Items are then
+                ``(image, label, place)``, ``place`` = ``[top, left, height, width]`` on the square.
     on_error:   what a file that cannot be decoded does when it is read: "stop" the run with an error
                 naming it, or "skip" it (the next readable image is served in its place), name it on the
                 console and count it (the run's metric ``skipped_images``).
@@ -56,6 +61,7 @@ class ImageFolder(Dataset):
         extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
         classes: Optional[list[str]] = None,
         on_error: Literal["stop", "skip"] = "stop",
+        keep_aspect: bool = False,
     ):
         if channels not in (1, 3):
             raise ComponentError(f"clrun/image_folder: channels must be 1 or 3, got {channels!r}")
@@ -63,12 +69,16 @@ class ImageFolder(Dataset):
             raise ComponentError(f"clrun/image_folder: size must be at least 1, got {size}")
         if labels not in ("auto", "subfolders", "none"):
             raise ComponentError(f"clrun/image_folder: labels must be 'auto', 'subfolders' or 'none', got {labels!r}")
+        if not isinstance(keep_aspect, bool):
+            raise ComponentError(f"clrun/image_folder: keep_aspect must be true or false, got {keep_aspect!r}")
         if on_error not in ("stop", "skip"):
             raise ComponentError(f"clrun/image_folder: on_error must be 'stop' or 'skip', got {on_error!r}")
         classes = checked_class_list(classes)
         self.image_shape: tuple[int, int, int] = (channels, size, size)
         self.size = size
         self.mode = "L" if channels == 1 else "RGB"
+        # Read by the training setup: the views must then begin with a crop that samples inside each place.
+        self.serves_places = keep_aspect
         extensions = _normalize_extensions(extensions)
 
         # The shape is known without any file, so `cl-run check` can go on with a synthetic batch.
@@ -106,11 +116,13 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        index, image = self._readable(i)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]:
+        index, (image, place) = self._readable(i)
+        if self.serves_places:
+            return to_tensor(image), self.targets[index], torch.tensor(place)
         return to_tensor(image), self.targets[index]
 
-    def _readable(self, i: int) -> tuple[int, Image.Image]:
+    def _readable(self, i: int) -> tuple[int, tuple[Image.Image, tuple[int, int, int, int]]]:
         """``(i, image i)``; with ``on_error="skip"``, for an unreadable file the first readable one after it
         (wrapping around): a batch keeps its size, and an index always gives the same image."""
         if self.skipped is None or not self.skipped.known(i):
@@ -134,6 +146,8 @@ class ImageFolder(Dataset):
         raise DataError(f"clrun/image_folder: none of the {n} images in {self.root} can be read "
                         f"(e.g. {self.files[i]}); replace them, or check the `extensions` setting")
 
-    def _load(self, path: Path) -> Image.Image:
-        """Decode ``path`` and return it as a ``size`` x ``size`` image in ``self.mode``."""
-        return square_image(path, self.size, self.mode)
+    def _load(self, path: Path) -> tuple[Image.Image, tuple[int, int, int, int]]:
+        """Decode ``path`` as a ``size`` x ``size`` image in ``self.mode``, with the image's place on it."""
+        if self.serves_places:
+            return letterboxed_image(path, self.size, self.mode)
+        return square_image(path, self.size, self.mode), (0, 0, self.size, self.size)
