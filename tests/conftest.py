@@ -9,6 +9,7 @@ file, so a refactoring of those internals is adapted here, in one place.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,22 +152,35 @@ def build_run() -> Callable[[Recipe], Run]:
 
 
 @pytest.fixture(scope="session")
-def untrained_knn() -> Callable:
+def untrained_knn(tmp_path_factory) -> Callable:
     """``untrained_knn(recipe, knn) -> float``: kNN top-1 of ``recipe``'s encoder straight from its
     initialization (no step taken), evaluated by the KNNEvaluation ``knn`` as training evaluates it.
 
     Embedding a neighbour bank and the 10k test split takes most of a minute on a CPU, and most recipes
     start from the very same encoder (same backbone, seed and preprocessing), so each distinct encoder is
-    evaluated once per session. The cache key is what determines the result exactly: the backbone's
-    weights, the preprocessed pixels of a few test images, and the evaluator's settings and data sets.
+    evaluated once per session, by whichever pytest-xdist worker needs it first (the others read its
+    result from the session's shared temporary folder). The cache key is what determines the result
+    exactly: the backbone's weights, the preprocessed pixels of a few test images, and the evaluator's
+    settings and data sets.
     """
+    # Under pytest-xdist each worker's base folder sits in the session's own folder, which they share;
+    # without it the cache stays in memory (the parent folder outlives the session).
+    shared = tmp_path_factory.getbasetemp().parent / "untrained_knn" if os.environ.get("PYTEST_XDIST_WORKER") else None
     measured: dict[str, float] = {}
 
     def measure(recipe: Recipe, knn) -> float:
         run = built_run(recipe)
         key = _untrained_key(run, knn)
+        stored = shared / f"{key}.json" if shared is not None else None
+        if key not in measured and stored is not None and stored.exists():
+            measured[key] = json.loads(stored.read_text())
         if key not in measured:
             measured[key] = knn.evaluate(run)["knn_top1"]
+            if stored is not None:  # written whole, then renamed: another worker never reads half a file
+                shared.mkdir(exist_ok=True)
+                partial = stored.with_suffix(f".{os.getpid()}.tmp")
+                partial.write_text(json.dumps(measured[key]))
+                os.replace(partial, stored)
         return measured[key]
 
     return measure

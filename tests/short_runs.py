@@ -27,8 +27,9 @@ def knn_only(stem: str) -> str:
     return f"callbacks=[{json.dumps(knn)}]"
 
 
-def short_run(stem: str, images: int, tmp_path: Path) -> clrun.Run:
-    budget = [f"data.dataset.subset={images}", "train.epochs=4", "health.enabled=false", knn_only(stem)]
+def short_run(stem: str, images: int, tmp_path: Path, *overrides: str) -> clrun.Run:
+    """``stem`` trained 4 epochs on ``images`` images (``overrides``: e.g. a smaller batch), evaluated by kNN alone."""
+    budget = [f"data.dataset.subset={images}", "train.epochs=4", "health.enabled=false", knn_only(stem), *overrides]
     recipe = clrun.load_recipe(RECIPES / f"{stem}.yaml", [*budget, f"run.dir={tmp_path}", "train.progress=false"])
     return clrun.train(recipe)
 
@@ -38,10 +39,11 @@ def epoch_losses(run: clrun.Run) -> list[float]:
     return [r["loss"] for r in records if r["kind"] == "epoch"]
 
 
-def assert_beats_untrained(stem: str, images: int, margin: float, tmp_path: Path, untrained_knn) -> None:
-    """``stem`` trained 4 epochs on ``images`` images beats its own untrained encoder's kNN top-1 by
-    ``margin``; its run folder is complete and its loss went down."""
-    run = short_run(stem, images, tmp_path)
+def assert_beats_untrained(stem: str, images: int, margin: float, tmp_path: Path, untrained_knn,
+                           *overrides: str) -> None:
+    """``stem`` trained 4 epochs on ``images`` images (with ``overrides``) beats its own untrained encoder's
+    kNN top-1 by ``margin``; its run folder is complete and its loss went down."""
+    run = short_run(stem, images, tmp_path, *overrides)
     trained = run.summary["knn_top1"]
     untrained = untrained_knn(run.recipe, run.recipe.callbacks[0].build())  # the same encoder before its first step
     print(f"{stem}: kNN top-1 on the 10k test split: trained {trained:.4f}, untrained {untrained:.4f}")
