@@ -44,16 +44,17 @@ class RandomResizedCrop(nn.Module):
             raise ComponentError(f"clrun/random_resized_crop: ratio must be [low, high] with 0 < low <= high, got {list(ratio)!r}")
         self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
         self.resized_crop = K.RandomResizedCrop(size, scale=self.scale, ratio=self.ratio, resample=resample,
-                                         align_corners=align_corners)
+                                                align_corners=align_corners)
 
     def forward(self, images: Tensor, places: Tensor | None = None) -> Tensor:
         """``images``: (B, C, H, W); ``places``: (B, 4) ``[top, left, height, width]`` per image, or None
         for the whole images."""
         b, _, h, w = images.shape
-        if places is None:
-            places = torch.tensor([0, 0, h, w], device=images.device).expand(b, 4)
+        # The boxes are drawn on the CPU, in float64 as torchvision's Python floats (which some devices
+        # lack): a few numbers per image, the same draws on every device.
+        places = torch.tensor([[0, 0, h, w]]).expand(b, 4) if places is None else places.cpu()
         params = self.resized_crop.forward_parameters(images.shape)
-        params["src"] = crop_boxes(places.to(images.device), self.scale, self.ratio)
+        params["src"] = crop_boxes(places, self.scale, self.ratio).to(images.device)
         return self.resized_crop(images, params=params)
 
 
@@ -61,11 +62,10 @@ def crop_boxes(places: Tensor, scale: tuple[float, float], ratio: tuple[float, f
     """One crop per place, drawn as torchvision's ``RandomResizedCrop.get_params`` draws it on an image of
     the place's size, as kornia's box corners (B, 4, 2): (x, y) of top-left, top-right, bottom-right,
     bottom-left, inclusive."""
-    device = places.device
     top, left, height, width = (places[:, k, None].double() for k in range(4))
     b = places.shape[0]
-    area = height * width * torch.empty(b, TRIES, device=device, dtype=torch.float64).uniform_(*scale)
-    log_ratio = torch.empty(b, TRIES, device=device, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    area = height * width * torch.empty(b, TRIES, dtype=torch.float64).uniform_(*scale)
+    log_ratio = torch.empty(b, TRIES, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]))
     aspect = log_ratio.exp()
     w = (area * aspect).sqrt().round()
     h = (area / aspect).sqrt().round()
@@ -78,7 +78,7 @@ def crop_boxes(places: Tensor, scale: tuple[float, float], ratio: tuple[float, f
     fallback_w = torch.where(place_ratio < ratio[0], width, torch.where(place_ratio > ratio[1], (height * ratio[1]).round(), width))
     fallback_h = torch.where(place_ratio < ratio[0], (width / ratio[0]).round(), height)
     w, h = torch.where(found, w, fallback_w), torch.where(found, h, fallback_h)
-    u = torch.rand(b, 2, device=device, dtype=torch.float64)
+    u = torch.rand(b, 2, dtype=torch.float64)
     y = torch.where(found, (u[:, :1] * (height - h + 1)).floor(), ((height - h) / 2).floor())
     x = torch.where(found, (u[:, 1:] * (width - w + 1)).floor(), ((width - w) / 2).floor())
     x0, y0 = (left + x).squeeze(1), (top + y).squeeze(1)

@@ -178,7 +178,7 @@ def fixed_items(dataset: Dataset, seed: int, count: int) -> tuple[Tensor, Tensor
 def two_views(views, images: Tensor, run, places: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The first two global views of ``images`` (a positive pair); with a single global view, that view
     and the un-augmented image."""
-    made = views(images, None if places is None else places.to(images.device))
+    made = views(images, places)
     pair = [v for v, g in zip(made, views.is_global) if g][:2]
     if len(pair) < 2:
         pair = [made[0], run.preprocess(images)]

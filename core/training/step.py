@@ -35,11 +35,10 @@ def split_loss(result: Any) -> tuple[Tensor, dict[str, Tensor]]:
 
 def forward_and_loss(parts: Parts, images: Tensor, device: torch.device, step: int,
                      places: Tensor | None = None) -> tuple[Any, StepOutputs]:
-    """Views on the device (cropped inside each image's ``places`` when the data set letterboxes), their masks (a ``masking:`` section), the target network on the global ones (no
-    gradient), then the online network and the loss (``parts.trainable``, DDP-wrapped when several
-    processes train)."""
-    if places is not None:
-        places = places.to(device, non_blocking=True)
+    """Views on the device (cropped inside each image's ``places`` when the data set letterboxes: they stay
+    on the CPU, where the crops are drawn), their masks (a ``masking:`` section), the target network on the
+    global ones (no gradient), then the online network and the loss (``parts.trainable``, DDP-wrapped when
+    several processes train)."""
     views = parts.views(images.to(device, non_blocking=True), places)
     is_global = parts.views.is_global
     masking = parts.masking
@@ -70,7 +69,8 @@ def train_step(parts: Parts, images: Tensor, device: torch.device, precision: st
                scaler: torch.amp.GradScaler, grad_clip: float | None, step: int,
                places: Tensor | None = None) -> tuple[dict[str, float], StepOutputs]:
     """One optimizer step; ``step`` is the number of steps completed before it; ``places``: the images'
-    places on their canvas when the data set letterboxes them. Returns the step's metrics and outputs (for callbacks such as an online probe; the graph is already freed)."""
+    places on their canvas when the data set letterboxes them. Returns the step's metrics and outputs
+    (for callbacks such as an online probe; the graph is already freed)."""
     dtype = PRECISIONS[precision]
     scheduled = parts.schedules.apply(step)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

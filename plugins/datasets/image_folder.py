@@ -123,7 +123,7 @@ class ImageFolder(Dataset):
         return to_tensor(image), self.targets[index]
 
     def _readable(self, i: int) -> tuple[int, tuple[Image.Image, tuple[int, int, int, int]]]:
-        """``(i, image i)``; with ``on_error="skip"``, for an unreadable file the first readable one after it
+        """``(i, (image i, its place))``; with ``on_error="skip"``, for an unreadable file the first readable one after it
         (wrapping around): a batch keeps its size, and an index always gives the same image."""
         if self.skipped is None or not self.skipped.known(i):
             try:
