@@ -35,6 +35,7 @@ from clrun.api import components, create, load_recipe, train
 from clrun.callback import Evaluator, Stateful
 from clrun.component import KINDS, Component, LazyComponents, Nested
 from clrun.errors import (
+    ComponentBuildError,
     ComponentError,
     ComponentFailure,
     DataError,
@@ -99,6 +100,7 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "ComponentError",
+    "ComponentBuildError",
     "ComponentFailure",
     "PluginLoadError",
     "TrainingHalted",

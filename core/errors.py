@@ -52,6 +52,13 @@ def _position(message: str) -> tuple:
     return (file.startswith("<"), file, int(line) if line.isdigit() else 0, int(col) if col.isdigit() else 0)
 
 
+class ComponentBuildError(UserError):
+    """A plugin's component raised an unexpected exception while it was being built from its recipe entry
+    (a bug in its factory, or a setting it did not foresee). Nothing ran yet, so it is bad input, as a
+    plugin that fails to load is: the CLI exits with code 2. The message names the component, its plugin
+    and recipe line and the original error; ``__cause__`` holds that error (``-v`` shows its traceback)."""
+
+
 class PluginLoadError(UserError):
     """A plugin failed to load while strict loading was requested."""
 

@@ -80,9 +80,9 @@ def test_a_factory_that_raises_an_unexpected_error_is_named(monkeypatch, capsys)
     code, err = run_cli(capsys, "check", TINY, "callbacks=[{name: tests/keyerror}]")
     verbose_code, verbose_err = run_cli(capsys, "check", TINY, "callbacks=[{name: tests/keyerror}]", "-v")
     plugin_manager.set_default_registry(None)
-    assert code == 1
+    assert code == 2  # nothing ran: a plugin that cannot build is bad input, as one that cannot load
     assert err == ("cl-run: error: callback tests/keyerror from tests.plugin (tests-dist 1.2) (<command line>:1:12) "
                    "failed while being built: KeyError: 'missing_setting' (-v shows the traceback)\n")
     # -v: the plugin author's view, where in their code it failed.
-    assert verbose_code == 1 and "Traceback (most recent call last)" in verbose_err
+    assert verbose_code == 2 and "Traceback (most recent call last)" in verbose_err
     assert 'raise KeyError("missing_setting")' in verbose_err

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clrun.component import Component
-from clrun.errors import ComponentError, ComponentFailure, DataError, DataNotFoundError, UserError
+from clrun.errors import ComponentBuildError, ComponentError, DataError, DataNotFoundError, UserError
 from clrun.recipe.types import parameters
 from clrun.schedule import Schedule
 
@@ -51,7 +51,7 @@ class ComponentSpec:
         except UserError:
             raise  # it already says what to fix
         except Exception as exc:  # anything else is the plugin's bug: name it, and its maker
-            raise ComponentFailure(
+            raise ComponentBuildError(
                 f"{self.component.kind} {self.name} from {self.component.provider or '?'} ({self.where}) failed "
                 f"while being built: {type(exc).__name__}: {exc}"
             ) from exc
