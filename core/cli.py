@@ -2,15 +2,17 @@
 
     cl-run RECIPE [dotted.key=value ...] [--resume RUN_OR_CHECKPOINT]   train
     cl-run check RECIPE [dotted.key=value ...]                          validate, build, one CPU batch
-    cl-run eval RUN_OR_CHECKPOINT [dotted.key=value ...] [--with FILE]  run the recipe's evaluators again
+    cl-run eval RUN_OR_CHECKPOINT [dotted.key=value ...] [--with FILE] [-o DIR]  run the recipe's evaluators again
     cl-run export RUN_OR_CHECKPOINT [-o FILE.safetensors]               the encoder for timm and others
     cl-run sweep RECIPE key=v1,v2,... [dotted.key=value ...]            one run per value, one table
-    cl-run report RUN                                                   (re)write a run's plots and report
+    cl-run report RUN [-o DIR]                                          (re)write a run's plots and report
     cl-run shards IMAGE_FOLDER OUTPUT [--shard-size N]                  an image folder as tar shards
     cl-run components [KIND] [PATTERN]                                  what can be selected
     cl-run plugins                                                      loaded and broken plugins
 
-Exit codes: 0 success, 1 training failed, 2 bad input (recipe, data, plugin), 130 interrupted.
+Exit codes: 0 success, 1 training failed (also a plugin's callback or data set raising while it runs),
+2 bad input (recipe, data, a plugin that fails to load or to build, a full, read-only or forbidden disk),
+130 / 143 interrupted (SIGINT / SIGTERM).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import warnings
 
 from clrun import plugin_manager
 from clrun.component import KINDS
-from clrun.errors import ComponentErrors, ComponentFailure, TrainingHalted, UserError
+from clrun.errors import ComponentBuildError, ComponentErrors, ComponentFailure, TrainingHalted, UserError
 from clrun.recipe.problems import RecipeError
 
 # Each command imports the machinery it runs inside its function, not here: this module must not import
@@ -61,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     e.add_argument("overrides", nargs="*", help="dotted.key=value changes to the run's recipe, e.g. callbacks.0.k=50")
     e.add_argument("--with", dest="sections", metavar="FILE", help="a YAML file whose sections (e.g. callbacks:) replace the recipe's")
+    e.add_argument("-o", "--output", metavar="DIR",
+                   help="write the results and the report to DIR instead of the run folder (e.g. a read-only one)")
     e.add_argument("-v", "--verbose", action="store_true", help="with the traceback of a plugin's failure")
     x = sub.add_parser("export", help="write a run's encoder as safetensors with its recipe as metadata")
     x.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
@@ -70,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("overrides", nargs="+", help="key=v1,v2,... (swept) and key=value (fixed)")
     r = sub.add_parser("report", help="write a run folder's plots and report from its files")
     r.add_argument("run", metavar="RUN")
+    r.add_argument("-o", "--output", metavar="DIR",
+                   help="write the report and its plots to DIR instead of the run folder (e.g. a read-only one)")
     sh = sub.add_parser("shards", help="write an image folder as WebDataset tar shards (for clrun/webdataset)")
     sh.add_argument("source", metavar="IMAGE_FOLDER", help="images, searched recursively; one subfolder per class gives labels")
     sh.add_argument("output", metavar="OUTPUT", help="a new or empty folder for the shards and their index.json")
@@ -114,20 +120,27 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         print(f"cl-run: {len(exc.errors)} component(s) could not be built; nothing was run", file=sys.stderr)
         return 2
+    except ComponentBuildError as exc:  # a plugin's bug before anything ran: bad input, named
+        return plugin_failure(exc, args, 2)
     except UserError as exc:
         message = str(exc)
         # A message that starts at a recipe position already says "error:" (as recipe problems do).
         print(message if LOCATED_ERROR.match(message) else f"cl-run: error: {message}", file=sys.stderr)
         return 2
     except ComponentFailure as exc:  # a plugin's bug, named (training reports its own)
-        if getattr(args, "verbose", False):  # the plugin author's view: where in their code it failed
-            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
-        hint = "" if getattr(args, "verbose", True) else " (-v shows the traceback)"
-        print(f"cl-run: error: {exc}{hint}", file=sys.stderr)
-        return 1
+        return plugin_failure(exc, args, 1)
     except KeyboardInterrupt:
         print("cl-run: interrupted", file=sys.stderr)
         return 130
+
+
+def plugin_failure(exc: Exception, args, code: int) -> int:
+    """A plugin's exception as one line naming it (its traceback too with ``-v``); returns ``code``."""
+    if getattr(args, "verbose", False):  # the plugin author's view: where in their code it failed
+        traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+    hint = "" if getattr(args, "verbose", True) else " (-v shows the traceback)"
+    print(f"cl-run: error: {exc}{hint}", file=sys.stderr)
+    return code
 
 
 _python_format_warning = warnings.formatwarning
@@ -182,15 +195,18 @@ def cmd_check(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from clrun.evaluation import evaluate
+    from clrun.evaluation import EVAL_ELSEWHERE, evaluate, written_to
+    from clrun.storage import elsewhere
     from clrun.report import write_report
     from clrun.training.reporting import results_table
 
-    results = evaluate(args.checkpoint, args.overrides, args.sections)
+    results = evaluate(args.checkpoint, args.overrides, args.sections, args.output)
     for line in results_table(results, sorted({k.removesuffix("_projector") for k in results})):
         print(line)
     folder = checkpoint_folder(args.checkpoint)
-    print(f"results: {folder.evaluation}\nreport: {write_report(folder.path)}")
+    with elsewhere(EVAL_ELSEWHERE):
+        report = write_report(folder.path, args.output)
+    print(f"results: {written_to(folder, args.output).evaluation}\nreport: {report}")
     return 0
 
 
@@ -211,11 +227,13 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from clrun.report import write_report
     from clrun.run_folder import RunFolder
+    from clrun.storage import elsewhere
 
     folder = RunFolder(args.run)
     if not folder.is_run():
         raise UserError(f"report: {folder.path} is not a run folder (it has no {folder.recipe.name})")
-    print(f"report: {write_report(folder.path)}")
+    with elsewhere("write the report to {place} instead (-o DIR)"):
+        print(f"report: {write_report(folder.path, args.output)}")
     return 0
 
 

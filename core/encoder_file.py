@@ -7,7 +7,6 @@ What the training loop writes at the end of a run and ``cl-run export`` writes o
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,7 @@ import yaml
 from torch import Tensor
 
 from clrun.errors import UserError
-from clrun.run_folder import temp_path
-from clrun.storage import writing
+from clrun.storage import write_atomic
 from clrun.version import __version__
 
 _PREFIX = "backbone."
@@ -68,17 +66,9 @@ def write_encoder(path: Path, backbone_state: dict[str, Tensor], recipe: dict[st
             raise ValueError(f"write_encoder: extra metadata {key!r} would replace a reserved entry")
         metadata[key] = str(value)
 
-    # Same folder, so os.replace is a rename on one file system (atomic), as in checkpoint.save_atomic.
-    tmp = temp_path(path)
     kept = "the previous export is kept" if path.is_file() else ""
-    try:
-        with writing(path, "export", kept):
-            safetensors.torch.save_file(backbone_state, str(tmp), metadata=metadata)
-            with open(tmp, "rb+") as f:  # save_file takes a path only: flush its bytes to disk here
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: safetensors.torch.save_file(backbone_state, str(tmp), metadata=metadata),
+                 "export", kept)
     return path
 
 

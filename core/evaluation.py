@@ -15,14 +15,20 @@ from clrun.errors import UserError
 from clrun.plugin_manager import default_registry
 from clrun.recipe import load_recipe
 from clrun.run_folder import RunFolder
+from clrun.storage import elsewhere, make_folder
 from clrun.training import checkpoint, checkpoints
 from clrun.training.run import Run
 from clrun.training.setup import prepare
 
+# The run folder may be read-only (archived, shared, mounted): the results can go anywhere else.
+EVAL_ELSEWHERE = "write the evaluation to {place} instead (-o DIR, or out= in Python)"
 
-def evaluate(run_or_checkpoint: str | Path, overrides: Iterable[str] = (), sections_from: str | Path | None = None) -> dict[str, float]:
+
+def evaluate(run_or_checkpoint: str | Path, overrides: Iterable[str] = (), sections_from: str | Path | None = None,
+             out: str | Path | None = None) -> dict[str, float]:
     """Evaluate a checkpoint; ``overrides`` change the run's recipe (``callbacks.0.k=50``) and
-    ``sections_from`` replaces whole sections (a file with its own ``callbacks:`` list)."""
+    ``sections_from`` replaces whole sections (a file with its own ``callbacks:`` list). The results go to
+    the run folder's evaluation file, or to the one in the folder ``out`` (for a read-only run folder)."""
     saved = checkpoints.find(run_or_checkpoint, "eval")
     folder = RunFolder.of_checkpoint(saved)
     if not folder.is_run():
@@ -46,7 +52,14 @@ def evaluate(run_or_checkpoint: str | Path, overrides: Iterable[str] = (), secti
     results: dict[str, float] = {}
     for cb in evaluators:
         results.update(cb.evaluate(run))
-    folder.write_evaluation({"checkpoint": str(saved), "epoch": run.epoch, "step": run.step,
-                             "overrides": list(overrides), "with": str(sections_from) if sections_from else None,
-                             "results": results})
+    with elsewhere(EVAL_ELSEWHERE):
+        written_to(folder, out).write_evaluation({"checkpoint": str(saved), "epoch": run.epoch, "step": run.step,
+                                                  "overrides": list(overrides),
+                                                  "with": str(sections_from) if sections_from else None,
+                                                  "results": results})
     return results
+
+
+def written_to(folder: RunFolder, out: str | Path | None) -> RunFolder:
+    """The folder the evaluation (and its report) is written to: the run's, or ``out`` (created if missing)."""
+    return folder if out is None else RunFolder(make_folder(Path(out), "eval"))

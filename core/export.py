@@ -38,10 +38,16 @@ from torch import nn
 from clrun.api import create
 from clrun.encoder_file import encoder_state, is_pretext, read_metadata, write_encoder
 from clrun.errors import UserError
+from clrun.reading import reading
 from clrun.run_folder import RunFolder
+from clrun.storage import elsewhere
 from clrun.training import checkpoints
 
+# The run folder may be read-only (archived, shared, mounted): the export can go anywhere else.
+EXPORT_ELSEWHERE = "export to {place} instead (-o FILE.safetensors, or out= in Python)"
+
 __all__ = ["export", "load_encoder", "encoder_state", "read_metadata", "write_encoder"]
+
 
 def export(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path:
     """Export a run's encoder: the run folder's encoder file unless ``out`` (a file, or a folder to write
@@ -55,6 +61,13 @@ def export(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path
     if not backbone:
         raise UserError(f"export: {checkpoint} holds no backbone tensors (no `backbone.*` keys in its network state)")
 
+    metadata = {"epoch": state.get("epoch"), "step": state.get("step")}
+    with elsewhere(EXPORT_ELSEWHERE):
+        return write_encoder(export_path(folder, out), backbone, recipe, metadata)
+
+
+def export_path(folder: RunFolder, out: str | Path | None) -> Path:
+    """Where ``export`` writes: the run folder's encoder file, or ``out`` (a file, or a folder to put it in)."""
     target = folder.encoder if out is None else Path(out)
     if target.is_dir():
         target = target / folder.encoder.name
@@ -63,7 +76,7 @@ def export(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path
         raise UserError(f"export: {target}: the output file name must end in .safetensors")
     if not target.parent.is_dir():
         raise UserError(f"export: {target}: the folder {target.parent} does not exist")
-    return write_encoder(target, backbone, recipe, {"epoch": state.get("epoch"), "step": state.get("step")})
+    return target
 
 
 def load_encoder(path: str | Path) -> nn.Module:
@@ -75,7 +88,10 @@ def load_encoder(path: str | Path) -> nn.Module:
         raise UserError(f"{file} is not a cl-run encoder export (its metadata has no `backbone` entry); "
                         f"export a run with clrun.export.export(<run folder>)")
     name = metadata["backbone"]
-    args = json.loads(metadata.get("backbone_args", "{}"))
+    with reading(file, "load_encoder", "cl-run encoder export"):
+        args = json.loads(metadata.get("backbone_args", "{}"))
+        if not isinstance(args, dict):
+            raise ValueError(f"its backbone_args metadata is a {type(args).__name__}, not a mapping")
     args.pop("checkpoint_path", None)
     if "pretrained" in args:  # only if set: a plugin backbone may not take this argument
         args["pretrained"] = False
@@ -83,7 +99,8 @@ def load_encoder(path: str | Path) -> nn.Module:
         model = create("backbone", name, **args)
     except UserError as exc:
         raise UserError(f"{file}: cannot rebuild its backbone {name} with {args}: {exc}") from exc
-    state = safetensors.torch.load_file(str(file))
+    with reading(file, "load_encoder", "cl-run encoder export"):
+        state = safetensors.torch.load_file(str(file))
     # Strict, except for the pre-training-only tensors the export leaves out (they keep their initial values).
     state.update({k: v for k, v in model.state_dict().items() if is_pretext(k) and k not in state})
     try:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from clrun.storage import writing
+from clrun.storage import TEMP_SUFFIX, append_text, discard, make_folder, temp_path, write_atomic, writing
 
-TEMP_SUFFIX = ".tmp"
+__all__ = ["RunFolder", "append_jsonl", "write_atomic", "temp_path", "jsonable", "TEMP_SUFFIX"]
 
 
 class RunFolder:
@@ -111,7 +109,7 @@ class RunFolder:
         """Delete the temporary files a killed writer left behind (call it while holding the lock)."""
         stale = sorted(self.path.glob(f".*{TEMP_SUFFIX}"))
         for path in stale:
-            path.unlink(missing_ok=True)
+            discard(path)
         return stale
 
     def drop_records_after(self, epoch: int, step: int) -> None:
@@ -136,9 +134,8 @@ class RunFolder:
     @classmethod
     def create(cls, base: str | Path, name: str) -> RunFolder:
         """A new folder ``base/name``; if it exists, ``name-2``, ``name-3``... so no earlier run is touched."""
-        root = Path(base)
+        root = make_folder(Path(base), "run folder")
         with writing(root, "run folder"):
-            root.mkdir(parents=True, exist_ok=True)
             for i in range(1, 10_000):
                 path = root / (name if i == 1 else f"{name}-{i}")
                 try:
@@ -177,7 +174,7 @@ class RunFolder:
         write_atomic(self.summary, json.dumps(jsonable(summary), indent=2) + "\n")
 
     def write_evaluation(self, record: dict[str, Any]) -> None:
-        write_atomic(self.evaluation, json.dumps(jsonable(record), indent=2) + "\n")
+        write_atomic(self.evaluation, json.dumps(jsonable(record), indent=2) + "\n", "eval")
 
 
 def _parses(line: str) -> bool:
@@ -189,33 +186,7 @@ def _parses(line: str) -> bool:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with writing(path, "log"), open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(jsonable(record)) + "\n")
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: readers (and a crash halfway)
-    only ever see the old file or the whole new one."""
-    with writing(path.parent, "run folder"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    # A unique name in the same folder (os.replace is atomic only within one file system); opened with
-    # plain open(), not mkstemp, so the file gets the usual permissions (mkstemp's are owner-only).
-    tmp = temp_path(path)
-    try:
-        with writing(path, "run folder", "the previous version is kept" if path.exists() else ""), open(tmp, "xb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def temp_path(path: Path) -> Path:
-    """Where to write ``path``'s next version before renaming it over ``path``: a unique hidden name in the
-    same folder (``os.replace`` is atomic only within one file system). ``RunFolder.remove_temp_files``
-    finds what a killed writer left."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+    append_text(path, json.dumps(jsonable(record)) + "\n", "log")
 
 
 def jsonable(value: Any) -> Any:

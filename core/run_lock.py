@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clrun.errors import UserError
+from clrun.storage import create_exclusive, discard, remove
 
 
 def _alive(pid: int) -> bool:
@@ -49,12 +50,10 @@ class RunLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(2):  # a second try after taking over a stale lock
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                create_exclusive(self.path, json.dumps(me), "run lock")
             except FileExistsError:
                 self._take_over_if_stale()
                 continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(me, f)
             self.held = True
             return
         raise UserError(f"{self.path.parent}: could not take its lock {self.path}; try again")
@@ -66,7 +65,7 @@ class RunLock:
         if isinstance(pid, int) and host == here and not _alive(pid):
             print(f"cl-run: {self.path.parent}: taking over the lock of process {pid} on {host}, which is no "
                   f"longer running", file=sys.stderr, flush=True)
-            self.path.unlink(missing_ok=True)
+            remove(self.path, "run lock")
             return
         if not holder:
             raise UserError(f"{self.path.parent} is locked by {self.path}, which names no holder; if no cl-run "
@@ -79,7 +78,7 @@ class RunLock:
 
     def release(self) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
+            discard(self.path)  # never raised over the error that ends the run: a stale lock is taken over
             self.held = False
 
     def __enter__(self) -> "RunLock":

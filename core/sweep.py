@@ -17,6 +17,7 @@ from clrun.errors import TrainingHalted, UserError
 from clrun.recipe import load_recipe
 from clrun.report import write_sweep_report
 from clrun.run_folder import RunFolder
+from clrun.storage import remove_if_empty, write_atomic
 from clrun.training.check import check
 from clrun.training.loop import train
 from clrun.training.step import NonFiniteLossError
@@ -61,7 +62,20 @@ def sweep(recipe_path: str | Path, arguments: list[str]) -> Path:
     for overrides in variants:
         check(load_recipe(recipe_path, overrides))
     base = load_recipe(recipe_path, variants[0])
+    runs_existed = Path(base.run.dir).is_dir()
     folder = RunFolder.create(base.run.dir, f"{Path(recipe_path).stem}-sweep").path
+    try:
+        return run_variants(recipe_path, folder, keys, combos, labels, variants)
+    except UserError:  # e.g. a full disk at the first variant: leave no empty sweep folder behind
+        remove_if_empty(folder)
+        if not runs_existed:
+            remove_if_empty(Path(base.run.dir))
+        raise
+
+
+def run_variants(recipe_path: str | Path, folder: Path, keys: list[str], combos: list[tuple], labels: list[str],
+                 variants: list[list[str]]) -> Path:
+    """Train each variant in its own run folder inside the sweep's ``folder``; returns the sweep table's path."""
     rows: list[dict[str, Any]] = []
     for combo, label, overrides in zip(combos, labels, variants):
         print(f"sweep: {label} ({len(rows) + 1}/{len(combos)})", flush=True)
@@ -74,5 +88,5 @@ def sweep(recipe_path: str | Path, arguments: list[str]) -> Path:
             row["error"] = str(exc).splitlines()[0]
             print(f"sweep: {label} stopped: {row['error']}", flush=True)
         rows.append(row)
-        (folder / "sweep.json").write_text(json.dumps({"keys": keys, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+        write_atomic(folder / "sweep.json", json.dumps({"keys": keys, "rows": rows}, indent=2) + "\n", "sweep")
     return write_sweep_report(folder, ",".join(keys), rows)

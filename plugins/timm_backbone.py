@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Optional
 
 import timm
-import torch
 from timm.models import group_parameters
 from torch import nn
 
 from clrun import UserError
+from clrun.reading import load_weights
 from clrun.plugins.vit_tokens import add_tokens
 
 
@@ -97,15 +97,7 @@ def _load_checkpoint(model: nn.Module, model_name: str, path: str) -> None:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"timm/{model_name}: checkpoint_path {path} does not exist")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(file))
-    else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model"):  # common wrappers around a state dict
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
+    state = load_weights(file, f"timm/{model_name}: checkpoint_path")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(

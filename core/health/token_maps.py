@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from clrun.health.monitor import fixed_sample
 from clrun.hookspecs import hookimpl
-from clrun.run_folder import write_atomic
+from clrun.storage import write_atomic
 from clrun.tokens import offers_tokens
 
 IMAGES = 4

@@ -66,7 +66,10 @@ CAPTIONS = {
                    "attention in the last block, per head (a model that found the object attends to it)."),
 }
 
-def render(records: RunRecords, plots: dict[str, Path]) -> str:
+def render(records: RunRecords, plots: dict[str, Path], at: Path | None = None) -> str:
+    """The report's text; its links are relative to ``at``, the folder it is written in (the run folder
+    unless the report is written elsewhere)."""
+    at = records.directory if at is None else Path(at)
     sections = [
         f"# Run report: `{records.directory.resolve().name or records.directory}`",
         halted_notice(records),
@@ -76,8 +79,8 @@ def render(records: RunRecords, plots: dict[str, Path]) -> str:
         results_table(records),
         branch_comparison(records),
         health(records),
-        plots_section(records, plots),
-        files_section(records),
+        plots_section(records, plots, at),
+        files_section(records, at),
     ]
     return "\n\n".join(s for s in sections if s).rstrip() + "\n"
 
@@ -272,19 +275,20 @@ def _alarm(records: RunRecords) -> str:
     return "\n".join(lines)
 
 
-def plots_section(records: RunRecords, plots: dict[str, Path]) -> str:
+def plots_section(records: RunRecords, plots: dict[str, Path], at: Path) -> str:
     if not plots:
         return "## Plots\n\nNo plot could be drawn: no curve, health check or accuracy was recorded."
     blocks = []
     for name, path in plots.items():
         heading, caption = CAPTIONS.get(name, (name, ""))
-        link = Path(os.path.relpath(path, records.directory)).as_posix()  # relative: the folder can move
+        link = Path(os.path.relpath(path, at)).as_posix()  # relative: the folder can move
         blocks.append(f"### {heading}\n\n{caption}\n\n![{heading}]({link})")
     return "## Plots\n\n" + "\n\n".join(blocks)
 
 
-def files_section(records: RunRecords) -> str:
-    lines = [f"- [{name}]({name}): {what}" for name, what in RunFolder.FILES.items() if (records.directory / name).exists()]
+def files_section(records: RunRecords, at: Path) -> str:
+    lines = [f"- [{name}]({Path(os.path.relpath(records.directory / name, at)).as_posix()}): {what}"
+             for name, what in RunFolder.FILES.items() if (records.directory / name).exists()]
     return "## Files\n\n" + "\n".join(lines) if lines else ""
 
 

@@ -16,7 +16,8 @@ from typing import Any, Callable
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from clrun.run_folder import RunFolder, write_atomic
+from clrun.run_folder import RunFolder
+from clrun.storage import remove, write_atomic
 from clrun.report.records import (
     BRANCHES,
     RunRecords,
@@ -36,7 +37,7 @@ DPI = 110
 def save_figure(fig: Figure, path: Path) -> None:
     buffer = io.BytesIO()  # rendered in memory first, so a failed render never replaces a good PNG
     fig.savefig(buffer, format="png", dpi=DPI)
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue(), "report")
 
 
 def loss_figure(records: RunRecords) -> Figure | None:
@@ -255,7 +256,7 @@ def write_plots(records: RunRecords, directory: Path) -> dict[str, Path]:
         path = directory / f"{name}.png"
         fig = build(records)
         if fig is None:
-            path.unlink(missing_ok=True)
+            remove(path, "report")
             continue
         save_figure(fig, path)
         written[name] = path

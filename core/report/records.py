@@ -62,11 +62,16 @@ def read_run(run_dir: Path) -> RunRecords:
         records.final = summary  # written atomically at the end: the authority over the metrics line
     records.health = [h for h in _read_jsonl(folder.health, records) if isinstance(h.get("metrics"), dict)]
     records.resumes = _read_jsonl(folder.resumes, records, optional=True)
-    evaluation = _read_json(folder.evaluation, records, optional=True)
-    if isinstance(evaluation, dict) and isinstance(evaluation.get("results"), dict):
-        records.evaluation = evaluation
+    use_evaluation(records, folder.evaluation)
     records.token_maps = _read_npz(folder.token_maps, records)
     return records
+
+
+def use_evaluation(records: RunRecords, path: Path) -> None:
+    """The evaluation record at ``path`` (``cl-run eval`` writes it) as the report's, when there is one."""
+    evaluation = _read_json(path, records, optional=True)
+    if isinstance(evaluation, dict) and isinstance(evaluation.get("results"), dict):
+        records.evaluation = evaluation
 
 
 def _read_npz(path: Path, records: RunRecords) -> dict[str, Any] | None:

@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from clrun.report.plots import BRANCH_MARKER, BRANCH_STYLE, save_figure
-from clrun.run_folder import RunFolder, write_atomic
+from clrun.run_folder import RunFolder
+from clrun.storage import make_folder, write_atomic
 from clrun.report.records import BRANCHES, evaluation_label, health_value, number, ordered_bases
 
 FIXED_COLUMNS = ("value", "run")
@@ -24,12 +25,11 @@ FIXED_COLUMNS = ("value", "run")
 def write_sweep_report(sweep_dir: Path, key: str, rows: list[dict[str, Any]]) -> Path:
     """``sweep.csv``, ``sweep.png`` and ``sweep.md`` in ``sweep_dir``; returns the path of ``sweep.md``.
     Rows keep the order given (the sweep's own); the plot sorts numeric values along its axis."""
-    sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(sweep_dir / "sweep.csv", sweep_csv(rows))
+    sweep_dir = make_folder(Path(sweep_dir), "sweep")
+    write_atomic(sweep_dir / "sweep.csv", sweep_csv(rows), "sweep")
     save_figure(sweep_figure(key, rows), sweep_dir / "sweep.png")
     path = sweep_dir / "sweep.md"
-    write_atomic(path, sweep_markdown(sweep_dir, key, rows))
+    write_atomic(path, sweep_markdown(sweep_dir, key, rows), "sweep")
     return path
 
 

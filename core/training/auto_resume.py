@@ -24,7 +24,8 @@ from typing import Optional
 
 from clrun import distributed
 from clrun.recipe import Recipe
-from clrun.run_folder import RunFolder, write_atomic
+from clrun.run_folder import RunFolder
+from clrun.storage import write_atomic
 from clrun.training import checkpoints
 
 RUN_ID = "TORCHELASTIC_RUN_ID"

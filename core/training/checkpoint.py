@@ -8,7 +8,7 @@ previous complete checkpoint or the new complete one, never a half-written file.
 
 from __future__ import annotations
 
-import os
+import contextvars
 import pickle
 import random
 import sys
@@ -23,8 +23,8 @@ import torch
 from clrun import distributed
 from clrun.callback import Stateful
 from clrun.errors import UserError
-from clrun.run_folder import RunFolder, temp_path
-from clrun.storage import writing
+from clrun.run_folder import RunFolder
+from clrun.storage import write_atomic
 from clrun.training.run import Run
 from clrun.training.setup import seed_augmentations
 
@@ -190,16 +190,8 @@ def callback_key(index: int, callback: object) -> str:
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    tmp = temp_path(path)
     kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written yet"
-    try:
-        with writing(path, "checkpoint", kept), open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: torch.save(state, tmp), "checkpoint", kept)
 
 
 def snapshot(value: Any) -> Any:
@@ -225,7 +217,9 @@ class BackgroundWriter:
 
     def write(self, state: dict[str, Any], path: Path) -> None:
         self.wait()
-        self._thread = threading.Thread(target=self._write, args=(state, path), name="clrun-checkpoint")
+        # In the caller's context: a failed write's message then gives the fix that fits the command.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._write, state, path), name="clrun-checkpoint")
         self._thread.start()
 
     def _write(self, state: dict[str, Any], path: Path) -> None:

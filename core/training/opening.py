@@ -12,11 +12,14 @@ from clrun.errors import UserError
 from clrun.recipe import load_recipe, resolved
 from clrun.run_folder import RunFolder
 from clrun.run_lock import RunLock
-from clrun.storage import check_free_space
+from clrun.storage import NEW_RUN, check_free_space, elsewhere
 from clrun.training import auto_resume, checkpoint, checkpoints
 from clrun.training.resume import changes, check_allowed, recorded, training_changes
 from clrun.training.run import Run
 from clrun.training.setup import Setup, seed_augmentations
+
+# A resume cannot move its run folder (run.dir only names where new runs go): the fix is a copy of it.
+RESUME_ELSEWHERE = "copy the run folder to {place} and resume the copy"
 
 
 @contextmanager
@@ -28,27 +31,35 @@ def open_run(setup: Setup, resume: str | Path | None, callbacks: list, allow_cha
     if not resume and (resume := auto_resume.checkpoint_to_resume(recipe)):
         if main:
             print(f"cl-run: {auto_resume.why(recipe)}: resuming {resume}", flush=True)
-    if resume:
-        saved = checkpoints.find(resume)
-        folder = RunFolder.of_checkpoint(saved)
-    else:
-        if main:  # before the folder exists: a run that cannot checkpoint does not start
-            check_free_space(Path(recipe.run.dir), checkpoint.expected_size(setup.parts), "the run's checkpoint")
-        name = auto_resume.run_name(recipe)
-        folder = distributed.broadcast_object(RunFolder.create(recipe.run.dir, name) if main else None)
+    saved = checkpoints.find(resume) if resume else None
+    with elsewhere(RESUME_ELSEWHERE if saved else NEW_RUN):
+        folder = RunFolder.of_checkpoint(saved) if saved else None
+        if main:  # before anything is written: a run that cannot checkpoint does not start
+            check_free_space(folder.path if saved else Path(recipe.run.dir), checkpoint.expected_size(setup.parts),
+                             "the run's checkpoint")
+        if saved is None:
+            name = auto_resume.run_name(recipe)
+            folder = distributed.broadcast_object(RunFolder.create(recipe.run.dir, name) if main else None)
+        with locked(folder, main):
+            run = Run(recipe, setup.parts, setup.device, folder, setup.steps_per_epoch)
+            if saved:
+                continue_run(run, saved, callbacks, allow_changes)
+            else:
+                if main:
+                    folder.write_recipe(resolved(recipe))
+                    auto_resume.record_launch(folder)
+                seed_augmentations(recipe.seed)
+            yield run
+
+
+@contextmanager
+def locked(folder: RunFolder, main: bool) -> Iterator[None]:
+    """Rank 0 holds the folder's lock (one writer per run folder) within this block."""
     lock = RunLock(folder.lock)
     if main:
         lock.acquire()
     try:
-        run = Run(recipe, setup.parts, setup.device, folder, setup.steps_per_epoch)
-        if resume:
-            continue_run(run, saved, callbacks, allow_changes)
-        else:
-            if main:
-                folder.write_recipe(resolved(recipe))
-                auto_resume.record_launch(folder)
-            seed_augmentations(recipe.seed)
-        yield run
+        yield
     finally:
         lock.release()
 

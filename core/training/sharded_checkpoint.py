@@ -24,8 +24,8 @@ from torch import nn
 
 from clrun import distributed
 from clrun.errors import UserError
-from clrun.run_folder import RunFolder, write_atomic
-from clrun.storage import writing
+from clrun.run_folder import RunFolder
+from clrun.storage import write_atomic, writing
 from clrun.training import checkpoint
 
 LATEST = "latest"
@@ -53,18 +53,37 @@ def trained(parts) -> nn.Module:
 def save(run, callbacks: list = (), position: Optional[dict[str, Any]] = None) -> bool:
     """Write a sharded checkpoint (every process calls it); returns whether it was written (a callback may
     hold checkpoints while the state looks unhealthy)."""
-    import torch.distributed.checkpoint as dcp
-
     rng_states = distributed.gather_objects(checkpoint.rng_state())
     if run.checkpoint_hold is not None:
         return False
     root = run.folder.sharded_checkpoint
     name = distributed.broadcast_object(f"step-{run.step:09d}-{uuid.uuid4().hex[:8]}")
     kept = "the previous checkpoint is kept" if latest(run.folder) else "no checkpoint was written yet"
-    with writing(root / name, "checkpoint", kept), one_process_is_fine():
+    try:
+        write_shards(run, callbacks, position, root / name, rng_states, kept)
+    except BaseException:
+        if distributed.is_main():  # no half-written checkpoint stays beside the complete one
+            shutil.rmtree(root / name, ignore_errors=True)
+        raise
+    # dcp.save returns on rank 0 only after every process's shards are written: `latest` may point at them.
+    if distributed.is_main():
+        write_atomic(root / LATEST, name + "\n", "checkpoint")
+        for old in root.iterdir():
+            if old.is_dir() and old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+    run.checkpoint_epoch = run.epoch
+    return True
+
+
+def write_shards(run, callbacks: list, position: Optional[dict[str, Any]], folder: Path, rng_states: list,
+                 kept: str) -> None:
+    """Every process's shards and rank 0's rest of the state, into the new checkpoint's ``folder``."""
+    import torch.distributed.checkpoint as dcp
+
+    with writing(folder, "checkpoint", kept), one_process_is_fine():
         # Per-process tensors that are not sharded (BatchNorm statistics) are saved from rank 0, as a
         # replicated run's checkpoint and the exported encoder have them.
-        dcp.save(tensors(run.parts), checkpoint_id=str(root / name),
+        dcp.save(tensors(run.parts), checkpoint_id=str(folder),
                  planner=dcp.DefaultSavePlanner(dedup_save_to_lowest_rank=True))
         rest = {"format": checkpoint.FORMAT, "epoch": run.epoch, "step": run.step,
                 "scheduler": run.parts.scheduler.state_dict() if run.parts.scheduler is not None else None,
@@ -72,15 +91,7 @@ def save(run, callbacks: list = (), position: Optional[dict[str, Any]] = None) -
                 "callbacks": checkpoint.callback_states(callbacks) if distributed.is_main() else {},
                 "position": position}
         if distributed.is_main():
-            checkpoint.save_atomic(rest, root / name / REST)
-    # dcp.save returns on rank 0 only after every process's shards are written: `latest` may point at them.
-    if distributed.is_main():
-        write_atomic(root / LATEST, name + "\n")
-        for old in root.iterdir():
-            if old.is_dir() and old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-    run.checkpoint_epoch = run.epoch
-    return True
+            checkpoint.save_atomic(rest, folder / REST)
 
 
 @contextmanager
