@@ -4,6 +4,9 @@ For every loss (the token-level ones on a small ViT), each rank trains a copy of
 the whole batch (the reference a single process computes), and once under DistributedDataParallel on
 its half of the batch, through cl-run's own step pieces (Trainable, distribute, the losses' cross-rank
 code, the averaged metrics). It saves both so the test can compare gradients, losses and queues.
+The token-level losses train a third time, sharded (``train.strategy: fsdp``: cl-run's own sharding of
+the online network, the target's copies and the loss), with the whole weights gathered after the steps:
+the backbone's ``forward_tokens`` and the token heads must train as under DDP.
 The networks have no BatchNorm: BatchNorm statistics are per rank by design, so only BatchNorm-free
 networks have exactly the single-process gradients.
 """
@@ -16,6 +19,7 @@ from unittest import mock
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 import clrun
 from clrun import distributed
@@ -24,6 +28,7 @@ from clrun.training.network import OnlineNetwork
 from clrun.training.step import reduced_metrics, split_loss
 from clrun.training.target import TargetNetwork
 from clrun.training.network import Trainable, distribute
+from clrun.training import sharding
 
 GLOBAL_BATCH, IN_DIM, DIM, STEPS = 8, 12, 8, 3
 
@@ -93,11 +98,29 @@ def step_on(result, trainable: Trainable, optimizer: torch.optim.Optimizer, targ
     record["losses"].append(reduced_metrics(loss, extras)["loss"] if wrap else float(loss.detach()))
     optimizer.zero_grad()
     loss.backward()
-    if record["grads"] is None:
-        record["grads"] = {k: p.grad.clone() for k, p in trainable.named_parameters() if p.grad is not None}
+    if record["grads"] is None:  # a sharded parameter's gradient whole (a collective, in the same order on every rank)
+        record["grads"] = {k: whole(p.grad) for k, p in trainable.named_parameters() if p.grad is not None}
     optimizer.step()
+    sharding.reshard(trainable)  # as train_step does: a part the loss left out is gathered no longer
     if target is not None:
         target.update(trainable.network)
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of ``tensor``, gathered whole from every rank's shard when it is sharded (a DTensor)."""
+    return tensor.full_tensor() if callable(getattr(tensor, "full_tensor", None)) else tensor.clone()
+
+
+def whole_weights(net: nn.Module, target, sharded: bool) -> dict:
+    """The online and the target network's tensors, whole (gathered when ``sharded``: a collective)."""
+    def state(module: nn.Module) -> dict:
+        if sharded:
+            return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+        return {k: v.clone() for k, v in module.state_dict().items()}
+    weights = {f"network.{k}": v for k, v in state(net).items()}
+    if target is not None:
+        weights.update({f"target.{k}": v for k, v in state(target).items()})
+    return weights
 
 
 def token_network(name: str) -> OnlineNetwork:
@@ -114,14 +137,17 @@ def token_network(name: str) -> OnlineNetwork:
     return OnlineNetwork(backbone, projector, None, head)
 
 
-def train_tokens(name: str, rows: slice, wrap: bool) -> dict:
+def train_tokens(name: str, rows: slice, wrap: bool, shard: bool = False) -> dict:
     """``train`` for a token-level loss: two global views of images, their masks drawn for the whole batch
-    from a seeded stream (the same on every rank) and cut to ``rows``."""
+    from a seeded stream (the same on every rank) and cut to ``rows``; with ``shard``, the parts sharded as
+    ``train.strategy: fsdp`` shards them. Also returns the whole weights after the last step."""
     params, (mask_name, mask_settings), hidden, masking, with_target = TOKEN_CASES[name]
     net = token_network(name)
     loss_fn = clrun.create("loss", name, in_dim=DIM, **params)
     generator = clrun.create("mask", mask_name, **mask_settings)
     target = TargetNetwork(net, TargetSection(momentum=0.9), STEPS) if with_target else None
+    if shard:  # before the optimizer, as cl-run's build does; distribute then leaves the trainable as it is
+        sharding.shard_training(net, target, loss_fn, torch.device("cpu"))
     trainable = Trainable(net, loss_fn)
     model = distribute(trainable, torch.device("cpu")) if wrap else trainable
     optimizer = torch.optim.SGD(trainable.parameters(), lr=0.1)
@@ -137,7 +163,7 @@ def train_tokens(name: str, rows: slice, wrap: bool) -> dict:
             targets, tokens, token_projections = target.with_tokens(views, project=masking.get("project_tokens", False))
         step_on(model(views, [True, True], targets, step, STEPS, masks, hidden == "drop", tokens, token_projections),
                 trainable, optimizer, target, wrap, record)
-    return {**record, "loss_state": copy.deepcopy(loss_fn.state_dict())}
+    return {**record, "loss_state": copy.deepcopy(loss_fn.state_dict()), "weights": whole_weights(net, target, shard)}
 
 
 def train(name: str, rows: slice, wrap: bool) -> dict:
@@ -170,10 +196,12 @@ def main(out: str) -> None:
     share = GLOBAL_BATCH // world
     rows = slice(rank * share, (rank + 1) * share)
     ddp = {name: train(name, rows, wrap=True) for name in [*CASES, *TOKEN_CASES]}
+    sharded = {name: train_tokens(name, rows, wrap=True, shard=True) for name in TOKEN_CASES}
     with mock.patch.object(distributed, "average", local_gradient_average):
         ddp[BROKEN] = train("clrun/lejepa", rows, wrap=True)
     single[BROKEN] = single["clrun/lejepa"]
-    torch.save({name: {"single": single[name], "ddp": ddp[name]} for name in ddp}, f"{out}/rank{rank}.pt")
+    torch.save({name: {"single": single[name], "ddp": ddp[name], **({"fsdp": sharded[name]} if name in sharded else {})}
+                for name in ddp}, f"{out}/rank{rank}.pt")
     distributed.stop()
 
 

@@ -4,8 +4,9 @@ For every loss, DDP's gradients with different data on each rank must equal a si
 gradients on the concatenated batch, and the averaged loss must equal its loss (tests/ddp_worker.py
 computes both in each rank). A 2-process run of the quickstart recipe must write one run folder, and one
 whose worker is killed mid-epoch under ``--max-restarts=1`` must end with the uninterrupted run's weights.
-Two processes train from tar shards and from a Parquet stream; FSDP2 trains as DDP does, and its
-checkpoints load on another number of processes.
+Two processes train from tar shards and from a Parquet stream; FSDP2 trains as DDP does (the token
+methods too: their backbone's ``forward_tokens`` bypasses ``forward``), and its checkpoints load on another
+number of processes.
 
 Every test that launches torchrun is marked slow: each launch starts two Python processes that import
 torch, and the launches take a minute and a half of the default run's CPU time.
@@ -32,6 +33,7 @@ _spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
 _worker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_worker)
 CASES, STEPS, BROKEN = [*_worker.CASES, *_worker.TOKEN_CASES], _worker.STEPS, _worker.BROKEN
+TOKEN_CASES = list(_worker.TOKEN_CASES)
 
 
 def torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -111,6 +113,44 @@ def test_the_gradient_comparison_catches_a_cross_rank_average_without_its_backwa
     assert broken["losses"][0] == pytest.approx(single["losses"][0], rel=1e-5)
     with pytest.raises(AssertionError):
         assert_same_gradients(broken["grads"], single["grads"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", sorted(TOKEN_CASES))
+def test_fsdp_trains_the_token_methods_as_ddp_does(results, loss):
+    """Sharded, the token methods call the backbone's ``forward_tokens`` (online and target) and the token
+    head: FSDP2 must gather their weights for it as for ``forward``, and its reduce-scattered gradients
+    are DDP's averaged ones. (Unregistered, ``forward_tokens`` met sharded weights: "got mixed
+    torch.Tensor and DTensor".)"""
+    for rank in (0, 1):
+        ddp, fsdp = results[rank][loss]["ddp"], results[rank][loss]["fsdp"]
+        assert_same_gradients(fsdp["grads"], ddp["grads"])
+        assert fsdp["losses"] == pytest.approx(ddp["losses"], rel=1e-5)
+        # The whole weights after STEPS steps, online and target.
+        assert fsdp["weights"].keys() == ddp["weights"].keys()
+        for key, value in ddp["weights"].items():
+            torch.testing.assert_close(fsdp["weights"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_sharding_gathers_weights_for_forward_tokens_and_for_the_methods_a_module_declares():
+    from torch import nn
+
+    from clrun.training.sharding import forward_methods
+
+    assert forward_methods(_worker.token_network("clrun/mae").backbone) == ["forward_tokens"]  # clrun.tokens' contract
+    assert forward_methods(nn.Linear(2, 2)) == []
+
+    class Head(nn.Linear):
+        forward_methods = ("predict", "forward")  # forward needs no registering
+
+        def predict(self, x):
+            return self(x)
+
+    assert forward_methods(Head(2, 2)) == ["predict"]
+    misspelled = Head(2, 2)
+    misspelled.forward_methods = ("predcit",)
+    with pytest.raises(TypeError, match="predcit"):
+        forward_methods(misspelled)
 
 
 def quickstart_args(run_dir: Path, *extra: str) -> list[str]:

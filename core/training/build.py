@@ -113,8 +113,7 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     whole = None
     if sharded:  # before the optimizer: sharding replaces the parameters
         whole = sharding.template(network)
-        sharding.shard([network.backbone, network.projector, network.predictor, network.token_head,
-                       *((target.backbone, target.projector) if target is not None else ()), loss_fn], device)
+        sharding.shard_training(network, target, loss_fn, device)
     layers = None
     if recipe.params.layer_decay is not None:
         layers = layer_scales(network.backbone, recipe.backbone.name, recipe.params.layer_decay)

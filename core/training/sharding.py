@@ -8,6 +8,14 @@ token head, the target's copies, a loss with parameters) is one unit more. Every
 along its first dimension over all processes, the same way in the online and the target network, so the
 EMA update is a local operation on each process's shards.
 
+Forward methods: FSDP2 gathers a unit's weights in a hook before its ``forward``, and for no other method.
+A method that computes with a unit's weights and is called directly, bypassing ``forward``, is registered
+with FSDP2's ``register_fsdp_forward_method`` on every unit that has it, so it gathers them too: a token
+backbone's ``forward_tokens`` (the ``clrun.tokens`` contract; the training step calls it on the online and
+the target backbone), and any method a component names in its ``forward_methods`` attribute (a tuple of
+method names). Such a method gathers its own unit's weights only: it must reach the units inside it (the
+blocks) through their ``forward``.
+
 What needs whole weights (the evaluators, the health checks, the exported encoder) gets them from
 ``whole_network``: a collective, called by every process at the same points of the run, that gathers a
 plain copy (``clrun.training.loop`` does it around the epoch-end and run-end hooks).
@@ -26,6 +34,10 @@ from clrun import distributed
 from clrun.recipe import Recipe
 
 UNIT_LISTS = ("blocks", "layers", "stages")
+# A module's own list of the methods, besides ``forward``, that callers call directly with its weights.
+FORWARD_METHODS = "forward_methods"
+# The methods of core's own contracts that are called directly: a token backbone's (``clrun.tokens``).
+CONTRACT_FORWARD_METHODS = ("forward_tokens",)
 
 
 def is_sharded(recipe: Recipe) -> bool:
@@ -47,7 +59,43 @@ def shard(parts: list[Optional[nn.Module]], device: torch.device) -> None:
                 for block in child:
                     if any(True for _ in block.parameters()):
                         fully_shard(block, mesh=mesh)
+                        register_forward_methods(block)
         fully_shard(part, mesh=mesh)
+        register_forward_methods(part)
+
+
+def forward_methods(module: nn.Module) -> list[str]:
+    """The names of ``module``'s methods besides ``forward`` that are called directly and compute with its
+    weights: those of core's contracts it has (``CONTRACT_FORWARD_METHODS``) and those it lists itself
+    (its ``forward_methods`` attribute)."""
+    declared = getattr(module, FORWARD_METHODS, ())
+    if isinstance(declared, str):
+        declared = (declared,)
+    names = [n for n in CONTRACT_FORWARD_METHODS if callable(getattr(module, n, None))]
+    for name in declared:
+        if not callable(getattr(module, name, None)):
+            raise TypeError(f"{type(module).__name__}.{FORWARD_METHODS} names {name!r}, which is not a method of it")
+        if name != "forward" and name not in names:
+            names.append(name)
+    return names
+
+
+def register_forward_methods(unit: nn.Module) -> None:
+    """Make each of ``forward_methods(unit)`` gather and free ``unit``'s weights as its ``forward`` does
+    (``unit``: a module ``fully_shard`` was applied to)."""
+    try:
+        from torch.distributed.fsdp import register_fsdp_forward_method
+    except ImportError:  # torch releases that keep FSDP2 in its first place
+        from torch.distributed._composable.fsdp import register_fsdp_forward_method
+    for name in forward_methods(unit):
+        register_fsdp_forward_method(unit, name)
+
+
+def shard_training(network: nn.Module, target: Optional[nn.Module], loss_fn: nn.Module, device: torch.device) -> None:
+    """``shard`` what a step trains and reads: the online network's parts (backbone, projector, predictor, token
+    head), the target network's copies and the loss (with parameters)."""
+    shard([network.backbone, network.projector, network.predictor, network.token_head,
+           *((target.backbone, target.projector) if target is not None else ()), loss_fn], device)
 
 
 def reshard(module: nn.Module) -> None:

@@ -12,6 +12,7 @@ from clrun.training.build import Parts
 from clrun.training.outputs import StepOutputs
 from clrun.training.network import Trainable
 from clrun.training.param_groups import freeze_gradients
+from clrun.training.sharding import reshard
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -93,6 +94,11 @@ def train_step(parts: Parts, images: Tensor, device: torch.device, precision: st
     scaler.update()
     if parts.scheduler is not None:
         parts.scheduler.step()
+    if parts.whole_template is not None:  # sharded (train.strategy: fsdp)
+        # A part whose forward ran without a backward (a projector a token-level loss leaves out) is still
+        # gathered whole on every process; the step is over, so its shards are all it needs to keep.
+        reshard(parts.network)
+        reshard(parts.loss_fn)
     metrics = {"loss": value, "lr": lr, **{k: v for k, v in metrics.items() if k != "loss"}, **scheduled}
     if parts.target is not None:
         metrics["target_momentum"] = float(parts.target.momentum)  # the momentum this update uses

@@ -66,7 +66,11 @@ class TargetNetwork(nn.Module):
         forward passes, as the reference code of momentum-target methods does.
         """
         m = float(self.momentum)
-        reshard(self)  # sharded (train.strategy: fsdp): update shard by shard, as the online network is stored
+        # Sharded (train.strategy: fsdp): update shard by shard, as the online network is stored. A unit whose
+        # forward ran without a backward (the target's, under no_grad; an online part the loss left out, such
+        # as a projector a token-level loss does not use) still holds its whole weights: free them first.
+        reshard(self)
+        reshard(online)
         for module, source in ((self.backbone, online.backbone), (self.projector, online.projector)):
             for mine, theirs in zip(module.parameters(), source.parameters()):
                 mine.lerp_(theirs.detach(), 1.0 - m)  # mine + (1 - m) * (theirs - mine)
