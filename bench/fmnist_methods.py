@@ -1,8 +1,9 @@
-"""Train every Fashion-MNIST recipe with the same budget and write the results table into the README.
+"""Train every Fashion-MNIST recipe with the same budget and write the results table into the docs
+(docs/guides/methods.md, between its markers).
 
     python bench/fmnist_methods.py                 # all methods, as shipped (about 50 minutes on 2 CPU cores)
     python bench/fmnist_methods.py --only dcl_fmnist nnclr_fmnist   # train these, keep the other rows as measured
-    python bench/fmnist_methods.py --epochs 1 --only byol_fmnist --no-readme   # a quick look
+    python bench/fmnist_methods.py --epochs 1 --only byol_fmnist --no-docs   # a quick look
 
 Each recipe runs in its own ``cl-run`` process, one after the other (never side by side: the machine's
 cores would be shared and the images/s meaningless). Two baselines use the same kNN evaluation (k, temperature,
@@ -30,7 +31,7 @@ from clrun.training.run import Run
 from reporting import machine  # bench/reporting.py: the script's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "guides" / "methods.md"  # the Methods guide holds the table
 START, END = "<!-- bench/fmnist_methods.py: start -->", "<!-- bench/fmnist_methods.py: end -->"
 
 # (method, recipe file): SimCLR's Fashion-MNIST recipe is the quickstart. These share the ResNet encoder,
@@ -160,21 +161,22 @@ def table(rows: list[dict], base: dict, epochs: int, description: str) -> str:
     return "\n".join(lines)
 
 
-def write_readme(block: str) -> None:
-    text = README.read_text(encoding="utf-8")
+def write_page(block: str) -> None:
+    text = PAGE.read_text(encoding="utf-8")
     if START in text:
         before, rest = text.split(START, 1)
         text = before + block + rest.split(END, 1)[1]
     else:
-        raise SystemExit(f"{README} has no '{START}' marker: add one where the table belongs")
-    README.write_text(text, encoding="utf-8")
+        raise SystemExit(f"{PAGE} has no '{START}' marker: add one where the table belongs")
+    PAGE.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4, help="the same for every recipe (default 4)")
     parser.add_argument("--only", nargs="*", help="recipe stems to run (default: all)")
-    parser.add_argument("--no-readme", action="store_true", help="print the table, leave README.md alone")
+    parser.add_argument("--no-docs", "--no-readme", dest="no_docs", action="store_true",
+                        help="print the table, leave docs/guides/methods.md alone")
     parser.add_argument("--table-only", action="store_true",
                         help="train nothing: redo the baselines and the table from bench/fmnist_methods.json")
     args = parser.parse_args()
@@ -202,8 +204,8 @@ def main() -> None:
     base = baselines(rows, known)
     block = table(rows, base, epochs, description)
     print(block)
-    if not args.no_readme:
-        write_readme(block)
+    if not args.no_docs:
+        write_page(block)
         results.write_text(json.dumps({"machine": description, "epochs": epochs, "baselines": base, "runs": rows},
                                       indent=2) + "\n", encoding="utf-8")
 

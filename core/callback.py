@@ -25,9 +25,13 @@ if TYPE_CHECKING:
 class Stateful(Protocol):
     """A callback whose state is checkpointed (an online probe's trained heads, a counter)."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]:
+        """The state to save in every checkpoint."""
+        ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned, on ``--resume`` (before ``clrun_run_start``) and in ``cl-run eval``."""
+        ...
 
 
 class Evaluator:
@@ -41,16 +45,21 @@ class Evaluator:
     every: int = 0
 
     def evaluate(self, run: "Run") -> dict[str, float]:
+        """Evaluate the run's current network: ``{name: value}``, accuracies in [0, 1] as ``<name>_top1`` for the
+        backbone's features and ``<name>_top1_projector`` for the projector's outputs."""
         raise NotImplementedError(f"{type(self).__name__} must implement evaluate(run)")
 
     def describe(self, results: dict[str, float]) -> str:
+        """The line printed at the end of a run (and by ``cl-run eval``) for ``evaluate``'s results."""
         raise NotImplementedError(f"{type(self).__name__} must implement describe(results)")
 
     def clrun_epoch_end(self, run: "Run", epoch: int, metrics: dict[str, float]) -> None:
+        """Every ``every`` epochs before the last, evaluate and add the results to the epoch's metrics."""
         if self.every and epoch % self.every == 0 and epoch < run.recipe.train.epochs:
             metrics.update(self.evaluate(run))
 
     def clrun_run_end(self, run: "Run", metrics: dict[str, float]) -> None:
+        """At the end of the run, evaluate, add the results to the final metrics and print ``describe``'s line."""
         results = self.evaluate(run)
         metrics.update(results)
         print(self.describe(results), flush=True)

@@ -10,7 +10,6 @@ from typing import Any, Callable, Iterable
 
 from clrun.errors import ComponentError
 
-# The kinds a recipe can select. Each has a fixed role in the training loop (see clrun.training.loop).
 KINDS: tuple[str, ...] = (
     "dataset",
     "augmentation",
@@ -24,10 +23,8 @@ KINDS: tuple[str, ...] = (
     "scheduler",
     "callback",
 )
+"""The kinds a recipe can select. Each has a fixed role in the training loop (see ``clrun.training.loop``)."""
 
-# Arguments the training loop supplies itself, per kind: a recipe must not set them, and a factory
-# that declares them receives them. They are how a component learns about the rest of the run
-# (a head's input width, the parameters an optimizer updates, the length of a schedule).
 INJECTED: dict[str, tuple[str, ...]] = {
     "projector": ("in_dim",),  # the backbone's feature width
     "predictor": ("in_dim",),  # the projector's output width
@@ -37,6 +34,9 @@ INJECTED: dict[str, tuple[str, ...]] = {
     "optimizer": ("params",),
     "scheduler": ("optimizer", "total_steps", "steps_per_epoch"),
 }
+"""Arguments the training loop supplies itself, per kind: a recipe must not set them, and a factory
+that declares them receives them. They are how a component learns about the rest of the run (a head's
+input width, the parameters an optimizer updates, the length of a schedule)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$")
 

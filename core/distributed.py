@@ -50,10 +50,12 @@ def active() -> bool:
 
 
 def rank() -> int:
+    """This process's rank in the running process group; 0 without one."""
     return dist.get_rank() if active() else 0
 
 
 def world_size() -> int:
+    """The number of processes in the running process group; 1 without one."""
     return dist.get_world_size() if active() else 1
 
 
@@ -68,6 +70,7 @@ def launch_rank() -> int:
 
 
 def local_rank() -> int:
+    """This process's rank on its machine as the launcher set it (``LOCAL_RANK``; 0 outside torchrun)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
@@ -93,6 +96,7 @@ def start(device_type: str) -> bool:
 
 
 def stop() -> None:
+    """Leave the process group, if one is running."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -141,6 +145,8 @@ def average(tensor: Tensor) -> Tensor:
 
 @torch.no_grad()
 def gather_no_grad(tensor: Tensor) -> Tensor:
+    """``tensor`` (n, ...) from every rank concatenated in rank order, (world * n, ...), without gradients
+    (keys for a queue that every rank holds the same); ``tensor`` itself when one process trains."""
     if not active():
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
@@ -149,10 +155,14 @@ def gather_no_grad(tensor: Tensor) -> Tensor:
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The element-wise sum of ``tensor`` over ranks, without gradients; ``tensor`` itself when one
+    process trains."""
     return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(tensor: Tensor) -> Tensor:
+    """The element-wise maximum of ``tensor`` over ranks, without gradients; ``tensor`` itself when one
+    process trains."""
     return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 

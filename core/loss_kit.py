@@ -251,9 +251,11 @@ class CollapseSignal:
     meaning: str
 
     def beyond(self, value: float) -> bool:
+        """Whether ``value`` is on the collapsed side of ``threshold`` (NaN is)."""
         return not (value <= self.threshold if self.above else value >= self.threshold)  # NaN is beyond
 
     def describe(self, value: float) -> str:
+        """``value`` against the threshold, with what it means, for the alarm's message."""
         return f"{self.metric} = {value:.4g} {'>' if self.above else '<'} {self.threshold:g}: {self.meaning}"
 
 

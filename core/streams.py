@@ -40,9 +40,13 @@ class Stream(IterableDataset):
     epoch_size: int
 
     def records(self, reader: int, readers: int, seed: int) -> Iterator[Any]:
+        """The raw records of reader ``reader`` of ``readers`` (processes x loader workers), in an order
+        that depends on ``seed`` only, enough for any epoch (cycle the data, or draw shards with
+        replacement), cheap to skip: they are decoded only when used."""
         raise NotImplementedError
 
     def decode(self, record: Any) -> tuple[torch.Tensor, int]:
+        """One record as ``(uint8 image (C, H, W), label)``, label -1 when unlabeled."""
         raise NotImplementedError
 
     # -- set by the training loop (clrun.training.data) ------------------------------------------------

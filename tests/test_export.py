@@ -84,7 +84,7 @@ def test_timm_routes_are_strict(trained, tmp_path):
     with pytest.raises(RuntimeError, match="Missing key"):
         timm.create_model("test_resnet", pretrained=True, num_classes=0, in_chans=1,
                           pretrained_cfg_overlay=dict(file=str(partial), num_classes=0))
-    # Why the README's overlay sets num_classes=0: without it timm's default cfg says 1000 classes, so
+    # Why the overlay in docs/guides/evaluation.md (Export) sets num_classes=0: without it timm's default cfg says 1000 classes, so
     # load_pretrained drops the classifier and loads non-strictly; the missing key passes silently.
     timm.create_model("test_resnet", pretrained=True, num_classes=0, in_chans=1,
                       pretrained_cfg_overlay=dict(file=str(partial)))

@@ -149,9 +149,10 @@ def test_a_view_that_does_not_crop_inside_the_places_is_refused(white_wide_and_t
     assert [p.name for p in tmp_path.iterdir()] == ["images"]  # refused before a run folder is made
 
 
-def test_the_readmes_keep_aspect_example_builds(white_wide_and_tall):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    blocks = [b.split("```")[0] for b in readme.split("```yaml\n")[1:]]
+def test_the_docs_keep_aspect_example_builds(white_wide_and_tall):
+    # The example of "Crops from the whole image" in the Scaling and clusters guide.
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "scaling.md").read_text(encoding="utf-8")
+    blocks = [b.split("```")[0] for b in guide.split("```yaml\n")[1:]]
     block = next(b for b in blocks if "keep_aspect: true" in b)
     example = yaml.safe_load(block)
     dataset = dict(example["data"]["dataset"], root=str(white_wide_and_tall))

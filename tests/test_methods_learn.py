@@ -19,7 +19,7 @@ arithmetic differs). Measured with other seeds as a check on the margins: MoCo +
 at 80 steps +4.1, +2.6, +1.35, +1.3 (seeds 0-3).
 
 BYOL is the exception: with this recipe its kNN gain is within seed noise at any budget CI affords
-(160 steps, seeds 0-3: +2.6, +1.0, -0.7, -0.5; +0.9 after the full 312-step run in the README; a higher
+(160 steps, seeds 0-3: +2.6, +1.0, -0.7, -0.5; +0.9 after the full 312-step run in docs/guides/methods.md's table; a higher
 learning rate or another target momentum did not help). Asserting a gain would pass or fail by luck, so
 its test asserts what does hold: the short run does not collapse or damage the encoder, and its loss falls.
 """

@@ -10,7 +10,7 @@ seed 1). The margin is about half the smaller measured gain.
 
 I-JEPA starts slowly on this ViT: its kNN score fell 4-13 points below the untrained encoder's after 160
 steps in every setting tried and rose 4.5 points above it only after 624 (its recipe's 8 epochs of 10k
-images), several CPU minutes more than this suite can spend; the README's table reports that run. Here
+images), several CPU minutes more than this suite can spend; the table in docs/guides/methods.md reports that run. Here
 its recipe trains briefly and its prediction loss must fall clearly: what a broken predictor, wrong
 target positions or a target that moves with the context would not do.
 """
