@@ -155,12 +155,14 @@ def write_atomic(path: Path, content: Content, what: str = "run folder", kept: s
     try:
         with writing(path, what, kept):
             # Created with plain open(), not mkstemp, so the file gets the usual permissions (mkstemp's and
-            # safetensors' are owner-only); a writer function then fills the file that exists.
+            # safetensors' are owner-only); a writer function that recreates the file gets them back.
             with open(tmp, "xb") as f:
                 if not callable(content):
                     f.write(content.encode("utf-8") if isinstance(content, str) else content)
             if callable(content):
+                usual = os.stat(tmp).st_mode & 0o777
                 content(tmp)
+                os.chmod(tmp, usual)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -4,6 +4,7 @@ with strict keys, giving bit-for-bit the features of the run's own encoder."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -54,6 +55,9 @@ def test_export_holds_the_backbone_and_its_recipe(trained):
     assert meta["backbone"] == "timm/test_resnet"
     assert json.loads(meta["backbone_args"]) == {"in_chans": 1}
     assert (meta["format"], meta["clrun_version"], meta["epoch"], meta["step"]) == ("pt", clrun.__version__, "1", "4")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert file.stat().st_mode & 0o777 == 0o666 & ~umask  # safetensors writes 0600: shareable like any file
 
 
 def test_timm_checkpoint_path_gives_identical_features(trained, images):
