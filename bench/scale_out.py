@@ -114,7 +114,8 @@ def loaders(args: argparse.Namespace) -> list[str]:
 def checkpoints(args: argparse.Namespace) -> list[str]:
     """Training-thread blocking time of a synchronous and of a background checkpoint."""
     import clrun
-    from clrun.training import checkpoint
+    from clrun.training.checkpointing import Checkpointer
+    from clrun.training.checkpointing.state import expected_size
     from clrun.training.run import Run
     from clrun.training.setup import prepare
 
@@ -125,21 +126,21 @@ def checkpoints(args: argparse.Namespace) -> list[str]:
     for p in parts.network.parameters():  # AdamW's two moments exist after a first step
         p.grad = torch.zeros_like(p)
     parts.optimizer.step()
-    size = checkpoint.expected_size(parts) / 1e6
+    size = expected_size(parts) / 1e6
     with tempfile.TemporaryDirectory() as folder:
         run = Run(recipe, parts, setup.device, folder, setup.steps_per_epoch)
-        writer = checkpoint.BackgroundWriter()
+        checkpointer = Checkpointer(run)
 
         def sync() -> dict[str, float]:
             start = time.perf_counter()
-            checkpoint.save(run)
+            checkpointer.save()
             return {"blocked_s": time.perf_counter() - start}
 
         def background() -> dict[str, float]:
             start = time.perf_counter()
-            checkpoint.save(run, writer=writer)
+            checkpointer.save(background=True)
             blocked = time.perf_counter() - start
-            writer.wait()
+            checkpointer.wait()
             return {"blocked_s": blocked, "written_s": time.perf_counter() - start}
 
         results = interleave({"synchronous": sync, "background": background}, max(args.repeats, 3))

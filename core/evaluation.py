@@ -16,7 +16,7 @@ from clrun.plugin_manager import default_registry
 from clrun.recipe import load_recipe
 from clrun.run_folder import RunFolder
 from clrun.storage import elsewhere, make_folder
-from clrun.training import checkpoint, checkpoints
+from clrun.training import checkpointing
 from clrun.training.run import Run
 from clrun.training.setup import prepare
 
@@ -29,19 +29,19 @@ def evaluate(run_or_checkpoint: str | Path, overrides: Iterable[str] = (), secti
     """Evaluate a checkpoint; ``overrides`` change the run's recipe (``callbacks.0.k=50``) and
     ``sections_from`` replaces whole sections (a file with its own ``callbacks:`` list). The results go to
     the run folder's evaluation file, or to the one in the folder ``out`` (for a read-only run folder)."""
-    saved = checkpoints.find(run_or_checkpoint, "eval")
+    saved = checkpointing.find(run_or_checkpoint, "eval")
     folder = RunFolder.of_checkpoint(saved)
     if not folder.is_run():
         raise UserError(f"eval: no {folder.recipe.name} beside {saved}; cl-run rebuilds the network from the run's "
                         f"resolved recipe: put that run's {folder.recipe.name} in {folder.path}")
     recipe = load_recipe(folder.recipe, tuple(overrides), default_registry(), sections_from=sections_from)
     setup = prepare(recipe, "eval")  # the data set's images measure the views, as in training
-    state = checkpoints.load(saved, "eval")
-    checkpoint.load_module(setup.parts.network, state["network"], f"eval: {saved}: its network",
+    state = checkpointing.load(saved, "eval")
+    checkpointing.load_module(setup.parts.network, state["network"], f"eval: {saved}: its network",
                            "evaluate it with the recipe it was trained with")
     run = Run(recipe, setup.parts, setup.device, folder, steps_per_epoch=1, epoch=int(state["epoch"]), step=int(state["step"]))
     callbacks = [spec.build() for spec in recipe.callbacks]
-    checkpoint.restore_callbacks(state, callbacks, f"eval: {saved}", required=False)  # e.g. an online probe's heads
+    checkpointing.restore_callbacks(state, callbacks, f"eval: {saved}", required=False)  # e.g. an online probe's heads
     evaluators = [cb for cb in callbacks if isinstance(cb, Evaluator)]
     if not evaluators:
         raise UserError("eval: the recipe's callbacks have no evaluator (a clrun.Evaluator callback); "

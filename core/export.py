@@ -41,7 +41,7 @@ from clrun.errors import UserError
 from clrun.reading import reading
 from clrun.run_folder import RunFolder
 from clrun.storage import elsewhere
-from clrun.training import checkpoints
+from clrun.training import checkpointing
 
 # The run folder may be read-only (archived, shared, mounted): the export can go anywhere else.
 EXPORT_ELSEWHERE = "export to {place} instead (-o FILE.safetensors, or out= in Python)"
@@ -53,8 +53,8 @@ def export(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path
     """Export a run's encoder: the run folder's encoder file unless ``out`` (a file, or a folder to write
     it in under the same name). ``run_or_checkpoint`` is a run folder or its checkpoint file; the recipe
     is read from the resolved recipe beside the checkpoint."""
-    checkpoint = checkpoints.find(run_or_checkpoint, "export")
-    state = checkpoints.load(checkpoint, "export")
+    checkpoint = checkpointing.find(run_or_checkpoint, "export")
+    state = checkpointing.load(checkpoint, "export")
     folder = RunFolder.of_checkpoint(checkpoint)
     recipe = _read_recipe(folder.recipe, checkpoint)
     backbone = encoder_state(state["network"])

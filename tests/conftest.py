@@ -65,7 +65,7 @@ def assert_same_checkpoints() -> Callable[[Path, Path], None]:
     """``assert_same_checkpoints(run_a, run_b)``: the two run folders' checkpoints hold the same step and
     equal tensors, bit for bit: network, target, loss state and optimizer moments."""
     from clrun.run_folder import RunFolder
-    from clrun.training import checkpoint
+    from clrun.training import checkpointing
 
     def tensors(state, prefix=""):
         if isinstance(state, dict):
@@ -75,7 +75,7 @@ def assert_same_checkpoints() -> Callable[[Path, Path], None]:
         return {prefix: state} if isinstance(state, torch.Tensor) else {}
 
     def check(a: Path, b: Path) -> None:
-        saved = [checkpoint.load(RunFolder(x).checkpoint) for x in (a, b)]
+        saved = [checkpointing.load(RunFolder(x).checkpoint) for x in (a, b)]
         assert saved[0]["step"] == saved[1]["step"]
         found = [tensors({k: s[k] for k in ("network", "target", "loss", "optimizer")}) for s in saved]
         assert found[0].keys() == found[1].keys() and found[0]
@@ -90,17 +90,17 @@ def crash_after_first_checkpoint(monkeypatch) -> Callable[[Recipe], Path]:
     """``crash_after_first_checkpoint(recipe) -> run folder``: train ``recipe`` and stop it, as a crash would,
     right after its first checkpoint is written; the run folder is then ready for ``--resume``."""
     from clrun.api import train
-    from clrun.training import checkpoint
+    from clrun.training.checkpointing import Checkpointer
 
     def crash(recipe: Recipe) -> Path:
-        save = checkpoint.save
+        save = Checkpointer.save
 
-        def save_then_crash(run, *args):
-            save(run, *args)
-            raise Crashed(run.directory)
+        def save_then_crash(checkpointer, *args, **kwargs):
+            save(checkpointer, *args, **kwargs)
+            raise Crashed(checkpointer.run.directory)
 
         with monkeypatch.context() as patched:
-            patched.setattr(checkpoint, "save", save_then_crash)
+            patched.setattr(Checkpointer, "save", save_then_crash)
             with pytest.raises(Crashed) as crashed:
                 train(recipe)
         return Path(str(crashed.value))

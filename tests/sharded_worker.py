@@ -9,14 +9,14 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 import clrun
 from clrun import distributed
-from clrun.training.opening import open_run
+from clrun.training.checkpointing import open_run
+from clrun.training.checkpointing.state import trained
 from clrun.training.setup import prepare
-from clrun.training.sharded_checkpoint import trained
 
 folder, out, recipe_path, *overrides = sys.argv[1:]
 distributed.start("cpu")
 setup = prepare(clrun.load_recipe(recipe_path, overrides), "train", torch.device("cpu"))
-with open_run(setup, folder, [], False) as run:
+with open_run(setup, folder, [], False) as (run, _):
     whole = StateDictOptions(full_state_dict=True)
     state = {"network": get_model_state_dict(setup.parts.network, options=whole),
              "optimizer": get_optimizer_state_dict(trained(setup.parts), setup.parts.optimizer, options=whole),

@@ -11,7 +11,7 @@ import clrun
 from clrun import plugin_manager
 from clrun.cli import main as cl_run_main
 from clrun.run_folder import RunFolder
-from clrun.training import checkpoint
+from clrun.training import checkpointing
 
 pytestmark = pytest.mark.usefixtures("no_report")  # these runs are not about the report
 
@@ -54,7 +54,7 @@ def test_a_failing_callback_is_named_and_its_epoch_is_kept(with_test_callbacks, 
                                            "(tests-dist 1.2) (")
     assert err.splitlines()[-1].endswith("failed in clrun_epoch_end: KeyError: 'no such metric' (-v shows the traceback)")
     assert "Traceback" not in err
-    assert int(checkpoint.load(RunFolder(tmp_path / "r").checkpoint)["epoch"]) == 2  # the failing epoch's
+    assert int(checkpointing.load(RunFolder(tmp_path / "r").checkpoint)["epoch"]) == 2  # the failing epoch's
 
     code, err = run_cli(capsys, "--no-plugins", TINY, f"run.dir={tmp_path}", "run.name=v", "train.epochs=3",
                         "health.enabled=false", "callbacks=[{name: tests/fails}]", "-v")

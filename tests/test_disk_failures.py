@@ -12,7 +12,8 @@ from clrun import storage
 from clrun.export import write_encoder
 from clrun.run_folder import RunFolder
 from clrun.storage import StorageError
-from clrun.training import checkpoint
+from clrun.training import checkpointing
+from clrun.training.checkpointing import writes
 
 pytestmark = pytest.mark.usefixtures("no_report")  # these runs are not about the report
 
@@ -30,7 +31,7 @@ def failing(code: int):
 
 
 def test_a_full_disk_at_the_second_checkpoint_keeps_the_first(tmp_path, monkeypatch):
-    real = checkpoint.torch.save
+    real = writes.torch.save
     calls = []
 
     def save_twice_then_full(obj, f):
@@ -39,14 +40,14 @@ def test_a_full_disk_at_the_second_checkpoint_keeps_the_first(tmp_path, monkeypa
             raise OSError(errno.ENOSPC, "No space left on device")
         real(obj, f)
 
-    monkeypatch.setattr(checkpoint.torch, "save", save_twice_then_full)
+    monkeypatch.setattr(writes.torch, "save", save_twice_then_full)
     with pytest.raises(StorageError) as info:
         clrun.train(recipe(tmp_path, "train.epochs=2"))
     folder = RunFolder(tmp_path / "r")
     message = str(info.value)
     assert message.startswith(f"checkpoint: cannot write {folder.checkpoint}: the disk is full (")
     assert message.endswith("MB free there); free some space or set run.dir to a larger disk; the previous checkpoint is kept")
-    assert int(checkpoint.load(folder.checkpoint)["epoch"]) == 1  # the first checkpoint, intact
+    assert int(checkpointing.load(folder.checkpoint)["epoch"]) == 1  # the first checkpoint, intact
     assert [p.name for p in folder.path.iterdir() if p.name.endswith(".tmp")] == []
 
 
@@ -54,7 +55,7 @@ def test_torchs_own_full_disk_error_is_recognized(tmp_path, monkeypatch):
     def cpp_error(obj, f):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
 
-    monkeypatch.setattr(checkpoint.torch, "save", cpp_error)
+    monkeypatch.setattr(writes.torch, "save", cpp_error)
     answers = iter([10**12])  # room at the start; none when the checkpoint is written
     monkeypatch.setattr(storage, "free_bytes", lambda path: next(answers, 0))
     with pytest.raises(StorageError, match=r"checkpoint: cannot write .*: the disk is full; free some space"):

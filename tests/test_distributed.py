@@ -258,8 +258,8 @@ def test_fsdp_trains_as_ddp_does_and_its_checkpoints_load_on_another_number_of_p
     from safetensors.torch import load_file
 
     import clrun
-    from clrun.training import checkpoints
-    from clrun.training.sharded_checkpoint import trained
+    from clrun.training import checkpointing
+    from clrun.training.checkpointing.state import trained
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     # BYOL's parts on the tiny recipe: a predictor and an EMA target network, sharded like the online one.
@@ -271,13 +271,13 @@ def test_fsdp_trains_as_ddp_does_and_its_checkpoints_load_on_another_number_of_p
     assert sharded.returncode == 0 and replicated.returncode == 0, sharded.stderr[-3000:] + replicated.stderr[-3000:]
     # One checkpoint folder per process's shards, and a pointer to the complete one.
     folder = tmp_path / "fsdp" / "tiny"
-    saved = checkpoints.find(folder)
+    saved = checkpointing.find(folder)
     assert saved.parent == folder / "checkpoint.dcp" and sorted(p.name for p in saved.iterdir()) == [".metadata",
         "__0_0.distcp", "__1_0.distcp", "rest.pt"]
-    whole = checkpoints.load(saved)  # gathered into one process, as cl-run eval and export read it
+    whole = checkpointing.load(saved)  # gathered into one process, as cl-run eval and export read it
     # The same training: FSDP2's reduce-scatter gives each process DDP's averaged gradients for its shard,
     # and the target follows. (BatchNorm statistics are per process: both checkpoints keep rank 0's.)
-    replicated_state = checkpoints.load(checkpoints.find(tmp_path / "ddp" / "tiny"))
+    replicated_state = checkpointing.load(checkpointing.find(tmp_path / "ddp" / "tiny"))
     for part in ("network", "target"):
         assert whole[part].keys() == replicated_state[part].keys()
         for key, value in replicated_state[part].items():
@@ -302,7 +302,7 @@ def test_fsdp_trains_as_ddp_does_and_its_checkpoints_load_on_another_number_of_p
     assert done.returncode == 0, done.stderr[-4000:]
     loaded = torch.load(out, weights_only=True)
     assert loaded["processes"] == 2 and loaded["step"] == single.step
-    assert_state_equal(loaded, checkpoints.load(checkpoints.find(single.directory)))
+    assert_state_equal(loaded, checkpointing.load(checkpointing.find(single.directory)))
 
 
 def test_a_copy_without_sync_batchnorm_computes_what_the_plain_batchnorm_network_does():

@@ -13,7 +13,7 @@ import torch
 
 import clrun
 from clrun.cli import main as cl_run_main
-from clrun.training import checkpoint
+from clrun.training import checkpointing
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"  # 64 images in batches of 16: 4 steps an epoch
 WARMUP = "scheduler={name: clrun/warmup_cosine, warmup_epochs: 1}"
@@ -118,7 +118,7 @@ def test_a_pinned_rate_stays_pinned_after_a_resume(tmp_path, crash_after_first_c
     crash_after_first_checkpoint(recipe(tmp_path, *overrides))
     resumed = clrun.train(recipe(tmp_path, *overrides), resume=tmp_path / "r")
     straight = clrun.train(recipe(tmp_path, *overrides, "run.name=straight"))
-    a, b = (checkpoint.load(r.folder.checkpoint) for r in (resumed, straight))
+    a, b = (checkpointing.load(r.folder.checkpoint) for r in (resumed, straight))
     assert all(torch.equal(v, b["network"][k]) for k, v in a["network"].items())
     assert group_of(resumed.parts.optimizer, resumed.parts.network.projector.net[0].weight)["lr"] == 0.5e-3
 

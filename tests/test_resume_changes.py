@@ -14,7 +14,7 @@ import yaml
 import clrun
 from clrun.cli import main as cl_run_main
 from clrun.run_folder import RunFolder
-from clrun.training.resume import Change, changes, recorded, training_changes
+from clrun.training.checkpointing.policy import Change, changes, recorded, training_changes
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 BASE = ["train.epochs=2", "health.enabled=false"]

@@ -14,7 +14,8 @@ import pytest
 import clrun
 from clrun.run_folder import RunFolder
 from clrun.run_lock import RunLock
-from clrun.training import checkpoint
+from clrun.training import checkpointing
+from clrun.training.checkpointing import Checkpointer
 
 pytestmark = pytest.mark.usefixtures("no_report")  # these runs are not about the report
 
@@ -33,15 +34,15 @@ def recipe(tmp_path: Path, epochs: int = 3):
 @pytest.fixture
 def crashed(tmp_path, monkeypatch) -> RunFolder:
     """A run killed in epoch 3 after logging it, before checkpointing it (the checkpoint is epoch 2's)."""
-    save = checkpoint.save
+    save = Checkpointer.save
 
-    def save_or_crash(run, *args):
-        if run.epoch == 3:
+    def save_or_crash(checkpointer, *args, **kwargs):
+        if checkpointer.run.epoch == 3:
             raise Interrupted
-        save(run, *args)
+        save(checkpointer, *args, **kwargs)
 
     with monkeypatch.context() as patched:
-        patched.setattr(checkpoint, "save", save_or_crash)
+        patched.setattr(Checkpointer, "save", save_or_crash)
         with pytest.raises(Interrupted):
             clrun.train(recipe(tmp_path))
     return RunFolder(tmp_path / "r")
@@ -54,7 +55,7 @@ def records(folder: RunFolder, kind: str) -> list[dict]:
 
 def test_a_resumed_run_logs_every_step_once(crashed, tmp_path):
     assert [r["epoch"] for r in records(crashed, "epoch")] == [1, 2, 3]  # epoch 3 logged, not checkpointed
-    assert int(checkpoint.load(crashed.checkpoint)["epoch"]) == 2
+    assert int(checkpointing.load(crashed.checkpoint)["epoch"]) == 2
     stale = crashed.path / f".{crashed.checkpoint.name}.99999.deadbeef.tmp"
     stale.write_bytes(b"half a checkpoint")
 

@@ -13,7 +13,7 @@ import torch
 import clrun
 from clrun.cli import main as cl_run_main
 from clrun.schedule import Schedule, ScheduleError
-from clrun.training import checkpoint
+from clrun.training import checkpointing
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"  # 64 images in batches of 16: 4 steps an epoch
 TEMPERATURE = "loss.temperature={schedule: linear, start: 0.1, end: 0.3, until_epoch: 1}"
@@ -84,7 +84,7 @@ def test_a_resumed_run_continues_the_schedule_bit_for_bit(tmp_path, crash_after_
     crash_after_first_checkpoint(clrun.load_recipe(TINY, [*overrides, "run.name=resumed"]))
     resumed = clrun.train(clrun.load_recipe(TINY, [*overrides, "run.name=resumed"]), resume=tmp_path / "resumed")
     straight = clrun.train(clrun.load_recipe(TINY, [*overrides, "run.name=straight"]))
-    a, b = (checkpoint.load(r.folder.checkpoint) for r in (resumed, straight))
+    a, b = (checkpointing.load(r.folder.checkpoint) for r in (resumed, straight))
     for key, value in a["network"].items():
         assert torch.equal(value, b["network"][key]), key
     assert a["optimizer"]["param_groups"][0]["weight_decay"] == b["optimizer"]["param_groups"][0]["weight_decay"]

@@ -16,7 +16,7 @@ import torch
 
 import clrun
 from clrun.run_folder import RunFolder
-from clrun.training import checkpoint, loop
+from clrun.training import checkpointing, loop
 from clrun.training.stop import Stopped
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
@@ -60,13 +60,13 @@ def test_sigterm_mid_epoch_checkpoints_and_the_resume_is_bit_exact(tmp_path, mon
     folder = RunFolder(tmp_path / "stopped")
     assert info.value.exit_code == 143
     assert str(info.value) == f"stopped by SIGTERM after step 6 (in epoch 2): checkpoint written; continue with --resume {folder.path}"
-    saved = checkpoint.load(folder.checkpoint)
+    saved = checkpointing.load(folder.checkpoint)
     assert (saved["epoch"], saved["step"], saved["position"]["batches"]) == (1, 6, 2)
     assert folder.report.is_file() and not folder.lock.exists()
 
     resumed = clrun.train(recipe(tmp_path, "stopped"), resume=folder.path)
     straight = clrun.train(recipe(tmp_path, "straight"))
-    a, b = tensors(checkpoint.load(resumed.folder.checkpoint)), tensors(checkpoint.load(straight.folder.checkpoint))
+    a, b = tensors(checkpointing.load(resumed.folder.checkpoint)), tensors(checkpointing.load(straight.folder.checkpoint))
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -91,4 +91,4 @@ def test_the_command_exits_143_on_sigterm_and_130_on_sigint(tmp_path):
         assert process.returncode == code, err
         assert f"cl-run: stopped by {name} after step " in err and f"--resume {run}" in err
         assert (run / "report.md").is_file()
-        assert checkpoint.load(RunFolder(run).checkpoint)["position"] is not None
+        assert checkpointing.load(RunFolder(run).checkpoint)["position"] is not None

@@ -17,7 +17,8 @@ import clrun
 from clrun.report.markdown import DATA_BOUND
 from clrun.run_folder import RunFolder
 from clrun.storage import StorageError
-from clrun.training import checkpoint, loop
+from clrun.training import checkpointing, loop
+from clrun.training.checkpointing import writes
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 
@@ -37,7 +38,7 @@ def test_a_run_that_dies_mid_epoch_resumes_bit_exactly_from_its_last_step_checkp
     # by itself: train.auto_resume.
     settings = ("train.checkpoint_every_steps=3", "train.auto_resume=true")
     folder = RunFolder(crash_before_step(recipe(tmp_path, "crashed", *settings), at=8))
-    saved = checkpoint.load(folder.checkpoint)
+    saved = checkpointing.load(folder.checkpoint)
     assert (saved["epoch"], saved["step"], saved["position"]["batches"]) == (1, 6, 2)
 
     capsys.readouterr()
@@ -51,7 +52,7 @@ def test_a_run_that_dies_mid_epoch_resumes_bit_exactly_from_its_last_step_checkp
 
 
 def test_a_failed_background_write_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    real, calls = checkpoint.torch.save, []
+    real, calls = writes.torch.save, []
 
     def second_write_finds_the_disk_full(obj, f):
         calls.append((obj["step"], threading.current_thread().name))
@@ -60,14 +61,14 @@ def test_a_failed_background_write_stops_the_run_and_keeps_the_previous_checkpoi
             raise OSError(errno.ENOSPC, "No space left on device")
         real(obj, f)
 
-    monkeypatch.setattr(checkpoint.torch, "save", second_write_finds_the_disk_full)
+    monkeypatch.setattr(writes.torch, "save", second_write_finds_the_disk_full)
     with pytest.raises(StorageError) as info:
         clrun.train(recipe(tmp_path, "r", "train.checkpoint_every_steps=1"))
     folder = RunFolder(tmp_path / "r")
     assert str(info.value).endswith("free some space or set run.dir to a larger disk; the previous checkpoint is kept")
     # Written on the writer's thread; the failure surfaced at the next checkpoint, before a third write.
     assert calls == [(1, "clrun-checkpoint"), (2, "clrun-checkpoint")]
-    assert int(checkpoint.load(folder.checkpoint)["step"]) == 1
+    assert int(checkpointing.load(folder.checkpoint)["step"]) == 1
     assert not [p for p in folder.path.iterdir() if p.name.endswith(".tmp")]
 
 

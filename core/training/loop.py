@@ -12,12 +12,12 @@ import torch
 
 from clrun import distributed
 from clrun.recipe import Recipe
-from clrun.training import checkpoint, checkpoints, recipe_callbacks
+from clrun.training import recipe_callbacks
+from clrun.training.checkpointing import Checkpointer, Position, open_run
 from clrun.training.data import DataWait, batches, set_epoch
 from clrun.training.hooks import builtin_callbacks, end_epoch, run_hooks
 from clrun.training.network import Trainable, distribute
 from clrun.training.run import Run
-from clrun.training.opening import open_run
 from clrun.training.setup import Setup, prepare, resolve_device
 from clrun.training.sharding import whole_weights
 from clrun.training.step import NonFiniteLossError, train_step
@@ -27,7 +27,7 @@ from clrun.training.stop import StopOnSignal, Stopped
 def train(recipe: Recipe, resume: str | Path | None = None, verbose: bool = False,
           allow_changes: bool = False) -> Run:
     """Train ``recipe``; with ``resume`` (a run folder or checkpoint), continue that run in its folder
-    (``allow_changes``: also with a recipe that changes the training; see ``clrun.training.resume``).
+    (``allow_changes``: also with a recipe that changes the training; see ``clrun.training.checkpointing.policy``).
     ``verbose`` prints every metric each epoch instead of the compact line.
 
     Under torchrun every process calls this: it joins the process group, trains its share of each
@@ -50,18 +50,18 @@ def _train(setup: Setup, resume: str | Path | None, verbose: bool, allow_changes
     # The recipe's callbacks exist on rank 0 only (see clrun.hookspecs.RunSpecs).
     callbacks, named = recipe_callbacks.build(recipe.callbacks) if distributed.is_main() else ([], [])
     hooks = run_hooks([*named, *builtin_callbacks(recipe, setup.dataset, verbose)])
-    with open_run(setup, resume, callbacks, allow_changes) as run:  # only now, with everything built, is the folder touched
-        return _epochs(setup, run, hooks, callbacks)
+    # Only now, with everything built, is the folder touched (and a resumed run's checkpoint restored).
+    with open_run(setup, resume, callbacks, allow_changes) as (run, checkpointer):
+        return _epochs(setup, run, hooks, checkpointer)
 
 
-def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: list) -> Run:
-    recipe, parts, device = setup.recipe, setup.parts, setup.device
+def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer: Checkpointer) -> Run:
+    parts, device = setup.parts, setup.device
     parts.trainable = distribute(Trainable(parts.network, parts.loss_fn), device)
-    scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "fp16")
     hooks.clrun_run_start(run=run)
     try:
         with StopOnSignal(device) as stop:
-            epoch_metrics = _train_epochs(setup, run, hooks, callbacks, scaler, stop)
+            epoch_metrics = _train_epochs(setup, run, hooks, checkpointer, stop)
         final = {k: v for k, v in epoch_metrics.items() if k in ("loss",)}
         with whole_weights(run):
             hooks.clrun_run_end(run=run, metrics=final)
@@ -72,25 +72,25 @@ def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: list) ->
     return run
 
 
-def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: list,
-                  scaler: torch.amp.GradScaler, stop: StopOnSignal) -> dict[str, float]:
+def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer: Checkpointer,
+                  stop: StopOnSignal) -> dict[str, float]:
     recipe, parts, device, loader = setup.recipe, setup.parts, setup.device, setup.loader
     every_steps = recipe.train.checkpoint_every_steps
-    writer = checkpoint.BackgroundWriter()  # step-level checkpoints are written while training goes on
     epoch_metrics: dict[str, float] = {}
     try:
         while run.epoch < recipe.train.epochs and not reached_max_steps(run):
-            done = run.position["batches"] if run.position else 0  # > 0: resuming in the middle of this epoch
-            set_epoch(loader, setup.sampler_rng, recipe.seed, run.epoch, done)  # the order depends on the epoch only
-            loader_iterator = iter(loader)
-            done, sums = checkpoint.resume_in_epoch(run)
-            sums, steps, waited = defaultdict(float, sums), done, DataWait()
+            start = checkpointer.position_in_epoch()  # batch 0, or where a resumed mid-epoch checkpoint stopped
+            set_epoch(loader, setup.sampler_rng, recipe.seed, run.epoch, start.batches)  # the order depends on the epoch only
+            loader_iterator = iter(loader)  # draws a seed from the global random stream, so only now...
+            checkpointer.continue_streams()  # ...are a mid-epoch checkpoint's random streams set
+            done, sums, waited = start.batches, defaultdict(float, start.sums), DataWait()
+            steps = done  # batches of this epoch trained so far
             for images, labels, *places in waited.on(batches(loader_iterator, recipe.data.dataset)):
                 try:
-                    metrics, outputs = train_step(parts, images, device, recipe.train.precision, scaler,
+                    metrics, outputs = train_step(parts, images, device, recipe.train.precision, parts.scaler,
                                                   recipe.train.grad_clip, run.step, *places)
                 except NonFiniteLossError as exc:
-                    raise explain_non_finite(exc, run) from None
+                    raise explain_non_finite(exc, run, checkpointer.latest) from None
                 run.step += 1
                 steps += 1
                 hooks.clrun_step_outputs(run=run, outputs=outputs, labels=labels)
@@ -99,33 +99,28 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, callbacks: li
                 for k, v in metrics.items():
                     sums[k] += v
                 if signum := stop.requested():  # a signal: checkpoint here, mid-epoch, and stop
-                    writer.wait()
-                    raise stopped(signum, run, checkpoints.save(run, callbacks, position=place(steps, sums)))
+                    checkpointer.wait()
+                    raise stopped(signum, run, checkpointer.save(Position(steps, dict(sums))))
                 if reached_max_steps(run):
                     break
                 # Mid-epoch only: the epoch's end writes its own checkpoint.
                 if every_steps and run.step % every_steps == 0 and steps < run.steps_per_epoch:
-                    checkpoints.save(run, callbacks, position=place(steps, sums), writer=writer)
+                    checkpointer.save(Position(steps, dict(sums)), background=True)  # written while training goes on
             run.epoch += 1
             epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
             epoch_metrics.update(images_per_s=(steps - done) * recipe.data.batch_size / waited.elapsed,
                                  data_wait=waited.fraction, epoch_time_s=waited.elapsed)
-            writer.wait()  # an epoch's checkpoint replaces the step-level ones: never two writes at once
+            checkpointer.wait()  # an epoch's checkpoint replaces the step-level ones: never two writes at once
             with whole_weights(run):
-                end_epoch(hooks, run, epoch_metrics, save=lambda: checkpoints.save(run, callbacks))
+                end_epoch(hooks, run, epoch_metrics, save=checkpointer.save)
             if run.epoch % recipe.train.checkpoint_every == 0:
-                checkpoints.save(run, callbacks)
-        writer.wait()
+                checkpointer.save()
+        checkpointer.wait()
         if run.epoch % recipe.train.checkpoint_every != 0:
-            checkpoints.save(run, callbacks)
+            checkpointer.save()
     finally:
-        writer.close()  # after an error: the write under way finishes (or fails) before the run ends
+        checkpointer.close()  # after an error: the write under way finishes (or fails) before the run ends
     return epoch_metrics
-
-
-def place(batches: int, sums: dict[str, float]) -> dict:
-    """Where a mid-epoch checkpoint is in its epoch: the batches done and the metric sums so far."""
-    return {"batches": batches, "sums": dict(sums)}
 
 
 def stopped(signum: int, run: Run, kept: bool) -> Stopped:
@@ -138,9 +133,8 @@ def stopped(signum: int, run: Run, kept: bool) -> Stopped:
     return Stopped(signum, f"stopped by {name} after step {run.step} (in epoch {run.epoch + 1}): {what}")
 
 
-def explain_non_finite(exc: NonFiniteLossError, run: Run) -> NonFiniteLossError:
-    saved = checkpoints.latest(run.folder) is not None
-    where = f"the last good checkpoint is in {run.directory}" if saved else "no checkpoint was written yet"
+def explain_non_finite(exc: NonFiniteLossError, run: Run, latest: Path | None) -> NonFiniteLossError:
+    where = f"the last good checkpoint is in {run.directory}" if latest is not None else "no checkpoint was written yet"
     return NonFiniteLossError(
         f"{exc} at epoch {run.epoch + 1}, step {run.step + 1}; the optimizer step was not taken and "
         f"{where}. Lower optimizer.lr, set train.grad_clip, or use train.precision=fp32"

@@ -42,8 +42,6 @@ class Run:
     checkpoint_epoch: int | None = None  # the epoch of the checkpoint on disk, if any
     # A sharded run's whole network, gathered around the hooks that need whole weights (internal).
     whole: OnlineNetwork | None = field(default=None, repr=False)
-    # A mid-epoch checkpoint's place in its epoch, until the loop has continued from it (internal).
-    position: dict[str, Any] | None = field(default=None, repr=False)
     # Features of the data sets embedded at the current step: the kNN and linear-probe evaluators at the
     # end of a run usually embed the same train and test sets, and embedding 60k images takes a minute.
     _feature_cache: dict = field(default_factory=dict, repr=False)

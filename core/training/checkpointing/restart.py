@@ -26,7 +26,7 @@ from clrun import distributed
 from clrun.recipe import Recipe
 from clrun.run_folder import RunFolder
 from clrun.storage import write_atomic
-from clrun.training import checkpoints
+from clrun.training.checkpointing.checkpointer import latest
 
 RUN_ID = "TORCHELASTIC_RUN_ID"
 RESTARTS = "TORCHELASTIC_RESTART_COUNT"
@@ -52,7 +52,7 @@ def _find(recipe: Recipe) -> Optional[Path]:
         return None
     job = None if setting else os.environ.get(RUN_ID)
     found = [saved for folder in runs_named(Path(recipe.run.dir), run_name(recipe))
-             if (saved := checkpoints.latest(folder)) is not None and (job is None or launched_by(folder) == job)]
+             if (saved := latest(folder)) is not None and (job is None or launched_by(folder) == job)]
     return max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
 
 

@@ -1,5 +1,6 @@
 """Opening a run: a new run folder, or a resumed run's folder with its checkpoint restored and its
-recipe's changes checked (``clrun.training.resume``). Rank 0 holds the folder's lock while it is open."""
+recipe's changes checked (``policy``); either way with the ``Checkpointer`` that saves the run, its
+storage chosen here, once. Rank 0 holds the folder's lock while the run is open."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from clrun.recipe import load_recipe, resolved
 from clrun.run_folder import RunFolder
 from clrun.run_lock import RunLock
 from clrun.storage import NEW_RUN, check_free_space, elsewhere
-from clrun.training import auto_resume, checkpoint, checkpoints
-from clrun.training.resume import changes, check_allowed, recorded, training_changes
+from clrun.training.checkpointing import restart
+from clrun.training.checkpointing.checkpointer import Checkpointer, find
+from clrun.training.checkpointing.policy import changes, check_allowed, recorded, training_changes
+from clrun.training.checkpointing.state import expected_size
 from clrun.training.run import Run
 from clrun.training.setup import Setup, seed_augmentations
 
@@ -23,33 +26,36 @@ RESUME_ELSEWHERE = "copy the run folder to {place} and resume the copy"
 
 
 @contextmanager
-def open_run(setup: Setup, resume: str | Path | None, callbacks: list, allow_changes: bool) -> Iterator[Run]:
-    """The run, in a new run folder with the resolved recipe (rank 0 creates it, every rank learns its
-    path) or in the resumed run's folder with the checkpoint restored into the freshly built parts and
-    the logs cut back to the checkpoint. Rank 0 holds the folder's lock while the run is open."""
+def open_run(setup: Setup, resume: str | Path | None, callbacks: list,
+             allow_changes: bool) -> Iterator[tuple[Run, Checkpointer]]:
+    """The run and its checkpointer, in a new run folder with the resolved recipe (rank 0 creates it,
+    every rank learns its path) or in the resumed run's folder with the checkpoint restored into the
+    freshly built parts and the logs cut back to the checkpoint. Rank 0 holds the folder's lock while
+    the run is open."""
     recipe, main = setup.recipe, distributed.is_main()
-    if not resume and (resume := auto_resume.checkpoint_to_resume(recipe)):
+    if not resume and (resume := restart.checkpoint_to_resume(recipe)):
         if main:
-            print(f"cl-run: {auto_resume.why(recipe)}: resuming {resume}", flush=True)
-    saved = checkpoints.find(resume) if resume else None
+            print(f"cl-run: {restart.why(recipe)}: resuming {resume}", flush=True)
+    saved = find(resume) if resume else None
     with elsewhere(RESUME_ELSEWHERE if saved else NEW_RUN):
         folder = RunFolder.of_checkpoint(saved) if saved else None
         if main:  # before anything is written: a run that cannot checkpoint does not start
-            check_free_space(folder.path if saved else Path(recipe.run.dir), checkpoint.expected_size(setup.parts),
+            check_free_space(folder.path if saved else Path(recipe.run.dir), expected_size(setup.parts),
                              "the run's checkpoint")
         if saved is None:
-            name = auto_resume.run_name(recipe)
+            name = restart.run_name(recipe)
             folder = distributed.broadcast_object(RunFolder.create(recipe.run.dir, name) if main else None)
         with locked(folder, main):
             run = Run(recipe, setup.parts, setup.device, folder, setup.steps_per_epoch)
+            checkpointer = Checkpointer(run, callbacks)
             if saved:
-                continue_run(run, saved, callbacks, allow_changes)
+                continue_run(checkpointer, saved, allow_changes)
             else:
                 if main:
                     folder.write_recipe(resolved(recipe))
-                    auto_resume.record_launch(folder)
+                    restart.record_launch(folder)
                 seed_augmentations(recipe.seed)
-            yield run
+            yield run, checkpointer
 
 
 @contextmanager
@@ -74,9 +80,10 @@ def with_todays_defaults(folder: RunFolder, trained_with: dict) -> dict:
         return trained_with
 
 
-def continue_run(run: Run, saved: Path, callbacks: list, allow_changes: bool) -> None:
-    """Restore the checkpoint, after checking what the recipe changes (``clrun.training.resume``); cut
-    the logs back to the checkpoint (what a killed run wrote after it is written again from here on)."""
+def continue_run(checkpointer: Checkpointer, saved: Path, allow_changes: bool) -> None:
+    """Restore the checkpoint, after checking what the recipe changes (``policy``); cut the logs back to
+    the checkpoint (what a killed run wrote after it is written again from here on)."""
+    run = checkpointer.run
     folder, new, trained_with = run.folder, resolved(run.recipe), run.folder.read_recipe()
     if trained_with is None:
         raise UserError(f"--resume: {folder.recipe} is missing or not a recipe: a run folder keeps the recipe its "
@@ -84,7 +91,7 @@ def continue_run(run: Run, saved: Path, callbacks: list, allow_changes: bool) ->
     found = changes(with_todays_defaults(folder, trained_with), new)
     check_allowed(found, allow_changes, str(saved))
     changed = frozenset(c.section for c in training_changes(found))
-    checkpoints.restore(run, saved, callbacks, changed)
+    checkpointer.restore(saved, changed)
     if not distributed.is_main():
         return
     folder.remove_temp_files()
