@@ -6,6 +6,10 @@ The public API (everything a recipe user or plugin author needs) is imported fro
     clrun.Component                what a plugin offers (kind, name, factory, summary)
     clrun.LazyComponents           a namespace of components resolved on first use (every timm model)
     clrun.Nested                   type-hint marker for a factory argument that is itself a component
+    clrun.Range                    type-hint marker for an argument's limits and hint (checked in recipes)
+    clrun.checked                  decorator: a component checks its Ranges on direct construction too
+    clrun.name_of(component)       a component's registered name, for its messages
+    clrun.StepOutputs, clrun.Branch  what a loss receives: the views, masks and each network's outputs
     clrun.Masks                    what a mask generator returns: visible patches and patches to predict
     clrun.Tokens, clrun.offers_tokens  a ViT backbone's tokens (``backbone.forward_tokens``)
     clrun.patchify                 images as per-patch pixel vectors (a pixel target for masked modelling)
@@ -21,7 +25,7 @@ The public API (everything a recipe user or plugin author needs) is imported fro
                                    loader workers and resumable mid-epoch
     clrun.testing                  contract checks for a plugin's components (import it explicitly)
 
-``import clrun`` does not import torch: the names that need it (``Run``, ``StepOutputs``,
+``import clrun`` does not import torch: the names that need it (``Run``, ``StepOutputs``, ``Branch``,
 ``Stream``, ``distributed``) are imported on first access (PEP 562), so ``cl-run --help`` and plugin discovery
 answer without paying torch's import time.
 """
@@ -33,6 +37,7 @@ from typing import Any
 
 from clrun.api import components, create, load_recipe, train
 from clrun.callback import Evaluator, Stateful
+from clrun.checked import checked, name_of
 from clrun.component import KINDS, Component, LazyComponents, Nested
 from clrun.errors import (
     ComponentBuildError,
@@ -46,6 +51,7 @@ from clrun.errors import (
 )
 from clrun.hookspecs import hookimpl
 from clrun.masks import Masks
+from clrun.ranges import Range
 from clrun.tokens import Tokens, offers_tokens, patchify
 from clrun.run_folder import RunFolder
 from clrun.version import __version__
@@ -55,6 +61,7 @@ _IMPORTED_ON_FIRST_ACCESS: dict[str, tuple[str, str | None]] = {
     "distributed": ("clrun.distributed", None),
     "loss_kit": ("clrun.loss_kit", None),
     "StepOutputs": ("clrun.training.outputs", "StepOutputs"),
+    "Branch": ("clrun.training.branch", "Branch"),
     "Run": ("clrun.training.run", "Run"),
     "Stream": ("clrun.streams", "Stream"),
 }
@@ -79,6 +86,9 @@ __all__ = [
     "Component",
     "LazyComponents",
     "Nested",
+    "Range",
+    "checked",
+    "name_of",
     "Masks",
     "Tokens",
     "offers_tokens",
@@ -94,6 +104,7 @@ __all__ = [
     "Stateful",
     "RunFolder",
     "StepOutputs",
+    "Branch",
     "Run",
     "Stream",
     "UserError",

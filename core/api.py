@@ -29,7 +29,11 @@ def create(kind: str, name: str, **params: Any) -> Any:
     validator = Validator(default_registry())
     spec = validator.component(_node({"name": name, **params}, where), kind, "")
     if validator.problems or spec is INVALID:
-        raise ComponentError("\n".join(f"{where}: {p.path + ': ' if p.path else ''}{p.message}" for p in validator.problems))
+        problems = validator.problems
+        # One bad argument (a value outside its clrun.Range, say) is named, as a factory's own error is.
+        argument = problems[0].path if len(problems) == 1 and problems[0].path in params else None
+        raise ComponentError("\n".join(f"{where}: {p.path + ': ' if p.path else ''}{p.message}" for p in problems),
+                             argument=argument)
     spec.where = where  # no file position to name for an API call
     try:
         return spec.build(**injected)

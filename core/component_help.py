@@ -1,4 +1,5 @@
-"""``cl-run components KIND NAME``: one component's recipe keys (types and defaults) and its docstring."""
+"""``cl-run components KIND NAME``: one component's recipe keys (types, defaults and declared ranges) and its
+docstring."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import typing
 from typing import Any
 
 from clrun.component import INJECTED, Component
-from clrun.recipe.types import hints, parameters
+from clrun.ranges import limits
+from clrun.recipe.types import hints, is_union, parameters
 
 
 def _type_name(annotation: Any) -> str:
@@ -19,11 +21,19 @@ def _type_name(annotation: Any) -> str:
         return f"{nested.kind} entry{' list' if getattr(nested, 'many', False) else ''}" if nested else _type_name(base)
     if isinstance(annotation, type):
         return annotation.__name__
+    if is_union(annotation):  # Optional[Annotated[float, Range(...)]]: "float | None"
+        return " | ".join(_type_name(a) if a is not type(None) else "None" for a in typing.get_args(annotation))
     return str(annotation).replace("typing.", "")
 
 
+def _limits(annotation: Any) -> str:
+    """The argument's declared ``clrun.Range`` limits and hints, e.g. ``"  a number >= 0.001 (the paper uses 0.1)"``."""
+    base, ranges = limits(annotation)
+    return "".join(f"  {r.requirement(base)}" for r in ranges)
+
+
 def describe(component: Component) -> list[str]:
-    """Lines for a person writing a recipe entry: header, the keys with types and defaults, the
+    """Lines for a person writing a recipe entry: header, the keys with types, defaults and ranges, the
     values cl-run supplies itself, and the factory's docstring."""
     factory = component.factory
     params, var_keyword = parameters(factory)
@@ -36,7 +46,8 @@ def describe(component: Component) -> list[str]:
     keys = [p for name, p in params.items() if name not in injected]
     for p in keys:
         default = "required" if p.default is inspect.Parameter.empty else f"default {p.default!r}"
-        lines.append(f"  {p.name}: {_type_name(types.get(p.name, p.annotation))}  ({default})")
+        annotation = types.get(p.name, p.annotation)
+        lines.append(f"  {p.name}: {_type_name(annotation)}  ({default}){_limits(annotation)}")
     if not keys:
         lines.append("  (none)")
     if var_keyword:

@@ -11,12 +11,18 @@ same wording for every loss:
     views = loss_kit.global_projections(owner, out, "have negatives")   # >= 2 global views, batch >= 2
     preds = loss_kit.required_predictions(owner, out)                   # the recipe needs a predictor
     keys = loss_kit.required_target_projections(owner, out)             # ... or a target network
-    tau = loss_kit.temperature_arg(owner, tau, hint=" (the paper uses 0.5)")   # a number >= 1e-3
+
+A loss declares its constructor's limits in its signature and is decorated with ``clrun.checked``:
+
+    @clrun.checked
+    class MyLoss(nn.Module):
+        def __init__(self, temperature: Annotated[float, loss_kit.temperature_range("the paper uses 0.5")] = 0.5):
 
 Every check raises ``clrun.ComponentError`` (a ``UserError`` and a ``ValueError``): the CLI prints
 its message without a traceback, and a factory's error is reported with the recipe's file and line
 (the argument checks name the argument in the error's ``argument``).
-``owner`` is the loss's component name (``"mine/cosine"``), the first words of every message.
+``owner`` is the loss itself (``self``: its registered name, ``clrun.name_of``, starts every message) or
+that name as a string (``"mine/cosine"``).
 Gathering views across ranks is ``clrun.distributed.gather`` (with gradients) and
 ``gather_no_grad``.
 """
@@ -31,7 +37,14 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from clrun.checked import name_of
 from clrun.errors import ComponentError
+from clrun.ranges import Range
+
+def _name(owner: Any) -> str:
+    """The component name that starts a message: ``owner`` itself when a string, else its registered name."""
+    return owner if isinstance(owner, str) else name_of(owner)
+
 
 # ---------------------------------------------------------------- precision
 
@@ -67,7 +80,7 @@ def compute_dtype(*tensors: Tensor | Sequence[Tensor]) -> torch.dtype:
 # ---------------------------------------------------------------- what the recipe must provide
 
 
-def global_view_indices(owner: str, out: Any, *, minimum: int = 2, exactly: int | None = None, why: str = "") -> list[int]:
+def global_view_indices(owner: Any, out: Any, *, minimum: int = 2, exactly: int | None = None, why: str = "") -> list[int]:
     """Indices (in ``out``'s per-view lists) of the global views, after checking how many there are.
 
     ``exactly``: the loss compares exactly that many global views; else at least ``minimum``. ``why``
@@ -78,60 +91,60 @@ def global_view_indices(owner: str, out: Any, *, minimum: int = 2, exactly: int 
     n = len(indices)
     if exactly is not None and n != exactly:
         raise ComponentError(
-            f"{owner} compares exactly {exactly} global views; the recipe makes {n}. Use views with count "
+            f"{_name(owner)} compares exactly {exactly} global views; the recipe makes {n}. Use views with count "
             f"{exactly} ({exactly} global crops of every image), or a loss that handles another number of views."
         )
     if n < minimum:
         what = f"needs at least {minimum} global views ({why})" if why else f"compares at least {minimum} global views"
         raise ComponentError(
-            f"{owner} {what}; the recipe makes {n}. "
+            f"{_name(owner)} {what}; the recipe makes {n}. "
             f"Use a global view section with count {minimum} (a section without `local: true`)."
         )
     return indices
 
 
-def required_predictions(owner: str, out: Any) -> list[Tensor]:
+def required_predictions(owner: Any, out: Any) -> list[Tensor]:
     """The predictor's outputs, one per view; an error that asks for a ``predictor:`` section when there are none."""
     predictions = getattr(out, "predictions", None)
     if predictions is None:
         raise ComponentError(
-            f"{owner} needs a predictor head on the online branch: add a `predictor:` section to the recipe "
+            f"{_name(owner)} needs a predictor head on the online branch: add a `predictor:` section to the recipe "
             "(e.g. name: clrun/mlp)"
         )
     views = len(out.is_global)
     if len(predictions) != views:
-        raise ComponentError(f"{owner} got {len(predictions)} predictions for {views} views; it needs one per view")
+        raise ComponentError(f"{_name(owner)} got {len(predictions)} predictions for {views} views; it needs one per view")
     return list(predictions)
 
 
-def required_target_projections(owner: str, out: Any) -> list[Tensor]:
+def required_target_projections(owner: Any, out: Any) -> list[Tensor]:
     """The momentum target network's projections, one per global view; an error that asks for a
     ``target:`` section when the recipe has no target network."""
     targets = getattr(out, "target_projections", None)
     if targets is None:
         raise ComponentError(
-            f"{owner} needs a momentum target network: add a `target:` section to the recipe (e.g. momentum: 0.99)"
+            f"{_name(owner)} needs a momentum target network: add a `target:` section to the recipe (e.g. momentum: 0.99)"
         )
     n_global = sum(1 for g in out.is_global if g)
     if len(targets) != n_global:
         raise ComponentError(
-            f"{owner} got {len(targets)} target projections for {n_global} global views; it needs one per global view"
+            f"{_name(owner)} got {len(targets)} target projections for {n_global} global views; it needs one per global view"
         )
     return list(targets)
 
 
-def required_token_predictions(owner: str, out: Any, example: str) -> list[tuple[int, Tensor]]:
+def required_token_predictions(owner: Any, out: Any, example: str) -> list[tuple[int, Tensor]]:
     """``(view index, the token head's predictions)`` for every masked view; an error that asks for a
     ``masking:`` section with a ``head:`` (``example``: a fitting section, e.g. MAE's) when there are none."""
     predictions = getattr(out, "token_predictions", None)
     if predictions is None or all(p is None for p in predictions):
-        raise ComponentError(f"{owner} compares a token head's predictions at the hidden patches of the global views "
+        raise ComponentError(f"{_name(owner)} compares a token head's predictions at the hidden patches of the global views "
                              f"with their targets: the recipe needs a global view, a ViT backbone and a masking: "
                              f"section with a head, e.g. {example}")
     return [(i, p) for i, p in enumerate(predictions) if p is not None]
 
 
-def global_projections(owner: str, out: Any, why_two_images: str, *, exactly: int | None = None) -> list[Tensor]:
+def global_projections(owner: Any, out: Any, why_two_images: str, *, exactly: int | None = None) -> list[Tensor]:
     """The global views' projections: at least 2 views (``exactly`` that many if given), all ``(batch, dim)``
     tensors of one shape, batch >= 2.
 
@@ -146,28 +159,28 @@ def global_projections(owner: str, out: Any, why_two_images: str, *, exactly: in
 # ---------------------------------------------------------------- shapes and batch size
 
 
-def same_shape(owner: str, what: str, tensors: Sequence[Tensor]) -> tuple[int, int]:
+def same_shape(owner: Any, what: str, tensors: Sequence[Tensor]) -> tuple[int, int]:
     """``(batch, dim)`` of ``tensors``, which must all be 2-d and of one shape; ``what`` names them in the error."""
     shape = tuple(tensors[0].shape)
     if len(shape) != 2 or any(tuple(t.shape) != shape for t in tensors):
         raise ComponentError(
-            f"{owner} needs {what} as (batch, dim) tensors of the same shape; got "
+            f"{_name(owner)} needs {what} as (batch, dim) tensors of the same shape; got "
             + ", ".join(str(tuple(t.shape)) for t in tensors)
         )
     return shape[0], shape[1]
 
 
-def shaped_like_predictions(owner: str, what: str, tensors: Sequence[Tensor], shape: tuple[int, ...]) -> None:
+def shaped_like_predictions(owner: Any, what: str, tensors: Sequence[Tensor], shape: tuple[int, ...]) -> None:
     """Check that the tensors a loss compares predictions with (``what``) have the predictions' ``shape``."""
     for t in tensors:
         if tuple(t.shape) != tuple(shape):
             raise ComponentError(
-                f"{owner} needs {what} of the predictions' shape {tuple(shape)}; got {tuple(t.shape)}. "
+                f"{_name(owner)} needs {what} of the predictions' shape {tuple(shape)}; got {tuple(t.shape)}. "
                 "The predictor's output width must equal the projector's (out_dim)."
             )
 
 
-def batch_of_width(owner: str, what: str, tensors: Sequence[Tensor], width: int) -> int:
+def batch_of_width(owner: Any, what: str, tensors: Sequence[Tensor], width: int) -> int:
     """The batch size of ``tensors``, which must all be ``(batch, width)`` with one batch size >= 1.
 
     For a loss whose state is sized by ``in_dim`` (a queue, prototypes).
@@ -176,33 +189,35 @@ def batch_of_width(owner: str, what: str, tensors: Sequence[Tensor], width: int)
     n = shapes[0][0] if len(shapes[0]) == 2 else -1
     if any(s != (n, width) for s in shapes):
         raise ComponentError(
-            f"{owner} needs {what} as (batch, {width}) tensors with the same batch size; got {shapes}"
+            f"{_name(owner)} needs {what} as (batch, {width}) tensors with the same batch size; got {shapes}"
         )
     if n < 1:
-        raise ComponentError(f"{owner} needs at least 1 image per batch; got an empty batch")
+        raise ComponentError(f"{_name(owner)} needs at least 1 image per batch; got an empty batch")
     return n
 
 
-def at_least_two_images(owner: str, batch_size: int, why: str) -> None:
+def at_least_two_images(owner: Any, batch_size: int, why: str) -> None:
     """An error for a batch of one image when the loss needs two (negatives, a variance over the batch).
 
     ``why`` completes "needs at least 2 images per batch to ...".
     """
     if batch_size < 2:
         raise ComponentError(
-            f"{owner} needs at least 2 images per batch to {why}; got batch size {batch_size}. "
+            f"{_name(owner)} needs at least 2 images per batch to {why}; got batch size {batch_size}. "
             "Raise the batch size, or drop the last incomplete batch if it is the one with a single image."
         )
 
 
 # ---------------------------------------------------------------- constructor arguments
+# The built-in components declare their limits in their signatures (clrun.Range, clrun.checked). The
+# checks below predate that and stay for plugins that call them; they raise the same ComponentError.
 
 
-def int_arg(owner: str, name: str, value: object, minimum: int, hint: str = "") -> int:
+def int_arg(owner: Any, name: str, value: object, minimum: int, hint: str = "") -> int:
     """``value`` as an int >= ``minimum`` (booleans refused); ``hint`` follows the requirement in the error,
     e.g. ``" (the paper uses 65536)"``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ComponentError(f"{owner}: {name} must be an integer >= {minimum}{hint}, got {value!r}", argument=name)
+        raise ComponentError(f"{_name(owner)}: {name} must be an integer >= {minimum}{hint}, got {value!r}", argument=name)
     return value
 
 
@@ -230,12 +245,23 @@ def float_arg(
     )
     if not valid:
         raise ComponentError(
-            f"{owner}: {name} must be {noun} {'>=' if inclusive else '>'} {minimum:g}{hint}, got {value!r}", argument=name
+            f"{_name(owner)}: {name} must be {noun} {'>=' if inclusive else '>'} {minimum:g}{hint}, got {value!r}", argument=name
         )
     return float(value)
 
 
 MIN_TEMPERATURE = 1e-3
+SATURATES = (f"the logits are similarities divided by the temperature, and past +-{1 / MIN_TEMPERATURE:g} the "
+             "softmax saturates and the loss explodes instead of training")
+
+
+def temperature_range(hint: str = "") -> Range:
+    """The limits of a softmax temperature, for its annotation: ``Annotated[float, loss_kit.temperature_range(
+    "the paper uses 0.5")]``. A number >= ``MIN_TEMPERATURE`` (1e-3): a loss divides similarities in [-1, 1]
+    by its temperature, and below 1e-3 the softmax is saturated (one-hot) and the loss grows like
+    1 / temperature while the run goes on with finite numbers and learns nothing. Refused in the recipe,
+    ``cl-run check`` says so before any training."""
+    return Range(min=MIN_TEMPERATURE, hint=hint, why=SATURATES)
 
 
 @dataclass(frozen=True)
@@ -259,7 +285,7 @@ class CollapseSignal:
         return f"{self.metric} = {value:.4g} {'>' if self.above else '<'} {self.threshold:g}: {self.meaning}"
 
 
-def temperature_arg(owner: str, value: object, hint: str = "", name: str = "temperature") -> float:
+def temperature_arg(owner: Any, value: object, hint: str = "", name: str = "temperature") -> float:
     """``value`` as a softmax temperature: a finite number >= ``MIN_TEMPERATURE`` (1e-3).
 
     A loss divides similarities in [-1, 1] by its temperature: below 1e-3 the logits pass +-1000, the
@@ -271,7 +297,7 @@ def temperature_arg(owner: str, value: object, hint: str = "", name: str = "temp
     tau = float_arg(owner, name, value, hint=hint)
     if tau < MIN_TEMPERATURE:
         raise ComponentError(
-            f"{owner}: {name} must be >= {MIN_TEMPERATURE:g}{hint}, got {value!r}: the logits are similarities "
+            f"{_name(owner)}: {name} must be >= {MIN_TEMPERATURE:g}{hint}, got {value!r}: the logits are similarities "
             f"divided by the temperature (up to +-{1 / tau:.0e} here), and past +-{1 / MIN_TEMPERATURE:g} the "
             f"softmax saturates and the loss explodes instead of training",
             argument=name,

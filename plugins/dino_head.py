@@ -6,15 +6,16 @@ to ``out_dim`` prototypes. A projector like any other: any loss may use it.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-from clrun import loss_kit
-
-OWNER = "clrun/dino_head"
+from clrun import Range, checked
 
 
+@checked
 class DINOHead(nn.Module):
     """Caron et al. (2021), "Emerging Properties in Self-Supervised Vision Transformers" (DINO), section
     3.1 and the official ``DINOHead`` (facebookresearch/dino, vision_transformer.py), whose defaults
@@ -43,14 +44,14 @@ class DINOHead(nn.Module):
     Shapes: ``(B, in_dim) -> (B, out_dim)``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 num_layers: int = 3, batch_norm: bool = False, norm_last_layer: bool = True) -> None:
+    def __init__(self, in_dim: Annotated[int, Range(min=1, hint="the features' width, set by the training loop")],
+                 out_dim: Annotated[int, Range(min=2, hint="DINO uses 65536 prototypes on ImageNet")] = 65536,
+                 hidden_dim: Annotated[int, Range(min=1, hint="DINO uses 2048")] = 2048,
+                 bottleneck_dim: Annotated[int, Range(min=1, hint="DINO uses 256")] = 256,
+                 num_layers: Annotated[int, Range(min=1, hint="DINO uses 3")] = 3,
+                 batch_norm: bool = False, norm_last_layer: bool = True) -> None:
         super().__init__()
-        self.in_dim = loss_kit.int_arg(OWNER, "in_dim", in_dim, 1, " (the features' width, set by the training loop)")
-        self.out_dim = loss_kit.int_arg(OWNER, "out_dim", out_dim, 2, " (DINO uses 65536 prototypes on ImageNet)")
-        hidden_dim = loss_kit.int_arg(OWNER, "hidden_dim", hidden_dim, 1, " (DINO uses 2048)")
-        bottleneck_dim = loss_kit.int_arg(OWNER, "bottleneck_dim", bottleneck_dim, 1, " (DINO uses 256)")
-        num_layers = loss_kit.int_arg(OWNER, "num_layers", num_layers, 1, " (DINO uses 3)")
+        self.in_dim, self.out_dim = in_dim, out_dim
         widths = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
         for i in range(num_layers):

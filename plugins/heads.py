@@ -9,25 +9,24 @@ injects ``in_dim`` (the width of the head's input); a recipe must not set it.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Any, Optional
 
 from torch import Tensor, nn
 
+from clrun import ComponentError, Range, checked, name_of
 
-def _positive_int(owner: str, name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
-    return value
+Width = Annotated[int, Range(min=1)]  # a layer's width or count
 
 
-def _check_input(owner: str, x: Tensor, in_dim: int) -> None:
+def _check_input(head: Any, x: Tensor, in_dim: int) -> None:
     if x.ndim != 2 or x.shape[1] != in_dim:
-        raise ValueError(
-            f"{owner} expects features of shape (batch, {in_dim}), got {tuple(x.shape)}; "
+        raise ComponentError(
+            f"{name_of(head)} expects features of shape (batch, {in_dim}), got {tuple(x.shape)}; "
             "pool or flatten the backbone's output to one vector per image"
         )
 
 
+@checked
 class MLPProjector(nn.Module):
     """SimCLR's projection head ``g(.)``: an MLP from backbone features to the loss space.
 
@@ -54,22 +53,15 @@ class MLPProjector(nn.Module):
 
     def __init__(
         self,
-        in_dim: int,
-        hidden_dim: int = 2048,
-        out_dim: int = 128,
-        num_layers: int = 2,
+        in_dim: Width,
+        hidden_dim: Annotated[int, Range(min=1, hint="SimCLR uses 2048")] = 2048,
+        out_dim: Annotated[int, Range(min=1, hint="SimCLR uses 128")] = 128,
+        num_layers: Annotated[int, Range(min=1, hint="SimCLR uses 2, SimCLR v2 3")] = 2,
         batch_norm: bool = True,
         last_batch_norm: bool = False,
     ):
         super().__init__()
-        owner = "clrun/mlp"
-        self.in_dim = _positive_int(owner, "in_dim", in_dim)
-        self.hidden_dim = _positive_int(owner, "hidden_dim", hidden_dim)
-        self.out_dim = _positive_int(owner, "out_dim", out_dim)
-        self.num_layers = _positive_int(owner, "num_layers", num_layers)
-        for name, value in (("batch_norm", batch_norm), ("last_batch_norm", last_batch_norm)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{owner}: {name} must be true or false, got {value!r}")
+        self.in_dim, self.hidden_dim, self.out_dim, self.num_layers = in_dim, hidden_dim, out_dim, num_layers
         self.batch_norm = batch_norm
         self.last_batch_norm = last_batch_norm
 
@@ -86,28 +78,30 @@ class MLPProjector(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input("clrun/mlp", x, self.in_dim)
+        _check_input(self, x, self.in_dim)
         return self.net(x)
 
 
+@checked
 class IdentityProjector(nn.Module):
     """No projection head: the loss sees the backbone features unchanged, ``(B, in_dim) -> (B, in_dim)``."""
 
-    def __init__(self, in_dim: int):
+    def __init__(self, in_dim: Width):
         super().__init__()
-        self.in_dim = _positive_int("clrun/identity", "in_dim", in_dim)
+        self.in_dim = in_dim
         self.out_dim = self.in_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input("clrun/identity", x, self.in_dim)
+        _check_input(self, x, self.in_dim)
         return x
 
 
+@checked
 def mlp_predictor(
-    in_dim: int,
-    hidden_dim: int = 2048,
-    out_dim: Optional[int] = None,
-    num_layers: int = 2,
+    in_dim: Width,
+    hidden_dim: Annotated[int, Range(min=1, hint="BYOL uses 4096")] = 2048,
+    out_dim: Optional[Annotated[int, Range(min=1, hint="null: in_dim, the projection width")]] = None,
+    num_layers: Annotated[int, Range(min=1, hint="BYOL and SimSiam use 2")] = 2,
     batch_norm: bool = True,
     last_batch_norm: bool = False,
 ) -> MLPProjector:

@@ -5,11 +5,12 @@ stream (seeded and checkpointed by the training loop); see ``clrun.masks.Masks``
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
-from clrun import ComponentError, Masks, loss_kit
+from clrun import ComponentError, Masks, Range, checked
 
 
 def _grid(grid: tuple[int, int]) -> tuple[int, int]:
@@ -39,18 +40,16 @@ def _offsets(room: Tensor) -> Tensor:
     return (torch.rand(room.shape, device=room.device) * (room + 1)).floor().long().clamp(max=room)
 
 
+@checked
 class RandomMask:
     """MAE's masking (He et al. 2022): per image, a uniformly random ``ratio`` of the patches hidden, the
     same count ``L - int(L (1 - ratio))`` for every image (MAE's ``random_masking``: argsort of noise)."""
 
     equal_counts = True
-    owner = "clrun/random_mask"
 
-    def __init__(self, ratio: float = 0.75):
-        self.ratio = loss_kit.float_arg(self.owner, "ratio", ratio, hint=" and < 1 (MAE uses 0.75)")
-        if self.ratio >= 1:
-            raise ComponentError(f"{self.owner}: ratio must be a number > 0 and < 1 (MAE uses 0.75), got {ratio!r}",
-                                 argument="ratio")
+    def __init__(self, ratio: Annotated[float, Range(min=0, max=1, exclusive_min=True, exclusive_max=True,
+                                                     hint="MAE uses 0.75")] = 0.75):
+        self.ratio = float(ratio)
 
     def __call__(self, batch: int, grid: tuple[int, int], device: torch.device | str = "cpu") -> Masks:
         h, w = _grid(grid)
@@ -62,6 +61,7 @@ class RandomMask:
         return Masks(visible, (~visible).unsqueeze(1))
 
 
+@checked
 class BlockMask:
     """BEiT's block-wise masking as iBOT uses it (Bao et al. 2021; Zhou et al. 2022, ``ImageFolderMask``).
 
@@ -74,18 +74,13 @@ class BlockMask:
     """
 
     equal_counts = False
-    owner = "clrun/block_mask"
     ATTEMPTS = 10
 
-    def __init__(self, probability: float = 0.5, ratio: tuple[float, float] = (0.1, 0.5),
-                 aspect: tuple[float, float] = (0.3, 1 / 0.3)):
-        self.probability = loss_kit.float_arg(self.owner, "probability", probability, inclusive=True,
-                                              hint=" and <= 1 (iBOT uses 0.5)")
-        if self.probability > 1:
-            raise ComponentError(f"{self.owner}: probability must be a number >= 0 and <= 1 (iBOT uses 0.5), "
-                                 f"got {probability!r}", argument="probability")
-        self.ratio = _range(self.owner, "ratio", ratio, 0.0, 1.0, "iBOT uses [0.1, 0.5]")
-        self.aspect = _range(self.owner, "aspect", aspect, 0.0, math.inf, "iBOT uses [0.3, 3.33]")
+    def __init__(self, probability: Annotated[float, Range(min=0, max=1, hint="iBOT uses 0.5")] = 0.5,
+                 ratio: tuple[float, float] = (0.1, 0.5), aspect: tuple[float, float] = (0.3, 1 / 0.3)):
+        self.probability = float(probability)
+        self.ratio = _range(self, "ratio", ratio, 0.0, 1.0, "iBOT uses [0.1, 0.5]")
+        self.aspect = _range(self, "aspect", aspect, 0.0, math.inf, "iBOT uses [0.3, 3.33]")
 
     def __call__(self, batch: int, grid: tuple[int, int], device: torch.device | str = "cpu") -> Masks:
         h, w = _grid(grid)
@@ -115,6 +110,7 @@ class BlockMask:
         return Masks(~mask, mask.unsqueeze(1))
 
 
+@checked
 class MultiBlockMask:
     """I-JEPA's context and target blocks (Assran et al. 2023; ``MaskCollator`` in facebookresearch/ijepa).
 
@@ -127,17 +123,17 @@ class MultiBlockMask:
     """
 
     equal_counts = True
-    owner = "clrun/multiblock_mask"
     CONTEXT_TRIES = 20
 
-    def __init__(self, targets: int = 4, target_scale: tuple[float, float] = (0.15, 0.2),
-                 target_aspect: tuple[float, float] = (0.75, 1.5), context_scale: tuple[float, float] = (0.85, 1.0),
-                 min_keep: int = 10):
-        self.targets = loss_kit.int_arg(self.owner, "targets", targets, 1, " (I-JEPA uses 4)")
-        self.target_scale = _range(self.owner, "target_scale", target_scale, 0.0, 1.0, "I-JEPA uses [0.15, 0.2]")
-        self.target_aspect = _range(self.owner, "target_aspect", target_aspect, 0.0, math.inf, "I-JEPA uses [0.75, 1.5]")
-        self.context_scale = _range(self.owner, "context_scale", context_scale, 0.0, 1.0, "I-JEPA uses [0.85, 1.0]")
-        self.min_keep = loss_kit.int_arg(self.owner, "min_keep", min_keep, 1, " (I-JEPA uses 10)")
+    def __init__(self, targets: Annotated[int, Range(min=1, hint="I-JEPA uses 4")] = 4,
+                 target_scale: tuple[float, float] = (0.15, 0.2), target_aspect: tuple[float, float] = (0.75, 1.5),
+                 context_scale: tuple[float, float] = (0.85, 1.0),
+                 min_keep: Annotated[int, Range(min=1, hint="I-JEPA uses 10")] = 10):
+        self.targets = targets
+        self.target_scale = _range(self, "target_scale", target_scale, 0.0, 1.0, "I-JEPA uses [0.15, 0.2]")
+        self.target_aspect = _range(self, "target_aspect", target_aspect, 0.0, math.inf, "I-JEPA uses [0.75, 1.5]")
+        self.context_scale = _range(self, "context_scale", context_scale, 0.0, 1.0, "I-JEPA uses [0.85, 1.0]")
+        self.min_keep = min_keep
 
     @staticmethod
     def block_size(draw: float, scale: tuple[float, float], aspect: tuple[float, float], grid: tuple[int, int]) -> tuple[int, int]:
@@ -151,7 +147,7 @@ class MultiBlockMask:
     def __call__(self, batch: int, grid: tuple[int, int], device: torch.device | str = "cpu") -> Masks:
         h, w = _grid(grid)
         if h < 2 or w < 2:
-            raise ValueError(f"{self.owner} needs a patch grid of at least 2 x 2, got {h} x {w}")
+            raise ValueError(f"{self.component_name} needs a patch grid of at least 2 x 2, got {h} x {w}")
         draws = torch.rand(2).tolist()  # CPU: the sizes are Python numbers; positions are drawn on the device
         th, tw = self.block_size(draws[0], self.target_scale, self.target_aspect, (h, w))
         ch, cw = self.block_size(draws[1], self.context_scale, (1.0, 1.0), (h, w))
@@ -173,13 +169,14 @@ class MultiBlockMask:
         return Masks(context, targets)
 
 
-def _range(owner: str, name: str, value: object, low: float, high: float, hint: str) -> tuple[float, float]:
-    """``value`` as a pair ``[a, b]`` with ``low < a <= b`` and ``b <= high``."""
+def _range(mask: object, name: str, value: object, low: float, high: float, hint: str) -> tuple[float, float]:
+    """``value`` as a pair ``[a, b]`` with ``low < a <= b`` and ``b <= high`` (a relation of two numbers, which
+    a ``clrun.Range`` cannot declare); ``mask`` names the error."""
     valid = (isinstance(value, (list, tuple)) and len(value) == 2
              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
     if not valid or not low < value[0] <= value[1] or value[1] > high:
         bound = "" if math.isinf(high) else f" <= {high:g}"
         got = list(value) if isinstance(value, tuple) else value  # the factory hands a recipe's list as a tuple
-        raise ComponentError(f"{owner}: {name} must be a pair [a, b] with {low:g} < a <= b{bound} ({hint}), got {got!r}",
+        raise ComponentError(f"{mask.component_name}: {name} must be a pair [a, b] with {low:g} < a <= b{bound} ({hint}), got {got!r}",
                              argument=name)
     return float(value[0]), float(value[1])

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Annotated
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from clrun import Masks, Tokens
+from clrun import ComponentError, Masks, Range, Tokens, checked, name_of
+
+Count = Annotated[int, Range(min=1)]  # a width, a depth, a number of heads
 
 
 def sincos_position_embeddings(grid: tuple[int, int], dim: int) -> Tensor:
@@ -49,17 +52,13 @@ def sincos_position_embeddings(grid: tuple[int, int], dim: int) -> Tensor:
     return torch.cat([one_axis(column), one_axis(row)], dim=1).float()
 
 
-def _positive(owner: str, **values: object) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
-
-
-def _blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.Sequential:
+def _blocks(head: nn.Module, dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.Sequential:
     if dim % num_heads:
-        raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads})")
+        raise ComponentError(f"{name_of(head)}: embed_dim ({dim}) must be divisible by num_heads ({num_heads})",
+                             argument="embed_dim")
     if dim % 4:
-        raise ValueError(f"embed_dim must be divisible by 4 (sin-cos position embeddings over rows and columns), got {dim}")
+        raise ComponentError(f"{name_of(head)}: embed_dim must be divisible by 4 (sin-cos position embeddings over rows "
+                             f"and columns), got {dim}", argument="embed_dim")
     norm = partial(nn.LayerNorm, eps=1e-6)
     return nn.Sequential(*(Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)))
 
@@ -80,25 +79,28 @@ class TokenTransformer(nn.Module):
     """What both heads are made of: a linear map from the backbone's tokens into the head's width, a learned
     mask token, ``depth`` transformer blocks, a final norm, and a linear map ``out`` to the output width."""
 
-    def __init__(self, owner: str, token_dim: int, out_dim: int, embed_dim: int, depth: int, num_heads: int,
+    def __init__(self, token_dim: int, out_dim: int, embed_dim: int, depth: int, num_heads: int,
                  mlp_ratio: float) -> None:
         super().__init__()
-        _positive(owner, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
         self.embed = nn.Linear(token_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(embed_dim))
-        self.blocks = _blocks(embed_dim, depth, num_heads, mlp_ratio)
+        self.blocks = _blocks(self, embed_dim, depth, num_heads, mlp_ratio)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.out = nn.Linear(embed_dim, out_dim)
 
 
+@checked
 class MAEDecoder(TokenTransformer):
     """MAE's decoder. ``embed_dim``, ``depth`` and ``num_heads`` default to the paper's (512, 8, 16: its
     ViT-B/L/H decoder). The class and register tokens go through it too, with zero position embeddings
     (MAE's class token); the output is the prediction of every target patch's ``patch_pixels`` values."""
 
-    def __init__(self, token_dim: int, patch_pixels: int, embed_dim: int = 512, depth: int = 8, num_heads: int = 16,
-                 mlp_ratio: float = 4.0) -> None:
-        super().__init__("clrun/mae_decoder", token_dim, patch_pixels, embed_dim, depth, num_heads, mlp_ratio)
+    def __init__(self, token_dim: Count, patch_pixels: Count,
+                 embed_dim: Annotated[int, Range(min=4, hint="divisible by 4 and num_heads; MAE uses 512")] = 512,
+                 depth: Annotated[int, Range(min=1, hint="MAE uses 8")] = 8,
+                 num_heads: Annotated[int, Range(min=1, hint="MAE uses 16")] = 16,
+                 mlp_ratio: Annotated[float, Range(min=0, exclusive_min=True, hint="MAE uses 4")] = 4.0) -> None:
+        super().__init__(token_dim, patch_pixels, embed_dim, depth, num_heads, mlp_ratio)
         # MAE's initialization: xavier-uniform linear layers, zero biases, a N(0, 0.02) mask token.
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -114,14 +116,18 @@ class MAEDecoder(TokenTransformer):
         return masks.at_targets(self.out(x[:, prefix.shape[1]:]))
 
 
+@checked
 class JEPAPredictor(TokenTransformer):
     """I-JEPA's predictor. ``embed_dim`` and ``depth`` default to the paper's ViT-H/14 setting (384, 12;
     ``num_heads`` 12, the official code's). The context tokens and the position embeddings of the target
     patches go in; one pass per target block, as the official code batches them."""
 
-    def __init__(self, token_dim: int, embed_dim: int = 384, depth: int = 12, num_heads: int = 12,
-                 mlp_ratio: float = 4.0) -> None:
-        super().__init__("clrun/jepa_predictor", token_dim, token_dim, embed_dim, depth, num_heads, mlp_ratio)
+    def __init__(self, token_dim: Count,
+                 embed_dim: Annotated[int, Range(min=4, hint="divisible by 4 and num_heads; I-JEPA uses 384")] = 384,
+                 depth: Annotated[int, Range(min=1, hint="I-JEPA uses 12")] = 12,
+                 num_heads: Annotated[int, Range(min=1, hint="I-JEPA uses 12")] = 12,
+                 mlp_ratio: Annotated[float, Range(min=0, exclusive_min=True, hint="I-JEPA uses 4")] = 4.0) -> None:
+        super().__init__(token_dim, token_dim, embed_dim, depth, num_heads, mlp_ratio)
         # The official initialization: N(0, 0.02) weights (truncated), zero biases, and each block's output
         # projections scaled down by sqrt(2 * layer) so deeper blocks start closer to the identity.
         for module in self.modules():

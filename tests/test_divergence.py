@@ -139,17 +139,16 @@ def test_warn_prints_the_signal_and_trains_to_the_end(tmp_path, monkeypatch, cap
     ("clrun/moco", {"in_dim": 8}, " (MoCo v2 uses 0.2, MoCo v1 0.07)"),
     ("clrun/swav", {"in_dim": 8}, " (SwAV uses 0.1)"),
 ])
-@pytest.mark.parametrize("temperature, logits", [(1e-8, "1e+08"), (9.99e-4, "1e+03")])
-def test_every_loss_with_a_temperature_refuses_one_below_1e_3(name, settings, hint, temperature, logits):
+@pytest.mark.parametrize("temperature", [1e-8, 9.99e-4])
+def test_every_loss_with_a_temperature_refuses_one_below_1e_3(name, settings, hint, temperature):
     import clrun
 
     factory = clrun.components("loss", name)[0].factory
     with pytest.raises(ComponentError) as info:
         factory(**settings, temperature=temperature)
     assert str(info.value) == (
-        f"{name}: temperature must be >= 0.001{hint}, got {temperature!r}: the logits are similarities divided by "
-        f"the temperature (up to +-{logits} here), and past +-1000 the softmax saturates and the loss explodes "
-        f"instead of training"
+        f"{name}: temperature must be a number >= 0.001{hint}, got {temperature!r}: the logits are similarities "
+        f"divided by the temperature, and past +-1000 the softmax saturates and the loss explodes instead of training"
     )
     assert info.value.argument == "temperature"
     assert math.isclose(factory(**settings, temperature=1e-3).temperature, 1e-3)  # the bound itself is allowed
@@ -165,10 +164,10 @@ def test_a_tiny_temperature_is_refused_before_training_with_exit_2(tmp_path, mon
     err = capsys.readouterr().err
     assert code == 2
     # At the override that set the value (the second on the command line), and at its key.
-    assert err.startswith("<command line>:2:18: error: loss.temperature: ") and err.rstrip().endswith(
-        "clrun/ntxent: temperature must be >= 0.001 (SimCLR uses 0.5; 0.07 to 0.2 is common), got 1e-08: the logits "
-        "are similarities divided by the temperature (up to +-1e+08 here), and past +-1000 the softmax saturates and "
-        "the loss explodes instead of training"
+    # A recipe problem, found by the validator from the loss's declared range before anything is built.
+    assert err.splitlines()[0] == (
+        "<command line>:2:18: error: loss.temperature: must be a number >= 0.001 (SimCLR uses 0.5; 0.07 to 0.2 is "
+        "common), got 1e-08: the logits are similarities divided by the temperature, and past +-1000 the softmax "
+        "saturates and the loss explodes instead of training"
     )
-    assert "loss 'clrun/ntxent' could not be built" in err
     assert not (tmp_path / "runs").exists()  # nothing was trained or written

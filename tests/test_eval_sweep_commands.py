@@ -125,7 +125,7 @@ def test_sweep_trains_every_value_and_tabulates_them(tmp_path, capsys):
 def test_sweep_checks_every_variant_before_training_any(tmp_path, capsys):
     code, _, err = cl_run(capsys, "sweep", TINY, "loss.temperature=0.1,-1", f"run.dir={tmp_path}")
     assert code == 2
-    assert "temperature must be a number > 0" in err
+    assert "loss.temperature: must be a number >= 0.001" in err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing trained, no folder made
 
 

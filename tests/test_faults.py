@@ -29,7 +29,7 @@ import clrun
 from clrun import plugin_manager
 from clrun.cli import main as cl_run_main
 from clrun.run_folder import RunFolder
-from clrun.training import checkpoint
+from clrun.training.checkpointing import writes
 
 pytestmark = pytest.mark.usefixtures("no_report")
 
@@ -83,7 +83,7 @@ def fill_disk(code: int):
     def arrange(tmp, run, monkeypatch):
         def no_room(obj, f):
             raise OSError(code, os.strerror(code))
-        monkeypatch.setattr(checkpoint.torch, "save", no_room)
+        monkeypatch.setattr(writes.torch, "save", no_room)
         return [TINY, *BASE, f"run.dir={tmp}", "run.name=new"]
     return arrange
 
@@ -117,10 +117,9 @@ FAULTS = {
         2, r"<command line>:1:1: error: train\.epoch: unknown key 'epoch' for section 'train'; did you mean 'epochs'\?"),
     "a temperature that cannot train": Fault(
         lambda tmp, run, mp: ["check", TINY, "loss.temperature=1e-4"],
-        2, r"<command line>:1:18: error: loss\.temperature: loss 'clrun/ntxent' could not be built: clrun/ntxent: "
-           r"temperature must be >= 0\.001 \(SimCLR uses 0\.5; 0\.07 to 0\.2 is common\), got 0\.0001: the logits are "
-           r"similarities divided by the temperature \(up to \+-1e\+04 here\), and past \+-1000 the softmax saturates and "
-           r"the loss explodes instead of training"),
+        2, r"<command line>:1:18: error: loss\.temperature: must be a number >= 0\.001 \(SimCLR uses 0\.5; 0\.07 to "
+           r"0\.2 is common\), got 0\.0001: the logits are similarities divided by the temperature, and past \+-1000 the "
+           r"softmax saturates and the loss explodes instead of training"),
     # -- resuming ---------------------------------------------------------------------------------
     "a resume that changes the training": Fault(
         lambda tmp, run, mp: [TINY, *BASE, "loss.temperature=0.5", f"run.dir={tmp}", "--resume", run.path],

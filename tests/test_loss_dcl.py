@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import clrun
-from clrun import ComponentError
+from clrun import ComponentError, loss_kit
 from clrun.testing import step_outputs
 
 _spec = importlib.util.spec_from_file_location("numpy_reference", Path(__file__).with_name("numpy_reference.py"))
@@ -135,7 +135,8 @@ def test_errors():
     with pytest.raises(ComponentError) as info:
         clrun.create("loss", "clrun/dcl", weight_sigma=-1)
     assert str(info.value) == (
-        "clrun/dcl: weight_sigma must be a number > 0 (DCLW's paper uses 0.5; null for DCL), got -1.0")
+        "clrun.create('loss', 'clrun/dcl'): weight_sigma: must be a number >= 0.001 (DCLW's paper uses 0.5; null for DCL), "
+        f"got -1.0: {loss_kit.SATURATES}")
     with pytest.raises(ComponentError) as info:
         clrun.create("loss", "clrun/dcl")(step_outputs([torch.randn(3, 4)] * 3))
     assert str(info.value) == (

@@ -107,13 +107,15 @@ def test_eval_mode_leaves_the_center_alone():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"teacher_temperature": 1e-4}, "clrun/dino: teacher_temperature must be >= 0.001 (DINO uses 0.04 to 0.07), got 0.0001"),
-    ({"center_momentum": 1.5}, "clrun/dino: center_momentum must be <= 1 (DINO uses 0.9; 1 turns centering off), got 1.5"),
+    ({"teacher_temperature": 1e-4}, "clrun.create('loss', 'clrun/dino'): teacher_temperature: must be a number >= 0.001 "
+                                    "(DINO uses 0.04 to 0.07), got 0.0001: the logits are similarities"),
+    ({"center_momentum": 1.5}, "clrun.create('loss', 'clrun/dino'): center_momentum: must be a number >= 0 and <= 1 "
+                               "(DINO uses 0.9; 1 turns centering off), got 1.5"),
 ])
 def test_bad_settings_are_refused_naming_the_argument(settings, message):
     with pytest.raises(clrun.ComponentError) as error:
         clrun.create("loss", "clrun/dino", in_dim=8, **settings)
-    assert str(error.value).startswith(message)  # clrun.create passes the loss's own words through
+    assert str(error.value).startswith(message)  # the declared range, checked like a recipe entry
     assert error.value.argument == next(iter(settings))
 
 

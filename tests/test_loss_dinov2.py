@@ -130,10 +130,12 @@ def test_koleo_is_lower_for_spread_features():
 
 
 @pytest.mark.parametrize("settings,message", [
-    ({"centering": "ema"}, "clrun/dino: centering must be one of center, sinkhorn (DINO: center, DINOv2: sinkhorn), "
-                           "got 'ema'"),
-    ({"koleo_weight": -0.1}, "clrun/dino: koleo_weight must be a number >= 0 (DINOv2 uses 0.1; 0 for none), got -0.1"),
-    ({"sinkhorn_iterations": 0}, "clrun/dino: sinkhorn_iterations must be an integer >= 1 (DINOv2 uses 3), got 0"),
+    ({"centering": "ema"}, "clrun.create('loss', 'clrun/dino'): centering: expected one of 'center', 'sinkhorn', "
+                           "got string 'ema'"),
+    ({"koleo_weight": -0.1}, "clrun.create('loss', 'clrun/dino'): koleo_weight: must be a number >= 0 (DINOv2 uses 0.1; "
+                             "0 for none), got -0.1"),
+    ({"sinkhorn_iterations": 0}, "clrun.create('loss', 'clrun/dino'): sinkhorn_iterations: must be an integer >= 1 "
+                                 "(DINOv2 uses 3), got 0"),
 ])
 def test_bad_dinov2_settings_are_refused_naming_the_argument(settings, message):
     with pytest.raises(ComponentError) as info:

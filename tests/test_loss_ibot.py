@@ -123,7 +123,7 @@ def test_a_recipe_without_masked_patch_outputs_is_told_what_to_add():
         loss_fn(out)
     assert str(info.value) == (
         "clrun/ibot compares the head's outputs of masked patch tokens with the target's: the recipe needs a "
-        "masking: section with project_tokens: true (e.g. generator: {name: clrun/block_mask}), a ViT backbone "
+        "masking: section (e.g. generator: {name: clrun/block_mask}), a ViT backbone "
         "with mask_token: true, and a target: section")
 
 
@@ -131,6 +131,6 @@ def test_defaults_are_the_papers():
     loss_fn = clrun.create("loss", "clrun/ibot", in_dim=8)
     assert (loss_fn.teacher_temperature, loss_fn.student_temperature, loss_fn.teacher_patch_temperature) == (0.04, 0.1, 0.04)
     assert (loss_fn.center_momentum, loss_fn.patch_center_momentum, loss_fn.lambda_cls, loss_fn.lambda_patch) == (0.9, 0.9, 1.0, 1.0)
-    with pytest.raises(ComponentError, match=r"^clrun/ibot: patch_center_momentum must be a number >= 0 and <= 1 "
-                                             r"\(iBOT uses 0.9\), got 1.5$"):
+    with pytest.raises(ComponentError, match=r"^clrun\.create\('loss', 'clrun/ibot'\): patch_center_momentum: must be a "
+                                             r"number >= 0 and <= 1 \(iBOT uses 0.9\), got 1.5$"):
         clrun.create("loss", "clrun/ibot", in_dim=8, patch_center_momentum=1.5)

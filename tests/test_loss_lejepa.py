@@ -123,10 +123,13 @@ def test_defaults_are_the_papers():
 
 
 @pytest.mark.parametrize("args,message", [
-    ({"lambd": 1.0}, "clrun/lejepa: lambd must be < 1 (the paper uses 0.05), got 1.0"),
-    ({"lambd": 0}, "clrun/lejepa: lambd must be a number > 0 (the paper uses 0.05), got 0.0"),
-    ({"knots": 16}, "clrun/lejepa: knots must be an integer >= 3 and odd (the authors use 17), got 16"),
-    ({"num_slices": 0}, "clrun/lejepa: num_slices must be an integer >= 1 (the authors use 1024), got 0"),
+    ({"lambd": 1.0}, "clrun.create('loss', 'clrun/lejepa'): lambd: must be a number > 0 and < 1 (the paper uses 0.05), "
+                     "got 1.0"),
+    ({"lambd": 0}, "clrun.create('loss', 'clrun/lejepa'): lambd: must be a number > 0 and < 1 (the paper uses 0.05), "
+                   "got 0.0"),
+    ({"knots": 16}, "clrun/lejepa: knots must be odd (the authors use 17), got 16"),  # a check no Range can declare
+    ({"num_slices": 0}, "clrun.create('loss', 'clrun/lejepa'): num_slices: must be an integer >= 1 (the authors use "
+                        "1024), got 0"),
 ])
 def test_bad_arguments_are_refused_with_the_fix(args, message):
     with pytest.raises(ComponentError) as info:

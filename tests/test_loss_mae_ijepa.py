@@ -149,5 +149,5 @@ def test_the_losses_name_the_recipe_sections_they_need():
     with pytest.raises(ComponentError, match=r"the token head predicts \(2, 1, 2, 4\) values at the hidden patches, their "
                                              r"pixels are \(2, 1, 2, 9\)"):
         clrun.create("loss", "clrun/mae")(mae_outputs(RNG.normal(size=(2, 1, 6, 6)), torch.zeros(2, 1, 2, 4), hidden, (2, 2)))
-    with pytest.raises(ComponentError, match=r"beta must be a number > 0 \(the official code uses 1\), got 0"):
+    with pytest.raises(ComponentError, match=r"beta: must be a number > 0 \(the official code uses 1\), got 0"):
         clrun.create("loss", "clrun/ijepa", beta=0)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from clrun import ComponentError, UserError
+from clrun import ComponentError, UserError, loss_kit
 from clrun.plugins.losses.moco import MoCoLoss
 from clrun.plugins.losses.queue import ring_enqueue
 from clrun.testing import step_outputs
@@ -356,7 +356,8 @@ def test_bad_temperature(value):
     with pytest.raises(ComponentError) as info:
         MoCoLoss(4, temperature=value)
     assert str(info.value) == (
-        f"clrun/moco: temperature must be a number > 0 (MoCo v2 uses 0.2, MoCo v1 0.07), got {value!r}"
+        f"clrun/moco: temperature must be a number >= 0.001 (MoCo v2 uses 0.2, MoCo v1 0.07), got {value!r}: "
+        f"{loss_kit.SATURATES}"
     )
 
 

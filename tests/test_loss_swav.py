@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from clrun import ComponentError, UserError
+from clrun import ComponentError, UserError, loss_kit
 from clrun.plugins.losses.sinkhorn import sinkhorn_knopp
 from clrun.plugins.losses.swav import SwAVLoss
 from clrun.testing import step_outputs
@@ -419,8 +419,8 @@ def test_view_errors():
     [
         ("num_prototypes", 1, "an integer >= 2 (SwAV uses 3000 on ImageNet)"),
         ("num_prototypes", 30.0, "an integer >= 2 (SwAV uses 3000 on ImageNet)"),
-        ("temperature", 0, "a number > 0 (SwAV uses 0.1)"),
-        ("temperature", float("nan"), "a number > 0 (SwAV uses 0.1)"),
+        ("temperature", 0, "a number >= 0.001 (SwAV uses 0.1)"),
+        ("temperature", float("nan"), "a number >= 0.001 (SwAV uses 0.1)"),
         ("sinkhorn_iterations", 0, "an integer >= 1 (SwAV uses 3)"),
         ("epsilon", -0.05, "a number > 0 (SwAV uses 0.05)"),
         ("epsilon", "0.05", "a number > 0 (SwAV uses 0.05)"),
@@ -434,7 +434,8 @@ def test_view_errors():
 def test_bad_constructor_arguments(arg, value, message):
     with pytest.raises(ComponentError) as info:
         SwAVLoss(4, **{arg: value})
-    assert str(info.value) == f"clrun/swav: {arg} must be {message}, got {value!r}"
+    why = f": {loss_kit.SATURATES}" if arg == "temperature" else ""  # a temperature's range says what goes wrong
+    assert str(info.value) == f"clrun/swav: {arg} must be {message}, got {value!r}{why}"
 
 
 def test_defaults_are_the_official_ones():

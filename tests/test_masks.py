@@ -157,11 +157,14 @@ def test_multiblock_masks_are_rectangles_and_contexts_match_ijepas_collator():
 
 
 @pytest.mark.parametrize("name,settings,message", [
-    ("clrun/random_mask", {"ratio": 1.0}, "clrun/random_mask: ratio must be a number > 0 and < 1 (MAE uses 0.75), got 1.0"),
+    ("clrun/random_mask", {"ratio": 1.0},
+     "clrun.create('mask', 'clrun/random_mask'): ratio: must be a number > 0 and < 1 (MAE uses 0.75), got 1.0"),
     ("clrun/block_mask", {"ratio": [0.5, 0.1]},
      "clrun/block_mask: ratio must be a pair [a, b] with 0 < a <= b <= 1 (iBOT uses [0.1, 0.5]), got [0.5, 0.1]"),
-    ("clrun/block_mask", {"probability": 2}, "clrun/block_mask: probability must be a number >= 0 and <= 1 (iBOT uses 0.5), got 2.0"),
-    ("clrun/multiblock_mask", {"targets": 0}, "clrun/multiblock_mask: targets must be an integer >= 1 (I-JEPA uses 4), got 0"),
+    ("clrun/block_mask", {"probability": 2},
+     "clrun.create('mask', 'clrun/block_mask'): probability: must be a number >= 0 and <= 1 (iBOT uses 0.5), got 2.0"),
+    ("clrun/multiblock_mask", {"targets": 0},
+     "clrun.create('mask', 'clrun/multiblock_mask'): targets: must be an integer >= 1 (I-JEPA uses 4), got 0"),
 ])
 def test_bad_settings_are_refused_with_the_papers_values(name, settings, message):
     with pytest.raises(ComponentError) as info:

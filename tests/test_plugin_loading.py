@@ -683,7 +683,8 @@ def test_component_help_shows_keys_types_defaults_and_docstring(capsys):
     assert main(["--no-plugins", "components", "callback", "clrun/knn"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "callback clrun/knn  [clrun.plugins.callbacks.components (cl-run 0.1.0)]"
-    assert "  train: dataset entry  (required)" in out and "  k: int  (default 20)" in out
+    assert "  train: dataset entry  (required)" in out
+    assert "  k: int  (default 20)  an integer >= 1 (Wu et al. and DINO use 20 or 200)" in out  # its clrun.Range
     assert any("neighbour bank" in line for line in out)  # the docstring
     assert main(["--no-plugins", "components", "projector", "clrun/mlp"]) == 0
     assert "supplied by cl-run: in_dim" in capsys.readouterr().out

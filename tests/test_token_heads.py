@@ -156,9 +156,11 @@ def test_token_heads_train_end_to_end_through_a_timm_vit():
 
 
 def test_token_heads_refuse_bad_sizes_naming_the_setting():
-    with pytest.raises(ComponentError, match=r"embed_dim \(10\) must be divisible by num_heads \(4\)"):
+    with pytest.raises(ComponentError, match=r"^clrun/mae_decoder: embed_dim \(10\) must be divisible by num_heads \(4\)$") as info:
         clrun.create("token_head", "clrun/mae_decoder", token_dim=8, patch_pixels=4, embed_dim=10, num_heads=4)
-    with pytest.raises(ComponentError, match=r"clrun/jepa_predictor: depth must be an integer >= 1, got 0"):
+    assert info.value.argument == "embed_dim"
+    with pytest.raises(ComponentError, match=r"'clrun/jepa_predictor'\): depth: must be an integer >= 1 \(I-JEPA uses 12\), "
+                                             r"got 0"):
         clrun.create("token_head", "clrun/jepa_predictor", token_dim=8, depth=0)
     with pytest.raises(ComponentError, match=r"embed_dim must be divisible by 4 \(sin-cos position embeddings over rows "
                                              r"and columns\), got 6"):

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from clrun.checked import NAME_ATTRIBUTE, building_as
 from clrun.component import Component
 from clrun.errors import ComponentBuildError, ComponentError, DataError, DataNotFoundError, UserError
 from clrun.recipe.types import parameters
@@ -43,7 +44,8 @@ class ComponentSpec:
         # own __init__ has one) would otherwise receive values it never asked for.
         kwargs.update({k: v for k, v in injected.items() if k in params})
         try:
-            return self.component.factory(**kwargs)
+            with building_as(self.name):  # a clrun.checked factory names its messages, and its instance
+                built = self.component.factory(**kwargs)
         except (DataError, DataNotFoundError):
             raise  # they name the file or folder at fault, and `cl-run check` looks for the latter
         except (ComponentError, ValueError, TypeError, RuntimeError, ArithmeticError, ImportError) as exc:  # a bad value or a missing extra
@@ -55,10 +57,15 @@ class ComponentSpec:
                 f"{self.component.kind} {self.name} from {self.component.provider or '?'} ({self.where}) failed "
                 f"while being built: {type(exc).__name__}: {exc}"
             ) from exc
+        _name(built, self.name)
+        return built
 
     def build_error(self, exc: Exception) -> ComponentError:
-        """The factory's complaint, located at the setting it is about when that is known (the
-        ``argument`` of a ComponentError, or the one setting the message names), else at the entry."""
+        """The factory's complaint, located at the setting it is about when that is known, else at the entry.
+
+        The built-in components say which setting in their ComponentError's ``argument``; a third-party
+        factory that raises a plain ValueError or TypeError does not, so its message is searched for the
+        one setting it names."""
         argument = self.blamed_argument(exc)
         where, path = self.where, self.path
         if argument is not None:
@@ -77,6 +84,18 @@ class ComponentSpec:
     def plain(self) -> dict[str, Any]:
         """The entry as it would be written in a recipe (for the resolved recipe in the run folder)."""
         return {"name": self.name, **{k: _plain(v) for k, v in self.params.items()}}
+
+
+def _name(built: Any, name: str) -> None:
+    """Give a built component its registered name (``component.component_name``), for its messages: the
+    registry knows it, the component's code need not repeat it. Objects that take no attributes (slots,
+    frozen dataclasses, builtins) are left alone, and so is a name the factory set itself."""
+    if isinstance(getattr(built, NAME_ATTRIBUTE, None), str):
+        return
+    try:
+        object.__setattr__(built, NAME_ATTRIBUTE, name)
+    except (AttributeError, TypeError):
+        pass
 
 
 def _build(value: Any) -> Any:

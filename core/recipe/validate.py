@@ -16,6 +16,7 @@ import re
 import typing
 from typing import Any, Callable, Literal
 
+from clrun.checked import violation
 from clrun.component import INJECTED, Nested
 from clrun.errors import ComponentError
 from clrun.recipe.nodes import Node
@@ -61,7 +62,9 @@ class Validator:
             return node.plain()
         if origin is typing.Annotated:
             nested = [m for m in args[1:] if isinstance(m, Nested)]
-            return self.nested(node, nested[0], path) if nested else self.check(node, args[0], path)
+            if nested:
+                return self.nested(node, nested[0], path)
+            return self.limited(node, annotation, self.check(node, args[0], path), path)
         if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
             return self.section(node, annotation, path)
         if is_union(annotation):
@@ -100,6 +103,22 @@ class Validator:
         if origin in (dict, collections.abc.Mapping) or annotation is dict:
             return node.plain() if isinstance(value, dict) else self.mismatch(node, annotation, path)
         return node.plain()  # a type we cannot check from YAML (Tensor, enum, callable): pass it through
+
+    def limited(self, node: Node, annotation: Any, value: Any, path: str) -> Any:
+        """``value`` (already checked against the type) against the ``clrun.Range`` limits in ``annotation``;
+        a schedule's every value is checked, at its own key."""
+        if value is INVALID:
+            return value
+        if isinstance(value, Schedule):
+            fields = ["start", "end"] + (["warmup_start"] if value.warmup_epochs or value.warmup_steps else [])
+            for name in fields:
+                problem = violation(getattr(value, name), annotation) if getattr(value, name) is not None else None
+                if problem:
+                    child = node.value.get(name, node)
+                    return self.error(child, f"{path}.{name}", problem)
+            return value
+        problem = violation(value, annotation)
+        return self.error(node, path, problem) if problem else value
 
     def mismatch(self, node: Node, annotation: Any, path: str) -> object:
         value = node.value

@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Annotated, Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from clrun import distributed, loss_kit
-
-OWNER = "clrun/barlow_twins"
+from clrun import Range, checked, distributed, loss_kit
 
 
+def barlow_twins(views: Sequence[Tensor], lambd: float, scale_loss: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """Barlow Twins of two or more views' projections ``(N, D)`` (the global batch: gather them first):
+    the scalar loss and the detached metrics ``on_diagonal`` and ``off_diagonal``, averaged over the pairs
+    of views (see :class:`BarlowTwinsLoss`). Runs in at least float32, also under autocast."""
+    n, d = views[0].shape
+    dtype = loss_kit.compute_dtype(views)
+    with loss_kit.autocast_off(views[0]):
+        standardized = []
+        for z in views:
+            z = z.to(dtype)
+            mean = z.mean(dim=0)
+            var = z.var(dim=0, unbiased=False)
+            standardized.append((z - mean) / torch.sqrt(var + 1e-5))
+        eye = torch.eye(d, dtype=torch.bool, device=views[0].device)
+        losses, on_terms, off_terms = [], [], []
+        for a, b in itertools.combinations(standardized, 2):
+            c = a.T @ b / n  # (D, D) cross-correlation
+            on = (1.0 - torch.diagonal(c)).pow(2).sum()
+            off = c.masked_fill(eye, 0.0).pow(2).sum()
+            losses.append(on + lambd * off)
+            on_terms.append(on.detach())
+            off_terms.append(off.detach())
+        loss = scale_loss * torch.stack(losses).mean()
+    return loss, {"on_diagonal": torch.stack(on_terms).mean(), "off_diagonal": torch.stack(off_terms).mean()}
+
+
+@checked
 class BarlowTwinsLoss(nn.Module):
     r"""The redundancy-reduction loss of Barlow Twins.
 
@@ -56,43 +81,20 @@ class BarlowTwinsLoss(nn.Module):
     """
 
     main_metric = "on_diagonal"  # shown on the console each epoch
+    reads = frozenset({"online.projections"})
 
-    def __init__(self, lambd: float = 0.0051, scale_loss: float = 1.0):
+    def __init__(self, lambd: Annotated[float, Range(min=0, hint="the official code uses 0.0051")] = 0.0051,
+                 scale_loss: Annotated[float, Range(min=0, exclusive_min=True,
+                                                    hint="1.0 in the paper; solo-learn uses 0.1 on CIFAR")] = 1.0):
         super().__init__()
-        self.lambd = loss_kit.float_arg(
-            OWNER, "lambd", lambd, inclusive=True, noun="a finite number", hint=" (the official code uses 0.0051)"
-        )
-        self.scale_loss = loss_kit.float_arg(
-            OWNER, "scale_loss", scale_loss, noun="a finite number", hint=" (1.0 in the paper; solo-learn uses 0.1 on CIFAR)"
-        )
+        self.lambd = float(lambd)
+        self.scale_loss = float(scale_loss)
 
     def extra_repr(self) -> str:
         return f"lambd={self.lambd}, scale_loss={self.scale_loss}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        views = loss_kit.global_projections(OWNER, out, "standardize each dimension over the batch")
+        views = loss_kit.global_projections(self, out, "standardize each dimension over the batch")
         views = [distributed.gather(z) for z in views]  # the global batch, with gradients
-        n, d = views[0].shape
-        dtype = loss_kit.compute_dtype(views)
-        with loss_kit.autocast_off(views[0]):
-            standardized = []
-            for z in views:
-                z = z.to(dtype)
-                mean = z.mean(dim=0)
-                var = z.var(dim=0, unbiased=False)
-                standardized.append((z - mean) / torch.sqrt(var + 1e-5))
-            eye = torch.eye(d, dtype=torch.bool, device=views[0].device)
-            losses, on_terms, off_terms = [], [], []
-            for a, b in itertools.combinations(standardized, 2):
-                c = a.T @ b / n  # (D, D) cross-correlation
-                on = (1.0 - torch.diagonal(c)).pow(2).sum()
-                off = c.masked_fill(eye, 0.0).pow(2).sum()
-                losses.append(on + self.lambd * off)
-                on_terms.append(on.detach())
-                off_terms.append(off.detach())
-            loss = self.scale_loss * torch.stack(losses).mean()
-        return {
-            "loss": loss,
-            "on_diagonal": torch.stack(on_terms).mean(),
-            "off_diagonal": torch.stack(off_terms).mean(),
-        }
+        loss, metrics = barlow_twins(views, self.lambd, self.scale_loss)
+        return {"loss": loss, **metrics}

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import loss_kit
-
-OWNER = "clrun/byol"
+from clrun import checked, loss_kit
 
 
+def byol(predictions: Sequence[Tensor], targets: Sequence[Tensor], global_views: Sequence[int]) -> tuple[Tensor, dict[str, Tensor]]:
+    """BYOL's symmetrized normalized MSE: every view's prediction ``(N, D)`` against the target projection of
+    each other global view (``targets[k]`` is view ``global_views[k]``'s, detached here). The scalar loss
+    and the detached metric ``pos_cosine`` (see :class:`BYOLLoss`); at least float32."""
+    dtype = loss_kit.compute_dtype(predictions, targets)  # fp16/bf16 -> fp32, fp64 stays
+    with loss_kit.autocast_off(predictions[0]):
+        p = [F.normalize(x.to(dtype), dim=1) for x in predictions]
+        t = [F.normalize(x.detach().to(dtype), dim=1) for x in targets]  # stop-gradient
+        loss = p[0].new_zeros(())
+        cosines = []
+        for k, j in enumerate(global_views):
+            for i in range(len(p)):
+                if i == j:
+                    continue
+                cos = (p[i] * t[k]).sum(dim=1)  # (N,)
+                loss = loss + (2.0 - 2.0 * cos).mean()
+                cosines.append(cos.detach().mean())
+        pos_cosine = torch.stack(cosines).mean()
+    return loss, {"pos_cosine": pos_cosine}
+
+
+@checked
 class BYOLLoss(nn.Module):
     r"""The normalized mean squared error of BYOL, symmetrized over the views.
 
@@ -52,28 +72,15 @@ class BYOLLoss(nn.Module):
     """
 
     main_metric = "pos_cosine"  # shown on the console each epoch
+    reads = frozenset({"online.predictions", "target.projections"})
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        predictions = loss_kit.required_predictions(OWNER, out)
-        targets = loss_kit.required_target_projections(OWNER, out)
+        predictions = loss_kit.required_predictions(self, out)
+        targets = loss_kit.required_target_projections(self, out)
         global_idx = loss_kit.global_view_indices(
-            OWNER, out, why="each view's prediction regresses the target projection of another global view"
+            self, out, why="each view's prediction regresses the target projection of another global view"
         )
-        shape = loss_kit.same_shape(OWNER, "every view's predictions", predictions)
-        loss_kit.shaped_like_predictions(OWNER, "target projections", targets, shape)
-
-        dtype = loss_kit.compute_dtype(predictions, targets)  # fp16/bf16 -> fp32, fp64 stays
-        with loss_kit.autocast_off(predictions[0]):
-            p = [F.normalize(x.to(dtype), dim=1) for x in predictions]
-            t = [F.normalize(x.detach().to(dtype), dim=1) for x in targets]  # stop-gradient
-            loss = p[0].new_zeros(())
-            cosines = []
-            for k, j in enumerate(global_idx):
-                for i in range(len(p)):
-                    if i == j:
-                        continue
-                    cos = (p[i] * t[k]).sum(dim=1)  # (N,)
-                    loss = loss + (2.0 - 2.0 * cos).mean()
-                    cosines.append(cos.detach().mean())
-            pos_cosine = torch.stack(cosines).mean()
-        return {"loss": loss, "pos_cosine": pos_cosine}
+        shape = loss_kit.same_shape(self, "every view's predictions", predictions)
+        loss_kit.shaped_like_predictions(self, "target projections", targets, shape)
+        loss, metrics = byol(predictions, targets, global_idx)
+        return {"loss": loss, **metrics}

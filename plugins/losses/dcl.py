@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import distributed, loss_kit
+from clrun import checked, distributed, loss_kit
 from clrun.plugins.losses.ntxent import anchor_rows
 
 
+def dcl(z1: Tensor, z2: Tensor, temperature: float, weight_sigma: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """DCL (DCLW with ``weight_sigma``) of two views' projections ``(N, D)``: the scalar loss and the detached
+    metrics ``contrastive_acc``, ``pos_cosine``, ``neg_cosine`` (see :class:`DCLLoss`). Across ranks both
+    views are gathered with gradients and this rank's anchors' rows are computed; at least float32."""
+    n = z1.shape[0]
+    dtype = loss_kit.compute_dtype(z1, z2)
+    with loss_kit.autocast_off(z1):
+        # The global batch's 2N unit vectors, view 1 then view 2, with gradients from every rank.
+        z = F.normalize(torch.cat([distributed.gather(z1), distributed.gather(z2)], dim=0).to(dtype), dim=1)
+        total = z.shape[0]
+        mine = anchor_rows(n, total // 2, z.device)
+        positives = (mine + total // 2) % total
+        rows = torch.arange(len(mine), device=z.device)
+        cos = z[mine] @ z.T  # (2n, 2N)
+        pos = cos[rows, positives]
+        negatives = (cos / temperature).index_put((rows, mine), torch.tensor(float("-inf"), dtype=dtype))
+        negatives = negatives.index_put((rows, positives), torch.tensor(float("-inf"), dtype=dtype))
+        weight = positive_weights(z, total // 2, weight_sigma)[mine % (total // 2)] if weight_sigma else 1.0
+        loss = (-weight * pos / temperature + torch.logsumexp(negatives, dim=1)).mean()
+
+        with torch.no_grad():
+            cos_d, pos_d = cos.detach(), pos.detach()
+            acc = (pos_d > negatives.detach().max(dim=1).values * temperature).to(dtype).mean()
+            neg_cos = ((cos_d.sum(dim=1) - cos_d[rows, mine] - pos_d) / (total - 2)).mean()
+    return loss, {"contrastive_acc": acc, "pos_cosine": pos_d.mean(), "neg_cosine": neg_cos}
+
+
+def positive_weights(z: Tensor, images: int, sigma: float) -> Tensor:
+    """DCLW's weight of every image's positive pair, ``(images,)``, from the whole batch's unit vectors ``z``
+    (``(2 images, D)``, view 1 then view 2)."""
+    agreement = (z[:images] * z[images:]).sum(dim=1) / sigma
+    return 2 - images * F.softmax(agreement, dim=0)
+
+
+@checked
 class DCLLoss(nn.Module):
     r"""Decoupled contrastive loss (DCL), and its weighted variant DCLW when ``weight_sigma`` is set.
 
@@ -49,51 +84,27 @@ class DCLLoss(nn.Module):
     """
 
     main_metric = "contrastive_acc"  # shown on the console each epoch
-    owner = "clrun/dcl"
+    reads = frozenset({"online.projections"})
 
-    def __init__(self, temperature: float = 0.1, weight_sigma: Optional[float] = None):
+    def __init__(self, temperature: Annotated[float, loss_kit.temperature_range("the DCL paper uses 0.1")] = 0.1,
+                 weight_sigma: Optional[Annotated[float, loss_kit.temperature_range("DCLW's paper uses 0.5; null for DCL")]] = None):
         super().__init__()
-        self.temperature = loss_kit.temperature_arg(self.owner, temperature, hint=" (the DCL paper uses 0.1)")
-        self.weight_sigma = None if weight_sigma is None else loss_kit.temperature_arg(
-            self.owner, weight_sigma, hint=" (DCLW's paper uses 0.5; null for DCL)", name="weight_sigma")
+        self.temperature = float(temperature)
+        self.weight_sigma = None if weight_sigma is None else float(weight_sigma)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, weight_sigma={self.weight_sigma}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        z1, z2 = loss_kit.global_projections(self.owner, out, "have negatives", exactly=2)
-        n = z1.shape[0]
-        dtype = loss_kit.compute_dtype(z1, z2)
-        with loss_kit.autocast_off(z1):
-            # The global batch's 2N unit vectors, view 1 then view 2, with gradients from every rank.
-            z = F.normalize(torch.cat([distributed.gather(z1), distributed.gather(z2)], dim=0).to(dtype), dim=1)
-            total = z.shape[0]
-            mine = anchor_rows(n, total // 2, z.device)
-            positives = (mine + total // 2) % total
-            rows = torch.arange(len(mine), device=z.device)
-            cos = z[mine] @ z.T  # (2n, 2N)
-            pos = cos[rows, positives]
-            negatives = (cos / self.temperature).index_put((rows, mine), torch.tensor(float("-inf"), dtype=dtype))
-            negatives = negatives.index_put((rows, positives), torch.tensor(float("-inf"), dtype=dtype))
-            weight = self.positive_weights(z, total // 2)[mine % (total // 2)] if self.weight_sigma else 1.0
-            loss = (-weight * pos / self.temperature + torch.logsumexp(negatives, dim=1)).mean()
-
-            with torch.no_grad():
-                cos_d, pos_d = cos.detach(), pos.detach()
-                acc = (pos_d > negatives.detach().max(dim=1).values * self.temperature).to(dtype).mean()
-                neg_cos = ((cos_d.sum(dim=1) - cos_d[rows, mine] - pos_d) / (total - 2)).mean()
-        return {"loss": loss, "contrastive_acc": acc, "pos_cosine": pos_d.mean(), "neg_cosine": neg_cos}
-
-    def positive_weights(self, z: Tensor, images: int) -> Tensor:
-        """DCLW's weight of every image's positive pair, ``(images,)``, from the whole batch's positives."""
-        agreement = (z[:images] * z[images:]).sum(dim=1) / self.weight_sigma
-        return 2 - images * F.softmax(agreement, dim=0)
+        z1, z2 = loss_kit.global_projections(self, out, "have negatives", exactly=2)
+        loss, metrics = dcl(z1, z2, self.temperature, self.weight_sigma)
+        return {"loss": loss, **metrics}
 
 
+@checked
 class DCLWLoss(DCLLoss):
     """DCLW: :class:`DCLLoss` with the positive weighted by the von Mises-Fisher weighting (sigma 0.5)."""
 
-    owner = "clrun/dclw"
-
-    def __init__(self, temperature: float = 0.1, weight_sigma: float = 0.5):
+    def __init__(self, temperature: Annotated[float, loss_kit.temperature_range("the DCL paper uses 0.1")] = 0.1,
+                 weight_sigma: Annotated[float, loss_kit.temperature_range("DCLW's paper uses 0.5")] = 0.5):
         super().__init__(temperature, weight_sigma)  # the annotation makes the factory refuse null

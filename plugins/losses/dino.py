@@ -3,19 +3,84 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError, distributed, loss_kit
+from clrun import ComponentError, Range, checked, distributed, loss_kit, name_of
 from clrun.plugins.losses.koleo import koleo
 from clrun.plugins.losses.sinkhorn import sinkhorn_knopp
 
-OWNER = "clrun/dino"
+
+def teacher_distributions(teacher: Sequence[Tensor], teacher_temperature: float, center: Tensor | None = None,
+                          sinkhorn_iterations: int = 3) -> list[Tensor]:
+    """The teacher's distributions per global view, from its (detached) outputs ``(N, K)``: centered by
+    ``center`` and sharpened, or, with ``center=None``, Sinkhorn-Knopp's codes over all global views of the
+    batch at once (as DINOv2's ``sinkhorn_knopp_teacher``)."""
+    if center is None:
+        codes = sinkhorn_knopp(torch.cat(list(teacher)), sinkhorn_iterations, teacher_temperature)
+        return list(codes.split([len(x) for x in teacher]))
+    return [F.softmax((x - center.to(x.dtype)) / teacher_temperature, dim=-1) for x in teacher]
 
 
+def dino_cross_entropy(student: Sequence[Tensor], targets: Sequence[Tensor], global_views: Sequence[int],
+                       student_temperature: float) -> Tensor:
+    """DINO's term: the mean over pairs (global view ``i``, view ``v != i``) of the cross-entropy of the
+    teacher's distribution ``targets[k]`` (global view ``global_views[k]``'s) to the student's softmax of
+    view ``v`` (``student``: every view's outputs ``(N, K)``, already in the compute dtype)."""
+    log_student = [F.log_softmax(s / student_temperature, dim=-1) for s in student]
+    terms = [-(q * log_student[v]).sum(dim=-1).mean()
+             for i, q in zip(global_views, targets) for v in range(len(student)) if v != i]
+    return torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def teacher_metrics(targets: Sequence[Tensor], loss: Tensor) -> dict[str, Tensor]:
+    """DINO's collapse indicators of the teacher's distributions (see :class:`DINOLoss`): ``teacher_entropy``,
+    ``teacher_entropy_ratio``, ``teacher_kl`` (``loss``, the cross-entropy, minus the entropy) and
+    ``top_prototype_share``."""
+    probabilities = torch.cat(list(targets))
+    k = probabilities.shape[-1]
+    entropy = -(probabilities * probabilities.clamp_min(1e-30).log()).sum(dim=-1).mean()
+    shares = torch.bincount(probabilities.argmax(dim=-1), minlength=k).float() / len(probabilities)
+    # Each pair's cross-entropy is its KL plus the teacher's entropy; every teacher view is in the same
+    # number of pairs, so the mean KL is the loss minus the mean entropy.
+    return {"teacher_entropy": entropy, "teacher_entropy_ratio": entropy / math.log(k),
+            "teacher_kl": loss.detach() - entropy, "top_prototype_share": shares.max()}
+
+
+def dino(student: Sequence[Tensor], teacher: Sequence[Tensor], global_views: Sequence[int], teacher_temperature: float,
+         student_temperature: float, center: Tensor | None = None, sinkhorn_iterations: int = 3
+         ) -> tuple[Tensor, dict[str, Tensor]]:
+    """DINO's loss of the student's outputs for every view and the teacher's for the global views (each
+    ``(N, K)``; the teacher's are detached here): the cross-entropy and the teacher's metrics. ``center``:
+    DINO's centering (``None``: DINOv2's Sinkhorn-Knopp). At least float32, also under autocast."""
+    dtype = loss_kit.compute_dtype(*student, *teacher)
+    with loss_kit.autocast_off(student[0]):
+        targets = teacher_distributions([x.detach().to(dtype) for x in teacher], teacher_temperature, center,
+                                        sinkhorn_iterations)
+        loss = dino_cross_entropy([s.to(dtype) for s in student], targets, global_views, student_temperature)
+        return loss, teacher_metrics(targets, loss)
+
+
+def dino_inputs(loss: nn.Module, out: Any, width: int) -> tuple[list[Tensor], list[Tensor], list[int]]:
+    """The student's outputs for every view, the teacher's for the global views, and the global views'
+    indices, after checking that the recipe makes them (DINO's and iBOT's class-token part); ``loss`` names
+    the errors."""
+    teacher = loss_kit.required_target_projections(loss, out)
+    student = list(out.projections)
+    global_views = loss_kit.global_view_indices(loss, out, minimum=1, why="the teacher sees the global views")
+    if len(student) < 2:
+        raise ComponentError(
+            f"{name_of(loss)} needs at least 2 views (the student predicts the teacher on another view); the "
+            f"recipe makes {len(student)}. Use 2 global views, and local ones for multi-crop")
+    loss_kit.batch_of_width(loss, "every view's head outputs", [*student, *teacher], width)
+    return student, teacher, global_views
+
+
+@checked
 class DINOLoss(nn.Module):
     r"""DINO: the student's distribution over K prototypes predicts the teacher's on another view.
 
@@ -71,8 +136,7 @@ class DINOLoss(nn.Module):
     """
 
     main_metric = "teacher_entropy"
-    owner = OWNER  # the component name errors start with (a subclass sets its own)
-    CENTERINGS = ("center", "sinkhorn")
+    reads = frozenset({"online.projections", "target.projections", "online.features"})  # features: KoLeo's
     collapse_signals = (
         loss_kit.CollapseSignal("teacher_entropy_ratio", 0.98, above=True, meaning=(
             "the teacher's output is uniform over the prototypes; sharpen it: a lower teacher_temperature")),
@@ -80,27 +144,21 @@ class DINOLoss(nn.Module):
             "one prototype takes most images; center the teacher: center_momentum below 1 (DINO: 0.9)")),
     )
 
-    def __init__(self, in_dim: int, teacher_temperature: float = 0.04, student_temperature: float = 0.1,
-                 center_momentum: float = 0.9, centering: str = "center", sinkhorn_iterations: int = 3,
-                 koleo_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_dim: Annotated[int, Range(min=2, hint="the head's output width, set by the training loop")],
+        teacher_temperature: Annotated[float, loss_kit.temperature_range("DINO uses 0.04 to 0.07")] = 0.04,
+        student_temperature: Annotated[float, loss_kit.temperature_range("DINO uses 0.1")] = 0.1,
+        center_momentum: Annotated[float, Range(min=0, max=1, hint="DINO uses 0.9; 1 turns centering off")] = 0.9,
+        centering: Annotated[Literal["center", "sinkhorn"], Range(hint="DINO: center, DINOv2: sinkhorn")] = "center",
+        sinkhorn_iterations: Annotated[int, Range(min=1, hint="DINOv2 uses 3")] = 3,
+        koleo_weight: Annotated[float, Range(min=0, hint="DINOv2 uses 0.1; 0 for none")] = 0.0,
+    ) -> None:
         super().__init__()
-        self.in_dim = loss_kit.int_arg(self.owner, "in_dim", in_dim, 2, " (the head's output width, set by the training loop)")
-        self.teacher_temperature = loss_kit.temperature_arg(self.owner, teacher_temperature, " (DINO uses 0.04 to 0.07)",
-                                                            name="teacher_temperature")
-        self.student_temperature = loss_kit.temperature_arg(self.owner, student_temperature, " (DINO uses 0.1)",
-                                                            name="student_temperature")
-        self.center_momentum = loss_kit.float_arg(self.owner, "center_momentum", center_momentum, minimum=0.0,
-                                                  inclusive=True, hint=" (DINO uses 0.9)")
-        if self.center_momentum > 1:
-            raise ComponentError(f"{self.owner}: center_momentum must be <= 1 (DINO uses 0.9; 1 turns centering "
-                                          f"off), got {center_momentum!r}", argument="center_momentum")
-        if centering not in self.CENTERINGS:
-            raise ComponentError(f"{self.owner}: centering must be one of {', '.join(self.CENTERINGS)} (DINO: center, "
-                                 f"DINOv2: sinkhorn), got {centering!r}", argument="centering")
-        self.centering = centering
-        self.sinkhorn_iterations = loss_kit.int_arg(self.owner, "sinkhorn_iterations", sinkhorn_iterations, 1, " (DINOv2 uses 3)")
-        self.koleo_weight = loss_kit.float_arg(self.owner, "koleo_weight", koleo_weight, inclusive=True,
-                                               hint=" (DINOv2 uses 0.1; 0 for none)")
+        self.in_dim = in_dim
+        self.teacher_temperature, self.student_temperature = float(teacher_temperature), float(student_temperature)
+        self.center_momentum, self.centering = float(center_momentum), centering
+        self.sinkhorn_iterations, self.koleo_weight = sinkhorn_iterations, float(koleo_weight)
         self.register_buffer("center", torch.zeros(self.in_dim))
 
     def extra_repr(self) -> str:
@@ -109,52 +167,19 @@ class DINOLoss(nn.Module):
                 f"centering={self.centering}, koleo_weight={self.koleo_weight}")
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        teacher = loss_kit.required_target_projections(self.owner, out)
-        student = out.projections
-        global_views = loss_kit.global_view_indices(self.owner, out, minimum=1, why="the teacher sees the global views")
-        if len(student) < 2:
-            raise ComponentError(
-                f"{self.owner} needs at least 2 views (the student predicts the teacher on another view); the recipe "
-                f"makes {len(student)}. Use 2 global views, and local ones for multi-crop")
-        loss_kit.batch_of_width(self.owner, "every view's head outputs", [*student, *teacher], self.in_dim)
-        dtype = loss_kit.compute_dtype(*student, *teacher)
-        with loss_kit.autocast_off(student[0]):
-            t = [x.detach().to(dtype) for x in teacher]
-            targets = self._teacher_targets(t)
-            log_student = [F.log_softmax(s.to(dtype) / self.student_temperature, dim=-1) for s in student]
-            terms = [-(q * log_student[v]).sum(dim=-1).mean()
-                     for i, q in zip(global_views, targets) for v in range(len(student)) if v != i]
-            loss = torch.stack(terms).mean()
-            metrics = self._metrics(targets, loss)
-            if self.koleo_weight > 0:
+        student, teacher, global_views = dino_inputs(self, out, self.in_dim)
+        center = self.center if self.centering == "center" else None
+        loss, metrics = dino(student, teacher, global_views, self.teacher_temperature, self.student_temperature,
+                             center, self.sinkhorn_iterations)
+        if self.koleo_weight > 0:
+            dtype = loss_kit.compute_dtype(*student, *teacher)
+            with loss_kit.autocast_off(student[0]):
                 spread = torch.stack([koleo(out.features[i].to(dtype)) for i in global_views]).sum()
                 loss = loss + self.koleo_weight * spread
-                metrics["koleo"] = spread.detach()
-        if self.training and self.centering == "center":
-            self._update_center(t)
+            metrics["koleo"] = spread.detach()
+        if self.training and center is not None:
+            move_center(self.center, torch.cat([x.detach().to(loss.dtype) for x in teacher]), self.center_momentum)
         return {"loss": loss, **metrics}
-
-    def _teacher_targets(self, teacher: list[Tensor]) -> list[Tensor]:
-        """The teacher's distributions per global view: centered and sharpened, or Sinkhorn-Knopp's codes
-        over all global views of the batch at once (as DINOv2's ``sinkhorn_knopp_teacher``)."""
-        if self.centering == "sinkhorn":
-            codes = sinkhorn_knopp(torch.cat(teacher), self.sinkhorn_iterations, self.teacher_temperature)
-            return list(codes.split([len(x) for x in teacher]))
-        return [F.softmax((x - self.center.to(x.dtype)) / self.teacher_temperature, dim=-1) for x in teacher]
-
-    @torch.no_grad()
-    def _metrics(self, targets: list[Tensor], loss: Tensor) -> dict[str, Tensor]:
-        probabilities = torch.cat(targets)
-        entropy = -(probabilities * probabilities.clamp_min(1e-30).log()).sum(dim=-1).mean()
-        shares = torch.bincount(probabilities.argmax(dim=-1), minlength=self.in_dim).float() / len(probabilities)
-        # Each pair's cross-entropy is its KL plus the teacher's entropy; every teacher view is in the same
-        # number of pairs, so the mean KL is the loss minus the mean entropy.
-        return {"teacher_entropy": entropy, "teacher_entropy_ratio": entropy / math.log(self.in_dim),
-                "teacher_kl": loss.detach() - entropy, "top_prototype_share": shares.max()}
-
-    @torch.no_grad()
-    def _update_center(self, teacher: list[Tensor]) -> None:
-        move_center(self.center, torch.cat(teacher), self.center_momentum)
 
 
 @torch.no_grad()

@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from clrun import ComponentError, loss_kit
-from clrun.plugins.losses.dino import DINOLoss, move_center
-
-OWNER = "clrun/ibot"
+from clrun import ComponentError, Range, checked, loss_kit, name_of
+from clrun.plugins.losses.dino import dino, dino_inputs, move_center
 
 
-class IBOTLoss(DINOLoss):
+def ibot_patch_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], hidden: Sequence[Tensor], center: Tensor,
+                    teacher_temperature: float, student_temperature: float) -> Tensor:
+    """iBOT's patch term, per global view: the student's outputs of its patch tokens ``(B, L, K)`` (from the
+    masked view) against the teacher's softmax of its own ``(B, L, K)`` (detached here, centered by
+    ``center``, sharpened), on the ``hidden`` patches ``(B, L)`` only; the mean over views of each image's
+    mean over its hidden patches. At least float32, also under autocast."""
+    dtype = loss_kit.compute_dtype(student, teacher)
+    with loss_kit.autocast_off(student[0]):
+        terms = []
+        for s, x, mask in zip(student, teacher, hidden):
+            q = x.detach().to(dtype)
+            target = F.softmax((q - center.to(dtype)) / teacher_temperature, dim=-1)
+            per_patch = -(target * F.log_softmax(s.to(dtype) / student_temperature, dim=-1)).sum(dim=-1)
+            weights = mask.to(dtype)
+            terms.append(((per_patch * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)).mean())
+        return torch.stack(terms).mean()
+
+
+@checked
+class IBOTLoss(nn.Module):
     r"""iBOT (Zhou et al. 2022, "iBOT: Image BERT Pre-Training with Online Tokenizer", ICLR 2022,
     arXiv:2111.07832), as the official ``iBOTLoss`` computes it (bytedance/ibot, main_ibot.py).
 
-    The class-token part is :class:`DINOLoss` (``out.projections`` against ``out.target_projections``,
-    the pairs of different views). The patch part compares, for each global view ``i``, the student's
+    The class-token part is DINO's term (:func:`~clrun.plugins.losses.dino.dino`: ``out.projections``
+    against ``out.target_projections``, the pairs of different views, with its center), composed here with
+    the patch term :func:`ibot_patch_loss`. The patch part compares, for each global view ``i``, the student's
     head outputs of its patch tokens (``out.token_projections[i]``, from the *masked* view) with the
     teacher's (``out.target_token_projections[i]``, from the whole view), on the hidden patches only:
 
@@ -29,9 +47,9 @@ class IBOTLoss(DINOLoss):
         loss = lambda_cls * loss_DINO + lambda_patch * mean_i l_i
 
     and ``c2``, the patch center, moves like DINO's center over the teacher's patch outputs of the batch
-    (all patches of all global views, every rank's). The recipe needs ``masking:`` with
-    ``project_tokens: true`` (the head is shared by class and patch tokens, iBOT's ``shared_head``),
-    hidden patches replaced by the mask token, and a ``target:``.
+    (all patches of all global views, every rank's). The recipe needs ``masking:`` (the projector maps
+    the patch tokens too: the head is shared by class and patch tokens, iBOT's ``shared_head``), hidden
+    patches replaced by the mask token, and a ``target:``.
 
     Args (besides DINO's ``teacher_temperature``, ``student_temperature``, ``center_momentum``):
         teacher_patch_temperature: sharpening of the teacher's patch outputs (iBOT: 0.04 -> 0.07).
@@ -41,59 +59,71 @@ class IBOTLoss(DINOLoss):
     Returns DINO's metrics plus ``cls_loss`` and ``patch_loss`` (weighted), detached.
     """
 
-    owner = OWNER
+    reads = frozenset({"online.projections", "target.projections", "online.token_projections",
+                       "target.token_projections", "masks"})
+    main_metric = "teacher_entropy"
+    collapse_signals = (
+        loss_kit.CollapseSignal("teacher_entropy_ratio", 0.98, above=True, meaning=(
+            "the teacher's output is uniform over the prototypes; sharpen it: a lower teacher_temperature")),
+        loss_kit.CollapseSignal("top_prototype_share", 0.5, above=True, meaning=(
+            "one prototype takes most images; center the teacher: center_momentum below 1 (DINO: 0.9)")),
+    )
 
-    def __init__(self, in_dim: int, teacher_temperature: float = 0.04, student_temperature: float = 0.1,
-                 center_momentum: float = 0.9, teacher_patch_temperature: float = 0.04,
-                 patch_center_momentum: float = 0.9, lambda_cls: float = 1.0, lambda_patch: float = 1.0) -> None:
-        super().__init__(in_dim, teacher_temperature, student_temperature, center_momentum)
-        self.teacher_patch_temperature = loss_kit.temperature_arg(
-            OWNER, teacher_patch_temperature, " (iBOT uses 0.04 to 0.07)", name="teacher_patch_temperature")
-        self.patch_center_momentum = loss_kit.float_arg(OWNER, "patch_center_momentum", patch_center_momentum,
-                                                        minimum=0.0, inclusive=True, hint=" and <= 1 (iBOT uses 0.9)")
-        if self.patch_center_momentum > 1:
-            raise ComponentError(f"{OWNER}: patch_center_momentum must be a number >= 0 and <= 1 (iBOT uses 0.9), "
-                                 f"got {patch_center_momentum!r}", argument="patch_center_momentum")
-        self.lambda_cls = loss_kit.float_arg(OWNER, "lambda_cls", lambda_cls, inclusive=True, hint=" (iBOT uses 1)")
-        self.lambda_patch = loss_kit.float_arg(OWNER, "lambda_patch", lambda_patch, inclusive=True, hint=" (iBOT uses 1)")
+    def __init__(
+        self,
+        in_dim: Annotated[int, Range(min=2, hint="the head's output width, set by the training loop")],
+        teacher_temperature: Annotated[float, loss_kit.temperature_range("DINO uses 0.04 to 0.07")] = 0.04,
+        student_temperature: Annotated[float, loss_kit.temperature_range("DINO uses 0.1")] = 0.1,
+        center_momentum: Annotated[float, Range(min=0, max=1, hint="DINO uses 0.9; 1 turns centering off")] = 0.9,
+        teacher_patch_temperature: Annotated[float, loss_kit.temperature_range("iBOT uses 0.04 to 0.07")] = 0.04,
+        patch_center_momentum: Annotated[float, Range(min=0, max=1, hint="iBOT uses 0.9")] = 0.9,
+        lambda_cls: Annotated[float, Range(min=0, hint="iBOT uses 1")] = 1.0,
+        lambda_patch: Annotated[float, Range(min=0, hint="iBOT uses 1")] = 1.0,
+    ) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.teacher_temperature, self.student_temperature = float(teacher_temperature), float(student_temperature)
+        self.center_momentum = float(center_momentum)
+        self.teacher_patch_temperature = float(teacher_patch_temperature)
+        self.patch_center_momentum = float(patch_center_momentum)
+        self.lambda_cls, self.lambda_patch = float(lambda_cls), float(lambda_patch)
+        # The names DINOLoss gave them when iBOT subclassed it: checkpoints of that time still load.
+        self.register_buffer("center", torch.zeros(self.in_dim))
         self.register_buffer("patch_center", torch.zeros(self.in_dim))
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, teacher_patch_temperature={self.teacher_patch_temperature}, "
+        return (f"in_dim={self.in_dim}, teacher_temperature={self.teacher_temperature}, "
+                f"student_temperature={self.student_temperature}, center_momentum={self.center_momentum}, "
+                f"teacher_patch_temperature={self.teacher_patch_temperature}, "
                 f"lambda_cls={self.lambda_cls}, lambda_patch={self.lambda_patch}")
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        student, teacher, masks = self._patch_inputs(out)
-        result = super().forward(out)  # DINO's part, and its center update
-        cls_loss = self.lambda_cls * result["loss"]
-        dtype = loss_kit.compute_dtype(student, teacher)
-        with loss_kit.autocast_off(student[0]):
-            t = [x.detach().to(dtype) for x in teacher]
-            terms = []
-            for s, q, hidden in zip(student, t, masks):
-                target = F.softmax((q - self.patch_center.to(dtype)) / self.teacher_patch_temperature, dim=-1)
-                per_patch = -(target * F.log_softmax(s.to(dtype) / self.student_temperature, dim=-1)).sum(dim=-1)
-                weights = hidden.to(dtype)
-                terms.append(((per_patch * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)).mean())
-            patch_loss = self.lambda_patch * torch.stack(terms).mean()
+        patch_student, patch_teacher, hidden = self._patch_inputs(out)
+        student, teacher, global_views = dino_inputs(self, out, self.in_dim)
+        loss, metrics = dino(student, teacher, global_views, self.teacher_temperature, self.student_temperature,
+                             self.center)
         if self.training:
-            self._update_patch_center(t)
-        return {**result, "loss": cls_loss + patch_loss, "cls_loss": cls_loss.detach(), "patch_loss": patch_loss.detach()}
+            move_center(self.center, torch.cat([x.detach().to(loss.dtype) for x in teacher]), self.center_momentum)
+        cls_loss = self.lambda_cls * loss
+        patch_loss = self.lambda_patch * ibot_patch_loss(patch_student, patch_teacher, hidden, self.patch_center,
+                                                         self.teacher_patch_temperature, self.student_temperature)
+        if self.training:
+            dtype = loss_kit.compute_dtype(patch_student, patch_teacher)
+            patches = torch.cat([x.detach().to(dtype).flatten(0, 1) for x in patch_teacher])
+            move_center(self.patch_center, patches, self.patch_center_momentum)
+        return {"loss": cls_loss + patch_loss, **metrics, "cls_loss": cls_loss.detach(), "patch_loss": patch_loss.detach()}
 
     def _patch_inputs(self, out: Any) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Per global view: the student's patch outputs, the teacher's, and the hidden patches ``(B, L)``."""
         student, teacher, masks = (getattr(out, name, None) for name in ("token_projections", "target_token_projections", "masks"))
         if student is None or teacher is None or masks is None:
             raise ComponentError(
-                f"{OWNER} compares the head's outputs of masked patch tokens with the target's: the recipe needs a "
-                "masking: section with project_tokens: true (e.g. generator: {name: clrun/block_mask}), a ViT "
+                f"{name_of(self)} compares the head's outputs of masked patch tokens with the target's: the recipe "
+                "needs a masking: section (e.g. generator: {name: clrun/block_mask}), a ViT "
                 "backbone with mask_token: true, and a target: section")
-        views = loss_kit.global_view_indices(OWNER, out, minimum=1)
+        views = loss_kit.global_view_indices(self, out, minimum=1)
         shapes = [(tuple(student[i].shape), tuple(out.masks[i].visible.shape)) for i in views]
         if any(s[:2] != m for s, m in shapes):
-            raise ComponentError(f"{OWNER} needs every patch token's output, with hidden patches replaced by the mask "
-                                 f"token (masking.hidden: mask_token); got outputs and masks of shapes {shapes}")
+            raise ComponentError(f"{name_of(self)} needs every patch token's output, with hidden patches replaced by "
+                                 f"the mask token (masking.hidden: mask_token); got outputs and masks of shapes {shapes}")
         return [student[i] for i in views], list(teacher), [~out.masks[i].visible for i in views]
-
-    def _update_patch_center(self, teacher: list[Tensor]) -> None:
-        move_center(self.patch_center, torch.cat([x.flatten(0, 1) for x in teacher]), self.patch_center_momentum)

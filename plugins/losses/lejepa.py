@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from clrun import ComponentError, distributed, loss_kit
+from clrun import ComponentError, Range, checked, distributed, loss_kit
 
 
 class SIGReg(nn.Module):
@@ -61,6 +61,22 @@ class SIGReg(nn.Module):
         return (error @ weights) * (x.shape[1] * distributed.world_size())
 
 
+def lejepa(views: Sequence[Tensor], global_views: Sequence[int], sigreg: SIGReg, step: int, lambd: float
+           ) -> tuple[Tensor, dict[str, Tensor]]:
+    """LeJEPA's loss of every view's projections ``(N, D)``: invariance to the mean of the ``global_views``'
+    plus ``sigreg`` (its directions drawn for ``step``), weighted by ``lambd``. The scalar loss and the
+    detached metrics ``invariance`` and ``sigreg`` (see :class:`LeJEPALoss`); at least float32."""
+    dtype = loss_kit.compute_dtype(views)
+    with loss_kit.autocast_off(views[0]):
+        z = torch.stack(list(views)).to(dtype)  # (V, N, D)
+        center = z[list(global_views)].mean(dim=0)
+        invariance = (center - z).square().mean()
+        statistic = sigreg(z, step).mean()
+        loss = (1 - lambd) * invariance + lambd * statistic
+    return loss, {"invariance": invariance.detach(), "sigreg": statistic.detach()}
+
+
+@checked
 class LeJEPALoss(nn.Module):
     r"""LeJEPA (Balestriero and LeCun 2025): no teacher, no stop-gradient, no negatives.
 
@@ -83,38 +99,31 @@ class LeJEPALoss(nn.Module):
     """
 
     main_metric = "sigreg"
-    owner = "clrun/lejepa"
+    reads = frozenset({"online.projections"})
 
-    def __init__(self, lambd: float = 0.05, num_slices: int = 1024, knots: int = 17, t_max: float = 3.0):
+    def __init__(self, lambd: Annotated[float, Range(min=0, max=1, exclusive_min=True, exclusive_max=True,
+                                                     hint="the paper uses 0.05")] = 0.05,
+                 num_slices: Annotated[int, Range(min=1, hint="the authors use 1024")] = 1024,
+                 knots: Annotated[int, Range(min=3, hint="odd; the authors use 17")] = 17,
+                 t_max: Annotated[float, Range(min=0, exclusive_min=True, hint="the authors use 3")] = 3.0):
         super().__init__()
-        self.lambd = loss_kit.float_arg(self.owner, "lambd", lambd, hint=" (the paper uses 0.05)")
-        if self.lambd >= 1:
-            raise ComponentError(f"{self.owner}: lambd must be < 1 (the paper uses 0.05), got {lambd!r}", argument="lambd")
-        num_slices = loss_kit.int_arg(self.owner, "num_slices", num_slices, 1, " (the authors use 1024)")
-        knots = loss_kit.int_arg(self.owner, "knots", knots, 3, " and odd (the authors use 17)")
-        if knots % 2 == 0:
-            raise ComponentError(f"{self.owner}: knots must be an integer >= 3 and odd (the authors use 17), got {knots!r}",
+        self.lambd = float(lambd)
+        if knots % 2 == 0:  # the trapezoid weights assume an odd count (the authors' quadrature)
+            raise ComponentError(f"{self.component_name}: knots must be odd (the authors use 17), got {knots!r}",
                                  argument="knots")
-        t_max = loss_kit.float_arg(self.owner, "t_max", t_max, hint=" (the authors use 3)")
-        self.sigreg = SIGReg(num_slices, knots, t_max)
+        self.sigreg = SIGReg(num_slices, knots, float(t_max))
 
     def extra_repr(self) -> str:
         return f"lambd={self.lambd}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        global_views = loss_kit.global_view_indices(self.owner, out, minimum=1)
+        global_views = loss_kit.global_view_indices(self, out, minimum=1)
         if len(out.projections) < 2:
             raise ComponentError(
-                f"{self.owner} compares at least 2 views of every image; the recipe makes 1. "
+                f"{self.component_name} compares at least 2 views of every image; the recipe makes 1. "
                 "Use a view section with count 2 or more."
             )
-        n, _ = loss_kit.same_shape(self.owner, "every view's projections", out.projections)
-        loss_kit.at_least_two_images(self.owner, n, "measure how Gaussian the embeddings are")
-        dtype = loss_kit.compute_dtype(out.projections)
-        with loss_kit.autocast_off(out.projections[0]):
-            z = torch.stack(out.projections).to(dtype)  # (V, N, D)
-            center = z[global_views].mean(dim=0)
-            invariance = (center - z).square().mean()
-            sigreg = self.sigreg(z, out.step).mean()
-            loss = (1 - self.lambd) * invariance + self.lambd * sigreg
-        return {"loss": loss, "invariance": invariance.detach(), "sigreg": sigreg.detach()}
+        n, _ = loss_kit.same_shape(self, "every view's projections", out.projections)
+        loss_kit.at_least_two_images(self, n, "measure how Gaussian the embeddings are")
+        loss, metrics = lejepa(out.projections, global_views, self.sigreg, out.step, self.lambd)
+        return {"loss": loss, **metrics}

@@ -7,9 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clrun import ComponentError, loss_kit, patchify
+from clrun import ComponentError, Masks, checked, loss_kit, name_of, patchify
 
-OWNER = "clrun/mae"
 EXAMPLE = ("masking: {generator: {name: clrun/random_mask}, hidden: drop, head: {name: clrun/mae_decoder}} "
            "(recipes/mae_fmnist.yaml)")
 
@@ -24,6 +23,22 @@ def pixel_targets(images: Tensor, grid: tuple[int, int], normalize: bool) -> Ten
     return target
 
 
+def mae(prediction: Tensor, images: Tensor, grid: tuple[int, int], masks: Masks, norm_pix_loss: bool = True) -> Tensor:
+    """MAE's loss of one masked view: the token head's ``prediction`` ``(B, M, T, P)`` of the pixels of the
+    target patches of ``masks`` against those patches of ``images`` ``(B, C, H, W)`` (a ``grid`` of patches),
+    standardized per patch with ``norm_pix_loss``: the mean squared error. At least float32, also under
+    autocast. A ``ComponentError`` when the head's width is not a patch's pixel count."""
+    dtype = loss_kit.compute_dtype(prediction, images)
+    with loss_kit.autocast_off(prediction):
+        target = masks.at_targets(pixel_targets(images.to(dtype), grid, norm_pix_loss))
+        if target.shape != prediction.shape:
+            raise ComponentError(f"the token head predicts {tuple(prediction.shape)} values at the hidden patches, "
+                                 f"their pixels are {tuple(target.shape)}: the head's output width must be the "
+                                 f"patch's pixel count ({target.shape[-1]})")
+        return (prediction.to(dtype) - target).square().mean()
+
+
+@checked
 class MAELoss(nn.Module):
     r"""He et al. (2022), "Masked Autoencoders Are Scalable Vision Learners": for every masked view, the
     token head's (``clrun/mae_decoder``) prediction ``p`` of each hidden patch's pixels against the view's
@@ -35,23 +50,19 @@ class MAELoss(nn.Module):
     here). Visible patches are not scored. The math runs in at least float32.
     """
 
+    reads = frozenset({"online.token_predictions", "masks", "views", "online.tokens"})  # tokens: the patch grid
+
     def __init__(self, norm_pix_loss: bool = True) -> None:
         super().__init__()
-        if not isinstance(norm_pix_loss, bool):
-            raise ComponentError(f"{OWNER}: norm_pix_loss must be true or false, got {norm_pix_loss!r}")
         self.norm_pix_loss = norm_pix_loss
 
     def forward(self, out: Any) -> Tensor:
-        predicted = loss_kit.required_token_predictions(OWNER, out, EXAMPLE)
+        predicted = loss_kit.required_token_predictions(self, out, EXAMPLE)
         losses = []
-        with loss_kit.autocast_off(predicted[0][1]):
+        with loss_kit.autocast_off(predicted[0][1]):  # the mean of the views' losses too
             for i, prediction in predicted:
-                dtype = loss_kit.compute_dtype(prediction, out.views[i])
-                target = pixel_targets(out.views[i].to(dtype), out.tokens[i].grid, self.norm_pix_loss)
-                target = out.masks[i].at_targets(target)
-                if target.shape != prediction.shape:
-                    raise ComponentError(f"{OWNER}: the token head predicts {tuple(prediction.shape)} values at the "
-                                         f"hidden patches, their pixels are {tuple(target.shape)}: the head's output "
-                                         f"width must be the patch's pixel count ({target.shape[-1]})")
-                losses.append((prediction.to(dtype) - target).square().mean())
-        return torch.stack(losses).mean()
+                try:
+                    losses.append(mae(prediction, out.views[i], out.tokens[i].grid, out.masks[i], self.norm_pix_loss))
+                except ComponentError as error:
+                    raise ComponentError(f"{name_of(self)}: {error}") from None
+            return torch.stack(losses).mean()

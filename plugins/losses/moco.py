@@ -2,18 +2,61 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import distributed, loss_kit
+from clrun import Range, checked, distributed, loss_kit
 from clrun.plugins.losses.queue import ring_enqueue
 
-OWNER = "clrun/moco"
+
+def moco(queries: Sequence[Tensor], keys: Sequence[Tensor], queue: Tensor, temperature: float
+         ) -> tuple[Tensor, dict[str, Tensor], list[Tensor]]:
+    """MoCo's InfoNCE of the global views' queries ``(N, D)`` against the other views' keys (detached here)
+    and the ``queue`` ``(K, D)`` of unit negatives. Returns the scalar loss, the detached metrics
+    ``contrastive_acc``, ``logit_entropy``, ``pos_cosine``, ``neg_cosine`` (see :class:`MoCoLoss`), and
+    the unit keys, which the caller enqueues. At least float32, also under autocast."""
+    g = len(queries)
+    dtype = loss_kit.compute_dtype(queries, keys)  # fp16/bf16 -> fp32, fp64 stays
+    with loss_kit.autocast_off(queries[0]):
+        q = [F.normalize(t.to(dtype), dim=1) for t in queries]
+        k = [F.normalize(t.detach().to(dtype), dim=1) for t in keys]
+        # A copy: the queue is written after the loss, and autograd keeps this operand for the backward pass.
+        queue = queue.detach().to(dtype=dtype, copy=True)
+        neg = [qi @ queue.T for qi in q]  # (N, queue_size) cosines, once per query view
+        lse_neg = [torch.logsumexp(c / temperature, dim=1) for c in neg]
+        losses, pos = [], []
+        for i in range(g):
+            for j in range(g):
+                if i != j:
+                    p = (q[i] * k[j]).sum(dim=1)  # (N,) positive cosines
+                    s = p / temperature
+                    # -log softmax at index 0 of [s, neg / tau]
+                    losses.append((torch.logaddexp(s, lse_neg[i]) - s).mean())
+                    pos.append((i, p))
+        loss = torch.stack(losses).mean()
+
+        with torch.no_grad():
+            # H = log Z - E_p[logit], the queue part's expectation taken under its own softmax.
+            neg_mean_logit = [(F.softmax(c / temperature, dim=1) * c / temperature).sum(dim=1) for c in neg]
+            entropy = []
+            for i, p in pos:
+                s_ = p.detach() / temperature
+                log_z = torch.logaddexp(s_, lse_neg[i].detach())
+                expected = (s_ - log_z).exp() * s_ + (lse_neg[i].detach() - log_z).exp() * neg_mean_logit[i]
+                entropy.append(log_z - expected)
+            entropy = torch.cat(entropy).mean()
+            max_neg = [c.max(dim=1).values for c in neg]
+            acc = torch.cat([(p.detach() >= max_neg[i]).to(dtype) for i, p in pos]).mean()
+            pos_cos = torch.cat([p.detach() for _, p in pos]).mean()
+            neg_cos = torch.stack([c.detach().mean() for c in neg]).mean()
+    metrics = {"contrastive_acc": acc, "logit_entropy": entropy, "pos_cosine": pos_cos, "neg_cosine": neg_cos}
+    return loss, metrics, k
 
 
+@checked
 class MoCoLoss(nn.Module):
     r"""Momentum Contrast: InfoNCE of online queries against momentum keys and a FIFO queue of old keys.
 
@@ -68,14 +111,13 @@ class MoCoLoss(nn.Module):
     """
 
     main_metric = "contrastive_acc"  # shown on the console each epoch
+    reads = frozenset({"online.projections", "target.projections"})
 
-    def __init__(self, in_dim: int, queue_size: int = 65536, temperature: float = 0.2):
+    def __init__(self, in_dim: Annotated[int, Range(min=1, hint="the projections' width, set by the training loop")],
+                 queue_size: Annotated[int, Range(min=1, hint="MoCo uses 65536; keep it a few times the batch size")] = 65536,
+                 temperature: Annotated[float, loss_kit.temperature_range("MoCo v2 uses 0.2, MoCo v1 0.07")] = 0.2):
         super().__init__()
-        self.in_dim = loss_kit.int_arg(OWNER, "in_dim", in_dim, 1, " (the projections' width, set by the training loop)")
-        self.queue_size = loss_kit.int_arg(
-            OWNER, "queue_size", queue_size, 1, " (MoCo uses 65536; keep it a few times the batch size)"
-        )
-        self.temperature = loss_kit.temperature_arg(OWNER, temperature, hint=" (MoCo v2 uses 0.2, MoCo v1 0.07)")
+        self.in_dim, self.queue_size, self.temperature = in_dim, queue_size, float(temperature)
         # Random unit vectors, drawn from torch's global RNG (seeded by the run), as in MoCo.
         self.register_buffer("queue", F.normalize(torch.randn(self.queue_size, self.in_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -84,52 +126,18 @@ class MoCoLoss(nn.Module):
         return f"in_dim={self.in_dim}, queue_size={self.queue_size}, temperature={self.temperature}"
 
     def _inputs(self, out: Any) -> tuple[list[Tensor], list[Tensor]]:
-        targets = loss_kit.required_target_projections(OWNER, out)
+        targets = loss_kit.required_target_projections(self, out)
         global_idx = loss_kit.global_view_indices(
-            OWNER, out, why="each view's query is matched with the key of another global view"
+            self, out, why="each view's query is matched with the key of another global view"
         )
         queries = [out.projections[i] for i in global_idx]
-        loss_kit.batch_of_width(OWNER, "the global views' projections and target projections", queries + targets, self.in_dim)
+        loss_kit.batch_of_width(self, "the global views' projections and target projections", queries + targets, self.in_dim)
         return queries, targets
 
     def forward(self, out: Any) -> dict[str, Tensor]:
         queries, targets = self._inputs(out)
-        g = len(queries)
-        dtype = loss_kit.compute_dtype(queries, targets)  # fp16/bf16 -> fp32, fp64 stays
-        with loss_kit.autocast_off(queries[0]):
-            q = [F.normalize(t.to(dtype), dim=1) for t in queries]
-            k = [F.normalize(t.detach().to(dtype), dim=1) for t in targets]
-            # A copy: the queue is written below, and autograd keeps this operand for the backward pass.
-            queue = self.queue.detach().to(dtype=dtype, copy=True)
-            neg = [qi @ queue.T for qi in q]  # (N, queue_size) cosines, once per query view
-            lse_neg = [torch.logsumexp(c / self.temperature, dim=1) for c in neg]
-            losses, pos = [], []
-            for i in range(g):
-                for j in range(g):
-                    if i != j:
-                        p = (q[i] * k[j]).sum(dim=1)  # (N,) positive cosines
-                        s = p / self.temperature
-                        # -log softmax at index 0 of [s, neg / tau]
-                        losses.append((torch.logaddexp(s, lse_neg[i]) - s).mean())
-                        pos.append((i, p))
-            loss = torch.stack(losses).mean()
-
-            with torch.no_grad():
-                # H = log Z - E_p[logit], the queue part's expectation taken under its own softmax.
-                neg_mean_logit = [(F.softmax(c / self.temperature, dim=1) * c / self.temperature).sum(dim=1) for c in neg]
-                entropy = []
-                for i, p in pos:
-                    s_ = p.detach() / self.temperature
-                    log_z = torch.logaddexp(s_, lse_neg[i].detach())
-                    expected = (s_ - log_z).exp() * s_ + (lse_neg[i].detach() - log_z).exp() * neg_mean_logit[i]
-                    entropy.append(log_z - expected)
-                entropy = torch.cat(entropy).mean()
-                max_neg = [c.max(dim=1).values for c in neg]
-                acc = torch.cat([(p.detach() >= max_neg[i]).to(dtype) for i, p in pos]).mean()
-                pos_cos = torch.cat([p.detach() for _, p in pos]).mean()
-                neg_cos = torch.stack([c.detach().mean() for c in neg]).mean()
-
+        loss, metrics, k = moco(queries, targets, self.queue, self.temperature)
         if self.training:
             # Every rank's keys, view by view: each rank's queue gets the same rows in the same order.
             ring_enqueue(self.queue, self.queue_ptr, torch.cat([distributed.gather_no_grad(kv) for kv in k], dim=0))
-        return {"loss": loss, "contrastive_acc": acc, "logit_entropy": entropy, "pos_cosine": pos_cos, "neg_cosine": neg_cos}
+        return {"loss": loss, **metrics}

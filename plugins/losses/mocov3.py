@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import distributed, loss_kit
-
-OWNER = "clrun/mocov3"
+from clrun import checked, distributed, loss_kit
 
 
+def mocov3(queries: Sequence[Tensor], keys: Sequence[Tensor], temperature: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """MoCo v3's symmetric InfoNCE of two views' queries ``(n, D)`` against the other view's keys (gathered
+    from every rank without gradients): the scalar loss and the detached metrics ``contrastive_acc``,
+    ``pos_cosine``, ``neg_cosine`` (see :class:`MoCoV3Loss`). At least float32, also under autocast."""
+    n = queries[0].shape[0]
+    dtype = loss_kit.compute_dtype(queries, keys)
+    with loss_kit.autocast_off(queries[0]):
+        q = [F.normalize(t.to(dtype), dim=1) for t in queries]
+        k = [F.normalize(distributed.gather_no_grad(t.detach()).to(dtype), dim=1) for t in keys]
+        own = distributed.rank() * n + torch.arange(n, device=q[0].device)  # this rank's images among the keys
+        cos = [q[0] @ k[1].T, q[1] @ k[0].T]  # (n, N) per direction
+        loss = sum(F.cross_entropy(c / temperature, own) for c in cos) * (2 * temperature)
+
+        with torch.no_grad():
+            c = torch.cat([x.detach() for x in cos])
+            targets = torch.cat([own, own])
+            rows = torch.arange(len(targets), device=c.device)
+            acc = (c.argmax(dim=1) == targets).to(dtype).mean()
+            pos = c[rows, targets]
+            neg_cos = ((c.sum(dim=1) - pos) / (c.shape[1] - 1)).mean()
+    return loss, {"contrastive_acc": acc, "pos_cosine": pos.mean(), "neg_cosine": neg_cos}
+
+
+@checked
 class MoCoV3Loss(nn.Module):
     r"""MoCo v3: InfoNCE of each view's query against the other view's momentum keys, batch as negatives.
 
@@ -47,34 +69,22 @@ class MoCoV3Loss(nn.Module):
     """
 
     main_metric = "contrastive_acc"  # shown on the console each epoch
+    reads = frozenset({"online.predictions", "target.projections"})
 
-    def __init__(self, temperature: float = 0.2):
+    def __init__(self, temperature: Annotated[float, loss_kit.temperature_range(
+            "MoCo v3 uses 0.2 for ViTs, 1.0 for ResNets")] = 0.2):
         super().__init__()
-        self.temperature = loss_kit.temperature_arg(OWNER, temperature, hint=" (MoCo v3 uses 0.2 for ViTs, 1.0 for ResNets)")
+        self.temperature = float(temperature)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        global_idx = loss_kit.global_view_indices(OWNER, out, exactly=2)
-        predictions = loss_kit.required_predictions(OWNER, out)
+        global_idx = loss_kit.global_view_indices(self, out, exactly=2)
+        predictions = loss_kit.required_predictions(self, out)
         queries = [predictions[i] for i in global_idx]
-        keys = loss_kit.required_target_projections(OWNER, out)
-        n, _ = loss_kit.same_shape(OWNER, "the global views' predictions and target projections", queries + keys)
-        loss_kit.at_least_two_images(OWNER, n, "have negatives")
-        dtype = loss_kit.compute_dtype(queries, keys)
-        with loss_kit.autocast_off(queries[0]):
-            q = [F.normalize(t.to(dtype), dim=1) for t in queries]
-            k = [F.normalize(distributed.gather_no_grad(t.detach()).to(dtype), dim=1) for t in keys]
-            own = distributed.rank() * n + torch.arange(n, device=q[0].device)  # this rank's images among the keys
-            cos = [q[0] @ k[1].T, q[1] @ k[0].T]  # (n, N) per direction
-            loss = sum(F.cross_entropy(c / self.temperature, own) for c in cos) * (2 * self.temperature)
-
-            with torch.no_grad():
-                c = torch.cat([x.detach() for x in cos])
-                targets = torch.cat([own, own])
-                rows = torch.arange(len(targets), device=c.device)
-                acc = (c.argmax(dim=1) == targets).to(dtype).mean()
-                pos = c[rows, targets]
-                neg_cos = ((c.sum(dim=1) - pos) / (c.shape[1] - 1)).mean()
-        return {"loss": loss, "contrastive_acc": acc, "pos_cosine": pos.mean(), "neg_cosine": neg_cos}
+        keys = loss_kit.required_target_projections(self, out)
+        n, _ = loss_kit.same_shape(self, "the global views' predictions and target projections", queries + keys)
+        loss_kit.at_least_two_images(self, n, "have negatives")
+        loss, metrics = mocov3(queries, keys, self.temperature)
+        return {"loss": loss, **metrics}

@@ -2,17 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import distributed, loss_kit
-
-OWNER = "clrun/ntxent"
+from clrun import checked, distributed, loss_kit
 
 
+def ntxent(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """NT-Xent of two views' projections ``(N, D)`` (row ``n`` of both from image ``n``): the scalar loss
+    and the detached metrics ``contrastive_acc``, ``logit_entropy``, ``pos_cosine``, ``neg_cosine``
+    (see :class:`NTXentLoss`). Across ranks both views are gathered with gradients and this rank's
+    anchors' rows are computed. Runs in at least float32, also under autocast."""
+    n = z1.shape[0]
+    dtype = loss_kit.compute_dtype(z1, z2)  # fp16/bf16 -> fp32, fp64 stays
+    with loss_kit.autocast_off(z1):
+        # Every rank's rows (with gradients): z holds the global batch's 2N vectors, view 1 then view 2.
+        z = F.normalize(torch.cat([distributed.gather(z1), distributed.gather(z2)], dim=0).to(dtype), dim=1)
+        total = z.shape[0]  # 2N
+        mine = anchor_rows(n, total // 2, z.device)  # this rank's anchors: its images in both views
+        cos = z[mine] @ z.T  # (2n, 2N) cosine similarities: the one matmul
+        rows = torch.arange(len(mine), device=z.device)
+        logits = cos / temperature
+        logits[rows, mine] = float("-inf")  # an anchor is not its own candidate
+        targets = (mine + total // 2) % total  # j(i): the other view of the same image
+        loss = F.cross_entropy(logits, targets)
+
+        # The metrics make no (2n, 2N) mask and at most two more matrices: at N = 4096 each is 268 MB.
+        with torch.no_grad():
+            logits_d, cos_d = logits.detach(), cos.detach()
+            acc = (logits_d.argmax(dim=1) == targets).to(dtype).mean()
+            # entr(p) = -p log p, and 0 where p = 0 (the anchor itself)
+            entropy = torch.special.entr(F.softmax(logits_d, dim=1)).sum(dim=1).mean()
+            pos = cos_d[rows, targets]
+            pos_cos = pos.mean()
+            # every anchor has the same 2N - 2 negatives count: the mean of the row means is the mean
+            neg_cos = ((cos_d.sum(dim=1) - cos_d[rows, mine] - pos) / (total - 2)).mean()
+    return loss, {"contrastive_acc": acc, "logit_entropy": entropy, "pos_cosine": pos_cos, "neg_cosine": neg_cos}
+
+
+@checked
 class NTXentLoss(nn.Module):
     r"""NT-Xent (normalized temperature-scaled cross entropy), the loss of SimCLR.
 
@@ -56,50 +87,19 @@ class NTXentLoss(nn.Module):
     """
 
     main_metric = "contrastive_acc"  # shown on the console each epoch
+    reads = frozenset({"online.projections"})
 
-    def __init__(self, temperature: float = 0.5):
+    def __init__(self, temperature: Annotated[float, loss_kit.temperature_range("SimCLR uses 0.5; 0.07 to 0.2 is common")] = 0.5):
         super().__init__()
-        self.temperature = loss_kit.temperature_arg(
-            OWNER, temperature, hint=" (SimCLR uses 0.5; 0.07 to 0.2 is common)"
-        )
+        self.temperature = float(temperature)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        z1, z2 = loss_kit.global_projections(OWNER, out, "have negatives", exactly=2)
-        n = z1.shape[0]
-        dtype = loss_kit.compute_dtype(z1, z2)  # fp16/bf16 -> fp32, fp64 stays
-        with loss_kit.autocast_off(z1):
-            # Every rank's rows (with gradients): z holds the global batch's 2N vectors, view 1 then view 2.
-            z = F.normalize(torch.cat([distributed.gather(z1), distributed.gather(z2)], dim=0).to(dtype), dim=1)
-            total = z.shape[0]  # 2N
-            mine = anchor_rows(n, total // 2, z.device)  # this rank's anchors: its images in both views
-            cos = z[mine] @ z.T  # (2n, 2N) cosine similarities: the one matmul
-            rows = torch.arange(len(mine), device=z.device)
-            logits = cos / self.temperature
-            logits[rows, mine] = float("-inf")  # an anchor is not its own candidate
-            targets = (mine + total // 2) % total  # j(i): the other view of the same image
-            loss = F.cross_entropy(logits, targets)
-
-            # The metrics make no (2n, 2N) mask and at most two more matrices: at N = 4096 each is 268 MB.
-            with torch.no_grad():
-                logits_d, cos_d = logits.detach(), cos.detach()
-                acc = (logits_d.argmax(dim=1) == targets).to(dtype).mean()
-                # entr(p) = -p log p, and 0 where p = 0 (the anchor itself)
-                entropy = torch.special.entr(F.softmax(logits_d, dim=1)).sum(dim=1).mean()
-                pos = cos_d[rows, targets]
-                pos_cos = pos.mean()
-                # every anchor has the same 2N - 2 negatives count: the mean of the row means is the mean
-                neg_cos = ((cos_d.sum(dim=1) - cos_d[rows, mine] - pos) / (total - 2)).mean()
-
-        return {
-            "loss": loss,
-            "contrastive_acc": acc,
-            "logit_entropy": entropy,
-            "pos_cosine": pos_cos,
-            "neg_cosine": neg_cos,
-        }
+        z1, z2 = loss_kit.global_projections(self, out, "have negatives", exactly=2)
+        loss, metrics = ntxent(z1, z2, self.temperature)
+        return {"loss": loss, **metrics}
 
 
 def anchor_rows(n: int, global_n: int, device: torch.device) -> Tensor:

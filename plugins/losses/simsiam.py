@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import loss_kit
-
-OWNER = "clrun/simsiam"
+from clrun import checked, loss_kit
 
 
+def simsiam(predictions: Sequence[Tensor], projections: Sequence[Tensor], global_views: Sequence[int],
+            stop_gradient: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+    """SimSiam's negative cosine: every view's prediction ``(N, D)`` against the projection of each other
+    global view (``projections[k]`` is view ``global_views[k]``'s; detached unless ``stop_gradient`` is
+    false). The scalar loss and the detached metric ``output_std_ratio`` (see :class:`SimSiamLoss`)."""
+    n, d = predictions[0].shape
+    dtype = loss_kit.compute_dtype(predictions, projections)  # fp16/bf16 -> fp32, fp64 stays
+    with loss_kit.autocast_off(predictions[0]):
+        p = [F.normalize(x.to(dtype), dim=1) for x in predictions]
+        z = [F.normalize((x.detach() if stop_gradient else x).to(dtype), dim=1) for x in projections]
+        terms = []
+        for k, j in enumerate(global_views):
+            for i in range(len(p)):
+                if i != j:
+                    terms.append(-(p[i] * z[k]).sum(dim=1).mean())
+        loss = torch.stack(terms).mean()
+
+        with torch.no_grad():
+            if n < 2:  # no spread to measure (torch.std would warn every step)
+                std_ratio = z[0].new_full((), float("nan"))
+            else:
+                std_ratio = torch.stack([zk.std(dim=0).mean() for zk in z]).mean() * math.sqrt(d)
+    return loss, {"output_std_ratio": std_ratio}
+
+
+@checked
 class SimSiamLoss(nn.Module):
     r"""The symmetrized negative cosine similarity of SimSiam, with a stop-gradient on the targets.
 
@@ -63,11 +87,15 @@ class SimSiamLoss(nn.Module):
     """
 
     main_metric = "output_std_ratio"  # shown on the console each epoch
+    # The predictions, or with require_predictor: false and no predictor, the projections in their place.
+    reads = frozenset({"online.predictions", "online.projections"})
 
     def __init__(self, stop_gradient: bool = True, require_predictor: bool = True) -> None:
         super().__init__()
         self.stop_gradient = stop_gradient
         self.require_predictor = require_predictor
+        if not require_predictor:  # the "no predictor" ablation compares the projections
+            self.reads = frozenset({"online.projections"})
 
     def extra_repr(self) -> str:
         return f"stop_gradient={self.stop_gradient}, require_predictor={self.require_predictor}"
@@ -76,28 +104,12 @@ class SimSiamLoss(nn.Module):
         if getattr(out, "predictions", None) is None and not self.require_predictor:
             predictions = list(out.projections)  # the "no predictor" ablation: projections predict each other
         else:
-            predictions = loss_kit.required_predictions(OWNER, out)
+            predictions = loss_kit.required_predictions(self, out)
         global_idx = loss_kit.global_view_indices(
-            OWNER, out, why="each view's prediction is compared with the projection of another global view"
+            self, out, why="each view's prediction is compared with the projection of another global view"
         )
-        shape = loss_kit.same_shape(OWNER, "every view's predictions", predictions)
+        shape = loss_kit.same_shape(self, "every view's predictions", predictions)
         projections = [out.projections[j] for j in global_idx]
-        loss_kit.shaped_like_predictions(OWNER, "global projections", projections, shape)
-
-        dtype = loss_kit.compute_dtype(predictions, projections)  # fp16/bf16 -> fp32, fp64 stays
-        with loss_kit.autocast_off(predictions[0]):
-            p = [F.normalize(x.to(dtype), dim=1) for x in predictions]
-            z = [F.normalize((x.detach() if self.stop_gradient else x).to(dtype), dim=1) for x in projections]
-            terms = []
-            for k, j in enumerate(global_idx):
-                for i in range(len(p)):
-                    if i != j:
-                        terms.append(-(p[i] * z[k]).sum(dim=1).mean())
-            loss = torch.stack(terms).mean()
-
-            with torch.no_grad():
-                if shape[0] < 2:  # no spread to measure (torch.std would warn every step)
-                    std_ratio = z[0].new_full((), float("nan"))
-                else:
-                    std_ratio = torch.stack([zk.std(dim=0).mean() for zk in z]).mean() * math.sqrt(shape[1])
-        return {"loss": loss, "output_std_ratio": std_ratio}
+        loss_kit.shaped_like_predictions(self, "global projections", projections, shape)
+        loss, metrics = simsiam(predictions, projections, global_idx, self.stop_gradient)
+        return {"loss": loss, **metrics}

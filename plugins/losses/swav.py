@@ -2,18 +2,57 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError, loss_kit
+from clrun import ComponentError, Range, checked, loss_kit
 from clrun.plugins.losses.sinkhorn import sinkhorn_knopp
 
-OWNER = "clrun/swav"
+
+def swav(views: Sequence[Tensor], prototypes: Tensor, global_views: Sequence[int], temperature: float,
+         epsilon: float, sinkhorn_iterations: int, queue: Tensor | None = None
+         ) -> tuple[Tensor, dict[str, Tensor], list[Tensor]]:
+    """SwAV's swapped prediction: every view's projection ``(N, D)`` scored against the unit ``prototypes``
+    ``(K, D)``; each global view's Sinkhorn-Knopp codes are predicted from the other views. ``queue``
+    (``(global views, L, D)``): past unit projections whose scores join the codes' Sinkhorn-Knopp.
+    Returns the scalar loss, the detached metrics ``code_entropy`` and ``prototypes_used`` (see
+    :class:`SwAVLoss`), and the unit projections (for the queue). At least float32, also under autocast."""
+    n = views[0].shape[0]
+    dtype = loss_kit.compute_dtype(views)  # fp16/bf16 -> fp32, fp64 stays
+    with loss_kit.autocast_off(views[0]):
+        w = prototypes.to(dtype)
+        z = [F.normalize(v.to(dtype), dim=1) for v in views]
+        scores = [zv @ w.T for zv in z]  # (N, K) per view
+        with torch.no_grad():
+            codes = []
+            for slot, i in enumerate(global_views):
+                s = scores[i].detach()
+                if queue is not None:
+                    s = torch.cat([s, queue[slot].to(dtype) @ w.detach().T])
+                codes.append(sinkhorn_knopp(s, sinkhorn_iterations, epsilon)[:n])
+        per_global = []
+        for q, i in zip(codes, global_views):
+            swapped = [
+                -(q * F.log_softmax(scores[v] / temperature, dim=1)).sum(dim=1).mean()
+                for v in range(len(views))
+                if v != i
+            ]
+            per_global.append(torch.stack(swapped).mean())
+        loss = torch.stack(per_global).mean()
+
+        with torch.no_grad():
+            all_codes = torch.cat(codes)
+            mean_code = all_codes.mean(dim=0)
+            entropy = -(mean_code * mean_code.clamp_min(torch.finfo(dtype).tiny).log()).sum()
+            used = torch.zeros(len(prototypes), dtype=torch.bool, device=all_codes.device)
+            used[all_codes.argmax(dim=1)] = True
+    return loss, {"code_entropy": entropy, "prototypes_used": used.to(dtype).mean()}, z
 
 
+@checked
 class SwAVLoss(nn.Module):
     r"""SwAV: predict the cluster code of one view from another view, codes from Sinkhorn-Knopp.
 
@@ -83,38 +122,25 @@ class SwAVLoss(nn.Module):
 
     main_metric = "code_entropy"  # shown on the console each epoch
 
+    reads = frozenset({"online.projections"})
+
     def __init__(
         self,
-        in_dim: int,
-        num_prototypes: int = 3000,
-        temperature: float = 0.1,
-        sinkhorn_iterations: int = 3,
-        epsilon: float = 0.05,
-        freeze_prototypes_steps: int = 313,
-        queue_length: int = 0,
-        queue_start_step: int = 0,
-        queue_views: int = 2,
+        in_dim: Annotated[int, Range(min=1, hint="the projections' width, set by the training loop")],
+        num_prototypes: Annotated[int, Range(min=2, hint="SwAV uses 3000 on ImageNet")] = 3000,
+        temperature: Annotated[float, loss_kit.temperature_range("SwAV uses 0.1")] = 0.1,
+        sinkhorn_iterations: Annotated[int, Range(min=1, hint="SwAV uses 3")] = 3,
+        epsilon: Annotated[float, Range(min=0, exclusive_min=True, hint="SwAV uses 0.05")] = 0.05,
+        freeze_prototypes_steps: Annotated[int, Range(min=0, hint="SwAV uses 313; 0 trains them from the start")] = 313,
+        queue_length: Annotated[int, Range(min=0, hint="0 turns the queue off; SwAV uses 3840 with batches of 256")] = 0,
+        queue_start_step: Annotated[int, Range(min=0)] = 0,
+        queue_views: Annotated[int, Range(min=1, hint="the number of global views the recipe makes")] = 2,
     ):
         super().__init__()
-        self.in_dim = loss_kit.int_arg(OWNER, "in_dim", in_dim, 1, " (the projections' width, set by the training loop)")
-        self.num_prototypes = loss_kit.int_arg(
-            OWNER, "num_prototypes", num_prototypes, 2, " (SwAV uses 3000 on ImageNet)"
-        )
-        self.temperature = loss_kit.temperature_arg(OWNER, temperature, hint=" (SwAV uses 0.1)")
-        self.sinkhorn_iterations = loss_kit.int_arg(
-            OWNER, "sinkhorn_iterations", sinkhorn_iterations, 1, " (SwAV uses 3)"
-        )
-        self.epsilon = loss_kit.float_arg(OWNER, "epsilon", epsilon, hint=" (SwAV uses 0.05)")
-        self.freeze_prototypes_steps = loss_kit.int_arg(
-            OWNER, "freeze_prototypes_steps", freeze_prototypes_steps, 0, " (SwAV uses 313; 0 trains them from the start)"
-        )
-        self.queue_length = loss_kit.int_arg(
-            OWNER, "queue_length", queue_length, 0, " (0 turns the queue off; SwAV uses 3840 with batches of 256)"
-        )
-        self.queue_start_step = loss_kit.int_arg(OWNER, "queue_start_step", queue_start_step, 0)
-        self.queue_views = loss_kit.int_arg(
-            OWNER, "queue_views", queue_views, 1, " (the number of global views the recipe makes)"
-        )
+        self.in_dim, self.num_prototypes, self.temperature = in_dim, num_prototypes, float(temperature)
+        self.sinkhorn_iterations, self.epsilon = sinkhorn_iterations, float(epsilon)
+        self.freeze_prototypes_steps, self.queue_length = freeze_prototypes_steps, queue_length
+        self.queue_start_step, self.queue_views = queue_start_step, queue_views
         # Initialized like any nn.Linear (torch's global RNG); rows are normalized at each training forward.
         self.prototypes = nn.Linear(self.in_dim, self.num_prototypes, bias=False)
         self.register_buffer("queue", torch.zeros(self.queue_views, self.queue_length, self.in_dim))
@@ -133,20 +159,20 @@ class SwAVLoss(nn.Module):
         global_idx = [i for i, g in enumerate(out.is_global) if g]
         if not global_idx:
             raise ComponentError(
-                "clrun/swav needs at least 1 global view (its codes are the targets); the recipe makes 0. "
+                f"{self.component_name} needs at least 1 global view (its codes are the targets); the recipe makes 0. "
                 "Add a global view section (a section without `local: true`)."
             )
         if len(views) < 2:
             raise ComponentError(
-                f"clrun/swav needs at least 2 views (the code of one view is predicted from another); "
+                f"{self.component_name} needs at least 2 views (the code of one view is predicted from another); "
                 f"the recipe makes {len(views)}. Use a global view section with count 2."
             )
         if self.queue_length > 0 and len(global_idx) != self.queue_views:
             raise ComponentError(
-                f"clrun/swav's queue is sized for queue_views={self.queue_views} global views, but the recipe "
+                f"{self.component_name}'s queue is sized for queue_views={self.queue_views} global views, but the recipe "
                 f"makes {len(global_idx)}; set queue_views: {len(global_idx)} in the loss section"
             )
-        loss_kit.batch_of_width(OWNER, "every view's projections", views, self.in_dim)
+        loss_kit.batch_of_width(self, "every view's projections", views, self.in_dim)
         return global_idx
 
     def forward(self, out: Any) -> dict[str, Tensor]:
@@ -166,37 +192,10 @@ class SwAVLoss(nn.Module):
             self.queue_length > 0 and step >= self.queue_start_step and int(self.queue_fill) == self.queue_length
         )
 
-        dtype = loss_kit.compute_dtype(views)  # fp16/bf16 -> fp32, fp64 stays
-        with loss_kit.autocast_off(views[0]):
-            w = weight.to(dtype)
-            z = [F.normalize(v.to(dtype), dim=1) for v in views]
-            scores = [zv @ w.T for zv in z]  # (N, K) per view
-            with torch.no_grad():
-                codes = []
-                for slot, i in enumerate(global_idx):
-                    s = scores[i].detach()
-                    if use_queue:
-                        s = torch.cat([s, self.queue[slot].to(dtype) @ w.detach().T])
-                    codes.append(sinkhorn_knopp(s, self.sinkhorn_iterations, self.epsilon)[:n])
-            per_global = []
-            for q, i in zip(codes, global_idx):
-                swapped = [
-                    -(q * F.log_softmax(scores[v] / self.temperature, dim=1)).sum(dim=1).mean()
-                    for v in range(len(views))
-                    if v != i
-                ]
-                per_global.append(torch.stack(swapped).mean())
-            loss = torch.stack(per_global).mean()
-
-            with torch.no_grad():
-                all_codes = torch.cat(codes)
-                mean_code = all_codes.mean(dim=0)
-                entropy = -(mean_code * mean_code.clamp_min(torch.finfo(dtype).tiny).log()).sum()
-                used = torch.zeros(self.num_prototypes, dtype=torch.bool, device=all_codes.device)
-                used[all_codes.argmax(dim=1)] = True
-                metrics = {"code_entropy": entropy, "prototypes_used": used.to(dtype).mean()}
-                if self.queue_length > 0:
-                    metrics["queue_used"] = torch.tensor(float(use_queue), dtype=dtype)
+        loss, metrics, z = swav(views, weight, global_idx, self.temperature, self.epsilon, self.sinkhorn_iterations,
+                                self.queue if use_queue else None)
+        if self.queue_length > 0:
+            metrics["queue_used"] = torch.tensor(float(use_queue), dtype=loss.dtype)
 
         if self.training and self.queue_length > 0:
             with torch.no_grad():

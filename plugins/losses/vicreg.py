@@ -3,22 +3,51 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Annotated, Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clrun import ComponentError, distributed, loss_kit
+from clrun import ComponentError, Range, checked, distributed, loss_kit
 
-OWNER = "clrun/vicreg"
 STD_EPS = 1e-4  # inside the square root of the variance term, as in the paper and the official code
 
 
-def _coefficient(name: str, value: Any, paper: float) -> float:
-    return loss_kit.float_arg(OWNER, name, value, inclusive=True, noun="a finite number", hint=f" (the paper uses {paper:g})")
+def vicreg(views: Sequence[Tensor], sim_coeff: float, std_coeff: float, cov_coeff: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """VICReg of two or more views' projections ``(N, D)`` (the global batch: gather them first): the scalar
+    loss and the detached unweighted terms ``invariance``, ``variance``, ``covariance``, averaged over the
+    pairs of views (see :class:`VICRegLoss`). Runs in at least float32, also under autocast."""
+    n, d = views[0].shape
+    dtype = loss_kit.compute_dtype(views)
+    with loss_kit.autocast_off(views[0]):
+        views = [z.to(dtype) for z in views]
+        eye = torch.eye(d, dtype=torch.bool, device=views[0].device)
+        var_terms, cov_terms = [], []  # per view: each pair reuses its views' terms
+        for z in views:
+            zc = z - z.mean(dim=0)
+            std = torch.sqrt(zc.pow(2).sum(dim=0) / (n - 1) + STD_EPS)
+            var_terms.append(F.relu(1.0 - std).mean())
+            cov = zc.T @ zc / (n - 1)
+            cov_terms.append(cov.masked_fill(eye, 0.0).pow(2).sum() / d)
+        losses, inv_parts, var_parts, cov_parts = [], [], [], []
+        for a, b in itertools.combinations(range(len(views)), 2):
+            inv = F.mse_loss(views[a], views[b])
+            var = var_terms[a] / 2 + var_terms[b] / 2
+            cov = cov_terms[a] + cov_terms[b]
+            losses.append(sim_coeff * inv + std_coeff * var + cov_coeff * cov)
+            inv_parts.append(inv.detach())
+            var_parts.append(var.detach())
+            cov_parts.append(cov.detach())
+        loss = torch.stack(losses).mean()
+    return loss, {
+        "invariance": torch.stack(inv_parts).mean(),
+        "variance": torch.stack(var_parts).mean(),
+        "covariance": torch.stack(cov_parts).mean(),
+    }
 
 
+@checked
 class VICRegLoss(nn.Module):
     r"""Variance-Invariance-Covariance Regularization.
 
@@ -61,15 +90,16 @@ class VICRegLoss(nn.Module):
     """
 
     main_metric = "variance"  # shown on the console each epoch
+    reads = frozenset({"online.projections"})
 
-    def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0):
+    def __init__(self, sim_coeff: Annotated[float, Range(min=0, hint="the paper uses 25")] = 25.0,
+                 std_coeff: Annotated[float, Range(min=0, hint="the paper uses 25")] = 25.0,
+                 cov_coeff: Annotated[float, Range(min=0, hint="the paper uses 1")] = 1.0):
         super().__init__()
-        self.sim_coeff = _coefficient("sim_coeff", sim_coeff, 25.0)
-        self.std_coeff = _coefficient("std_coeff", std_coeff, 25.0)
-        self.cov_coeff = _coefficient("cov_coeff", cov_coeff, 1.0)
+        self.sim_coeff, self.std_coeff, self.cov_coeff = float(sim_coeff), float(std_coeff), float(cov_coeff)
         if self.sim_coeff == self.std_coeff == self.cov_coeff == 0:
             raise ComponentError(
-                "clrun/vicreg: sim_coeff, std_coeff and cov_coeff are all 0, so the loss is constant; "
+                f"{self.component_name}: sim_coeff, std_coeff and cov_coeff are all 0, so the loss is constant; "
                 "set at least one > 0 (the paper uses 25, 25 and 1)"
             )
 
@@ -77,33 +107,7 @@ class VICRegLoss(nn.Module):
         return f"sim_coeff={self.sim_coeff}, std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}"
 
     def forward(self, out: Any) -> dict[str, Tensor]:
-        views = loss_kit.global_projections(OWNER, out, "estimate variances and covariances")
+        views = loss_kit.global_projections(self, out, "estimate variances and covariances")
         views = [distributed.gather(z) for z in views]  # the global batch, with gradients
-        n, d = views[0].shape
-        dtype = loss_kit.compute_dtype(views)
-        with loss_kit.autocast_off(views[0]):
-            views = [z.to(dtype) for z in views]
-            eye = torch.eye(d, dtype=torch.bool, device=views[0].device)
-            var_terms, cov_terms = [], []  # per view: each pair reuses its views' terms
-            for z in views:
-                zc = z - z.mean(dim=0)
-                std = torch.sqrt(zc.pow(2).sum(dim=0) / (n - 1) + STD_EPS)
-                var_terms.append(F.relu(1.0 - std).mean())
-                cov = zc.T @ zc / (n - 1)
-                cov_terms.append(cov.masked_fill(eye, 0.0).pow(2).sum() / d)
-            losses, inv_parts, var_parts, cov_parts = [], [], [], []
-            for a, b in itertools.combinations(range(len(views)), 2):
-                inv = F.mse_loss(views[a], views[b])
-                var = var_terms[a] / 2 + var_terms[b] / 2
-                cov = cov_terms[a] + cov_terms[b]
-                losses.append(self.sim_coeff * inv + self.std_coeff * var + self.cov_coeff * cov)
-                inv_parts.append(inv.detach())
-                var_parts.append(var.detach())
-                cov_parts.append(cov.detach())
-            loss = torch.stack(losses).mean()
-        return {
-            "loss": loss,
-            "invariance": torch.stack(inv_parts).mean(),
-            "variance": torch.stack(var_parts).mean(),
-            "covariance": torch.stack(cov_parts).mean(),
-        }
+        loss, metrics = vicreg(views, self.sim_coeff, self.std_coeff, self.cov_coeff)
+        return {"loss": loss, **metrics}
