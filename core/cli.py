@@ -28,6 +28,7 @@ from clrun import plugin_manager
 from clrun.component import KINDS
 from clrun.errors import ComponentBuildError, ComponentErrors, ComponentFailure, TrainingHalted, UserError
 from clrun.recipe.problems import RecipeError
+from clrun.recipe.schema import RecipeDeprecationWarning
 
 # Each command imports the machinery it runs inside its function, not here: this module must not import
 # torch (seconds), so that `cl-run --help`, argument errors, `components` and `plugins` answer at once.
@@ -147,8 +148,9 @@ _python_format_warning = warnings.formatwarning
 
 
 def format_warning(message, category, filename, lineno, line=None) -> str:
-    """A plugin warning as one line (Python's default adds the source line that warned: cl-run's own)."""
-    if issubclass(category, plugin_manager.PluginWarning):
+    """A plugin warning or a deprecated recipe key as one line (Python's default adds the source line that
+    warned: cl-run's own)."""
+    if issubclass(category, (plugin_manager.PluginWarning, RecipeDeprecationWarning)):
         return f"cl-run: warning: {message}\n"
     return _python_format_warning(message, category, filename, lineno, line)
 

@@ -72,6 +72,13 @@ class RunSpecs:
         ``outputs`` are the tensors the loss saw (computed before this step's update); detach them before
         use, never backpropagate through them. ``labels`` are the data set's labels, ``-1`` for unlabeled
         images. This is where an online probe trains on the encoder's features as pre-training runs.
+
+        ``outputs.online`` and ``outputs.target`` are the networks' ``clrun.Branch`` records. A callback
+        class with this hook declares what it reads, as a loss does, in a class attribute:
+        ``reads = frozenset({"online.features"})`` (``clrun.training.reads``): the build checks it against
+        the recipe and against what the step makes for the loss (an error at the callback's recipe line).
+        A callback never makes the step compute more: it observes the outputs the loss's step makes
+        (an extra pass through a head with BatchNorm would change what the run trains).
         """
 
     @hookspec

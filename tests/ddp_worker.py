@@ -28,6 +28,7 @@ from clrun.training.network import OnlineNetwork
 from clrun.training.step import reduced_metrics, split_loss
 from clrun.training.target import TargetNetwork
 from clrun.training.network import Trainable, distribute
+from clrun.training.reads import branch_wants, declared, vocabulary
 from clrun.training import sharding
 
 GLOBAL_BATCH, IN_DIM, DIM, STEPS = 8, 12, 8, 3
@@ -54,14 +55,14 @@ CASES = {
 
 # The token-level losses, on a one-block ViT (LayerNorm only) with masks drawn for the whole batch and
 # split by rank: name -> (loss parameters, mask generator and its settings, hidden, masking settings:
-# a token head or project_tokens, has a momentum target).
+# a token head or none, has a momentum target).
 TOKEN_CASES = {
     "clrun/mae": ({}, ("clrun/random_mask", {}), "drop",
                   {"head": ("clrun/mae_decoder", {"embed_dim": 8, "depth": 1, "num_heads": 2})}, False),
     "clrun/ijepa": ({}, ("clrun/multiblock_mask", {"min_keep": 2}), "drop",
                     {"head": ("clrun/jepa_predictor", {"embed_dim": 8, "depth": 1, "num_heads": 2})}, True),
     "clrun/ibot": ({"teacher_temperature": 0.05, "center_momentum": 0.8, "patch_center_momentum": 0.7},
-                   ("clrun/block_mask", {}), "mask_token", {"project_tokens": True}, True),
+                   ("clrun/block_mask", {}), "mask_token", {}, True),
 }
 IMAGE, PATCH = 16, 4  # 16 x 16 one-channel images: a 4 x 4 patch grid
 
@@ -151,6 +152,7 @@ def train_tokens(name: str, rows: slice, wrap: bool, shard: bool = False) -> dic
     trainable = Trainable(net, loss_fn)
     model = distribute(trainable, torch.device("cpu")) if wrap else trainable
     optimizer = torch.optim.SGD(trainable.parameters(), lr=0.1)
+    reads = declared(loss_fn) or frozenset(vocabulary())  # what cl-run's build gives the networks to make
     g = torch.Generator().manual_seed(1)
     record = {"grads": None, "losses": []}
     for step in range(STEPS):
@@ -158,10 +160,8 @@ def train_tokens(name: str, rows: slice, wrap: bool, shard: bool = False) -> dic
         torch.manual_seed(100 + step)
         drawn = [generator(GLOBAL_BATCH, (IMAGE // PATCH,) * 2, "cpu") for _ in views]
         masks = [clrun.Masks(m.visible[rows], m.targets[rows]) for m in drawn]
-        targets = tokens = token_projections = None
-        if target is not None:
-            targets, tokens, token_projections = target.with_tokens(views, project=masking.get("project_tokens", False))
-        step_on(model(views, [True, True], targets, step, STEPS, masks, hidden == "drop", tokens, token_projections),
+        branch = target(views, branch_wants(reads, "target")) if target is not None else None
+        step_on(model(views, [True, True], branch, step, STEPS, masks, hidden == "drop", branch_wants(reads, "online")),
                 trainable, optimizer, target, wrap, record)
     return {**record, "loss_state": copy.deepcopy(loss_fn.state_dict()), "weights": whole_weights(net, target, shard)}
 

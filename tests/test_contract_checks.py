@@ -78,6 +78,22 @@ BROKEN_LOSSES = [
 ]
 
 
+class ReadsTooLittle(Loss):
+    """Reads the target's projections without declaring them."""
+
+    reads = frozenset({"online.projections"})
+
+    def forward(self, out):
+        return cosine(out) + 0 * out.target.projections[0].sum()
+
+
+def test_a_loss_that_reads_more_than_it_declares_fails_its_contract(fresh_registry):
+    fresh_registry.add(clrun.Component("loss", "bad/loss", ReadsTooLittle), "tests")
+    with pytest.raises(testing.ContractError, match=r"only_what_it_reads: with only the outputs it reads "
+                                                    r"\(online\.projections\) it raised MissingOutput: target\.projections"):
+        testing.check("loss", "bad/loss", "only_what_it_reads")
+
+
 @pytest.mark.parametrize("contract,body,message", BROKEN_LOSSES, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(BROKEN_LOSSES)])
 def test_a_broken_loss_fails_its_contract(fresh_registry, contract, body, message):
     fresh_registry.add(clrun.Component("loss", "bad/loss", loss_with(body)), "tests")

@@ -12,7 +12,8 @@ import torch
 
 import clrun
 from clrun.cli import main
-from clrun.training import checkpoint
+from clrun.training import checkpointing
+from clrun.training.reads import step_reads
 from clrun.training.step import forward_and_loss
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
@@ -57,6 +58,7 @@ class Spy(torch.nn.Module):
 def step_outputs(build_run, path: Path, *overrides: str):
     run = build_run(clrun.load_recipe(path, list(overrides)))
     run.parts.loss_fn = Spy()
+    run.parts.reads = step_reads(run.recipe, run.parts.loss_fn)  # a loss without reads: every output
     dataset = run.recipe.data.dataset.build()
     images = torch.stack([dataset[i][0] for i in range(16)])
     torch.manual_seed(0)
@@ -120,7 +122,7 @@ def test_a_masked_run_resumes_bit_for_bit(tmp_path, crash_after_first_checkpoint
     interrupted = crash_after_first_checkpoint(load("interrupted"))
     resumed = clrun.train(load("interrupted"), resume=interrupted)
     straight = clrun.train(load("straight"))
-    a, b = (checkpoint.load(r.folder.checkpoint)["network"] for r in (resumed, straight))
+    a, b = (checkpointing.load(r.folder.checkpoint)["network"] for r in (resumed, straight))
     assert a.keys() == b.keys() and "backbone.pretext_mask_token" in a
     for key in a:
         assert torch.equal(a[key], b[key]), key

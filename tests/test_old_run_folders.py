@@ -1,5 +1,5 @@
 """Run folders written before a refactoring still resume, evaluate and export (the deprecation rules in
-docs/read-the-code.md): tests/fixtures/ibot_tiny_run/ was written by cl-run 0.1.0 before the house
+docs/guides/plugins.md): tests/fixtures/ibot_tiny_run/ was written by cl-run 0.1.0 before the house
 refactoring (issue 23), an iBOT run stopped after 3 of its 8 steps, with a target, a loss state (the
 centers), masks and the since-deprecated ``masking.project_tokens``."""
 
@@ -17,6 +17,8 @@ import clrun
 from clrun.export import export, load_encoder
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "ibot_tiny_run"
+# Its recipe's masking.project_tokens warns on every load; the warning itself is tested once, below.
+pytestmark = pytest.mark.filterwarnings("ignore:masking.project_tokens is deprecated")
 
 
 @pytest.fixture
@@ -49,3 +51,14 @@ def test_an_old_run_exports_the_backbone_it_trained(old_run):
         assert torch.equal(value, saved[f"backbone.{key}"]), key
     encoder = load_encoder(file)  # and it builds the ViT it names
     assert torch.equal(encoder.state_dict()["cls_token"], exported["cls_token"])
+
+
+def test_the_deprecated_project_tokens_key_loads_with_a_warning_and_leaves_the_recipe(old_run):
+    from clrun.recipe import resolved
+    from clrun.recipe.schema import RecipeDeprecationWarning
+
+    assert "project_tokens: true" in (old_run / "recipe.yaml").read_text()
+    with pytest.warns(RecipeDeprecationWarning, match=r"^masking\.project_tokens is deprecated and has no effect: the "
+                                                      r"token projections are computed when the loss reads them"):
+        recipe = clrun.load_recipe(old_run / "recipe.yaml")
+    assert "project_tokens" not in resolved(recipe)["masking"]  # a new run folder's recipe no longer carries it

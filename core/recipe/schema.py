@@ -6,11 +6,23 @@ component's own factory signature; everything else here belongs to the training 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, Optional
 
 from clrun.component import Nested
 from clrun.recipe.spec import ComponentSpec
+
+
+class RecipeDeprecationWarning(FutureWarning):
+    """A recipe key that no longer has an effect: it is accepted for at least one release, with this warning
+    (the deprecation rules in docs/guides/plugins.md), then removed."""
+
+
+def deprecated(key: str, why: str) -> None:
+    """Warn that the recipe key ``key`` (dotted) is deprecated and ignored; ``why``: what replaced it."""
+    warnings.warn(f"{key} is deprecated and has no effect: {why}; remove it from the recipe",
+                  RecipeDeprecationWarning, stacklevel=3)
 
 
 class FieldError(ValueError):
@@ -117,12 +129,18 @@ class MaskingSection:
 
     generator: Annotated[ComponentSpec, Nested("mask")]
     hidden: Literal["mask_token", "drop"] = "mask_token"
-    # The projector (and the target's) also maps every patch token, for a loss on per-patch outputs of the
-    # same head as the pooled features' (StepOutputs.token_projections, target_token_projections).
-    project_tokens: bool = False
     # A token head (a ``token_head`` component: MAE's pixel decoder, I-JEPA's predictor) on the online
     # branch: from a masked view's tokens it predicts every target set's patches (StepOutputs.token_predictions).
     head: Optional[Annotated[ComponentSpec, Nested("token_head")]] = None
+    # Deprecated, no effect: the projector maps every patch token when the loss reads the token
+    # projections (its ``reads``). Accepted so that recipes and run folders written before still load; an
+    # InitVar, so a resolved recipe (the run folder's, a resume's comparison) no longer carries it.
+    project_tokens: InitVar[Optional[bool]] = None
+
+    def __post_init__(self, project_tokens: Optional[bool]) -> None:
+        if project_tokens is not None:
+            deprecated("masking.project_tokens", "the token projections are computed when the loss reads them "
+                                                 "(its reads: online.token_projections, target.token_projections)")
 
 
 @dataclass

@@ -22,7 +22,8 @@ keep it. ``check_loss(name, **settings)`` and its siblings run every contract of
 The contracts, per kind (``contracts(kind)``; each function's docstring has the details):
 
     loss          returns_a_loss, metrics_are_detached, float32_under_autocast, finite_gradients,
-                  state_in_state_dict, view_counts, batch_of_one, missing_predictor_or_target
+                  state_in_state_dict, view_counts, batch_of_one, missing_predictor_or_target,
+                  only_what_it_reads
     projector,    output_shape, eval_batch_of_one, gradients
     predictor
     backbone      pooled_features, eval_batch_of_one
@@ -31,7 +32,8 @@ The contracts, per kind (``contracts(kind)``; each function's docstring has the 
     dataset       items, deterministic_items, missing_root (the last for factories with a ``root``)
 
 ``step_outputs(projections, ...)`` builds the ``clrun.StepOutputs`` a loss is called with, for your
-own tests of a loss's formula.
+own tests of a loss's formula, from the flat names (``target_projections=...``); ``branch_outputs(online,
+target, ...)`` builds it from two ``clrun.Branch`` records.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import torch
 from clrun import components
 from clrun.testing import datasets, losses, masks, modules
 from clrun.testing.contract import ContractError
-from clrun.testing.losses import step_outputs
+from clrun.testing.losses import branch_outputs, step_outputs
 from clrun.testing.modules import IMAGE_SIZE
 
 _CONTRACTS: dict[str, dict[str, Callable[..., None]]] = {
@@ -169,5 +171,6 @@ __all__ = [
     "check_predictor",
     "check_projector",
     "contracts",
+    "branch_outputs",
     "step_outputs",
 ]

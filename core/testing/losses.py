@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from clrun import Masks, StepOutputs, Tokens, create
+from clrun import Branch, Masks, StepOutputs, Tokens, create
 from clrun.testing.contract import ContractError, clear_error_or_result, finite, require
 
 BATCH = 8
@@ -56,24 +56,32 @@ def step_outputs(
 ) -> StepOutputs:
     """A ``clrun.StepOutputs`` to call a loss with in a test: one projection per view, every view global
     unless ``is_global`` says otherwise, and the backbone features (unused by most losses) defaulting
-    to the detached projections. The token-level fields (a ``masking:`` section's) are optional."""
-    flags = [True] * len(projections) if is_global is None else list(is_global)
-    return StepOutputs(
-        features=[p.detach() for p in projections] if features is None else list(features),
-        projections=list(projections),
-        is_global=flags,
-        predictions=None if predictions is None else list(predictions),
-        target_projections=None if target_projections is None else list(target_projections),
-        step=step,
-        total_steps=total_steps,
-        masks=None if masks is None else list(masks),
-        token_projections=None if token_projections is None else list(token_projections),
-        target_token_projections=None if target_token_projections is None else list(target_token_projections),
-        tokens=None if tokens is None else list(tokens),
-        target_tokens=None if target_tokens is None else list(target_tokens),
-        token_predictions=None if token_predictions is None else list(token_predictions),
-        views=None if views is None else list(views),
-    )
+    to the detached projections. The other outputs are optional: one left out (None) is absent from its
+    branch. The keywords are the flat names of ``StepOutputs``; ``branch_outputs`` takes branches."""
+    online = Branch(features=[p.detach() for p in projections] if features is None else features,
+                    projections=projections, predictions=predictions, tokens=tokens,
+                    token_projections=token_projections, token_predictions=token_predictions)
+    target = Branch(projections=target_projections, tokens=target_tokens, token_projections=target_token_projections)
+    return branch_outputs(online, target, is_global, masks=masks, views=views, step=step, total_steps=total_steps)
+
+
+def branch_outputs(
+    online: Branch,
+    target: Branch | None = None,
+    is_global: Sequence[bool] | None = None,
+    *,
+    masks: Sequence[Masks | None] | None = None,
+    views: Sequence[Tensor] | None = None,
+    step: int = 0,
+    total_steps: int = 1,
+) -> StepOutputs:
+    """A ``clrun.StepOutputs`` from its two branches (``target``: none, an empty branch), every view global
+    unless ``is_global`` says otherwise; ``views`` default to none (a loss that reads pixels needs them)."""
+    count = len(next(iter(online.items()), ("", []))[1])
+    flags = [True] * count if is_global is None else list(is_global)
+    return StepOutputs(views=[] if views is None else list(views), is_global=flags,
+                       masks=None if masks is None else list(masks), online=online,
+                       target=Branch() if target is None else target, step=step, total_steps=total_steps)
 
 
 def random_outputs(
@@ -89,7 +97,7 @@ def random_outputs(
 ) -> StepOutputs:
     """Random step outputs as the training loop makes them: projections and predictions per view (leaves
     that require grad), target projections per global view (no grad), features per view; and what a
-    ``masking:`` section with ``project_tokens`` adds: masks of ``PATCHES`` patches per global view (half
+    ``masking:`` section (and a loss that reads the token projections) adds: masks of ``PATCHES`` patches per global view (half
     of them hidden), the head's output per patch token of each global view (grad) and the target's; the
     online tokens of the visible patches (the hidden ones dropped) and the target's tokens of all of them;
     a token head's predictions for the hidden patches (grad); the views, ``dim`` channels of ``2 x 2``
@@ -322,6 +330,28 @@ def missing_predictor_or_target(kind: str, name: str, **settings: Any) -> None:
             _finite_scalar(loss, situation)
 
 
+def only_what_it_reads(kind: str, name: str, **settings: Any) -> None:
+    """A loss that declares ``reads`` computes a finite loss on the standard input with every output it
+    does not declare left out: the build checks a recipe against the declaration only, and the networks
+    compute the costly outputs (token projections, the target's tokens) only when they are declared."""
+    loss_fn, dim = _build(name, settings)
+    reads = getattr(loss_fn, "reads", None)
+    if reads is None:
+        return
+    full = random_outputs(dim)
+    kept = branch_outputs(
+        Branch(**{n: v for n, v in full.online.items() if f"online.{n}" in reads}),
+        Branch(**{n: v for n, v in full.target.items() if f"target.{n}" in reads}),
+        full.is_global, masks=full.masks if "masks" in reads else None,
+        views=full.views if "views" in reads else None, step=full.step, total_steps=full.total_steps)
+    try:
+        loss = _loss_of(loss_fn, kept)
+    except Exception as exc:
+        raise ContractError(f"with only the outputs it reads ({', '.join(sorted(reads))}) it raised "
+                            f"{type(exc).__name__}: {exc}; add what it reads besides to its reads") from exc
+    _finite_scalar(loss, "with only the outputs it reads")
+
+
 CONTRACTS: dict[str, Callable[..., None]] = {
     "returns_a_loss": returns_a_loss,
     "metrics_are_detached": metrics_are_detached,
@@ -331,6 +361,7 @@ CONTRACTS: dict[str, Callable[..., None]] = {
     "view_counts": view_counts,
     "batch_of_one": batch_of_one,
     "missing_predictor_or_target": missing_predictor_or_target,
+    "only_what_it_reads": only_what_it_reads,
 }
 
-__all__ = ["BATCH", "CONTRACTS", "ContractError", "DIM", "random_outputs", "step_outputs"]
+__all__ = ["BATCH", "CONTRACTS", "ContractError", "DIM", "branch_outputs", "random_outputs", "step_outputs"]

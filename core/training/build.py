@@ -18,6 +18,7 @@ from clrun.training.param_groups import PinnedRates, build_groups, layer_scales,
 from clrun.training.schedules import ScheduledScalars
 from clrun.training.network import OnlineNetwork, output_dim
 from clrun.training.masking import Masking, build_masking
+from clrun.training.reads import step_reads
 from clrun.training import sharding
 from clrun.training.target import TargetNetwork
 from clrun.training.views import Views
@@ -42,6 +43,10 @@ class Parts:
     trainable: Optional[nn.Module] = None
     # A sharded run's plain copy of the network (on the CPU): what its whole weights are gathered into.
     whole_template: Optional[OnlineNetwork] = None
+    # fp16's loss scaler (disabled for other precisions): built with the parts so a resume restores its scale.
+    scaler: Optional[torch.amp.GradScaler] = None
+    # What the loss and the callbacks read of each step (clrun.training.reads): the optional outputs computed.
+    reads: frozenset[str] = frozenset()
 
 
 def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per_epoch: int,
@@ -80,6 +85,10 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     loss_fn = None
     if projection_dim is not None or "in_dim" not in parameters(recipe.loss.component.factory)[0]:
         loss_fn = errors.build(recipe.loss, in_dim=projection_dim)
+    # What the loss and the callbacks read, against what the recipe produces: an error at the reader's line.
+    reads = frozenset()
+    if loss_fn is not None:
+        reads = errors.attempt(lambda: step_reads(recipe, loss_fn, recipe.callbacks), frozenset())
     steps = total_steps(recipe, steps_per_epoch)
     if errors.errors:  # the optimizer's and scheduler's settings are still checked, on a stand-in
         optimizer_and_scheduler(recipe, list(nn.Linear(1, 1).named_parameters()), None, steps, steps_per_epoch, errors)
@@ -130,8 +139,9 @@ def build_parts(recipe: Recipe, example: Tensor, device: torch.device, steps_per
     errors.attempt(lambda: schedules.bind_optimizer(recipe.optimizer, optimizer, fixed, recipe.scheduler), None)
     errors.raise_any()
     eval_size = global_sizes[0] if global_sizes else tuple(example_views[0].shape[-2:])
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "fp16")
     return Parts(views.to(device), network, target, loss_fn, optimizer, scheduler, eval_size, steps,
-                 feature_dim, projection_dim, schedules, masking, whole_template=whole)
+                 feature_dim, projection_dim, schedules, masking, whole_template=whole, scaler=scaler, reads=reads)
 
 
 def optimizer_and_scheduler(recipe: Recipe, named: list[tuple[str, nn.Parameter]], layers: Optional[dict[str, float]],

@@ -10,6 +10,7 @@ from clrun.streams import images_in
 from clrun.training import param_groups
 from clrun.training.build_errors import BuildErrors
 from clrun.training.param_groups import named_parameters
+from clrun.training.reads import declared
 from clrun.training.hooks import run_hooks
 from clrun.training.recipe_callbacks import NamedCallback
 from clrun.training.setup import prepare
@@ -45,6 +46,9 @@ def check(recipe: Recipe) -> list[str]:
     lines.append(f"backbone: {recipe.backbone.name} ({n_params / 1e6:.2f}M parameters)")
     heads = [recipe.projector.name] + ([recipe.predictor.name] if recipe.predictor is not None else [])
     lines.append(f"heads: {' -> '.join(heads)}")
+    reads = declared(parts.loss_fn)  # checked against the recipe by the build (clrun.training.reads)
+    lines.append(f"loss: {recipe.loss.name} reads " + (", ".join(sorted(reads)) if reads is not None else
+                                                       "every output (it declares no reads)"))
     if recipe.target is not None:
         t = recipe.target
         lines.append(f"target: momentum copy of backbone + projector, {t.momentum} -> {t.final_momentum} ({t.schedule})")

@@ -15,8 +15,8 @@ from clrun.tokens import offers_tokens
 class Masking:
     """The mask generator and how hidden patches are treated (``drop``: left out; else: the mask token)."""
 
-    def __init__(self, generator: Callable[..., Masks], drop: bool, project_tokens: bool = False) -> None:
-        self.generator, self.drop, self.project_tokens = generator, drop, project_tokens
+    def __init__(self, generator: Callable[..., Masks], drop: bool) -> None:
+        self.generator, self.drop = generator, drop
 
     def draw(self, backbone: nn.Module, views: list[Tensor], is_global: list[bool]) -> list[Optional[Masks]]:
         """Masks for every global view (over its patch grid, on its device), None for the local ones. They
@@ -43,8 +43,4 @@ def build_masking(recipe: Recipe, backbone: nn.Module, generator: Callable[..., 
             f"{where}: error: masking.hidden: drop needs the same visible count in every image, and "
             f"{section.generator.name} does not promise it (equal_counts); use hidden: mask_token, or a generator "
             f"with equal counts (e.g. clrun/random_mask)")
-    if section.project_tokens and recipe.target is None:
-        raise ComponentError(
-            f"{where}: error: masking.project_tokens: the per-patch outputs are compared with the target network's; "
-            f"add a target: section (e.g. momentum: 0.996)")
-    return Masking(generator, section.hidden == "drop", section.project_tokens)
+    return Masking(generator, section.hidden == "drop")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from clrun import distributed
 from clrun.masks import Masks
 from clrun.tokens import Tokens
+from clrun.training.branch import Branch
 from clrun.training.outputs import StepOutputs
 
 
@@ -85,9 +86,10 @@ def embed(backbone: nn.Module, projector: nn.Module, views: list[Tensor], masks:
 
 
 class OnlineNetwork(nn.Module):
-    """The trained branch. ``forward(views, masks, drop) -> (features, projections, predictions or None,
-    tokens, token projections or None, token predictions or None)``, per view (tokens and token
-    predictions: None for the views without a mask)."""
+    """The trained branch. ``forward(views, masks, drop, wants) -> clrun.Branch``, per view: features and
+    projections; predictions with a predictor; with masks, the masked views' tokens (None for the others)
+    and the token head's predictions; the projector over every patch token when ``wants`` names
+    ``token_projections`` (the outputs that cost extra passes are made only for a reader that reads them)."""
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: Optional[nn.Module] = None,
                  token_head: Optional[nn.Module] = None) -> None:
@@ -98,20 +100,20 @@ class OnlineNetwork(nn.Module):
         self.token_head = token_head
 
     def forward(self, views: list[Tensor], masks: Optional[list[Optional[Masks]]] = None, drop: bool = False,
-                with_token_projections: bool = False) -> tuple[list[Tensor], list[Tensor], Optional[list[Tensor]],
-                                                                list[Optional[Tokens]], Optional[list[Optional[Tensor]]],
-                                                                Optional[list[Optional[Tensor]]]]:
+                wants: Collection[str] = frozenset()) -> Branch:
         features, projections, tokens = embed(self.backbone, self.projector, views, masks, drop)
-        predictions = None
+        out = Branch(features=features, projections=projections)
         if self.predictor is not None:
             # One predictor call over all views: like the projector, its BatchNorm sees them together.
             sizes = [len(z) for z in projections]
-            predictions = list(self.predictor(torch.cat(projections)).split(sizes))
-        token_projections = project_tokens(self.projector, tokens) if with_token_projections else None
-        token_predictions = None
-        if self.token_head is not None and masks is not None:
-            token_predictions = [None if t is None else self.token_head(t, m) for t, m in zip(tokens, masks)]
-        return features, projections, predictions, tokens, token_projections, token_predictions
+            out.predictions = self.predictor(torch.cat(projections)).split(sizes)
+        if masks is not None:
+            out.tokens = tokens
+            if "token_projections" in wants:
+                out.token_projections = project_tokens(self.projector, tokens)
+            if self.token_head is not None:
+                out.token_predictions = [None if t is None else self.token_head(t, m) for t, m in zip(tokens, masks)]
+        return out
 
 
 # What one optimizer step differentiates: the online network and the loss, as one module. The loss
@@ -125,28 +127,26 @@ class Trainable(nn.Module):
         self.network = network
         self.loss_fn = loss_fn
 
-    def forward(self, views: list[Tensor], is_global: list[bool], targets: Optional[list[Tensor]],
-                step: int, total_steps: int, masks: Optional[list[Optional[Masks]]] = None, drop: bool = False,
-                target_tokens: Optional[list[Tokens]] = None,
-                target_token_projections: Optional[list[Tensor]] = None) -> tuple[Any, StepOutputs]:
-        with_token_projections = target_token_projections is not None
-        features, projections, predictions, tokens, token_projections, token_predictions = self.network(
-            views, masks, drop, with_token_projections)
-        out = StepOutputs(features, projections, list(is_global), predictions, targets, step, total_steps,
-                          masks=masks, tokens=tokens if masks is not None else None, target_tokens=target_tokens,
-                          token_projections=token_projections, target_token_projections=target_token_projections,
-                          token_predictions=token_predictions, views=views)
+    def forward(self, views: list[Tensor], is_global: list[bool], target: Optional[Branch], step: int,
+                total_steps: int, masks: Optional[list[Optional[Masks]]] = None, drop: bool = False,
+                wants: Collection[str] = frozenset()) -> tuple[Any, StepOutputs]:
+        """``target``: the target network's branch on the global views (None without one); ``wants``: the
+        online branch's optional outputs some reader reads."""
+        online = self.network(views, masks, drop, wants)
+        out = StepOutputs(views, is_global, masks, online, target if target is not None else Branch(), step, total_steps)
         # The outputs go back detached: DDP looks for unused parameters from whatever forward returns, and
         # a token-level loss may leave the projections out of its graph (callbacks need no gradients).
         return self.loss_fn(out), detached(out)
 
 
 def detached(value: Any) -> Any:
-    """``value`` (StepOutputs, Tokens, a list, a tensor) with every tensor in it detached from the graph."""
+    """``value`` (StepOutputs, a Branch, Tokens, a list, a tensor) with every tensor in it detached from the graph."""
     if isinstance(value, Tensor):
         return value.detach()
     if isinstance(value, list):
         return [detached(v) for v in value]
+    if isinstance(value, Branch):
+        return value.map(detached)
     if dataclasses.is_dataclass(value) and not isinstance(value, Masks):
         return dataclasses.replace(value, **{f.name: detached(getattr(value, f.name)) for f in dataclasses.fields(value)})
     return value

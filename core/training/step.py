@@ -12,6 +12,7 @@ from clrun.training.build import Parts
 from clrun.training.outputs import StepOutputs
 from clrun.training.network import Trainable
 from clrun.training.param_groups import freeze_gradients
+from clrun.training.reads import branch_wants
 from clrun.training.sharding import reshard
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -37,25 +38,20 @@ def split_loss(result: Any) -> tuple[Tensor, dict[str, Tensor]]:
 def forward_and_loss(parts: Parts, images: Tensor, device: torch.device, step: int,
                      places: Tensor | None = None) -> tuple[Any, StepOutputs]:
     """Views on the device (cropped inside each image's ``places`` when the data set letterboxes: they stay
-    on the CPU, where the crops are drawn), their masks (a ``masking:`` section), the target network on the
-    global ones (no gradient), then the online network and the loss (``parts.trainable``, DDP-wrapped when
-    several processes train)."""
+    on the CPU, where the crops are drawn), their masks (a ``masking:`` section), the target network's
+    branch on the global ones (no gradient), then the online network and the loss (``parts.trainable``,
+    DDP-wrapped when several processes train). Each network makes the optional outputs ``parts.reads``
+    names (what the loss and callbacks read)."""
     views = parts.views(images.to(device, non_blocking=True), places)
     is_global = parts.views.is_global
     masking = parts.masking
     masks = masking.draw(parts.network.backbone, views, is_global) if masking is not None else None
-    targets = target_tokens = target_token_projections = None
+    target = None
     if parts.target is not None:
-        global_views = [v for v, g in zip(views, is_global) if g]
-        if masking is not None:  # a token-level loss compares with the target's tokens of the whole views
-            targets, target_tokens, target_token_projections = parts.target.with_tokens(
-                global_views, project=masking.project_tokens)
-        else:
-            targets = parts.target(global_views)
+        target = parts.target([v for v, g in zip(views, is_global) if g], branch_wants(parts.reads, "target"))
     trainable = parts.trainable if parts.trainable is not None else Trainable(parts.network, parts.loss_fn)
     drop = masking is not None and masking.drop
-    return trainable(views, is_global, targets, step, parts.total_steps, masks, drop, target_tokens,
-                     target_token_projections)
+    return trainable(views, is_global, target, step, parts.total_steps, masks, drop, branch_wants(parts.reads, "online"))
 
 
 def reduced_metrics(loss: Tensor, extras: dict[str, Tensor]) -> dict[str, float]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
+from typing import Collection
 
 import torch
 from torch import Tensor, nn
 
 from clrun.recipe.schema import TargetSection
-from clrun.tokens import Tokens
+from clrun.training.branch import Branch
 from clrun.training.network import OnlineNetwork, embed, project_tokens
 from clrun.training.sharding import reshard
 
@@ -46,17 +46,19 @@ class TargetNetwork(nn.Module):
         self.momentum.fill_(momentum_at(self.settings, int(self.updates), self.total_steps))
 
     @torch.no_grad()
-    def forward(self, views: list[Tensor]) -> list[Tensor]:
-        """Projections of ``views`` (the global ones), without gradient."""
-        return embed(self.backbone, self.projector, views)[1]
-
-    @torch.no_grad()
-    def with_tokens(self, views: list[Tensor], project: bool = False) -> tuple[list[Tensor], list[Tokens], Optional[list[Tensor]]]:
-        """Projections and tokens (``clrun.Tokens``) of ``views`` (the whole global views), without gradient;
-        with ``project``, also the projector's output for every patch token."""
-        _, projections, tokens = embed(self.backbone, self.projector, views, tokens=True)
-        token_projections = project_tokens(self.projector, tokens) if project else None
-        return projections, tokens, token_projections  # type: ignore[return-value]
+    def forward(self, views: list[Tensor], wants: Collection[str] = frozenset()) -> Branch:
+        """The ``clrun.Branch`` of ``views`` (the global ones, whole), without gradient: projections; with
+        ``tokens`` or ``token_projections`` in ``wants``, the backbone's tokens of every view (through
+        ``forward_tokens``, so the projections are of their pooled token) and the projector's output for
+        every patch token when asked."""
+        with_tokens = "tokens" in wants or "token_projections" in wants
+        _, projections, tokens = embed(self.backbone, self.projector, views, tokens=with_tokens)
+        out = Branch(projections=projections)
+        if with_tokens:
+            out.tokens = tokens
+        if "token_projections" in wants:
+            out.token_projections = project_tokens(self.projector, tokens)
+        return out
 
     @torch.no_grad()
     def update(self, online: OnlineNetwork) -> None:
