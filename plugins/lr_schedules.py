@@ -5,11 +5,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 from timm.scheduler import CosineLRScheduler
+
+from clrun import Range, checked
+
+# A negative warm-up or rate would give negative learning rates: refused where the recipe sets them.
+EPOCHS = Range(min=0, hint="0: no warm-up")
+RATE = Range(min=0)
 
 
 class PerStepSchedule:
@@ -35,13 +41,14 @@ class PerStepSchedule:
         self.scheduler.step_update(self.steps)
 
 
+@checked
 def warmup_cosine(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
     steps_per_epoch: int,
-    warmup_epochs: float = 10.0,
-    warmup_lr: float = 0.0,
-    min_lr: float = 0.0,
+    warmup_epochs: Annotated[float, EPOCHS] = 10.0,
+    warmup_lr: Annotated[float, RATE] = 0.0,
+    min_lr: Annotated[float, RATE] = 0.0,
 ) -> PerStepSchedule:
     """Linear warmup from ``warmup_lr`` for ``warmup_epochs``, then cosine decay to ``min_lr`` (SimCLR).
 
@@ -60,7 +67,9 @@ def warmup_cosine(
     return PerStepSchedule(scheduler)
 
 
-def constant(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmup_epochs: float = 0.0) -> LambdaLR:
+@checked
+def constant(optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+             warmup_epochs: Annotated[float, EPOCHS] = 0.0) -> LambdaLR:
     """The optimizer's learning rate throughout, after an optional linear warmup from 0."""
     warmup_steps = int(round(warmup_epochs * steps_per_epoch))
     return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)

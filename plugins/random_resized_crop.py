@@ -18,15 +18,16 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from clrun import ComponentError
+from clrun import ComponentError, checked
 
 TRIES = 10  # torchvision's attempts at a crop that fits before it falls back to the central one
 
 
+@checked
 class RandomResizedCrop(nn.Module):
     """size: the output's (height, width) or side; scale: the range of the crop's area as a share of the
     image's; ratio: the range of its width / height (drawn log-uniformly); resample, align_corners: as
-    in kornia's op."""
+    in kornia's op. (The pairs' checks relate their two elements, so they are here, not in the signature.)"""
 
     takes_places = True  # Views hands this op the batch's places
 
@@ -35,13 +36,17 @@ class RandomResizedCrop(nn.Module):
         super().__init__()
         import kornia.augmentation as K  # here, not at the top: listing components must not import kornia
 
+        name = self.component_name
         size = (size, size) if isinstance(size, int) else tuple(size)
         if len(size) != 2 or min(size) < 1:
-            raise ComponentError(f"clrun/random_resized_crop: size must be a side or [height, width] of at least 1, got {size!r}")
+            raise ComponentError(f"{name}: size must be a side or [height, width] of at least 1, got {size!r}",
+                                 argument="size")
         if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
-            raise ComponentError(f"clrun/random_resized_crop: scale must be [low, high] with 0 < low <= high <= 1, got {list(scale)!r}")
+            raise ComponentError(f"{name}: scale must be [low, high] with 0 < low <= high <= 1, got {list(scale)!r}",
+                                 argument="scale")
         if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
-            raise ComponentError(f"clrun/random_resized_crop: ratio must be [low, high] with 0 < low <= high, got {list(ratio)!r}")
+            raise ComponentError(f"{name}: ratio must be [low, high] with 0 < low <= high, got {list(ratio)!r}",
+                                 argument="ratio")
         self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
         self.resized_crop = K.RandomResizedCrop(size, scale=self.scale, ratio=self.ratio, resample=resample,
                                                 align_corners=align_corners)

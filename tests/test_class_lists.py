@@ -92,7 +92,7 @@ def test_a_class_list_that_does_not_match_the_folders_is_an_error(tmp_path, imag
     ({"classes": ["a", "x/y"]}, "clrun/image_folder: classes must be names of first-level subfolders; 'x/y' is not"),
     ({"classes": ["a", "b"], "labels": "none"},
      "clrun/image_folder: classes is set but labels='none'; remove one of them (classes implies labels='subfolders')"),
-    ({"on_error": "ignore"}, "clrun/image_folder: on_error must be 'stop' or 'skip', got 'ignore'"),
+    ({"on_error": "ignore"}, "clrun/image_folder: on_error must be one of 'stop', 'skip', got 'ignore'"),
 ], ids=["empty", "repeated", "nested", "with labels none", "bad on_error"])
 def test_bad_class_settings(tmp_path, settings, expected):
     root = folders(tmp_path, {"a": 1, "b": 1})
@@ -172,7 +172,8 @@ def knn_recipe(tmp_path: Path, test_images: dict[str, int]) -> list[str]:
 
 @pytest.mark.parametrize("test_images, expected", [
     ({"a": 2, "b": 0, "c": 2}, "clrun/image_folder: class folder(s) without images: {test}/b (searched"),
-    ({"a": 2, "c": 2}, "<command line>:2:12: error: callbacks.0: callback 'clrun/knn' could not be built: "
+    # The error points at the test set's entry (the ComponentError's argument): its column in the override.
+    ({"a": 2, "c": 2}, "<command line>:2:{col}: error: callbacks.0.test: callback 'clrun/knn' could not be built: "
                        "clrun/knn: the train and test data sets name different classes (3 and 2): train has 'b' "
                        "that test lacks. Their labels would not mean the same classes"),
 ], ids=["empty class folder in test", "class folder missing from test"])
@@ -188,5 +189,6 @@ def test_check_and_train_refuse_a_test_split_that_lacks_a_class(tmp_path, monkey
         err = capsys.readouterr().err
         # A located message carries its own "error:" (one prefix); the others get cl-run's.
         prefix = "" if expected.startswith("<command line>") else "cl-run: error: "
-        assert err.startswith(prefix + expected.format(test=tmp_path / "test")), err
+        column = argv[2].index("test: {") + len("test: ") + 1  # at the value: the test set's entry
+        assert err.startswith(prefix + expected.format(test=tmp_path / "test", col=column)), err
     assert not (tmp_path / "runs").exists()  # nothing was trained or written

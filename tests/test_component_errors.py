@@ -26,8 +26,7 @@ CASES = {
         "(1, 28, 28) (gray images need in_chans: 1): "),
     "an infinite warm-up": (
         TINY, ["scheduler={name: clrun/warmup_cosine, warmup_epochs: .inf}"],
-        "<command line>:1:11: error: scheduler: scheduler 'clrun/warmup_cosine' could not be built: cannot convert "
-        "float infinity to integer"),
+        "<command line>:1:54: error: scheduler.warmup_epochs: must be a number >= 0 (0: no warm-up), got inf"),
     "a data set too large to index": (
         TINY, ["data.dataset.num_images=100000000000000000000000"],
         "error: data.dataset: dataset 'clrun/synthetic' could not be built: "),

@@ -98,10 +98,15 @@ def test_fashion_mnist_subset_is_fixed_by_seed(fmnist_test):
 
 
 @needs_fashion_mnist
-@pytest.mark.parametrize("subset", [0, 10001])
-def test_fashion_mnist_subset_out_of_range(subset):
-    with pytest.raises(ComponentError, match=rf"subset={subset} is out of range: the split has 10000 items"):
+@pytest.mark.parametrize("subset, message", [
+    (0, "clrun/fashion_mnist: subset must be an integer >= 1 (null: the whole split), got 0"),
+    (10001, "clrun/fashion_mnist: subset=10001 is out of range: the split has 10000 items (use 1..10000, or null "
+            "for all)"),
+])
+def test_fashion_mnist_subset_out_of_range(subset, message):
+    with pytest.raises(ComponentError) as info:
         FashionMNIST(split="test", subset=subset)
+    assert (str(info.value), info.value.argument) == (message, "subset")
 
 
 def test_fashion_mnist_missing_root(tmp_path):

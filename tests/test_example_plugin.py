@@ -69,7 +69,7 @@ def test_plugin_module_uses_only_the_public_api():
 
     import clrun_plugin_example
 
-    allowed = {"hookimpl", "Component", "StepOutputs", "Nested", "UserError", "loss_kit"}
+    allowed = {"hookimpl", "Component", "StepOutputs", "Nested", "UserError", "loss_kit", "Range", "checked"}
     for path in pathlib.Path(clrun_plugin_example.__file__).parent.glob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
@@ -195,12 +195,23 @@ def test_loss_needs_exactly_two_global_views(n_global):
 
 
 def test_loss_rejects_bad_settings():
-    with pytest.raises(clrun.ComponentError, match="alpha"):
+    """The limits the plugin declares in its signature (clrun.Range) are enforced for a recipe entry
+    (clrun.create validates like a recipe) and, through clrun.checked, on direct construction."""
+    from clrun_plugin_example import AlignUniformLoss
+
+    where = f"clrun.create('loss', {LOSS!r})"
+    with pytest.raises(clrun.ComponentError) as info:
         clrun.create("loss", LOSS, alpha=0)
-    with pytest.raises(clrun.ComponentError, match="uniformity_weight"):
-        clrun.create("loss", LOSS, uniformity_weight=-1.0)
+    assert (str(info.value), info.value.argument) == (
+        f"{where}: alpha: must be a number > 0 (the paper uses 2), got 0.0", "alpha")
+    with pytest.raises(clrun.ComponentError) as info:
+        AlignUniformLoss(uniformity_weight=-1.0)
+    assert (str(info.value), info.value.argument) == (
+        f"{LOSS}: uniformity_weight must be a number >= 0 (the paper's lambda is 1), got -1.0", "uniformity_weight")
     with pytest.raises(clrun.ComponentError, match="temperature"):  # unknown key, listed with what it takes
         clrun.create("loss", LOSS, temperature=0.1)
+    assert AlignUniformLoss().reads == {"online.projections"}
+    assert AlignUniformLoss().component_name == LOSS  # the name it is registered under, found by its path
 
 
 # -- the augmentation ----------------------------------------------------------------------------------
@@ -214,8 +225,16 @@ def test_augmentation_noises_a_random_subset_and_clamps():
     assert 10 < int(changed.sum()) < 54, "each image is noised independently with probability p"
     assert torch.equal(clrun.create("augmentation", AUGMENTATION, p=0.0)(x), x)
     assert (clrun.create("augmentation", AUGMENTATION, std=0.1, p=1.0)(x) != x).flatten(1).any(dim=1).all()
-    with pytest.raises(clrun.ComponentError, match="p"):
+    with pytest.raises(clrun.ComponentError) as info:
         clrun.create("augmentation", AUGMENTATION, p=1.5)
+    assert str(info.value) == (f"clrun.create('augmentation', {AUGMENTATION!r}): p: must be a number >= 0 and <= 1 "
+                               f"(per image), got 1.5")
+    from clrun_plugin_example import RandomGaussianNoiseClamp
+
+    with pytest.raises(clrun.ComponentError) as info:
+        RandomGaussianNoiseClamp(std=float("nan"))
+    assert (str(info.value), info.value.argument) == (
+        f"{AUGMENTATION}: std must be a number >= 0 (in units of the [0, 1] intensity range), got nan", "std")
 
 
 # -- a whole run ---------------------------------------------------------------------------------------

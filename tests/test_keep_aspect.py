@@ -17,7 +17,7 @@ import clrun
 from clrun import UserError, testing
 from clrun.plugins.datasets.image_folder import ImageFolder
 from clrun.plugins.random_resized_crop import RandomResizedCrop, crop_boxes
-from clrun.training import loop
+from clrun.training.step import Step
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
@@ -125,14 +125,14 @@ def keep_aspect_recipe(root: Path, run_dir: Path, first: str = "clrun/random_res
 def test_training_on_letterboxed_images_sees_only_the_images(white_wide_and_tall, tmp_path, monkeypatch):
     """Places travel from the data set through the loader and the step to the views: the network never
     sees the canvas's black padding, over a whole run of wide and tall white images."""
-    step, darkest = loop.train_step, []
+    step, darkest = Step.__call__, []
 
-    def step_and_look(*args):
-        metrics, outputs = step(*args)
+    def step_and_look(self, *batch):
+        metrics, outputs = step(self, *batch)
         darkest.append(min(float(v.min()) for v in outputs.views))
         return metrics, outputs
 
-    monkeypatch.setattr(loop, "train_step", step_and_look)
+    monkeypatch.setattr(Step, "__call__", step_and_look)
     run = clrun.train(keep_aspect_recipe(white_wide_and_tall, tmp_path))
     assert run.step == 2 and len(darkest) == 2 and min(darkest) > 0.999
 

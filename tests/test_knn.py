@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from clrun import ComponentError
 from clrun.plugins.callbacks.knn import KNNEvaluation, knn_predict
 
 
@@ -66,5 +67,7 @@ def test_accuracy_on_overlapping_classes_is_near_the_bayes_rate():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match=r"need k >= 1, temperature > 0 and every >= 0; got k=0, temperature=0.1, every=0"):
+    with pytest.raises(ComponentError, match=r"^clrun/knn: k must be an integer >= 1 \(Wu et al. and DINO use 20 or 200\), "
+                                             r"got 0$") as info:
         KNNEvaluation(train=None, test=None, k=0, temperature=0.1)
+    assert info.value.argument == "k"

@@ -23,7 +23,7 @@ from clrun.evaluation import evaluate as cl_run_eval
 from clrun.plugins.callbacks.linear import accuracy, standardize, train_linear_classifier
 from clrun.plugins.callbacks.linear_probe import LinearProbe
 from clrun.plugins.datasets.synthetic import Synthetic
-from clrun.training import checkpoint
+from clrun.training import checkpointing
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 TRAIN_SET = "{name: clrun/synthetic, num_images: 128, num_classes: 4, seed: 2}"
@@ -119,8 +119,8 @@ def test_evaluating_is_deterministic_and_changes_nothing_the_run_trains(probed, 
 
     # The mid-training evaluation left the training bit-identical to a run without the probe.
     plain = clrun.train(load(tmp_path, "plain", "[]"))
-    with_probe = checkpoint.load(probed.folder.checkpoint)
-    without = checkpoint.load(plain.folder.checkpoint)
+    with_probe = checkpointing.load(probed.folder.checkpoint)
+    without = checkpointing.load(plain.folder.checkpoint)
     for key in with_probe["network"]:
         assert torch.equal(with_probe["network"][key], without["network"][key]), key
     assert torch.equal(with_probe["rng"]["torch"], without["rng"]["torch"])
@@ -149,9 +149,11 @@ def test_bad_arguments_are_errors():
     data = {"name": "clrun/synthetic", "num_images": 8}
     with pytest.raises(clrun.ComponentError) as info:
         clrun.create("callback", "clrun/linear_probe", train=data, test=data, epochs=0, lr=-1.0)
-    assert str(info.value).endswith(
-        "clrun/linear_probe: need epochs >= 1, lr > 0, weight_decay >= 0, batch_size >= 1, every >= 0 and "
-        "embed_batch_size >= 1; got epochs=0, lr=-1.0, weight_decay=0.0001, batch_size=1024, every=0, "
-        "embed_batch_size=512"
-    )
+    assert str(info.value) == (  # the ranges the signature declares, each at its argument
+        "clrun.create('callback', 'clrun/linear_probe'): epochs: must be an integer >= 1, got 0\n"
+        "clrun.create('callback', 'clrun/linear_probe'): lr: must be a number > 0, got -1.0")
+    with pytest.raises(clrun.ComponentError) as info:  # built directly: clrun.checked, the same limits
+        LinearProbe(Synthetic(8, 4), Synthetic(8, 4), embed_batch_size=0)
+    assert (str(info.value), info.value.argument) == (
+        "clrun/linear_probe: embed_batch_size must be an integer >= 1, got 0", "embed_batch_size")
     assert isinstance(clrun.create("callback", "clrun/linear_probe", train=data, test=data), LinearProbe)

@@ -22,8 +22,8 @@ from PIL import Image
 import clrun
 from clrun.run_folder import RunFolder
 from clrun.plugins.callbacks.online_probe import OnlineProbe
-from clrun.training import checkpoint
-from clrun.training.checkpoint import restore
+from clrun.training import checkpointing
+from clrun.training.checkpointing import Checkpointer
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 TEST_SET = "{name: clrun/synthetic, num_images: 128, num_classes: 4, seed: 1}"  # other images than training's
@@ -88,8 +88,8 @@ def test_the_probe_learns_separable_classes(tmp_path):
 
 def test_the_probe_leaves_the_training_bit_identical(probed, tmp_path):
     plain = clrun.train(load(tmp_path, "plain", 2, "[]"))
-    with_probe = checkpoint.load(probed.folder.checkpoint)
-    without = checkpoint.load(plain.folder.checkpoint)
+    with_probe = checkpointing.load(probed.folder.checkpoint)
+    without = checkpointing.load(plain.folder.checkpoint)
     for key in ("network", "loss", "optimizer"):  # the encoder, and everything else it trains with
         assert_equal_tensors(with_probe[key], without[key])
     assert_equal_tensors(with_probe["rng"], without["rng"])  # the global random streams, too
@@ -108,22 +108,22 @@ class Interrupted(Exception):
 
 
 def test_resume_ends_with_the_same_probe(probed, tmp_path, monkeypatch):
-    save = checkpoint.save
+    save = Checkpointer.save
 
-    def save_then_stop(run, *args, **kwargs):
-        save(run, *args, **kwargs)
-        raise Interrupted(run.directory)
+    def save_then_stop(checkpointer, *args, **kwargs):
+        save(checkpointer, *args, **kwargs)
+        raise Interrupted(checkpointer.run.directory)
 
     with monkeypatch.context() as patched:
-        patched.setattr(checkpoint, "save", save_then_stop)
+        patched.setattr(Checkpointer, "save", save_then_stop)
         with pytest.raises(Interrupted) as stopped:
             clrun.train(load(tmp_path, "interrupted", 2, f"[{PROBE}]"))
     interrupted = Path(str(stopped.value))
-    assert int(checkpoint.load(RunFolder(interrupted).checkpoint)["epoch"]) == 1
+    assert int(checkpointing.load(RunFolder(interrupted).checkpoint)["epoch"]) == 1
 
     resumed = clrun.train(load(tmp_path, "interrupted", 2, f"[{PROBE}]"), resume=interrupted)
-    a = checkpoint.load(resumed.folder.checkpoint)["callbacks"][KEY]
-    b = checkpoint.load(probed.folder.checkpoint)["callbacks"][KEY]
+    a = checkpointing.load(resumed.folder.checkpoint)["callbacks"][KEY]
+    b = checkpointing.load(probed.folder.checkpoint)["callbacks"][KEY]
     assert_equal_tensors(a, b)  # the heads and their AdamW moments and step counts
     assert a["optimizer"]["state"]  # the optimizer state really is in the checkpoint
     assert resumed.summary["online_top1"] == probed.summary["online_top1"]
@@ -133,7 +133,7 @@ def test_the_saved_heads_evaluate_from_the_checkpoint(probed, build_run):
     recipe = load(probed.directory.parent, "unused", 2, f"[{PROBE}]")
     run = build_run(recipe)  # built as training builds it
     probe = recipe.callbacks[0].build()
-    restore(run, checkpoint.load(probed.folder.checkpoint), callbacks=[probe])
+    Checkpointer(run, [probe]).restore(probed.folder.checkpoint)
     assert probe.evaluate(run) == {k: probed.summary[k] for k in ("online_top1", "online_top1_projector")}
 
 

@@ -27,7 +27,8 @@ def class_names(dataset: Dataset) -> list[str] | None:
 def check_same_classes(owner: str, train: Dataset, test: Dataset, train_name: str = "train",
                        test_name: str = "test") -> None:
     """Raise ComponentError, naming the differences, when ``train`` and ``test`` both name their classes
-    and the lists differ (in names or in order)."""
+    and the lists differ (in names or in order). Its ``argument`` is ``test_name``: the names are the
+    evaluator's arguments, and the recipe error points at the test set's entry."""
     a, b = class_names(train), class_names(test)
     if a is None or b is None or a == b:
         return
@@ -44,7 +45,8 @@ def check_same_classes(owner: str, train: Dataset, test: Dataset, train_name: st
         f"{owner}: the {train_name} and {test_name} data sets name different classes ({len(a)} and {len(b)}): "
         f"{'; '.join(differences)}. Their labels would not mean the same classes and the accuracy would be "
         f"wrong. Give both the same classes (clrun/image_folder: the same class folders with images, or the "
-        f"same `classes: [...]` list in both)"
+        f"same `classes: [...]` list in both)",
+        argument=test_name,  # the recipe error points at the data set measured on
     )
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from clrun import ComponentError, Nested, Run, UserError, distributed
+from clrun import ComponentError, Nested, Range, Run, UserError, checked, distributed
 from clrun.callback import Evaluator
 from clrun.plugins.callbacks.class_lists import check_same_classes
 from clrun.plugins.callbacks.linear import cosine_factor, init_linear, train_linear_classifier
@@ -79,6 +79,7 @@ def private_rng(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
+@checked
 class FineTune(Evaluator):
     """Fine-tuning evaluation: for each branch, a copy of the encoder plus a linear head trained end to end
     on the labeled ``train`` set, its top-1 accuracy on ``test``: ``finetune_top1`` for a copy of the
@@ -124,32 +125,24 @@ class FineTune(Evaluator):
         self,
         train: Annotated[Dataset, Nested("dataset")],
         test: Annotated[Dataset, Nested("dataset")],
-        epochs: int = 3,
-        lr: float = 3e-4,
-        head_lr_scale: float = 10.0,
-        weight_decay: float = 0.05,
-        batch_size: int = 256,
+        epochs: Annotated[int, Range(min=1)] = 3,
+        lr: Annotated[float, Range(min=0, exclusive_min=True)] = 3e-4,
+        head_lr_scale: Annotated[float, Range(min=0, exclusive_min=True)] = 10.0,
+        weight_decay: Annotated[float, Range(min=0)] = 0.05,
+        batch_size: Annotated[int, Range(min=1)] = 256,
         augment: bool = True,
         branches: Sequence[Literal["backbone", "projector"]] = BRANCHES,
         head_init: Literal["probe", "random"] = "probe",
         seed: int = 0,
-        every: int = 0,
-        layer_decay: Optional[float] = None,
+        every: Annotated[int, Range(min=0, hint="0: only at the end of the run")] = 0,
+        layer_decay: Optional[Annotated[float, Range(min=0, max=1, exclusive_min=True,
+                                                     hint="MAE fine-tunes ViTs with 0.65-0.75")]] = None,
     ) -> None:
-        if layer_decay is not None and not 0 < layer_decay <= 1:
-            raise ComponentError(f"{NAME}: layer_decay must be in (0, 1] (MAE fine-tunes ViTs with 0.65-0.75), "
-                                 f"got {layer_decay!r}", argument="layer_decay")
-        if epochs < 1 or lr <= 0 or head_lr_scale <= 0 or weight_decay < 0 or batch_size < 1 or every < 0:
-            raise ComponentError(
-                f"{NAME}: need epochs >= 1, lr > 0, head_lr_scale > 0, weight_decay >= 0, batch_size >= 1 and "
-                f"every >= 0; got epochs={epochs}, lr={lr}, head_lr_scale={head_lr_scale}, "
-                f"weight_decay={weight_decay}, batch_size={batch_size}, every={every}"
-            )
         branches = list(branches)
         unknown = [b for b in branches if b not in BRANCHES]
         if not branches or unknown or len(set(branches)) != len(branches):
             raise ComponentError(f"{NAME}: branches must name each of 'backbone' and 'projector' at most once, "
-                                 f"and at least one of them; got {branches}")
+                                 f"and at least one of them; got {branches}", argument="branches")
         check_same_classes(NAME, train, test)
         self.train, self.test = train, test
         self.epochs, self.lr, self.head_lr_scale, self.weight_decay = epochs, lr, head_lr_scale, weight_decay

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clrun import Nested, Run, UserError
+from clrun import Nested, Range, Run, UserError, checked
 from clrun.callback import Evaluator
 from clrun.plugins.callbacks.class_lists import check_same_classes
 
@@ -34,6 +34,7 @@ def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, num_classes: i
     return torch.cat(predictions)
 
 
+@checked
 class KNNEvaluation(Evaluator):
     """kNN top-1 of the backbone's features (``knn_top1``) and, side by side, of the projector's outputs
     (``knn_top1_projector``): what users keep is the backbone, the projector is scaffolding.
@@ -47,13 +48,11 @@ class KNNEvaluation(Evaluator):
         self,
         train: Annotated[Dataset, Nested("dataset")],
         test: Annotated[Dataset, Nested("dataset")],
-        k: int = 20,
-        temperature: float = 0.07,
-        every: int = 0,
-        batch_size: int = 512,
+        k: Annotated[int, Range(min=1, hint="Wu et al. and DINO use 20 or 200")] = 20,
+        temperature: Annotated[float, Range(min=0, exclusive_min=True, hint="Wu et al. use 0.07")] = 0.07,
+        every: Annotated[int, Range(min=0, hint="0: only at the end of the run")] = 0,
+        batch_size: Annotated[int, Range(min=1)] = 512,
     ) -> None:
-        if k < 1 or temperature <= 0 or every < 0:
-            raise ValueError(f"need k >= 1, temperature > 0 and every >= 0; got k={k}, temperature={temperature}, every={every}")
         check_same_classes("clrun/knn", train, test)
         self.train, self.test = train, test
         self.k, self.temperature, self.every, self.batch_size = k, temperature, every, batch_size

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clrun import ComponentError, Nested, Run, UserError
+from clrun import Nested, Range, Run, UserError, checked
 from clrun.callback import Evaluator
 from clrun.plugins.callbacks.class_lists import check_same_classes
 from clrun.plugins.callbacks.linear import accuracy, standardize, train_linear_classifier
@@ -36,6 +36,7 @@ def labeled_features(name: str, run: Run, train: Dataset, test: Dataset,
     return train_out, test_out, num_classes
 
 
+@checked
 class LinearProbe(Evaluator):
     """Linear evaluation on frozen features: a linear classifier (multinomial logistic regression) trained
     on the ``train`` set's backbone features, top-1 accuracy on the ``test`` set (``linear_top1``), and,
@@ -64,20 +65,14 @@ class LinearProbe(Evaluator):
         self,
         train: Annotated[Dataset, Nested("dataset")],
         test: Annotated[Dataset, Nested("dataset")],
-        epochs: int = 100,
-        lr: float = 1e-2,
-        weight_decay: float = 1e-4,
-        batch_size: int = 1024,
+        epochs: Annotated[int, Range(min=1)] = 100,
+        lr: Annotated[float, Range(min=0, exclusive_min=True)] = 1e-2,
+        weight_decay: Annotated[float, Range(min=0)] = 1e-4,
+        batch_size: Annotated[int, Range(min=1)] = 1024,
         seed: int = 0,
-        every: int = 0,
-        embed_batch_size: int = 512,
+        every: Annotated[int, Range(min=0, hint="0: only at the end of the run")] = 0,
+        embed_batch_size: Annotated[int, Range(min=1)] = 512,
     ) -> None:
-        if epochs < 1 or lr <= 0 or weight_decay < 0 or batch_size < 1 or every < 0 or embed_batch_size < 1:
-            raise ComponentError(
-                f"{NAME}: need epochs >= 1, lr > 0, weight_decay >= 0, batch_size >= 1, every >= 0 and "
-                f"embed_batch_size >= 1; got epochs={epochs}, lr={lr}, weight_decay={weight_decay}, "
-                f"batch_size={batch_size}, every={every}, embed_batch_size={embed_batch_size}"
-            )
         check_same_classes(NAME, train, test)
         self.train, self.test = train, test
         self.epochs, self.lr, self.weight_decay, self.batch_size = epochs, lr, weight_decay, batch_size

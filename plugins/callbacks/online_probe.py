@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from clrun import ComponentError, Nested, Run, StepOutputs, UserError
+from clrun import ComponentError, Nested, Range, Run, StepOutputs, UserError, checked
 from clrun.callback import Evaluator
 from clrun.plugins.callbacks.class_lists import class_names
 
@@ -38,6 +38,7 @@ def dataset_labels(dataset: Dataset) -> Tensor:
     return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
+@checked
 class OnlineProbe(Evaluator):
     """Linear classifiers trained during pre-training on the *detached* outputs of the global views:
     one on the backbone's features, one on the projector's outputs, side by side. Each is
@@ -63,24 +64,23 @@ class OnlineProbe(Evaluator):
     batch_size:   batch size for embedding the test set
     """
 
+    # What it reads of each step's outputs: an observer's declaration, which never makes the step compute
+    # more (clrun.StepOutputs; without it, the build could not check a recipe for it).
+    reads = frozenset({"online.features", "online.projections"})
+
     def __init__(
         self,
-        num_classes: Optional[int] = None,
+        num_classes: Optional[Annotated[int, Range(min=2)]] = None,
         test: Optional[Annotated[Dataset, Nested("dataset")]] = None,
-        every: int = 0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        every: Annotated[int, Range(min=0, hint="0: only at the end of the run")] = 0,
+        lr: Annotated[float, Range(min=0, exclusive_min=True)] = 1e-3,
+        weight_decay: Annotated[float, Range(min=0)] = 0.0,
         seed: Optional[int] = None,
-        batch_size: int = 512,
+        batch_size: Annotated[int, Range(min=1)] = 512,
     ) -> None:
-        if every < 0 or lr <= 0 or weight_decay < 0 or batch_size < 1:
-            raise ComponentError(f"{NAME}: need every >= 0, lr > 0, weight_decay >= 0 and batch_size >= 1; got "
-                                 f"every={every}, lr={lr}, weight_decay={weight_decay}, batch_size={batch_size}")
         if num_classes is None and test is None:
             raise ComponentError(f"{NAME}: set num_classes (the number of classes of the training labels), or "
                                  f"give a labeled `test` data set to infer it from")
-        if num_classes is not None and num_classes < 2:
-            raise ComponentError(f"{NAME}: num_classes must be at least 2, got {num_classes}")
         named = class_names(test) if test is not None else None
         if num_classes is not None and named is not None and len(named) != num_classes:
             # The heads' outputs are the training labels; a test set with another class list is scored wrongly.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Annotated, Any, Mapping, Optional
 
-from clrun import ComponentError, Run, UserError, hookimpl
+from clrun import Range, Run, UserError, checked, hookimpl
 
 NAME = "clrun/tensorboard"
 SUBFOLDER = "tensorboard"
@@ -20,6 +20,7 @@ def _scalar(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+@checked
 class TensorBoardLogger:
     """Writes the run's metrics as TensorBoard scalars and its resolved recipe as text.
 
@@ -33,9 +34,8 @@ class TensorBoardLogger:
     every_steps: log step metrics every this many steps (0: no step metrics)
     """
 
-    def __init__(self, log_dir: Optional[str] = None, every_steps: int = 10) -> None:
-        if every_steps < 0:
-            raise ComponentError(f"{NAME}: every_steps must be 0 (off) or more, got {every_steps}")
+    def __init__(self, log_dir: Optional[str] = None,
+                 every_steps: Annotated[int, Range(min=0, hint="0: no step metrics")] = 10) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:

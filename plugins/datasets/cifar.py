@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clrun import ComponentError, DataError, DataNotFoundError
-from clrun.plugins.datasets.fashion_mnist import pick_subset
+from clrun import DataError, DataNotFoundError, checked
+from clrun.plugins.datasets.fashion_mnist import Subset, pick_subset
 
 
 @dataclass(frozen=True)
@@ -84,16 +84,15 @@ def _field(entry: dict[str, Any], key: str, path: Path) -> Any:
     return entry[key]
 
 
+@checked
 class _Cifar(Dataset):
     """Shared reader of both CIFAR variants; the subclasses only choose a ``layout``."""
 
     layout: CifarLayout
     image_shape: tuple[int, int, int] = IMAGE_SHAPE
 
-    def __init__(self, root: str, split: Literal["train", "test"] = "train", subset: int | None = None, seed: int = 0):
+    def __init__(self, root: str, split: Literal["train", "test"] = "train", subset: Subset = None, seed: int = 0):
         layout = self.layout
-        if split not in ("train", "test"):
-            raise ComponentError(f"{layout.component}: split must be 'train' or 'test', got {split!r}")
         folder = Path(root).expanduser() / layout.folder
         files = layout.train_files if split == "train" else layout.test_files
         missing = [name for name in (*files, layout.meta_file) if not (folder / name).is_file()]

@@ -32,13 +32,16 @@ def checked_class_list(classes: Sequence[str] | None) -> list[str] | None:
         return None
     names = [str(c) for c in classes]
     if not names:
-        raise ComponentError(f"{OWNER}: classes is empty: list the class folders (e.g. [cat, dog]), or leave it unset")
+        raise ComponentError(f"{OWNER}: classes is empty: list the class folders (e.g. [cat, dog]), or leave it unset",
+                             argument="classes")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ComponentError(f"{OWNER}: classes lists {', '.join(map(repr, repeated))} more than once; each class once")
+        raise ComponentError(f"{OWNER}: classes lists {', '.join(map(repr, repeated))} more than once; each class once",
+                             argument="classes")
     bad = [n for n in names if not n or n in (".", "..") or "/" in n or os.sep in n]
     if bad:
-        raise ComponentError(f"{OWNER}: classes must be names of first-level subfolders; {', '.join(map(repr, bad))} is not")
+        raise ComponentError(f"{OWNER}: classes must be names of first-level subfolders; {', '.join(map(repr, bad))} is not",
+                             argument="classes")
     return names
 
 
@@ -56,7 +59,7 @@ def class_labels(root: Path, files: list[Path], labels: str, classes: list[str] 
     if classes is not None:
         if labels == "none":
             raise ComponentError(f"{OWNER}: classes is set but labels='none'; remove one of them (classes implies "
-                                 "labels='subfolders')")
+                                 "labels='subfolders')", argument="labels")
         labels = "subfolders"
     elif labels == "auto":
         labels = "subfolders" if not in_root and len(with_images) >= 2 else "none"

@@ -7,13 +7,13 @@ import gzip
 import struct
 import zlib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clrun import ComponentError, DataError, DataNotFoundError
+from clrun import ComponentError, DataError, DataNotFoundError, Range, checked
 
 # Where the Debian package `dataset-fashion-mnist` installs the files.
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -32,6 +32,10 @@ CLASSES: list[str] = [
 _IMAGES_MAGIC = 0x00000803
 _LABELS_MAGIC = 0x00000801
 
+Subset = Optional[Annotated[int, Range(min=1, hint="null: the whole split")]]
+"""The ``subset`` argument of the in-memory data sets; its upper bound, the split's size, is checked by
+``pick_subset`` once the split is read."""
+
 
 def pick_subset(n: int, subset: int | None, seed: int, source: str) -> torch.Tensor | None:
     """Indices of a fixed random subset of ``subset`` out of ``n`` items, or None for all of them.
@@ -41,8 +45,9 @@ def pick_subset(n: int, subset: int | None, seed: int, source: str) -> torch.Ten
     """
     if subset is None:
         return None
-    if not 1 <= subset <= n:
-        raise ComponentError(f"{source}: subset={subset} is out of range: the split has {n} items (use 1..{n}, or null for all)")
+    if subset > n:
+        raise ComponentError(f"{source}: subset={subset} is out of range: the split has {n} items (use 1..{n}, or null "
+                             f"for all)", argument="subset")
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=generator)[:subset].sort().values
 
@@ -103,6 +108,7 @@ def _decoded_split(images_version: tuple[str, int, int], labels_version: tuple[s
     return torch.tensor(images).unsqueeze(1), torch.tensor(labels, dtype=torch.int64)
 
 
+@checked
 class FashionMNIST(Dataset):
     """Fashion-MNIST: 28x28 grayscale clothing images in 10 classes (60,000 train, 10,000 test).
 
@@ -122,11 +128,9 @@ class FashionMNIST(Dataset):
         self,
         root: str = DEFAULT_ROOT,
         split: Literal["train", "test"] = "train",
-        subset: int | None = None,
+        subset: Subset = None,
         seed: int = 0,
     ):
-        if split not in FILES:
-            raise ComponentError(f"clrun/fashion_mnist: split must be 'train' or 'test', got {split!r}")
         folder = Path(root).expanduser()
         images_file, labels_file = (folder / name for name in FILES[split])
         missing = [p.name for p in (images_file, labels_file) if not p.is_file()]

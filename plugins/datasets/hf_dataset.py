@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Annotated, Any, Iterator, Literal, Optional
 
 import torch
 from torch.utils.data import Dataset
 
-from clrun import ComponentError, DataError, DataNotFoundError, Stream
+from clrun import ComponentError, DataError, DataNotFoundError, Range, Stream, checked
 from clrun.plugins.datasets.decode import DECODE_ERRORS, square_image, to_tensor
 
 NAME = "clrun/hf_dataset"
 
 
-def hf_dataset(path: Optional[str] = None, split: str = "train", image_column: str = "image",
-               label_column: Optional[str] = "label", size: int = 224, channels: Literal[1, 3] = 3,
-               streaming: bool = False, shuffle: int = 1000, epoch_size: Optional[int] = None):
+@checked
+def hf_dataset(
+    path: Optional[str] = None,
+    split: str = "train",
+    image_column: str = "image",
+    label_column: Optional[str] = "label",
+    size: Annotated[int, Range(min=1)] = 224,
+    channels: Literal[1, 3] = 3,
+    streaming: bool = False,
+    shuffle: Annotated[int, Range(min=0, hint="rows in the shuffle buffer; 0: the files' order")] = 1000,
+    epoch_size: Optional[Annotated[int, Range(min=1, hint="default: every row")]] = None,
+):
     """A Hugging Face data set of images from local disk.
 
     path:          a folder written by ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``), a folder of
@@ -39,8 +48,6 @@ def hf_dataset(path: Optional[str] = None, split: str = "train", image_column: s
         import datasets  # noqa: F401  (an optional dependency: say how to get it)
     except ImportError:
         raise ComponentError(f"{NAME} needs the Hugging Face `datasets` package: pip install 'cl-run[hf]'") from None
-    if channels not in (1, 3):
-        raise ComponentError(f"{NAME}: channels must be 1 or 3, got {channels!r}")
     shape = (channels, size, size)
     if path is None:
         raise DataNotFoundError(f"{NAME}: no data set given: set data.dataset.path to a save_to_disk folder or "
@@ -63,7 +70,7 @@ class Columns:
     def check(self, names: list[str], where: str) -> None:
         if self.image not in names:
             raise ComponentError(f"{NAME}: {where} has no column {self.image!r} (its columns: {names}); set "
-                                 f"data.dataset.image_column")
+                                 f"data.dataset.image_column", argument="image_column")
         if self.label is not None and self.label not in names:
             self.label = None  # unlabeled data: -1
 
@@ -97,7 +104,8 @@ def load_map_style(root: Path, split: str):
         loaded = datasets.load_from_disk(str(root))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise ComponentError(f"{NAME}: {root} has no split {split!r} (it has {sorted(loaded)}); set data.dataset.split")
+                raise ComponentError(f"{NAME}: {root} has no split {split!r} (it has {sorted(loaded)}); set data.dataset.split",
+                                     argument="split")
             loaded = loaded[split]
         return loaded
     return datasets.load_dataset("parquet", data_files=[str(f) for f in parquet_files(root)], split="train")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from clrun import ComponentError, DataError, DataNotFoundError
+from clrun import ComponentError, DataError, DataNotFoundError, Range, checked
 from clrun.image_files import DEFAULT_EXTENSIONS, find_images
 from clrun.plugins.datasets.decode import DECODE_ERRORS, letterboxed_image, square_image, to_tensor
 from clrun.plugins.datasets.class_folders import checked_class_list, class_labels
@@ -22,10 +22,12 @@ def _normalize_extensions(extensions: tuple[str, ...] | list[str] | str) -> tupl
         extensions = (extensions,)
     normalized = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions if e)
     if not normalized:
-        raise ComponentError("clrun/image_folder: `extensions` is empty; give at least one, e.g. ['.jpg', '.png']")
+        raise ComponentError("clrun/image_folder: `extensions` is empty; give at least one, e.g. ['.jpg', '.png']",
+                             argument="extensions")
     return normalized
 
 
+@checked
 class ImageFolder(Dataset):
     """Images from a folder tree, decoded, resized and center-cropped to ``size`` x ``size`` on access (or,
     with ``keep_aspect``, whole).
@@ -55,7 +57,7 @@ class ImageFolder(Dataset):
     def __init__(
         self,
         root: str | None = None,
-        size: int = 224,
+        size: Annotated[int, Range(min=1)] = 224,
         labels: Literal["auto", "subfolders", "none"] = "auto",
         channels: Literal[1, 3] = 3,
         extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
@@ -63,16 +65,6 @@ class ImageFolder(Dataset):
         on_error: Literal["stop", "skip"] = "stop",
         keep_aspect: bool = False,
     ):
-        if channels not in (1, 3):
-            raise ComponentError(f"clrun/image_folder: channels must be 1 or 3, got {channels!r}")
-        if size < 1:
-            raise ComponentError(f"clrun/image_folder: size must be at least 1, got {size}")
-        if labels not in ("auto", "subfolders", "none"):
-            raise ComponentError(f"clrun/image_folder: labels must be 'auto', 'subfolders' or 'none', got {labels!r}")
-        if not isinstance(keep_aspect, bool):
-            raise ComponentError(f"clrun/image_folder: keep_aspect must be true or false, got {keep_aspect!r}")
-        if on_error not in ("stop", "skip"):
-            raise ComponentError(f"clrun/image_folder: on_error must be 'stop' or 'skip', got {on_error!r}")
         classes = checked_class_list(classes)
         self.image_shape: tuple[int, int, int] = (channels, size, size)
         self.size = size

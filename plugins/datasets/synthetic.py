@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch.utils.data import Dataset
 
-from clrun import ComponentError
+from clrun import Range, checked
+
+Count = Annotated[int, Range(min=1)]
 
 # Orientations used before the stripe frequency changes: 8 steps of 22.5 degrees stay easy to tell apart.
 _ORIENTATIONS = 8
 
 
+@checked
 class Synthetic(Dataset):
     """Striped images whose class decides the stripes' orientation and frequency.
 
@@ -28,10 +32,8 @@ class Synthetic(Dataset):
     seed:        seed of every random draw; the same arguments give the same tensors on any machine.
     """
 
-    def __init__(self, num_images: int = 512, num_classes: int = 4, size: int = 32, channels: int = 3, seed: int = 0):
-        for name, value in (("num_images", num_images), ("num_classes", num_classes), ("size", size), ("channels", channels)):
-            if value < 1:
-                raise ComponentError(f"clrun/synthetic: {name} must be at least 1, got {value}")
+    def __init__(self, num_images: Count = 512, num_classes: Count = 4, size: Count = 32, channels: Count = 3,
+                 seed: int = 0):
         generator = torch.Generator().manual_seed(seed)
         labels = torch.arange(num_images) % num_classes
         labels = labels[torch.randperm(num_images, generator=generator)]

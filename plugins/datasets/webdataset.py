@@ -7,11 +7,11 @@ import io
 import json
 import random
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Annotated, Any, Iterator, Literal, Optional, Union
 
 import torch
 
-from clrun import ComponentError, DataError, DataNotFoundError, Stream
+from clrun import ComponentError, DataError, DataNotFoundError, Range, Stream, checked
 from clrun.plugins.datasets.decode import DECODE_ERRORS, square_image, to_tensor
 
 NAME = "clrun/webdataset"
@@ -19,6 +19,7 @@ INDEX = "index.json"  # what `cl-run shards` writes next to its shards
 IMAGE_KEYS = "jpg;jpeg;png;webp;bmp;tif;tiff"
 
 
+@checked
 class WebDataset(Stream):
     """Images (and optional labels) from tar shards in the WebDataset layout.
 
@@ -40,15 +41,19 @@ class WebDataset(Stream):
 
     name = NAME
 
-    def __init__(self, urls: Union[str, list, None] = None, epoch_size: Optional[int] = None, size: int = 224,
-                 channels: Literal[1, 3] = 3, image_key: str = IMAGE_KEYS, label_key: Optional[str] = "cls",
-                 shuffle: int = 1000, resampled: bool = False) -> None:
+    def __init__(
+        self,
+        urls: Union[str, list, None] = None,
+        epoch_size: Optional[Annotated[int, Range(min=1, hint="default: the count in the shards' index.json")]] = None,
+        size: Annotated[int, Range(min=1)] = 224,
+        channels: Literal[1, 3] = 3,
+        image_key: str = IMAGE_KEYS,
+        label_key: Optional[str] = "cls",
+        shuffle: Annotated[int, Range(min=0, hint="images in the shuffle buffer; 0: the shards' order")] = 1000,
+        resampled: bool = False,
+    ) -> None:
         import webdataset  # noqa: F401  (a clear error now rather than in a loader worker)
 
-        if channels not in (1, 3):
-            raise ComponentError(f"{NAME}: channels must be 1 or 3, got {channels!r}")
-        if size < 1 or shuffle < 0:
-            raise ComponentError(f"{NAME}: size must be at least 1 and shuffle at least 0, got {size} and {shuffle}")
         self.image_shape = (channels, size, size)
         self.size, self.mode = size, "L" if channels == 1 else "RGB"
         self.image_keys = [k.strip().lower() for k in image_key.split(";") if k.strip()]
@@ -59,10 +64,10 @@ class WebDataset(Stream):
         self.urls, counted, self.classes = shard_list(urls, self.image_shape)
         if epoch_size is None and counted is None:
             raise ComponentError(f"{NAME}: epoch_size: set the number of images in one epoch; the shards have no "
-                                 f"{INDEX} to count them (`cl-run shards` writes one)")
+                                 f"{INDEX} to count them (`cl-run shards` writes one)", argument="epoch_size")
+        if epoch_size is None and counted < 1:
+            raise DataError(f"{NAME}: the {INDEX} in {urls} counts no images; write the shards again (`cl-run shards`)")
         self.epoch_size = int(epoch_size if epoch_size is not None else counted)
-        if self.epoch_size < 1:
-            raise ComponentError(f"{NAME}: epoch_size must be at least 1, got {self.epoch_size}")
 
     def records(self, reader: int, readers: int, seed: int) -> Iterator[dict[str, Any]]:
         import webdataset
@@ -119,7 +124,7 @@ def shard_list(urls: Union[str, list], shape: tuple) -> tuple[list[str], Optiona
     found = [u for pattern in ([urls] if isinstance(urls, str) else urls)
              for u in webdataset.shardlists.expand_urls(str(pattern))]
     if not found:
-        raise ComponentError(f"{NAME}: urls: {urls!r} names no shards")
+        raise ComponentError(f"{NAME}: urls: {urls!r} names no shards", argument="urls")
     local = [u for u in found if not (u.startswith("pipe:") or "://" in u)]
     missing = [u for u in local if not Path(u).expanduser().is_file()]
     if missing:

@@ -1,20 +1,24 @@
 """``example/align_uniform``: the alignment and uniformity loss of Wang & Isola (2020).
 
-It uses ``clrun.loss_kit`` like the built-in losses: the view and batch checks (with errors that name
-the loss and the fix), the argument checks, and float32 math with autocast off.
+It is written like the built-in losses: its arguments' limits are ``clrun.Range`` annotations in the
+signature (the recipe validator and ``clrun.checked`` enforce them, ``cl-run components loss
+example/align_uniform`` shows them), it declares what it ``reads`` of a step, and ``clrun.loss_kit``
+does the view and batch checks (with errors that name the loss and the fix) and float32 math with
+autocast off.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import clrun
 import torch
 import torch.nn.functional as F
-from clrun import loss_kit
+from clrun import Range, checked, loss_kit
 from torch import Tensor, nn
 
-OWNER = "example/align_uniform"
+Positive = Annotated[float, Range(min=0, exclusive_min=True, hint="the paper uses 2")]
 
 
 def align_loss(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
@@ -31,6 +35,7 @@ def uniform_loss(x: Tensor, t: float = 2.0) -> Tensor:
     return torch.logsumexp(-t * sq_dists, dim=0) - math.log(sq_dists.numel())
 
 
+@checked  # the Ranges below are enforced on direct construction too: AlignUniformLoss(alpha=0) raises
 class AlignUniformLoss(nn.Module):
     r"""Alignment plus uniformity on the unit hypersphere.
 
@@ -55,18 +60,20 @@ class AlignUniformLoss(nn.Module):
     ``forward`` returns ``{"loss": scalar, "align": detached scalar, "uniform": detached scalar}``.
     """
 
-    def __init__(self, alpha: float = 2.0, t: float = 2.0, uniformity_weight: float = 1.0):
+    reads = frozenset({"online.projections"})  # what forward takes from the step: the projections, nothing else
+
+    def __init__(self, alpha: Positive = 2.0, t: Positive = 2.0,
+                 uniformity_weight: Annotated[float, Range(min=0, hint="the paper's lambda is 1")] = 1.0):
         super().__init__()
-        self.alpha = loss_kit.float_arg(OWNER, "alpha", alpha, hint=" (the paper uses 2)")
-        self.t = loss_kit.float_arg(OWNER, "t", t, hint=" (the paper uses 2)")
-        self.uniformity_weight = loss_kit.float_arg(OWNER, "uniformity_weight", uniformity_weight, inclusive=True)
+        # Already checked (a finite number in range); kept as attributes, so a recipe can schedule them.
+        self.alpha, self.t, self.uniformity_weight = float(alpha), float(t), float(uniformity_weight)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, t={self.t}, uniformity_weight={self.uniformity_weight}"
 
     def forward(self, out: clrun.StepOutputs) -> dict[str, Tensor]:
         # exactly 2 global views of one (batch, dim) shape, batch >= 2; else a clrun.UserError for the recipe
-        z1, z2 = loss_kit.global_projections(OWNER, out, "compute the uniformity term", exactly=2)
+        z1, z2 = loss_kit.global_projections(self, out, "compute the uniformity term", exactly=2)
         dtype = loss_kit.compute_dtype(z1, z2)  # float32 (float64 stays float64), also for bf16 inputs
         with loss_kit.autocast_off(z1):
             x = F.normalize(z1.to(dtype), dim=1)
