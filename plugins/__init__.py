@@ -5,13 +5,11 @@ The plugin manager registers the modules listed here even when entry-point autol
 
 BUILTIN_MODULES = (
     "clrun.plugins.datasets.components",
-    "clrun.plugins.augmentations",
-    "clrun.plugins.mask_components",
-    "clrun.plugins.backbones",
-    "clrun.plugins.projectors",
-    "clrun.plugins.token_head_components",
+    "clrun.plugins.augmentations.components",
+    "clrun.plugins.masks.components",
+    "clrun.plugins.backbones.components",
+    "clrun.plugins.heads.components",
     "clrun.plugins.losses.components",
-    "clrun.plugins.optimizers",
-    "clrun.plugins.schedulers",
+    "clrun.plugins.optim.components",
     "clrun.plugins.callbacks.components",
 )

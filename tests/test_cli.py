@@ -111,7 +111,7 @@ def test_components_without_pattern_show_a_lazy_namespace_as_one_row(capsys):
     assert code == 0, err
     rows = out.splitlines()
     (timm_row,) = [line for line in rows if line.split()[:2] == ["backbone", "timm/*"]]
-    assert "any timm model" in timm_row and timm_row.endswith("[clrun.plugins.backbones (cl-run " + clrun.__version__ + ")]")
+    assert "any timm model" in timm_row and timm_row.endswith("[clrun.plugins.backbones.components (cl-run " + clrun.__version__ + ")]")
     assert not any(line.split()[1] == "timm/resnet18" for line in rows[:-1])  # the names are not listed...
     assert rows[-1] == ("(a name ending in /* is a namespace resolved on first use; list its names with a pattern, "
                         "e.g. cl-run components backbone 'timm/*')")  # ...but the way to list them is
@@ -150,8 +150,8 @@ def test_plugins_lists_builtins_ok(capsys):
         assert int(match.group(1)) >= 1 or match.group(2), module
     assert "BROKEN" not in out
     lines = out.splitlines()
-    assert any(line.startswith("ok      clrun.plugins.backbones ") and line.endswith("(0 components, all of backbone timm/*)") for line in lines)
-    assert any(line.startswith("ok      clrun.plugins.optimizers ") and line.endswith("(2 components, all of optimizer torch/*)") for line in lines)
+    assert any(line.startswith("ok      clrun.plugins.backbones.components ") and line.endswith("(0 components, all of backbone timm/*)") for line in lines)
+    assert any(line.startswith("ok      clrun.plugins.optim.components ") and line.endswith("(4 components, all of optimizer torch/*)") for line in lines)
 
 
 # -- check ----------------------------------------------------------------------------------------

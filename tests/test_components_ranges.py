@@ -223,7 +223,7 @@ def _direct(name: str):
     from clrun.plugins.datasets.image_folder import ImageFolder
     from clrun.plugins.datasets.synthetic import Synthetic
     from clrun.plugins.datasets.webdataset import WebDataset
-    from clrun.plugins.random_resized_crop import RandomResizedCrop
+    from clrun.plugins.augmentations.random_resized_crop import RandomResizedCrop
 
     data = Synthetic(8, 2, size=8)
     return {"clrun/image_folder": ImageFolder, "clrun/webdataset": WebDataset, "clrun/hf_dataset": hf_dataset,
@@ -353,7 +353,7 @@ def test_no_built_in_factory_hand_checks_a_limit_its_signature_can_declare(regis
     checks a pair's elements stays in code, and this scan leaves it alone."""
     functions = built_in_factories(registry)
     assert "clrun.plugins.datasets.image_folder.ImageFolder.__init__" in functions
-    assert "clrun.plugins.timm_backbone.create_timm_backbone" in functions
+    assert "clrun.plugins.backbones.timm_backbone.create_timm_backbone" in functions
     offenders = [line for function in functions.values() for line in hand_checked_limits(function)]
     assert offenders == [], "\n".join(offenders)
 

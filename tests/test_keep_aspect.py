@@ -16,7 +16,7 @@ from PIL import Image
 import clrun
 from clrun import UserError, testing
 from clrun.plugins.datasets.image_folder import ImageFolder
-from clrun.plugins.random_resized_crop import RandomResizedCrop, crop_boxes
+from clrun.plugins.augmentations.random_resized_crop import RandomResizedCrop, crop_boxes
 from clrun.training.step import Step
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"

@@ -570,7 +570,7 @@ def test_a_name_inside_another_plugins_lazy_namespace_is_a_duplicate(site):
     registry = load_quietly(autoload=True, strict=False)
     assert broken_named(registry, "intruder").error == (
         "DuplicateComponentError: backbone 'timm/my_net' is offered twice: by intruder (fake-intruder 3.1), and by "
-        f"clrun.plugins.backbones (cl-run {clrun.__version__}), which offers every backbone named timm/*; uninstall one "
+        f"clrun.plugins.backbones.components (cl-run {clrun.__version__}), which offers every backbone named timm/*; uninstall one "
         "of them (a plugin's names belong in its own namespace)")
     assert not registry.has("backbone", "timm/my_net")
 
@@ -590,13 +590,13 @@ def test_a_lazy_namespace_offered_twice_or_over_existing_names_breaks_the_second
     site.activate()
     registry = load_quietly(autoload=True, strict=False)
     assert broken_named(registry, "ztorch").error == (
-        "DuplicateComponentError: every optimizer named 'torch/*' is offered twice: by clrun.plugins.optimizers "
+        "DuplicateComponentError: every optimizer named 'torch/*' is offered twice: by clrun.plugins.optim.components "
         f"(cl-run {clrun.__version__}) and by ztorch (fake-ztorch 1.0); uninstall one of them (a plugin's names "
         "belong in its own namespace)")
     # A namespace named after another installed plugin is that plugin's: zgood's offer is skipped, zgood loads.
     assert "zgood" not in [b.name for b in registry.broken] and "zgood" in [p.name for p in registry.plugins]
     assert registry.get("loss", "fakegood/zero").provider == "fakegood (fake-good 2.3)"
-    assert [n.provider for n in registry.namespaces("optimizer")] == [f"clrun.plugins.optimizers (cl-run {clrun.__version__})"]
+    assert [n.provider for n in registry.namespaces("optimizer")] == [f"clrun.plugins.optim.components (cl-run {clrun.__version__})"]
 
 
 # -- plugin authoring: namespaces, --disable-plugin, tracebacks, component help, pipes ------------------

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from clrun import Component
-from clrun.plugins import projectors
-from clrun.plugins.projectors import IdentityProjector, MLPProjector
+from clrun.plugins.heads import components as heads
+from clrun.plugins.heads.mlp import IdentityProjector, MLPProjector
 
 
 def layers_of(module: nn.Module, kind: type) -> list[nn.Module]:
@@ -116,11 +116,12 @@ def test_identity_projector():
 
 
 def test_components_offered():
-    offered = projectors.clrun_components()
+    offered = heads.clrun_components()
     assert isinstance(offered, list) and all(isinstance(c, Component) for c in offered)
     by_kind_name = {(c.kind, c.name): c for c in offered}
     assert set(by_kind_name) == {("projector", "clrun/mlp"), ("projector", "clrun/identity"), ("projector", "clrun/dino_head"),
-                                 ("predictor", "clrun/mlp")}
+                                 ("predictor", "clrun/mlp"), ("token_head", "clrun/mae_decoder"),
+                                 ("token_head", "clrun/jepa_predictor")}
     assert by_kind_name["projector", "clrun/mlp"].factory is MLPProjector
     predictor = by_kind_name["predictor", "clrun/mlp"].factory(in_dim=24, hidden_dim=16)
     assert isinstance(predictor, MLPProjector)  # the same MLP heads the online branch

@@ -1,6 +1,6 @@
 """Learning-rate schedules, stepped once per optimizer step (timm's schedulers do the arithmetic).
 
-``clrun.plugins.schedulers`` offers them as ``clrun/warmup_cosine`` and ``clrun/constant``.
+``clrun.plugins.optim.components`` offers them as ``clrun/warmup_cosine`` and ``clrun/constant``.
 """
 
 from __future__ import annotations

@@ -70,5 +70,5 @@ def _summary(cls: type) -> str:
 def clrun_components() -> list[LazyComponents]:
     return [LazyComponents("augmentation", "kornia", kornia_op_names, kornia_op,
                            "any 2D kornia.augmentation op, on float (B, C, H, W) batches in [0, 1]"),
-            Component("augmentation", "clrun/random_resized_crop", "clrun.plugins.random_resized_crop:RandomResizedCrop",
+            Component("augmentation", "clrun/random_resized_crop", "clrun.plugins.augmentations.random_resized_crop:RandomResizedCrop",
                       "RandomResizedCrop inside each image's place (clrun/image_folder keep_aspect: crops from whole images)")]

@@ -1,6 +1,6 @@
 """A timm model as a backbone: pooled features (no classifier), options for gray and small images, local weights.
 
-``clrun.plugins.backbones`` offers it for every timm model name, as ``timm/<model name>``.
+``clrun.plugins.backbones.components`` offers it for every timm model name, as ``timm/<model name>``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 
 from clrun import UserError
 from clrun.reading import load_weights
-from clrun.plugins.vit_tokens import add_tokens
+from clrun.plugins.backbones.vit_tokens import add_tokens
 
 
 def create_timm_backbone(

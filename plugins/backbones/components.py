@@ -21,7 +21,7 @@ def timm_model_names() -> list[str]:
 
 def timm_backbone(model_name: str) -> Component:
     """The backbone component ``timm/<model_name>``."""
-    from clrun.plugins.timm_backbone import create_timm_backbone  # imports timm: on first use only, as above
+    from clrun.plugins.backbones.timm_backbone import create_timm_backbone  # imports timm: on first use only, as above
 
     return Component("backbone", f"timm/{model_name}", functools.partial(create_timm_backbone, model_name),
                      f"timm model {model_name}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from clrun import Component, hookimpl
 
-MASKS = "clrun.plugins.masks"
+MASKS = "clrun.plugins.masks.generators"
 
 
 @hookimpl

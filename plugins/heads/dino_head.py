@@ -1,7 +1,7 @@
 """DINO's projection head: an MLP to a bottleneck, l2-normalized, then a weight-normalized linear layer
 to ``out_dim`` prototypes. A projector like any other: any loss may use it.
 
-``clrun.plugins.projectors`` offers it as ``clrun/dino_head``.
+``clrun.plugins.heads.components`` offers it as ``clrun/dino_head``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A projector maps the backbone's features ``(B, in_dim)`` to the vectors the loss
 predictor maps the projector's outputs on the online branch only (BYOL, SimSiam). The training loop
 injects ``in_dim`` (the width of the head's input); a recipe must not set it.
 
-``clrun.plugins.projectors`` offers them as ``clrun/mlp`` (projector and predictor) and ``clrun/identity``.
+``clrun.plugins.heads.components`` offers them as ``clrun/mlp`` (projector and predictor) and ``clrun/identity``.
 """
 
 from __future__ import annotations

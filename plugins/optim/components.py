@@ -1,7 +1,8 @@
-"""Optimizers: torch.optim's as ``torch/<Name>``, plus timm's LARS and LAMB for large-batch training.
+"""Optimizers and learning-rate schedules: torch.optim's optimizers as ``torch/<Name>``, timm's LARS and LAMB
+for large-batch training, and cl-run's schedules (``lr_schedules``).
 
-torch.optim's names are offered as a lazy namespace and timm's two by import path, so listing
-components and plugins imports neither torch nor timm.
+torch.optim's names are offered as a lazy namespace, the rest by import path, so listing components and
+plugins imports neither torch nor timm.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import inspect
 
 from clrun import Component, LazyComponents, hookimpl
+
+SCHEDULES = "clrun.plugins.optim.lr_schedules"
 
 
 def torch_optimizers() -> dict[str, type]:
@@ -39,4 +42,8 @@ def clrun_components() -> list[Component | LazyComponents]:
         Component("optimizer", "timm/lars", "timm.optim:Lars",
                   "LARS (You et al. 2017), SimCLR's large-batch optimizer; parameters without weight decay skip adaptation"),
         Component("optimizer", "timm/lamb", "timm.optim:Lamb", "LAMB (You et al. 2019), layer-wise adaptive Adam"),
+        Component("scheduler", "clrun/warmup_cosine", f"{SCHEDULES}:warmup_cosine",
+                  "linear warmup, then cosine decay, per step"),
+        Component("scheduler", "clrun/constant", f"{SCHEDULES}:constant",
+                  "constant learning rate after an optional warmup"),
     ]
