@@ -63,7 +63,7 @@ def make_data(work: Path, count: int) -> dict[str, Path]:
             Image.fromarray(coarse).resize((256, 256), Image.Resampling.BICUBIC).save(cls / f"{i}.jpg", quality=90)
         (folder / "done").touch()
     if not (shards / "index.json").exists():
-        from clrun.shards import write_shards
+        from clrun.commands.shards import write_shards
         write_shards(folder, shards, shard_size=max(count // 16, 1))  # 16 shards: 2 processes x 8 workers
     if not parquet.exists():
         import datasets

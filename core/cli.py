@@ -220,7 +220,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from clrun.sweep import sweep
+    from clrun.commands.sweep import sweep
 
     print(f"sweep table: {sweep(args.recipe, args.overrides)}")
     return 0
@@ -249,7 +249,7 @@ def checkpoint_folder(run_or_checkpoint: str):
 
 
 def cmd_shards(args) -> int:
-    from clrun.shards import INDEX, write_shards
+    from clrun.commands.shards import INDEX, write_shards
 
     index = write_shards(args.source, args.output, args.shard_size, args.seed)
     classes = f", {len(index['classes'])} classes" if index["classes"] else ", unlabeled"
@@ -261,7 +261,7 @@ def cmd_shards(args) -> int:
 def cmd_components(args) -> int:
     registry = plugin_manager.default_registry()
     if args.kind and args.pattern and not any(ch in args.pattern for ch in "*?["):  # one component: its help
-        from clrun.component_help import describe  # the factory's module is imported for its docstring
+        from clrun.commands.components import describe  # the factory's module is imported for its docstring
 
         try:
             component = registry.get(args.kind, args.pattern)

@@ -73,7 +73,7 @@ def image_folder_files(root: Path) -> dict:
 
 def webdataset_files(root: Path) -> dict:
     """The image folder's images written by `cl-run shards`, one shard each."""
-    from clrun.shards import write_shards
+    from clrun.commands.shards import write_shards
 
     write_shards(image_folder_files(root / "images")["root"], root / "shards", shard_size=1)
     return {"urls": str(root / "shards"), "size": 16}

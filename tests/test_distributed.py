@@ -213,7 +213,7 @@ def test_a_worker_killed_mid_epoch_under_max_restarts_ends_with_the_weights_of_a
 def test_two_processes_train_from_tar_shards_and_from_a_local_hugging_face_data_set(tmp_path, kind):
     from PIL import Image
 
-    from clrun.shards import write_shards
+    from clrun.commands.shards import write_shards
 
     rng = np.random.default_rng(0)
     for i in range(64):

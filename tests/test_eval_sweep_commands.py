@@ -136,7 +136,7 @@ def test_sweep_without_a_list_is_an_error(tmp_path, capsys):
 
 
 def test_sweep_values_keep_commas_inside_brackets():
-    from clrun.sweep import parse_arguments
+    from clrun.commands.sweep import parse_arguments
 
     fixed, swept = parse_arguments(["views.0.transforms.0.size=[28, 28],[24, 24]", "train.epochs=1"])
     assert fixed == ["train.epochs=1"]

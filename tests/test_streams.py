@@ -18,7 +18,7 @@ import clrun
 from clrun.cli import main
 from clrun.errors import DataError, UserError
 from clrun.plugins.datasets.image_folder import ImageFolder
-from clrun.shards import write_shards
+from clrun.commands.shards import write_shards
 
 pytestmark = pytest.mark.usefixtures("cli_uses_session_registry")
 
