@@ -11,9 +11,9 @@ import torch
 
 import clrun
 from clrun import distributed
-from clrun.training.network import Trainable, distribute
+from clrun.training.run import Run
 from clrun.training.setup import prepare
-from clrun.training.step import train_step
+from clrun.training.step import Step
 
 out, warmup, steps, recipe_path, *overrides = sys.argv[1:]
 warmup, steps = int(warmup), int(steps)
@@ -22,17 +22,18 @@ device = torch.device(recipe.train.device if recipe.train.device != "auto" else 
 if device.type == "cuda":
     device = torch.device("cuda", distributed.local_rank())
 distributed.start(device.type)
-setup = prepare(recipe, "train", device)
+setup = prepare(recipe, "train", device)  # sharded or DDP-wrapped as the recipe's strategy says
 parts = setup.parts
-parts.trainable = distribute(Trainable(parts.network, parts.loss_fn), device)
-scaler = torch.amp.GradScaler(device.type, enabled=False)
+run = Run(recipe, parts, device, None, setup.steps_per_epoch)
+train_step = Step(run, recipe.train.precision, torch.amp.GradScaler(device.type, enabled=False), None)
 times, batches = [], iter(setup.loader)
 for step in range(warmup + steps):
     images, _ = next(batches)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    train_step(parts, images, device, recipe.train.precision, scaler, None, step)
+    run.step = step
+    train_step(images)
     if device.type == "cuda":
         torch.cuda.synchronize()
     if step >= warmup:

@@ -1,6 +1,6 @@
 """Shared fixtures: the component registry (loaded once per session: it takes seconds), a run built as
-training builds it, the untrained encoder's kNN accuracy (measured once per distinct encoder) and a
-switch that skips the report's plots in tests that do not look at them.
+training builds it (or with another loss), the untrained encoder's kNN accuracy (measured once per
+distinct encoder) and a switch that skips the report's plots in tests that do not look at them.
 
 The tests reach the training's internals (``prepare``, ``Run``, the report writer) only through this
 file, so a refactoring of those internals is adapted here, in one place.
@@ -8,6 +8,7 @@ file, so a refactoring of those internals is adapted here, in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,6 +22,8 @@ import torch
 from clrun import plugin_manager
 from clrun.recipe import Recipe
 from clrun.training.artifacts import RunArtifacts
+from clrun.training.network import Trainable
+from clrun.training.reads import step_reads
 from clrun.training.run import Run, dataset_fingerprint
 from clrun.training.setup import prepare
 
@@ -41,18 +44,18 @@ def crash_before_step(monkeypatch) -> Callable[[Recipe, int], Path]:
     """``crash_before_step(recipe, at) -> run folder``: train ``recipe`` until the process dies (an exception
     here; tests/test_distributed.py kills a real one) as step ``at`` begins."""
     from clrun.api import train
-    from clrun.training import loop
+    from clrun.training.step import Step
 
     def crash(recipe: Recipe, at: int) -> Path:
-        step = loop.train_step
+        step = Step.__call__
 
-        def step_or_crash(parts, images, device, precision, scaler, grad_clip, done, *places):
-            if done + 1 == at:
+        def step_or_crash(self, images, *places):
+            if self.run.step + 1 == at:
                 raise Crashed("the node went away")
-            return step(parts, images, device, precision, scaler, grad_clip, done, *places)
+            return step(self, images, *places)
 
         with monkeypatch.context() as patched:
-            patched.setattr(loop, "train_step", step_or_crash)
+            patched.setattr(Step, "__call__", step_or_crash)
             with pytest.raises(Crashed, match="the node went away"):
                 train(recipe)
         return Path(recipe.run.dir) / recipe.run.name
@@ -149,6 +152,20 @@ def built_run(recipe: Recipe) -> Run:
 def build_run() -> Callable[[Recipe], Run]:
     """``build_run(recipe)``: the run as training builds it, before its first step (see ``built_run``)."""
     return built_run
+
+
+def run_with_loss(run: Run, loss_fn: torch.nn.Module) -> Run:
+    """``run`` (single-process) training ``loss_fn`` instead of its recipe's loss: the parts' loss, trainable and
+    reads (the outputs the networks make) replaced. The optimizer keeps the recipe's loss's parameters."""
+    parts = dataclasses.replace(run.parts, loss_fn=loss_fn, trainable=Trainable(run.parts.network, loss_fn),
+                                reads=step_reads(run.recipe, loss_fn))
+    return dataclasses.replace(run, parts=parts)
+
+
+@pytest.fixture(scope="session")
+def with_loss() -> Callable[[Run, torch.nn.Module], Run]:
+    """``with_loss(run, loss_fn)``: ``run`` training ``loss_fn`` instead (see ``run_with_loss``)."""
+    return run_with_loss
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 For every loss (the token-level ones on a small ViT), each rank trains a copy of the same small network for a few steps twice: once alone on
 the whole batch (the reference a single process computes), and once under DistributedDataParallel on
-its half of the batch, through cl-run's own step pieces (Trainable, distribute, the losses' cross-rank
+its half of the batch, through cl-run's own step pieces (Trainable, data_parallel, the losses' cross-rank
 code, the averaged metrics). It saves both so the test can compare gradients, losses and queues.
 The token-level losses train a third time, sharded (``train.strategy: fsdp``: cl-run's own sharding of
 the online network, the target's copies and the loss), with the whole weights gathered after the steps:
@@ -27,7 +27,8 @@ from clrun.recipe.schema import TargetSection
 from clrun.training.network import OnlineNetwork
 from clrun.training.step import reduced_metrics, split_loss
 from clrun.training.target import TargetNetwork
-from clrun.training.network import Trainable, distribute
+from clrun.training.network import Trainable
+from clrun.training.parallel import data_parallel
 from clrun.training.reads import branch_wants, declared, vocabulary
 from clrun.training import sharding
 
@@ -102,7 +103,7 @@ def step_on(result, trainable: Trainable, optimizer: torch.optim.Optimizer, targ
     if record["grads"] is None:  # a sharded parameter's gradient whole (a collective, in the same order on every rank)
         record["grads"] = {k: whole(p.grad) for k, p in trainable.named_parameters() if p.grad is not None}
     optimizer.step()
-    sharding.reshard(trainable)  # as train_step does: a part the loss left out is gathered no longer
+    sharding.reshard(trainable)  # as the training step does: a part the loss left out is gathered no longer
     if target is not None:
         target.update(trainable.network)
 
@@ -147,10 +148,10 @@ def train_tokens(name: str, rows: slice, wrap: bool, shard: bool = False) -> dic
     loss_fn = clrun.create("loss", name, in_dim=DIM, **params)
     generator = clrun.create("mask", mask_name, **mask_settings)
     target = TargetNetwork(net, TargetSection(momentum=0.9), STEPS) if with_target else None
-    if shard:  # before the optimizer, as cl-run's build does; distribute then leaves the trainable as it is
+    if shard:  # before the optimizer, as clrun.training.parallel does; FSDP2 then needs no DDP wrapper
         sharding.shard_training(net, target, loss_fn, torch.device("cpu"))
     trainable = Trainable(net, loss_fn)
-    model = distribute(trainable, torch.device("cpu")) if wrap else trainable
+    model = data_parallel(trainable, torch.device("cpu")) if wrap and not shard else trainable
     optimizer = torch.optim.SGD(trainable.parameters(), lr=0.1)
     reads = declared(loss_fn) or frozenset(vocabulary())  # what cl-run's build gives the networks to make
     g = torch.Generator().manual_seed(1)
@@ -176,7 +177,7 @@ def train(name: str, rows: slice, wrap: bool) -> dict:
     loss_fn = clrun.create("loss", name.split()[0], in_dim=DIM, **params)
     target = TargetNetwork(net, TargetSection(momentum=0.9), STEPS) if with_target else None
     trainable = Trainable(net, loss_fn)
-    model = distribute(trainable, torch.device("cpu")) if wrap else trainable
+    model = data_parallel(trainable, torch.device("cpu")) if wrap else trainable
     optimizer = torch.optim.SGD(trainable.parameters(), lr=0.1)
     is_global = [True, True, False][:views]
     record = {"grads": None, "losses": []}

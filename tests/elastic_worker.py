@@ -7,16 +7,16 @@ import signal
 import sys
 
 from clrun.cli import main
-from clrun.training import loop
+from clrun.training.step import Step
 
 kill_at, argv = int(sys.argv[1]), sys.argv[2:]
 if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0" and os.environ["RANK"] == "1":
-    step = loop.train_step
+    step = Step.__call__
 
-    def step_or_die(parts, images, device, precision, scaler, grad_clip, done):
-        if done + 1 == kill_at:
+    def step_or_die(self, images, *places):
+        if self.run.step + 1 == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        return step(parts, images, device, precision, scaler, grad_clip, done)
+        return step(self, images, *places)
 
-    loop.train_step = step_or_die
+    Step.__call__ = step_or_die
 sys.exit(main(argv))

@@ -13,7 +13,6 @@ import torch
 import clrun
 from clrun.cli import main
 from clrun.training import checkpointing
-from clrun.training.reads import step_reads
 from clrun.training.step import forward_and_loss
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
@@ -55,10 +54,8 @@ class Spy(torch.nn.Module):
         return sum(p.sum() for p in out.projections) * 0.0
 
 
-def step_outputs(build_run, path: Path, *overrides: str):
-    run = build_run(clrun.load_recipe(path, list(overrides)))
-    run.parts.loss_fn = Spy()
-    run.parts.reads = step_reads(run.recipe, run.parts.loss_fn)  # a loss without reads: every output
+def step_outputs(build_run, with_loss, path: Path, *overrides: str):
+    run = with_loss(build_run(clrun.load_recipe(path, list(overrides))), Spy())  # a loss without reads: every output
     dataset = run.recipe.data.dataset.build()
     images = torch.stack([dataset[i][0] for i in range(16)])
     torch.manual_seed(0)
@@ -66,8 +63,8 @@ def step_outputs(build_run, path: Path, *overrides: str):
     return run.parts.loss_fn.out
 
 
-def test_the_loss_gets_masks_tokens_and_the_targets_tokens(tmp_path, build_run):
-    out = step_outputs(build_run, recipe_file(tmp_path))
+def test_the_loss_gets_masks_tokens_and_the_targets_tokens(tmp_path, build_run, with_loss):
+    out = step_outputs(build_run, with_loss, recipe_file(tmp_path))
     assert out.is_global == [True, True, False]
     assert out.masks[2] is None and out.tokens[2] is None  # the local view is not masked
     for view, (mask, tokens) in enumerate(zip(out.masks[:2], out.tokens[:2])):
@@ -79,9 +76,9 @@ def test_the_loss_gets_masks_tokens_and_the_targets_tokens(tmp_path, build_run):
     assert not out.target_tokens[0].patches.requires_grad and out.tokens[0].patches.requires_grad
 
 
-def test_dropped_patches_leave_only_the_visible_tokens(tmp_path, build_run):
+def test_dropped_patches_leave_only_the_visible_tokens(tmp_path, build_run, with_loss):
     masking = "\nmasking:\n  generator: {name: clrun/random_mask, ratio: 0.75}\n  hidden: drop\n"
-    out = step_outputs(build_run, recipe_file(tmp_path, masking=masking))
+    out = step_outputs(build_run, with_loss, recipe_file(tmp_path, masking=masking))
     assert out.tokens[0].patches.shape == (16, 4, 32)  # 16 patches, 75% dropped
     assert out.target_tokens is None and out.target_projections is None  # no target section
 

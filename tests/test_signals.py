@@ -16,7 +16,8 @@ import torch
 
 import clrun
 from clrun.run_folder import RunFolder
-from clrun.training import checkpointing, loop
+from clrun.training import checkpointing
+from clrun.training.step import Step
 from clrun.training.stop import Stopped
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
@@ -27,15 +28,15 @@ def recipe(tmp_path: Path, name: str):
 
 
 def signal_after_step(monkeypatch, at: int, signum: int = signal.SIGTERM) -> None:
-    step = loop.train_step
+    step = Step.__call__
 
-    def step_then_signal(parts, images, device, precision, scaler, grad_clip, done):
-        result = step(parts, images, device, precision, scaler, grad_clip, done)
-        if done + 1 == at:
+    def step_then_signal(self, images, *places):
+        result = step(self, images, *places)
+        if self.run.step + 1 == at:
             os.kill(os.getpid(), signum)  # delivered now; the loop notices at the step's end
         return result
 
-    monkeypatch.setattr(loop, "train_step", step_then_signal)
+    monkeypatch.setattr(Step, "__call__", step_then_signal)
 
 
 def tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from clrun.training.branch import Branch, MissingOutput
 from clrun.training.network import OnlineNetwork, detached
 from clrun.training.outputs import StepOutputs
 from clrun.training.reads import step_reads, vocabulary
-from clrun.training.step import train_step
+from clrun.training.step import Step
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 MASKED = Path(__file__).resolve().parents[1] / "recipes" / "mae_fmnist.yaml"
@@ -179,8 +179,12 @@ def test_token_projections_are_computed_only_for_a_reader_that_reads_them():
     assert wanted.token_projections[0].shape == (2, 16, 8)
 
 
+def fp32_step(run) -> Step:
+    return Step(run, "fp32", torch.amp.GradScaler("cpu", enabled=False), None)
+
+
 # -- a new per-view output: one field, and the module that fills it -----------------------------------
-def test_a_new_per_view_output_is_one_field_of_branch_and_the_module_that_fills_it(monkeypatch, build_run):
+def test_a_new_per_view_output_is_one_field_of_branch_and_the_module_that_fills_it(monkeypatch, build_run, with_loss):
     """Nothing else changes: the step's record, the trainable, the step, the reads vocabulary and the check,
     what the network is asked for and the outputs callbacks receive all follow from Branch's fields."""
     recipe = clrun.load_recipe(TINY)
@@ -195,24 +199,21 @@ def test_a_new_per_view_output_is_one_field_of_branch_and_the_module_that_fills_
                 out.feature_norms = [f.norm(dim=1) for f in out.features]
             return out
 
-    run = build_run(recipe)
-    parts = run.parts
-    parts.network.__class__ = WithNorms
+    built = build_run(recipe)
+    built.parts.network.__class__ = WithNorms
     assert "online.feature_norms" in vocabulary()
-    parts.loss_fn = Reader({"online.projections", "online.feature_norms"})
-    parts.reads = step_reads(recipe, parts.loss_fn)
-    assert parts.reads == {"online.projections", "online.feature_norms"}
+    run = with_loss(built, Reader({"online.projections", "online.feature_norms"}))
+    assert run.parts.reads == {"online.projections", "online.feature_norms"}
     images = torch.stack([recipe.data.dataset.build()[i][0] for i in range(16)])
-    _, outputs = train_step(parts, images, torch.device("cpu"), "fp32", torch.amp.GradScaler("cpu", enabled=False),
-                            None, step=0)
-    seen = parts.loss_fn.seen
+    _, outputs = fp32_step(run)(images)
+    seen = run.parts.loss_fn.seen
     assert [tuple(n.shape) for n in seen.online.feature_norms] == [(16,), (16,)]
     assert torch.equal(seen.online.feature_norms[0], seen.online.features[0].norm(dim=1))
     assert not outputs.online.feature_norms[0].requires_grad  # what callbacks get: detached, like the others
     # Falsifiable: a reader that does not read it does not get it, and a read of an undeclared field is refused.
-    parts.loss_fn = Reader({"online.projections"})
-    parts.reads = step_reads(recipe, parts.loss_fn)
-    train_step(parts, images, torch.device("cpu"), "fp32", torch.amp.GradScaler("cpu", enabled=False), None, step=1)
-    assert "feature_norms" not in parts.loss_fn.seen.online
+    run = with_loss(built, Reader({"online.projections"}))
+    run.step = 1
+    fp32_step(run)(images)
+    assert "feature_norms" not in run.parts.loss_fn.seen.online
     with pytest.raises(clrun.ComponentError, match="online.feature_sizes, which is not a step output"):
         step_reads(recipe, Reader({"online.feature_sizes"}))

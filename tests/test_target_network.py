@@ -4,6 +4,7 @@ recipe's loss is replaced by a recorder that returns a simple differentiable fun
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -13,8 +14,13 @@ from torch import nn
 
 import clrun
 from clrun.recipe.schema import TargetSection
-from clrun.training.build import build_parts
-from clrun.training.step import train_step
+from clrun.training.build import build_model
+from clrun.training.optimization import build_optimization
+from clrun.training.parallel import parallelize
+from clrun.training.parts import assemble
+from clrun.training.reads import step_reads
+from clrun.training.run import Run
+from clrun.training.step import Step
 from clrun.training.target import momentum_at
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
@@ -63,12 +69,23 @@ class Recorder(nn.Module):
         return {"loss": loss, "n_views": float(len(out.projections))}
 
 
-def build(recipe, steps_per_epoch: int = 10):
+def build(recipe, steps_per_epoch: int = 10, loss: nn.Module | None = None) -> tuple[Run, torch.Tensor]:
+    """``recipe``'s run (on the CPU, nothing written) with ``steps_per_epoch``, its loss replaced by ``loss``
+    before the model is placed and optimized; and 8 images to train it on."""
     torch.manual_seed(0)
     dataset = recipe.data.dataset.build()
     images = torch.stack([dataset[i][0] for i in range(8)])
-    parts = build_parts(recipe, images[:4], torch.device("cpu"), steps_per_epoch)
-    return parts, images
+    model = build_model(recipe, images[:4], steps_per_epoch)
+    if loss is not None:
+        model = dataclasses.replace(model, loss_fn=loss, reads=step_reads(recipe, loss))
+    cpu = torch.device("cpu")
+    placed = parallelize(model, recipe, cpu, training=True)
+    parts = assemble(placed, build_optimization(placed, recipe, steps_per_epoch))
+    return Run(recipe, parts, cpu, None, steps_per_epoch), images
+
+
+def fp32_step(run: Run) -> Step:
+    return Step(run, "fp32", torch.amp.GradScaler("cpu", enabled=False), None)
 
 
 def test_cosine_schedule_goes_from_momentum_to_final():
@@ -84,9 +101,10 @@ def test_cosine_schedule_goes_from_momentum_to_final():
 
 def test_step_outputs_carry_predictions_and_targets_of_global_views_only(tmp_path):
     recipe = recipe_with(tmp_path, HEADS, local=True)
-    parts, images = build(recipe)
-    parts.loss_fn = recorder = Recorder()
-    metrics, _ = train_step(parts, images, torch.device("cpu"), "fp32", torch.amp.GradScaler("cpu", enabled=False), None, step=7)
+    recorder = Recorder()
+    run, images = build(recipe, loss=recorder)
+    run.step = 7
+    metrics, _ = fp32_step(run)(images)
     out = recorder.seen[0]
     assert out.is_global == [True, True, False, False, False]
     assert [tuple(p.shape) for p in out.projections] == [(8, 32)] * 5
@@ -95,23 +113,23 @@ def test_step_outputs_carry_predictions_and_targets_of_global_views_only(tmp_pat
     assert not any(t.requires_grad for t in out.target_projections)
     assert (out.step, out.total_steps) == (7, 10)
     assert metrics["n_views"] == 5.0 and metrics["target_momentum"] == pytest.approx(0.9)
-    assert all(p.grad is None for p in parts.target.parameters())
+    assert all(p.grad is None for p in run.parts.target.parameters())
 
 
 def test_ema_update_matches_the_formula_and_advances_the_schedule(tmp_path):
     recipe = recipe_with(tmp_path, HEADS)
-    parts, images = build(recipe, steps_per_epoch=4)
-    parts.loss_fn = Recorder()
-    target, online = parts.target, parts.network
+    run, images = build(recipe, steps_per_epoch=4, loss=Recorder())
+    target, online = run.parts.target, run.parts.network
     # At the start the target is an exact copy of the online backbone + projector.
     for t, o in zip(target.backbone.state_dict().values(), online.backbone.state_dict().values()):
         assert torch.equal(t, o)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    train_step = fp32_step(run)
     for step in range(3):
         before = [p.detach().clone() for p in target.parameters()]
         m = momentum_at(recipe.target, step, 4)
         assert float(target.momentum) == pytest.approx(m)
-        train_step(parts, images, torch.device("cpu"), "fp32", scaler, None, step=step)
+        run.step = step
+        train_step(images)
         online_params = [*online.backbone.parameters(), *online.projector.parameters()]
         for b, t, o in zip(before, target.parameters(), online_params):
             torch.testing.assert_close(t, m * b + (1 - m) * o.detach(), rtol=0, atol=1e-6)
@@ -124,7 +142,7 @@ def test_ema_update_matches_the_formula_and_advances_the_schedule(tmp_path):
 
 def test_predictor_is_trained_and_target_is_not_in_the_optimizer(tmp_path):
     recipe = recipe_with(tmp_path, HEADS)
-    parts, _ = build(recipe)
+    parts = build(recipe)[0].parts
     optimized = {id(p) for g in parts.optimizer.param_groups for p in g["params"]}
     assert all(id(p) in optimized for p in parts.network.predictor.parameters())
     assert not any(id(p) in optimized for p in parts.target.parameters())

@@ -13,8 +13,9 @@ from clrun.training.param_groups import named_parameters
 from clrun.training.reads import declared
 from clrun.training.hooks import run_hooks
 from clrun.training.recipe_callbacks import NamedCallback
+from clrun.training.run import Run
 from clrun.training.setup import prepare
-from clrun.training.step import train_step
+from clrun.training.step import Step
 
 
 def check(recipe: Recipe) -> list[str]:
@@ -70,10 +71,10 @@ def check(recipe: Recipe) -> list[str]:
                      f"{a.max_loss_growth}x, min change {a.min_loss_change}")
     else:
         lines.append("health: off")
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    precision = "fp32"  # the CPU check verifies the wiring; reduced precision is a device matter
-    metrics, _ = train_step(parts, images, device, precision, scaler, recipe.train.grad_clip, step=0,
-                            places=setup.example_places)
+    run = Run(recipe, parts, device, None, setup.steps_per_epoch)  # writes nothing; its first step
+    # fp32 without loss scaling: the CPU check verifies the wiring; reduced precision is a device matter.
+    step = Step(run, "fp32", torch.amp.GradScaler("cpu", enabled=False), recipe.train.grad_clip)
+    metrics, _ = step(images, setup.example_places)
     lines.append(f"step: {recipe.loss.name} loss {metrics['loss']:.4f} on a batch of {images.shape[0]}; "
                  f"{recipe.optimizer.name} stepped")
     return lines

@@ -16,11 +16,10 @@ from clrun.training import recipe_callbacks
 from clrun.training.checkpointing import Checkpointer, Position, open_run
 from clrun.training.data import DataWait, batches, set_epoch
 from clrun.training.hooks import builtin_callbacks, end_epoch, run_hooks
-from clrun.training.network import Trainable, distribute
 from clrun.training.run import Run
 from clrun.training.setup import Setup, prepare, resolve_device
 from clrun.training.sharding import whole_weights
-from clrun.training.step import NonFiniteLossError, train_step
+from clrun.training.step import NonFiniteLossError, Step
 from clrun.training.stop import StopOnSignal, Stopped
 
 
@@ -56,11 +55,9 @@ def _train(setup: Setup, resume: str | Path | None, verbose: bool, allow_changes
 
 
 def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer: Checkpointer) -> Run:
-    parts, device = setup.parts, setup.device
-    parts.trainable = distribute(Trainable(parts.network, parts.loss_fn), device)
     hooks.clrun_run_start(run=run)
     try:
-        with StopOnSignal(device) as stop:
+        with StopOnSignal(setup.device) as stop:
             epoch_metrics = _train_epochs(setup, run, hooks, checkpointer, stop)
         final = {k: v for k, v in epoch_metrics.items() if k in ("loss",)}
         with whole_weights(run):
@@ -74,7 +71,8 @@ def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer: Check
 
 def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer: Checkpointer,
                   stop: StopOnSignal) -> dict[str, float]:
-    recipe, parts, device, loader = setup.recipe, setup.parts, setup.device, setup.loader
+    recipe, loader = setup.recipe, setup.loader
+    train_step = Step.of(run)  # precision, loss scaling and clipping as the recipe sets them; the index is run.step
     every_steps = recipe.train.checkpoint_every_steps
     epoch_metrics: dict[str, float] = {}
     try:
@@ -87,8 +85,7 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer:
             steps = done  # batches of this epoch trained so far
             for images, labels, *places in waited.on(batches(loader_iterator, recipe.data.dataset)):
                 try:
-                    metrics, outputs = train_step(parts, images, device, recipe.train.precision, parts.scaler,
-                                                  recipe.train.grad_clip, run.step, *places)
+                    metrics, outputs = train_step(images, *places)
                 except NonFiniteLossError as exc:
                     raise explain_non_finite(exc, run, checkpointer.latest) from None
                 run.step += 1

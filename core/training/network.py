@@ -8,7 +8,6 @@ from typing import Any, Collection, Optional
 import torch
 from torch import Tensor, nn
 
-from clrun import distributed
 from clrun.masks import Masks
 from clrun.tokens import Tokens
 from clrun.training.branch import Branch
@@ -150,33 +149,3 @@ def detached(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, Masks):
         return dataclasses.replace(value, **{f.name: detached(getattr(value, f.name)) for f in dataclasses.fields(value)})
     return value
-
-
-def is_fully_sharded(module: nn.Module) -> bool:
-    """Whether ``module`` holds FSDP2-sharded parts (``clrun.training.sharding``)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(m, FSDPModule) for m in module.modules())
-
-
-def distribute(trainable: Trainable, device: torch.device) -> nn.Module:
-    """``trainable`` wrapped in DistributedDataParallel when several processes train, else itself.
-
-    Buffers are not broadcast from rank 0 on every step: BatchNorm statistics stay per rank (as in
-    most SSL code; SyncBatchNorm is the recipe option that makes them global), and a loss's state
-    (a queue of keys) is kept identical by the loss itself. The constructor still copies rank 0's
-    parameters and buffers to every rank once.
-    """
-    if not distributed.active() or is_fully_sharded(trainable):
-        return trainable  # single process, or FSDP2 (clrun.training.sharding) already shares the gradients
-    # A loss with parameters may leave them out of some steps' graphs (prototypes frozen
-    # for the first steps), and a token-level loss (a token head's) may never use the pooled branch (the
-    # projector, a pooling norm); DDP must then look for unused parameters, at a small cost per step.
-    maybe_unused = any(p.requires_grad for p in trainable.loss_fn.parameters())
-    maybe_unused = maybe_unused or getattr(trainable.network, "token_head", None) is not None
-    return nn.parallel.DistributedDataParallel(
-        trainable,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        forward_sync_buffers=False,
-        find_unused_parameters=maybe_unused,
-    )

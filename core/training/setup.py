@@ -1,7 +1,9 @@
 """The one setup path: what ``train``, ``check`` and ``eval`` do before their first step.
 
-Seeds, threads, device, data set, a few example images, and the built parts, in that order, the same
-way for every command: a check that passes builds exactly what training builds.
+Seeds, threads, device, data set, a few example images, and the parts, in that order, the same way for
+every command: a check that passes builds exactly what training builds. The parts are built in three
+stages, each its own module: the model (``build``), placed on the device and the run's processes
+(``parallel``), then what updates it (``optimization``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from clrun import distributed
 from clrun.errors import DataNotFoundError, UserError
 from clrun.recipe import Recipe
 from clrun.streams import Stream, images_in
-from clrun.training.build import Parts, build_parts
+from clrun.training.build import build_model
 from clrun.training.data import make_loader, stacked
+from clrun.training.optimization import build_optimization
+from clrun.training.parallel import parallelize
+from clrun.training.parts import Parts, assemble
 
 Purpose = Literal["train", "check", "eval"]
 EXAMPLE_SIZE = 4  # images to measure view sizes and head widths with (and `check`'s one batch)
@@ -64,8 +69,12 @@ def prepare(recipe: Recipe, purpose: Purpose, device: torch.device | None = None
         sampler_rng = torch.Generator()
         loader = make_loader(recipe, dataset, sampler_rng, device)
         steps_per_epoch = len(loader)
-    # Compiling pays off over many steps only: a check or an evaluation runs few.
-    parts = build_parts(recipe, example, device, steps_per_epoch, training=purpose == "train")
+    model = build_model(recipe, example, steps_per_epoch)
+    # Compiling pays off over many steps only, and sharding and DDP serve a run's processes: a check or an
+    # evaluation runs few steps in one process. An evaluation builds the optimizer too (no state before a
+    # first step, so it costs little): a run's parts are one shape whatever the command.
+    placed = parallelize(model, recipe, device, training=purpose == "train")
+    parts = assemble(placed, build_optimization(placed, recipe, steps_per_epoch))
     if example_places is not None:
         _check_views_crop_inside_places(recipe, parts)
     return Setup(recipe, device, dataset, example, parts, steps_per_epoch, loader, sampler_rng, note, example_places)

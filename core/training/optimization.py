@@ -1,0 +1,82 @@
+"""Build what updates a placed model: the optimizer over the parameter groups, its scheduler, the recipe's
+scheduled settings and fp16's loss scaler.
+
+Built after ``clrun.training.parallel``: sharding replaces the parameters the optimizer holds, and a
+SyncBatchNorm conversion rebuilds the heads the schedules set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from torch import nn
+
+from clrun.recipe.schema import Recipe
+from clrun.training.build_errors import BuildErrors
+from clrun.training.param_groups import PinnedRates, build_groups, layer_scales, named_parameters, scale_learning_rates
+from clrun.training.schedules import ScheduledScalars
+
+if TYPE_CHECKING:
+    from clrun.training.parallel import Placed
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """What updates a placed model, as ``build_optimization`` built it."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # None without a scheduler: section
+    schedules: ScheduledScalars  # the recipe's scheduled settings, set before each step
+    scaler: torch.amp.GradScaler  # fp16's loss scaler (disabled for other precisions), checkpointed with the run
+
+
+def build_optimization(placed: Placed, recipe: Recipe, steps_per_epoch: int) -> Optimization:
+    """The optimizer, scheduler, schedules and scaler of ``placed``'s network and loss. Every setting that
+    cannot be used is named before any error is raised."""
+    model, errors = placed.model, BuildErrors()
+    network, loss_fn, steps = model.network, model.loss_fn, model.total_steps
+    layers = None
+    if recipe.params.layer_decay is not None:
+        layers = layer_scales(network.backbone, recipe.backbone.name, recipe.params.layer_decay)
+    named = named_parameters(network, loss_fn)
+    optimizer, scheduler, fixed = optimizer_and_scheduler(recipe, named, layers, steps, steps_per_epoch, errors)
+    errors.raise_any()
+    schedules = ScheduledScalars(steps_per_epoch, steps)
+    # The network's own heads: those the run trains (a conversion may have rebuilt modules).
+    heads = ((recipe.projector, network.projector), (recipe.predictor, network.predictor), (recipe.loss, loss_fn),
+             (recipe.masking.head if recipe.masking is not None else None, network.token_head))
+    for spec, module in heads:
+        if spec is not None:
+            errors.attempt(lambda: schedules.bind_attributes(spec, module), None)
+    errors.attempt(lambda: schedules.bind_optimizer(recipe.optimizer, optimizer, fixed, recipe.scheduler), None)
+    errors.raise_any()
+    scaler = torch.amp.GradScaler(placed.device.type, enabled=recipe.train.precision == "fp16")
+    return Optimization(optimizer, scheduler, schedules, scaler)
+
+
+def check_on_stand_in(recipe: Recipe, steps: int, steps_per_epoch: int, errors: BuildErrors) -> None:
+    """Record in ``errors`` what is wrong with the optimizer's and scheduler's settings, built over a stand-in
+    parameter: for a model that cannot be built, so that one check names these problems too."""
+    optimizer_and_scheduler(recipe, list(nn.Linear(1, 1).named_parameters()), None, steps, steps_per_epoch, errors)
+
+
+def optimizer_and_scheduler(recipe: Recipe, named: list[tuple[str, nn.Parameter]], layers: Optional[dict[str, float]],
+                            steps: int, steps_per_epoch: int, errors: BuildErrors,
+                            ) -> tuple[Optional[torch.optim.Optimizer], Any, list[set[str]]]:
+    """The optimizer over the parameter groups (clrun.training.param_groups), its scheduler, and the keys
+    each group set itself (before the optimizer filled in its defaults)."""
+    decay_all = not recipe.train.exclude_bias_and_norm_from_weight_decay
+    groups = build_groups(named, recipe.params, decay_all, layers, steps_per_epoch)
+    fixed = [set(group) - {"params"} for group in groups]
+    optimizer = errors.build(recipe.optimizer, params=groups)
+    if optimizer is None:
+        return None, None, fixed
+    scale_learning_rates(optimizer)  # before the scheduler reads the base rates
+    scheduler = None
+    if recipe.scheduler is not None:
+        scheduler = errors.build(recipe.scheduler, optimizer=optimizer, total_steps=steps, steps_per_epoch=steps_per_epoch)
+    if scheduler is not None and any("pinned_lr" in group for group in optimizer.param_groups):
+        scheduler = PinnedRates(scheduler, optimizer)
+    return optimizer, scheduler, fixed

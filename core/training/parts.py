@@ -1,0 +1,53 @@
+"""The parts a run trains: a built model (``clrun.training.build``), placed for its run
+(``clrun.training.parallel``), with what updates it (``clrun.training.optimization``), as one record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from clrun.training.masking import Masking
+from clrun.training.network import OnlineNetwork
+from clrun.training.optimization import Optimization
+from clrun.training.parallel import Placed
+from clrun.training.schedules import ScheduledScalars
+from clrun.training.target import TargetNetwork
+from clrun.training.views import Views
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Assembled once (``assemble``) and never changed: what the step, the checkpoints and the callbacks read."""
+
+    views: Views
+    network: OnlineNetwork
+    target: Optional[TargetNetwork]
+    loss_fn: nn.Module
+    # What a step differentiates: network and loss_fn as one module, in DDP when several processes train.
+    trainable: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    schedules: ScheduledScalars  # the recipe's scheduled settings, set before each step
+    scaler: torch.amp.GradScaler  # fp16's loss scaler (disabled for other precisions)
+    masking: Optional[Masking]  # the recipe's masking: section, built
+    reads: frozenset[str]  # what the loss and the callbacks read of each step: the optional outputs computed
+    eval_size: tuple[int, int]
+    total_steps: int
+    feature_dim: int  # the backbone's output width
+    projection_dim: int  # the projector's output width
+    # A sharded run's plain copy of the network (on the CPU): what its whole weights are gathered into.
+    whole_template: Optional[OnlineNetwork] = None
+
+
+def assemble(placed: Placed, optimization: Optimization) -> Parts:
+    """The parts of ``placed``'s model updated by ``optimization``."""
+    model = placed.model
+    return Parts(views=model.views, network=model.network, target=placed.target, loss_fn=model.loss_fn,
+                 trainable=placed.trainable, optimizer=optimization.optimizer, scheduler=optimization.scheduler,
+                 schedules=optimization.schedules, scaler=optimization.scaler, masking=model.masking,
+                 reads=model.reads, eval_size=model.eval_size, total_steps=model.total_steps,
+                 feature_dim=model.feature_dim, projection_dim=model.projection_dim,
+                 whole_template=placed.whole_template)
