@@ -60,8 +60,8 @@ from clrun.version import __version__
 _IMPORTED_ON_FIRST_ACCESS: dict[str, tuple[str, str | None]] = {
     "distributed": ("clrun.distributed", None),
     "loss_kit": ("clrun.loss_kit", None),
-    "StepOutputs": ("clrun.training.outputs", "StepOutputs"),
-    "Branch": ("clrun.training.branch", "Branch"),
+    "StepOutputs": ("clrun.training.model.outputs", "StepOutputs"),
+    "Branch": ("clrun.training.model.branch", "Branch"),
     "Run": ("clrun.training.run", "Run"),
     "Stream": ("clrun.streams", "Stream"),
 }

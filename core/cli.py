@@ -187,7 +187,7 @@ def cmd_train(args) -> int:
 
 def cmd_check(args) -> int:
     from clrun.api import load_recipe
-    from clrun.training.check import check
+    from clrun.commands.check import check
 
     recipe = load_recipe(args.recipe, args.overrides)
     for line in check(recipe):
@@ -200,7 +200,7 @@ def cmd_eval(args) -> int:
     from clrun.evaluation import EVAL_ELSEWHERE, evaluate, written_to
     from clrun.storage import elsewhere
     from clrun.report import write_report
-    from clrun.training.reporting import results_table
+    from clrun.training.callbacks.reporting import results_table
 
     results = evaluate(args.checkpoint, args.overrides, args.sections, args.output)
     for line in results_table(results, sorted({k.removesuffix("_projector") for k in results})):

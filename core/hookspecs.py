@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from clrun.component import Component
-    from clrun.training.outputs import StepOutputs
+    from clrun.training.model.outputs import StepOutputs
     from clrun.training.run import Run
 
 PROJECT = "clrun"
@@ -49,7 +49,7 @@ class RunSpecs:
     dict it is given. A ``clrun.Stateful`` callback has its state saved in every checkpoint and
     restored on ``--resume`` (before ``clrun_run_start``); a ``clrun.Evaluator`` is what ``cl-run eval``
     runs. The recipe's callbacks are called in recipe order; built-ins place themselves with
-    ``trylast`` and ``wrapper`` (see ``clrun.training.hooks``).
+    ``trylast`` and ``wrapper`` (see ``clrun.training.callbacks.hooks``).
 
     In a distributed run (torchrun) the recipe's callbacks exist on rank 0 only: they must not call
     collectives, see rank 0's share of each batch, and a network copy they train goes through
@@ -75,7 +75,7 @@ class RunSpecs:
 
         ``outputs.online`` and ``outputs.target`` are the networks' ``clrun.Branch`` records. A callback
         class with this hook declares what it reads, as a loss does, in a class attribute:
-        ``reads = frozenset({"online.features"})`` (``clrun.training.reads``): the build checks it against
+        ``reads = frozenset({"online.features"})`` (``clrun.training.model.reads``): the build checks it against
         the recipe and against what the step makes for the loss (an error at the callback's recipe line).
         A callback never makes the step compute more: it observes the outputs the loss's step makes
         (an extra pass through a head with BatchNorm would change what the run trains).

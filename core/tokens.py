@@ -11,7 +11,7 @@ position embeddings of the kept ones (MAE's encoder, I-JEPA's context encoder; e
 same number). A backbone without these methods (a CNN) has no tokens: ``offers_tokens`` says so.
 
 Sharded training (``train.strategy: fsdp``) gathers a backbone's weights for ``forward_tokens`` as it does
-for ``forward`` (``clrun.training.sharding``), so it must reach its blocks through their ``forward``.
+for ``forward`` (``clrun.training.parallel.sharding``), so it must reach its blocks through their ``forward``.
 
 A backbone's tensors that only pre-training uses, such as that mask token, are named ``pretext_*``
 (``clrun.encoder_file.PRETEXT``): the exported encoder leaves them out, so it loads into the plain model.

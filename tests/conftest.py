@@ -21,9 +21,9 @@ import torch
 
 from clrun import plugin_manager
 from clrun.recipe import Recipe
-from clrun.training.artifacts import RunArtifacts
-from clrun.training.network import Trainable
-from clrun.training.reads import step_reads
+from clrun.training.callbacks.artifacts import RunArtifacts
+from clrun.training.model.network import Trainable
+from clrun.training.model.reads import step_reads
 from clrun.training.run import Run, dataset_fingerprint
 from clrun.training.setup import prepare
 

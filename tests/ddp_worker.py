@@ -24,13 +24,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 import clrun
 from clrun import distributed
 from clrun.recipe.schema import TargetSection
-from clrun.training.network import OnlineNetwork
+from clrun.training.model.network import OnlineNetwork
 from clrun.training.step import reduced_metrics, split_loss
-from clrun.training.target import TargetNetwork
-from clrun.training.network import Trainable
-from clrun.training.parallel import data_parallel
-from clrun.training.reads import branch_wants, declared, vocabulary
-from clrun.training import sharding
+from clrun.training.model.target import TargetNetwork
+from clrun.training.model.network import Trainable
+from clrun.training.parallel.parallelize import data_parallel
+from clrun.training.model.reads import branch_wants, declared, vocabulary
+from clrun.training.parallel import sharding
 
 GLOBAL_BATCH, IN_DIM, DIM, STEPS = 8, 12, 8, 3
 
@@ -148,7 +148,7 @@ def train_tokens(name: str, rows: slice, wrap: bool, shard: bool = False) -> dic
     loss_fn = clrun.create("loss", name, in_dim=DIM, **params)
     generator = clrun.create("mask", mask_name, **mask_settings)
     target = TargetNetwork(net, TargetSection(momentum=0.9), STEPS) if with_target else None
-    if shard:  # before the optimizer, as clrun.training.parallel does; FSDP2 then needs no DDP wrapper
+    if shard:  # before the optimizer, as clrun.training.parallel.parallelize does; FSDP2 then needs no DDP wrapper
         sharding.shard_training(net, target, loss_fn, torch.device("cpu"))
     trainable = Trainable(net, loss_fn)
     model = data_parallel(trainable, torch.device("cpu")) if wrap and not shard else trainable

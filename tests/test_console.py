@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import clrun
-from clrun.training.reporting import compact, results_table
+from clrun.training.callbacks.reporting import compact, results_table
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 

@@ -135,7 +135,7 @@ def test_fsdp_trains_the_token_methods_as_ddp_does(results, loss):
 def test_sharding_gathers_weights_for_forward_tokens_and_for_the_methods_a_module_declares():
     from torch import nn
 
-    from clrun.training.sharding import forward_methods
+    from clrun.training.parallel.sharding import forward_methods
 
     assert forward_methods(_worker.token_network("clrun/mae").backbone) == ["forward_tokens"]  # clrun.tokens' contract
     assert forward_methods(nn.Linear(2, 2)) == []

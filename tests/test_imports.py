@@ -91,7 +91,7 @@ KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 def test_no_import_cycles():
     graph = import_graph(PACKAGES)
-    assert len(graph) > 50 and "clrun.training.setup" in graph["clrun.training.check"]  # it did read the sources
+    assert len(graph) > 50 and "clrun.training.setup" in graph["clrun.commands.check"]  # it did read the sources
     for module, imported in KNOWN_CYCLE_EDGES:
         assert imported in graph[module], f"{module} no longer imports {imported}: remove it from KNOWN_CYCLE_EDGES"
         graph[module].discard(imported)

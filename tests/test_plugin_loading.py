@@ -23,7 +23,7 @@ from clrun.cli import main
 from clrun.errors import ComponentError, PluginLoadError, UserError
 from clrun.plugin_manager import PluginWarning, load_registry
 from clrun.registry import UnknownComponentError
-from clrun.training.hooks import run_hooks
+from clrun.training.callbacks.hooks import run_hooks
 
 
 # -- fixtures ---------------------------------------------------------------------------------------

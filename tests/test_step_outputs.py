@@ -16,10 +16,10 @@ from torch import nn
 import clrun
 from clrun.cli import main
 from clrun.testing import branch_outputs, step_outputs
-from clrun.training.branch import Branch, MissingOutput
-from clrun.training.network import OnlineNetwork, detached
-from clrun.training.outputs import StepOutputs
-from clrun.training.reads import step_reads, vocabulary
+from clrun.training.model.branch import Branch, MissingOutput
+from clrun.training.model.network import OnlineNetwork, detached
+from clrun.training.model.outputs import StepOutputs
+from clrun.training.model.reads import step_reads, vocabulary
 from clrun.training.step import Step
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"

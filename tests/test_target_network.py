@@ -14,14 +14,14 @@ from torch import nn
 
 import clrun
 from clrun.recipe.schema import TargetSection
-from clrun.training.build import build_model
-from clrun.training.optimization import build_optimization
-from clrun.training.parallel import parallelize
+from clrun.training.model.build import build_model
+from clrun.training.optim.optimization import build_optimization
+from clrun.training.parallel.parallelize import parallelize
 from clrun.training.parts import assemble
-from clrun.training.reads import step_reads
+from clrun.training.model.reads import step_reads
 from clrun.training.run import Run
 from clrun.training.step import Step
-from clrun.training.target import momentum_at
+from clrun.training.model.target import momentum_at
 
 TINY = Path(__file__).parent / "recipes" / "tiny.yaml"
 

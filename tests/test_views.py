@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import clrun
-from clrun.training.views import Views
+from clrun.training.model.views import Views
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 

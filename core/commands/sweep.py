@@ -18,7 +18,7 @@ from clrun.recipe import load_recipe
 from clrun.report import write_sweep_report
 from clrun.run_folder import RunFolder
 from clrun.storage import remove_if_empty, write_atomic
-from clrun.training.check import check
+from clrun.commands.check import check
 from clrun.training.loop import train
 from clrun.training.step import NonFiniteLossError
 

@@ -94,7 +94,7 @@ class TrainSection:
     sync_batchnorm: bool = False
     # With several processes: "ddp" keeps a whole copy of the network on each (DistributedDataParallel);
     # "fsdp" splits parameters, gradients and optimizer state over them (FSDP2), with checkpoints through
-    # torch.distributed.checkpoint that load on any number of processes (clrun.training.sharding).
+    # torch.distributed.checkpoint that load on any number of processes (clrun.training.parallel.sharding).
     strategy: Literal["ddp", "fsdp"] = "ddp"
     # Large-batch (LARS) practice: biases and normalization weights get no weight decay (nor LARS adaptation).
     exclude_bias_and_norm_from_weight_decay: bool = True
@@ -102,7 +102,7 @@ class TrainSection:
     # Also a checkpoint every this many steps, mid-epoch (written in the background), holding the place in
     # the epoch and every random stream: a run killed mid-epoch resumes bit-exactly from the last one.
     checkpoint_every_steps: Optional[int] = None
-    # Continue from the run's own latest checkpoint when started again (clrun.training.auto_resume): None
+    # Continue from the run's own latest checkpoint when started again (clrun.training.checkpointing.restart): None
     # when torchrun restarts the job, true on any start (a requeued job), false never.
     auto_resume: Optional[bool] = None
     progress: bool = True  # progress bar on a terminal

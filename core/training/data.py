@@ -15,7 +15,7 @@ from clrun import distributed
 from clrun.errors import ComponentFailure, UserError
 from clrun.recipe.spec import ComponentSpec
 from clrun.streams import Stream, images_in
-from clrun.training.recipe_callbacks import describe
+from clrun.training.callbacks.recipe_callbacks import describe
 from clrun.recipe import Recipe
 
 

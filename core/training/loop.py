@@ -12,13 +12,13 @@ import torch
 
 from clrun import distributed
 from clrun.recipe import Recipe
-from clrun.training import recipe_callbacks
+from clrun.training.callbacks import recipe_callbacks
 from clrun.training.checkpointing import Checkpointer, Position, open_run
 from clrun.training.data import DataWait, batches, set_epoch
-from clrun.training.hooks import builtin_callbacks, end_epoch, run_hooks
+from clrun.training.callbacks.hooks import builtin_callbacks, end_epoch, run_hooks
 from clrun.training.run import Run
 from clrun.training.setup import Setup, prepare, resolve_device
-from clrun.training.sharding import whole_weights
+from clrun.training.parallel.sharding import whole_weights
 from clrun.training.step import NonFiniteLossError, Step
 from clrun.training.stop import StopOnSignal, Stopped
 

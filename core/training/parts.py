@@ -1,5 +1,5 @@
-"""The parts a run trains: a built model (``clrun.training.build``), placed for its run
-(``clrun.training.parallel``), with what updates it (``clrun.training.optimization``), as one record."""
+"""The parts a run trains: a built model (``clrun.training.model.build``), placed for its run
+(``clrun.training.parallel.parallelize``), with what updates it (``clrun.training.optim.optimization``), as one record."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from clrun.training.masking import Masking
-from clrun.training.network import OnlineNetwork
-from clrun.training.optimization import Optimization
-from clrun.training.parallel import Placed
-from clrun.training.schedules import ScheduledScalars
-from clrun.training.target import TargetNetwork
-from clrun.training.views import Views
+from clrun.training.model.masking import Masking
+from clrun.training.model.network import OnlineNetwork
+from clrun.training.optim.optimization import Optimization
+from clrun.training.parallel.parallelize import Placed
+from clrun.training.optim.schedules import ScheduledScalars
+from clrun.training.model.target import TargetNetwork
+from clrun.training.model.views import Views
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 from clrun.recipe.schema import Recipe
 from clrun.run_folder import RunFolder
 from clrun.training.parts import Parts
-from clrun.training.network import OnlineNetwork
-from clrun.training.views import to_float
+from clrun.training.model.network import OnlineNetwork
+from clrun.training.model.views import to_float
 
 
 @dataclass

@@ -22,10 +22,10 @@ from clrun import distributed
 from clrun.errors import DataNotFoundError, UserError
 from clrun.recipe import Recipe
 from clrun.streams import Stream, images_in
-from clrun.training.build import build_model
+from clrun.training.model.build import build_model
 from clrun.training.data import make_loader, stacked
-from clrun.training.optimization import build_optimization
-from clrun.training.parallel import parallelize
+from clrun.training.optim.optimization import build_optimization
+from clrun.training.parallel.parallelize import parallelize
 from clrun.training.parts import Parts, assemble
 
 Purpose = Literal["train", "check", "eval"]

@@ -8,12 +8,12 @@ import torch
 from torch import Tensor
 
 from clrun import distributed
-from clrun.training.outputs import StepOutputs
-from clrun.training.param_groups import freeze_gradients
+from clrun.training.model.outputs import StepOutputs
+from clrun.training.optim.param_groups import freeze_gradients
 from clrun.training.parts import Parts
-from clrun.training.reads import branch_wants
+from clrun.training.model.reads import branch_wants
 from clrun.training.run import Run
-from clrun.training.sharding import reshard
+from clrun.training.parallel.sharding import reshard
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,6 +1,6 @@
 """What the recipe needs for each step output a loss or callback may read: the ``masking:`` section for the
 masks, a ``target:`` section for the target's projections... One table, read by the build's check of a
-reader's ``reads`` (``clrun.training.reads``) and by the error for an absent output (``clrun.Branch``)."""
+reader's ``reads`` (``clrun.training.model.reads``) and by the error for an absent output (``clrun.Branch``)."""
 
 from __future__ import annotations
 

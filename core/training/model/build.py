@@ -3,8 +3,8 @@
 ``build_model`` makes what ``cl-run check`` and ``cl-run eval`` need to know about a recipe before it runs
 anywhere: the views, the online network (backbone, projector, predictor, token head), the masking, the loss,
 the widths that size the heads, the evaluation size and what the loss reads. It decides nothing about
-devices, processes or precision (``clrun.training.parallel`` does) and builds no optimizer
-(``clrun.training.optimization`` does).
+devices, processes or precision (``clrun.training.parallel.parallelize`` does) and builds no optimizer
+(``clrun.training.optim.optimization`` does).
 """
 
 from __future__ import annotations
@@ -19,23 +19,23 @@ from clrun.errors import ComponentError
 from clrun.recipe.schema import Recipe
 from clrun.recipe.spec import ComponentSpec
 from clrun.recipe.types import parameters
-from clrun.training.build_errors import BuildErrors
-from clrun.training.masking import Masking, build_masking
-from clrun.training.network import OnlineNetwork, output_dim
-from clrun.training.optimization import check_on_stand_in
-from clrun.training.reads import step_reads
-from clrun.training.views import Views
+from clrun.training.model.build_errors import BuildErrors
+from clrun.training.model.masking import Masking, build_masking
+from clrun.training.model.network import OnlineNetwork, output_dim
+from clrun.training.optim.optimization import check_on_stand_in
+from clrun.training.model.reads import step_reads
+from clrun.training.model.views import Views
 
 
 @dataclass(frozen=True)
 class Model:
-    """A recipe's components, built on the CPU (``clrun.training.parallel`` places them)."""
+    """A recipe's components, built on the CPU (``clrun.training.parallel.parallelize`` places them)."""
 
     views: Views
     network: OnlineNetwork
     loss_fn: nn.Module
     masking: Optional[Masking]  # the recipe's masking: section, built
-    reads: frozenset[str]  # what the loss and the callbacks read of each step (clrun.training.reads)
+    reads: frozenset[str]  # what the loss and the callbacks read of each step (clrun.training.model.reads)
     feature_dim: int  # the backbone's output width
     projection_dim: int  # the projector's output width
     eval_size: tuple[int, int]  # the global views' size: what evaluation resizes images to

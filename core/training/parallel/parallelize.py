@@ -2,7 +2,7 @@
 run's processes (DDP or FSDP), in one visible order.
 
 ``parallelize`` is the one place that knows the order, and why each step sits where it does; the model it
-takes (``clrun.training.build``) knows nothing of devices, and the optimizer (``clrun.training.optimization``)
+takes (``clrun.training.model.build``) knows nothing of devices, and the optimizer (``clrun.training.optim.optimization``)
 is built from what it returns, since sharding replaces the parameters the optimizer holds.
 """
 
@@ -17,10 +17,10 @@ from torch import nn
 from clrun import distributed
 from clrun.errors import UserError
 from clrun.recipe.schema import Recipe
-from clrun.training import sharding
-from clrun.training.build import Model
-from clrun.training.network import OnlineNetwork, Trainable
-from clrun.training.target import TargetNetwork
+from clrun.training.parallel import sharding
+from clrun.training.model.build import Model
+from clrun.training.model.network import OnlineNetwork, Trainable
+from clrun.training.model.target import TargetNetwork
 
 
 @dataclass(frozen=True)

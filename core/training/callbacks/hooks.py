@@ -21,9 +21,9 @@ from clrun.health.token_maps import TokenMaps
 from clrun.hookspecs import RunSpecs
 from clrun.plugin_manager import ClrunPluginManager
 from clrun.recipe import Recipe
-from clrun.training.artifacts import RunArtifacts
-from clrun.training.reporting import Console, MetricsLog
-from clrun.training.recipe_callbacks import CallbackError
+from clrun.training.callbacks.artifacts import RunArtifacts
+from clrun.training.callbacks.reporting import Console, MetricsLog
+from clrun.training.callbacks.recipe_callbacks import CallbackError
 from clrun.training.run import Run
 
 

@@ -8,8 +8,8 @@ from typing import Any, Optional
 from torch import Tensor
 
 from clrun.masks import Masks
-from clrun.training.branch import Branch
-from clrun.training.flat_outputs import FlatNames, from_flat, is_flat_call
+from clrun.training.model.branch import Branch
+from clrun.training.model.flat_outputs import FlatNames, from_flat, is_flat_call
 
 
 @dataclass(init=False)
@@ -35,7 +35,7 @@ class StepOutputs(FlatNames):
 
     An output the step did not produce is absent from its branch: reading ``out.target.projections``
     without a target network raises ``MissingOutput`` (a ``clrun.ComponentError``) that says what the
-    recipe needs. A loss declares what it reads (``reads``, see ``clrun.training.reads``), so the build
+    recipe needs. A loss declares what it reads (``reads``, see ``clrun.training.model.reads``), so the build
     refuses such a recipe before any step; ``out.has("target.projections")`` asks.
 
     The flat names of earlier releases stay: the properties ``features``, ``projections``,

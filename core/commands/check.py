@@ -7,12 +7,12 @@ import torch
 from clrun.errors import DataNotFoundError
 from clrun.recipe import Recipe
 from clrun.streams import images_in
-from clrun.training import param_groups
-from clrun.training.build_errors import BuildErrors
-from clrun.training.param_groups import named_parameters
-from clrun.training.reads import declared
-from clrun.training.hooks import run_hooks
-from clrun.training.recipe_callbacks import NamedCallback
+from clrun.training.optim import param_groups
+from clrun.training.model.build_errors import BuildErrors
+from clrun.training.optim.param_groups import named_parameters
+from clrun.training.model.reads import declared
+from clrun.training.callbacks.hooks import run_hooks
+from clrun.training.callbacks.recipe_callbacks import NamedCallback
 from clrun.training.run import Run
 from clrun.training.setup import prepare
 from clrun.training.step import Step
@@ -47,7 +47,7 @@ def check(recipe: Recipe) -> list[str]:
     lines.append(f"backbone: {recipe.backbone.name} ({n_params / 1e6:.2f}M parameters)")
     heads = [recipe.projector.name] + ([recipe.predictor.name] if recipe.predictor is not None else [])
     lines.append(f"heads: {' -> '.join(heads)}")
-    reads = declared(parts.loss_fn)  # checked against the recipe by the build (clrun.training.reads)
+    reads = declared(parts.loss_fn)  # checked against the recipe by the build (clrun.training.model.reads)
     lines.append(f"loss: {recipe.loss.name} reads " + (", ".join(sorted(reads)) if reads is not None else
                                                        "every output (it declares no reads)"))
     if recipe.target is not None:

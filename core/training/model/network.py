@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from clrun.masks import Masks
 from clrun.tokens import Tokens
-from clrun.training.branch import Branch
-from clrun.training.outputs import StepOutputs
+from clrun.training.model.branch import Branch
+from clrun.training.model.outputs import StepOutputs
 
 
 def output_dim(module: nn.Module, example: Tensor, what: str) -> int:

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from clrun.recipe.schema import TargetSection
-from clrun.training.branch import Branch
-from clrun.training.network import OnlineNetwork, embed, project_tokens
-from clrun.training.sharding import reshard
+from clrun.training.model.branch import Branch
+from clrun.training.model.network import OnlineNetwork, embed, project_tokens
+from clrun.training.parallel.sharding import reshard
 
 
 def momentum_at(settings: TargetSection, step: int, total_steps: int) -> float:

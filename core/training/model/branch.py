@@ -16,7 +16,7 @@ from torch import Tensor
 
 from clrun.errors import ComponentError
 from clrun.tokens import Tokens
-from clrun.training.needs import requirement
+from clrun.training.model.needs import requirement
 
 
 class MissingOutput(ComponentError, AttributeError):

@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 from torch import Tensor
 
 from clrun.tokens import Tokens
-from clrun.training.branch import Branch
+from clrun.training.model.branch import Branch
 
 # Flat name -> (branch, output). A new output is reached as out.online.<name> / out.target.<name> only.
 FLAT_NAMES: dict[str, tuple[str, str]] = {

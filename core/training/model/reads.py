@@ -26,12 +26,12 @@ from typing import Any, Iterable, Optional
 from clrun.errors import ComponentError, ComponentErrors
 from clrun.recipe.schema import Recipe
 from clrun.recipe.spec import ComponentSpec
-from clrun.training.branch import Branch
-from clrun.training.needs import NEEDS
+from clrun.training.model.branch import Branch
+from clrun.training.model.needs import NEEDS
 
 # What the momentum target network makes (a copy of backbone + projector: no predictor, no token head).
 TARGET_OUTPUTS = ("projections", "tokens", "token_projections")
-# The outputs that cost extra passes, made only when the loss reads them (clrun.training.network, .target);
+# The outputs that cost extra passes, made only when the loss reads them (clrun.training.model.network, .target);
 # every other output the recipe can produce is always made.
 OPTIONAL = frozenset({"online.token_projections", "target.tokens", "target.token_projections"})
 

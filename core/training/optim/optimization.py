@@ -1,7 +1,7 @@
 """Build what updates a placed model: the optimizer over the parameter groups, its scheduler, the recipe's
 scheduled settings and fp16's loss scaler.
 
-Built after ``clrun.training.parallel``: sharding replaces the parameters the optimizer holds, and a
+Built after ``clrun.training.parallel.parallelize``: sharding replaces the parameters the optimizer holds, and a
 SyncBatchNorm conversion rebuilds the heads the schedules set.
 """
 
@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from clrun.recipe.schema import Recipe
-from clrun.training.build_errors import BuildErrors
-from clrun.training.param_groups import PinnedRates, build_groups, layer_scales, named_parameters, scale_learning_rates
-from clrun.training.schedules import ScheduledScalars
+from clrun.training.model.build_errors import BuildErrors
+from clrun.training.optim.param_groups import PinnedRates, build_groups, layer_scales, named_parameters, scale_learning_rates
+from clrun.training.optim.schedules import ScheduledScalars
 
 if TYPE_CHECKING:
-    from clrun.training.parallel import Placed
+    from clrun.training.parallel.parallelize import Placed
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def check_on_stand_in(recipe: Recipe, steps: int, steps_per_epoch: int, errors: 
 def optimizer_and_scheduler(recipe: Recipe, named: list[tuple[str, nn.Parameter]], layers: Optional[dict[str, float]],
                             steps: int, steps_per_epoch: int, errors: BuildErrors,
                             ) -> tuple[Optional[torch.optim.Optimizer], Any, list[set[str]]]:
-    """The optimizer over the parameter groups (clrun.training.param_groups), its scheduler, and the keys
+    """The optimizer over the parameter groups (clrun.training.optim.param_groups), its scheduler, and the keys
     each group set itself (before the optimizer filled in its defaults)."""
     decay_all = not recipe.train.exclude_bias_and_norm_from_weight_decay
     groups = build_groups(named, recipe.params, decay_all, layers, steps_per_epoch)

@@ -1,0 +1,2 @@
+"""Where and how the model runs: ``parallelize`` places a built model on its device in one visible order
+(SyncBatchNorm, memory layout, compile, DDP or FSDP); ``sharding`` holds FSDP2's part."""
