@@ -10,7 +10,7 @@ raises over the error that explains the failure (``discard``: a read-only file s
 even a file that was never created). ``check_free_space`` refuses to start what could not write its
 first checkpoint.
 
-A test (``tests/test_faults.py``'s fault matrix) runs every command of the CLI on a full, a read-only and
+A test (``tests/integration/test_faults.py``'s fault matrix) runs every command of the CLI on a full, a read-only and
 a forbidden file system: a command that writes around this module fails it.
 """
 

@@ -42,7 +42,7 @@ class Crashed(Exception):
 @pytest.fixture
 def crash_before_step(monkeypatch) -> Callable[[Recipe, int], Path]:
     """``crash_before_step(recipe, at) -> run folder``: train ``recipe`` until the process dies (an exception
-    here; tests/test_distributed.py kills a real one) as step ``at`` begins."""
+    here; tests/distributed/test_distributed.py kills a real one) as step ``at`` begins."""
     from clrun.api import train
     from clrun.training.step import Step
 
@@ -116,9 +116,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """pytest-xdist (``--dist loadgroup``) hands tests out one by one, so the few long ones (learning
     runs, the full quickstart) do not keep one worker busy while the other idles, as whole files did.
     The exception: a file whose tests share a module-scoped fixture of its own (a trained run folder, a
-    torchrun job) is one ``xdist_group``, so that fixture is built once."""
+    torchrun job) is one ``xdist_group``, so that fixture is built once.
+
+    Every test under tests/distributed/ is marked ``distributed`` (it launches torchrun), so
+    ``-m "not distributed"`` leaves the multi-process runs out."""
     for item in items:
         module = item.nodeid.split("::")[0]
+        if module.startswith("tests/distributed/"):
+            item.add_marker(pytest.mark.distributed)
         fixtures = getattr(item, "_fixtureinfo", None)
         shared = fixtures is not None and any(
             defs[-1].scope == "module" and defs[-1].baseid == module for defs in fixtures.name2fixturedefs.values())
@@ -226,7 +231,7 @@ def _reports_skipped() -> Iterator[None]:
 def no_report() -> Iterator[None]:
     """Runs in the test write no report.md and no plots. Rendering the plots costs about 1.5 CPU seconds
     a run, three quarters of a tiny run's cost; tests that use this assert nothing about the report
-    (tests/test_report.py and the end-to-end test do)."""
+    (tests/unit/report/test_report.py and the end-to-end test do)."""
     with _reports_skipped():
         yield
 

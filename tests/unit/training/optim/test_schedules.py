@@ -1,0 +1,137 @@
+"""Schedules for any scalar (clrun.schedule): values against their closed forms, bound to a loss's
+attribute and to the optimizer's parameter groups, logged per step, resumed exactly, refused clearly."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import clrun
+from clrun.cli import main as cl_run_main
+from clrun.schedule import Schedule, ScheduleError
+from clrun.training import checkpointing
+
+TINY = Path(__file__).parents[3] / "recipes" / "tiny.yaml"  # 64 images in batches of 16: 4 steps an epoch
+TEMPERATURE = "loss.temperature={schedule: linear, start: 0.1, end: 0.3, until_epoch: 1}"
+WEIGHT_DECAY = "optimizer.weight_decay={schedule: cosine, start: 0.04, end: 0.4}"
+
+pytestmark = pytest.mark.usefixtures("no_report")
+
+
+def cosine(start: float, end: float, progress: float) -> float:
+    """Half a cosine from start to end (DINO's cosine_scheduler, without its warm-up)."""
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress))
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"schedule": "constant", "start": 0.5}, [0.5] * 12),
+    # linear over the first epoch (4 steps), then the end value
+    ({"schedule": "linear", "start": 0.04, "end": 0.07, "until_epoch": 1},
+     [0.04 + 0.03 * s / 4 for s in range(4)] + [0.07] * 8),
+    # cosine over the whole run (12 steps)
+    ({"schedule": "cosine", "start": 0.04, "end": 0.4}, [cosine(0.04, 0.4, s / 12) for s in range(12)]),
+    # start before the span, end after it; steps instead of epochs
+    ({"schedule": "linear", "start": 1.0, "end": 0.0, "from_step": 2, "until_step": 6},
+     [1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0, 0, 0, 0, 0, 0]),
+    # a linear warm-up from warmup_start, then the cosine over the rest of the run
+    ({"schedule": "cosine", "start": 1.0, "end": 0.0, "warmup_epochs": 1, "warmup_start": 0.2},
+     [0.2, 0.4, 0.6, 0.8] + [cosine(1.0, 0.0, s / 8) for s in range(8)]),
+])
+def test_a_schedule_follows_its_closed_form(settings, expected):
+    schedule = Schedule(**settings)
+    values = [schedule.at(step, steps_per_epoch=4, total_steps=12) for step in range(12)]
+    assert values == pytest.approx(expected, abs=1e-12)
+    assert schedule.initial == pytest.approx(expected[0], abs=1e-12)
+
+
+@pytest.mark.parametrize("settings, field, message", [
+    ({"schedule": "linear", "start": 0.1}, "end", "a linear schedule needs an end value"),
+    ({"schedule": "constant", "start": 0.1, "end": 0.2}, "end",
+     "a constant schedule stays at start (0.1); remove end or use linear"),
+    ({"schedule": "cosine", "start": 0, "end": 1, "until_epoch": 2, "until_step": 8}, "until_step",
+     "give until_epoch or until_step, not both"),
+    ({"schedule": "cosine", "start": 0, "end": 1, "warmup_steps": -1}, "warmup_steps", "must be >= 0, got -1"),
+])
+def test_contradicting_settings_name_the_field(settings, field, message):
+    with pytest.raises(ScheduleError) as error:
+        Schedule(**settings)
+    assert (error.value.field, str(error.value)) == (field, message)
+
+
+def test_a_run_sets_and_logs_the_scheduled_values_every_step(tmp_path):
+    recipe = clrun.load_recipe(TINY, [TEMPERATURE, WEIGHT_DECAY, "train.epochs=3", f"run.dir={tmp_path}",
+                                      "run.name=r", "health.enabled=false"])
+    run = clrun.train(recipe)
+    lines = run.folder.metrics.read_text(encoding="utf-8").splitlines()
+    steps = [r for r in map(json.loads, lines) if r["kind"] == "step"]
+    assert [r["loss.temperature"] for r in steps] == pytest.approx([0.1, 0.15, 0.2, 0.25] + [0.3] * 8)
+    assert [r["optimizer.weight_decay"] for r in steps] == pytest.approx([cosine(0.04, 0.4, s / 12) for s in range(12)])
+    # What the loss and the optimizer used at the last step; biases and norms keep no weight decay.
+    assert run.parts.loss_fn.temperature == 0.3
+    decay, no_decay = run.parts.optimizer.param_groups
+    assert decay["weight_decay"] == pytest.approx(cosine(0.04, 0.4, 11 / 12)) and no_decay["weight_decay"] == 0.0
+    # The resolved recipe in the run folder keeps the schedule as written.
+    saved = run.folder.read_recipe()
+    assert saved["loss"]["temperature"] == {"schedule": "linear", "start": 0.1, "end": 0.3, "until_epoch": 1.0}
+
+
+def test_a_resumed_run_continues_the_schedule_bit_for_bit(tmp_path, crash_after_first_checkpoint):
+    overrides = [TEMPERATURE, WEIGHT_DECAY, "train.epochs=2", f"run.dir={tmp_path}", "health.enabled=false"]
+    crash_after_first_checkpoint(clrun.load_recipe(TINY, [*overrides, "run.name=resumed"]))
+    resumed = clrun.train(clrun.load_recipe(TINY, [*overrides, "run.name=resumed"]), resume=tmp_path / "resumed")
+    straight = clrun.train(clrun.load_recipe(TINY, [*overrides, "run.name=straight"]))
+    a, b = (checkpointing.load(r.folder.checkpoint) for r in (resumed, straight))
+    for key, value in a["network"].items():
+        assert torch.equal(value, b["network"][key]), key
+    assert a["optimizer"]["param_groups"][0]["weight_decay"] == b["optimizer"]["param_groups"][0]["weight_decay"]
+
+
+def test_check_shows_each_schedule_over_the_run(capsys):
+    assert cl_run_main(["check", str(TINY), TEMPERATURE, WEIGHT_DECAY, "train.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "  schedule: loss.temperature: linear 0.1 -> 0.3 (until epoch 1); step 1: 0.1, step 12: 0.3\n" in out
+    assert f"  schedule: optimizer.weight_decay: cosine 0.04 -> 0.4; step 1: 0.04, step 12: {cosine(0.04, 0.4, 11 / 12):.6g}\n" in out
+
+
+class KeepsNoAttribute(torch.nn.Module):
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        self.scale = weight  # stored under another name: cl-run cannot find it
+
+    def forward(self, projections, **kwargs):
+        return sum(p.pow(2).mean() for p in projections) * self.scale
+
+
+@pytest.fixture
+def with_a_loss_that_hides_its_setting(registry, monkeypatch):
+    from clrun import plugin_manager
+
+    registry = plugin_manager.load_registry(autoload=False)
+    registry.add_all([clrun.Component("loss", "tests/hides", KeepsNoAttribute, "stores weight as scale")],
+                     "tests.plugin (tests-dist 1.0)")
+    monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
+    yield
+    plugin_manager.set_default_registry(None)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["views.0.transforms.0.scale={schedule: linear, start: 0.1, end: 0.3}"],
+     "<command line>:1:28: error: views.0.transforms.0.scale: expected a list of 2 (a number, a number), got a mapping"),
+    (["train.grad_clip={schedule: linear, start: 1, end: 3}"],
+     "<command line>:1:17: error: train.grad_clip: expected a number, got a schedule; schedules are for the settings "
+     "of a loss, projector, predictor or optimizer"),
+    (["optimizer.lr={schedule: linear, start: 0.1, end: 0.3}", "scheduler={name: clrun/warmup_cosine}"],
+     "<command line>:1:14: error: optimizer.lr: the learning rate follows the scheduler 'clrun/warmup_cosine' "
+     "(<command line>:2:11); give lr a number, or remove the scheduler"),
+    (["loss={name: tests/hides, weight: {schedule: linear, start: 1, end: 2}}"],
+     "<command line>:1:34: error: loss.weight: loss 'tests/hides' keeps no number attribute 'weight', so cl-run "
+     "cannot change it during the run; give a number, or (its author) store the setting as self.weight"),
+])
+def test_a_schedule_where_none_can_go_is_a_recipe_error(overrides, message, capsys, with_a_loss_that_hides_its_setting):
+    assert cl_run_main(["check", str(TINY), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err.splitlines() and "Traceback" not in err
