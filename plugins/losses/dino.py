@@ -13,6 +13,19 @@ from clrun import ComponentError, Range, checked, distributed, loss_kit, name_of
 from clrun.plugins.losses.koleo import koleo
 from clrun.plugins.losses.sinkhorn import sinkhorn_knopp
 
+# What DINO's loss and iBOT's (which composes DINO's term) declare alike: the limits of their shared arguments
+# and their collapse signals.
+InDim = Annotated[int, Range(min=2, hint="the head's output width, set by the training loop")]
+TeacherTemperature = Annotated[float, loss_kit.temperature_range("DINO uses 0.04 to 0.07")]
+StudentTemperature = Annotated[float, loss_kit.temperature_range("DINO uses 0.1")]
+CenterMomentum = Annotated[float, Range(min=0, max=1, hint="DINO uses 0.9; 1 turns centering off")]
+COLLAPSE_SIGNALS = (
+    loss_kit.CollapseSignal("teacher_entropy_ratio", 0.98, above=True, meaning=(
+        "the teacher's output is uniform over the prototypes; sharpen it: a lower teacher_temperature")),
+    loss_kit.CollapseSignal("top_prototype_share", 0.5, above=True, meaning=(
+        "one prototype takes most images; center the teacher: center_momentum below 1 (DINO: 0.9)")),
+)
+
 
 def teacher_distributions(teacher: Sequence[Tensor], teacher_temperature: float, center: Tensor | None = None,
                           sinkhorn_iterations: int = 3) -> list[Tensor]:
@@ -137,19 +150,14 @@ class DINOLoss(nn.Module):
 
     main_metric = "teacher_entropy"
     reads = frozenset({"online.projections", "target.projections", "online.features"})  # features: KoLeo's
-    collapse_signals = (
-        loss_kit.CollapseSignal("teacher_entropy_ratio", 0.98, above=True, meaning=(
-            "the teacher's output is uniform over the prototypes; sharpen it: a lower teacher_temperature")),
-        loss_kit.CollapseSignal("top_prototype_share", 0.5, above=True, meaning=(
-            "one prototype takes most images; center the teacher: center_momentum below 1 (DINO: 0.9)")),
-    )
+    collapse_signals = COLLAPSE_SIGNALS
 
     def __init__(
         self,
-        in_dim: Annotated[int, Range(min=2, hint="the head's output width, set by the training loop")],
-        teacher_temperature: Annotated[float, loss_kit.temperature_range("DINO uses 0.04 to 0.07")] = 0.04,
-        student_temperature: Annotated[float, loss_kit.temperature_range("DINO uses 0.1")] = 0.1,
-        center_momentum: Annotated[float, Range(min=0, max=1, hint="DINO uses 0.9; 1 turns centering off")] = 0.9,
+        in_dim: InDim,
+        teacher_temperature: TeacherTemperature = 0.04,
+        student_temperature: StudentTemperature = 0.1,
+        center_momentum: CenterMomentum = 0.9,
         centering: Annotated[Literal["center", "sinkhorn"], Range(hint="DINO: center, DINOv2: sinkhorn")] = "center",
         sinkhorn_iterations: Annotated[int, Range(min=1, hint="DINOv2 uses 3")] = 3,
         koleo_weight: Annotated[float, Range(min=0, hint="DINOv2 uses 0.1; 0 for none")] = 0.0,

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clrun import ComponentError, Range, checked, loss_kit, name_of
-from clrun.plugins.losses.dino import dino, dino_inputs, move_center
+from clrun.plugins.losses.dino import (COLLAPSE_SIGNALS, CenterMomentum, InDim, StudentTemperature, TeacherTemperature,
+                                       dino, dino_inputs, move_center)
 
 
 def ibot_patch_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], hidden: Sequence[Tensor], center: Tensor,
@@ -62,19 +63,14 @@ class IBOTLoss(nn.Module):
     reads = frozenset({"online.projections", "target.projections", "online.token_projections",
                        "target.token_projections", "masks"})
     main_metric = "teacher_entropy"
-    collapse_signals = (
-        loss_kit.CollapseSignal("teacher_entropy_ratio", 0.98, above=True, meaning=(
-            "the teacher's output is uniform over the prototypes; sharpen it: a lower teacher_temperature")),
-        loss_kit.CollapseSignal("top_prototype_share", 0.5, above=True, meaning=(
-            "one prototype takes most images; center the teacher: center_momentum below 1 (DINO: 0.9)")),
-    )
+    collapse_signals = COLLAPSE_SIGNALS
 
     def __init__(
         self,
-        in_dim: Annotated[int, Range(min=2, hint="the head's output width, set by the training loop")],
-        teacher_temperature: Annotated[float, loss_kit.temperature_range("DINO uses 0.04 to 0.07")] = 0.04,
-        student_temperature: Annotated[float, loss_kit.temperature_range("DINO uses 0.1")] = 0.1,
-        center_momentum: Annotated[float, Range(min=0, max=1, hint="DINO uses 0.9; 1 turns centering off")] = 0.9,
+        in_dim: InDim,
+        teacher_temperature: TeacherTemperature = 0.04,
+        student_temperature: StudentTemperature = 0.1,
+        center_momentum: CenterMomentum = 0.9,
         teacher_patch_temperature: Annotated[float, loss_kit.temperature_range("iBOT uses 0.04 to 0.07")] = 0.04,
         patch_center_momentum: Annotated[float, Range(min=0, max=1, hint="iBOT uses 0.9")] = 0.9,
         lambda_cls: Annotated[float, Range(min=0, hint="iBOT uses 1")] = 1.0,
