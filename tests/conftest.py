@@ -2,8 +2,9 @@
 training builds it (or with another loss), the untrained encoder's kNN accuracy (measured once per
 distinct encoder) and a switch that skips the report's plots in tests that do not look at them.
 
-The tests reach the training's internals (``prepare``, ``Run``, the report writer) only through this
-file, so a refactoring of those internals is adapted here, in one place.
+Building a run (``prepare``, ``Run``), crashing one and skipping its report are done here, so a refactoring
+of those internals is adapted in one place; tests of an internal module (tests/unit/training/...) import
+it directly, as a module's tests do.
 """
 
 from __future__ import annotations

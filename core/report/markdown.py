@@ -76,7 +76,7 @@ def render(records: RunRecords, plots: dict[str, Path], at: Path | None = None) 
         setup(records),
         resumes(records),
         missing(records),
-        results_table(records),
+        results_section(records),
         branch_comparison(records),
         health(records),
         plots_section(records, plots, at),
@@ -162,7 +162,7 @@ def missing(records: RunRecords) -> str:
     return "## Missing data\n\n" + "\n".join(lines) if lines else ""
 
 
-def results_table(records: RunRecords) -> str:
+def results_section(records: RunRecords) -> str:
     values = results(records)
     from_eval = set(((records.evaluation or {}).get("results") or {}))
     source = "final record" if records.final is not None else "last epoch"
