@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any
 
 import numpy as np
@@ -22,11 +23,26 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Set this process's random streams to ``state`` (an ``rng_state()``)."""
+    """Set this process's random streams to ``state`` (an ``rng_state()``); the CUDA ones as
+    ``set_cuda_rng_states`` does."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    set_cuda_rng_states(state["cuda"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def set_cuda_rng_states(saved: list[torch.Tensor]) -> None:
+    """Set the CUDA devices' streams to ``saved`` (one state per device the saving process saw), device i to
+    ``saved[i]``, on the first min(saved, visible) devices. A checkpoint holds every visible GPU's state, so
+    a run resumed where another number of GPUs is visible (fewer: a smaller machine, ``CUDA_VISIBLE_DEVICES``)
+    restores what both have, with a warning: the devices' streams then differ from the saved run's."""
+    if not saved or not torch.cuda.is_available():
+        return
+    visible = torch.cuda.device_count()
+    if len(saved) != visible:
+        warnings.warn(f"the checkpoint holds the random state of {len(saved)} CUDA device(s) and this process sees "
+                      f"{visible}: restoring the first {min(len(saved), visible)}", stacklevel=2)
+    for index, state in enumerate(saved[:visible]):
+        torch.cuda.set_rng_state(state, index)

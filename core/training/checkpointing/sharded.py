@@ -27,6 +27,7 @@ from clrun.run_folder import RunFolder
 from clrun.storage import write_atomic, writing
 from clrun.training.checkpointing.state import REFIT, TrainState
 from clrun.training.checkpointing.writes import save_atomic
+from clrun.training.parallel import compat
 
 LATEST = "latest"
 REST = "rest.pt"  # everything but the sharded tensors
@@ -88,7 +89,7 @@ def write_shards(state: dict[str, Any], tensor_keys: frozenset[str], folder: Pat
         # Per-process tensors that are not sharded (BatchNorm statistics) are saved from rank 0, as a
         # replicated run's checkpoint and the exported encoder have them.
         dcp.save({k: v for k, v in state.items() if k in tensor_keys}, checkpoint_id=str(folder),
-                 planner=dcp.DefaultSavePlanner(dedup_save_to_lowest_rank=True))
+                 planner=compat.dcp_save_planner_lowest_rank())
         if distributed.is_main():
             save_atomic({k: v for k, v in state.items() if k not in tensor_keys}, folder / REST)
 
@@ -121,13 +122,11 @@ def load_whole(path: Path, command: str) -> dict[str, Any]:
     whole tensors (for ``cl-run eval`` and ``export``, which build one plain network)."""
     import tempfile
 
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
     if not is_complete(path):
         raise UserError(f"{command}: {path} is not a complete sharded checkpoint (no {REST})")
     with tempfile.TemporaryDirectory() as scratch:
         with one_process_is_fine():
-            dcp_to_torch_save(str(path), str(Path(scratch) / "whole.pt"))
+            compat.dcp_to_torch_save()(str(path), str(Path(scratch) / "whole.pt"))
         state = torch.load(Path(scratch) / "whole.pt", map_location="cpu", weights_only=True)
     state.update(torch.load(path / REST, map_location="cpu", weights_only=True))
     return state

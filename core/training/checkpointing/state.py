@@ -21,6 +21,7 @@ from clrun.callback import Stateful
 from clrun.errors import UserError
 from clrun.run_folder import RunFolder
 from clrun.training.checkpointing.random_state import rng_state, set_rng_state
+from clrun.training.parallel import compat
 from clrun.training.run import Run
 from clrun.training.setup import seed_augmentations
 
@@ -86,9 +87,7 @@ class Module(StatePart):
             return {key: self.module.state_dict()}
         if not self.module.state_dict():  # DCP stores tensors: a module without any has no entry
             return {}
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        return {key: get_model_state_dict(self.module)}
+        return {key: compat.dcp_state_dict().get_model_state_dict(self.module)}
 
     def load_state_dict(self, saved: dict[str, Any], restoring: Restoring) -> None:
         (key,) = self.keys
@@ -100,9 +99,7 @@ class Module(StatePart):
         if self.module is None:
             raise UserError(f"--resume: {restoring.source}: {self.unexpected()}; {REFIT}")
         if restoring.sharded:
-            from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-            set_model_state_dict(self.module, state)
+            compat.dcp_state_dict().set_model_state_dict(self.module, state)
         else:
             load_module(self.module, state, f"--resume: {restoring.source}: its {key} state", REFIT)
 
@@ -146,9 +143,8 @@ class Optimizer(StatePart):
     def state_dict(self, sharded: bool) -> dict[str, Any]:
         if not sharded:
             return {"optimizer": self.parts.optimizer.state_dict()}
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        return {"optimizer": get_optimizer_state_dict(trained(self.parts), self.parts.optimizer)}
+        dcp = compat.dcp_state_dict()
+        return {"optimizer": dcp.get_optimizer_state_dict(trained(self.parts), self.parts.optimizer)}
 
     def load_state_dict(self, saved: dict[str, Any], restoring: Restoring) -> None:
         if not restoring.new_settings:
@@ -165,9 +161,7 @@ class Optimizer(StatePart):
         if not sharded:
             self.parts.optimizer.load_state_dict(state)
             return
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-        set_optimizer_state_dict(trained(self.parts), self.parts.optimizer, state)
+        compat.dcp_state_dict().set_optimizer_state_dict(trained(self.parts), self.parts.optimizer, state)
 
 
 class Scheduler(StatePart):

@@ -17,7 +17,7 @@ from torch import nn
 from clrun import distributed
 from clrun.errors import UserError
 from clrun.recipe.schema import Recipe
-from clrun.training.parallel import sharding
+from clrun.training.parallel import compat, sharding
 from clrun.training.model.build import Model
 from clrun.training.model.network import OnlineNetwork, Trainable
 from clrun.training.model.target import TargetNetwork
@@ -88,17 +88,35 @@ def data_parallel(trainable: Trainable, device: torch.device) -> nn.Module:
 
     Buffers are not broadcast from rank 0 on every step: BatchNorm statistics stay per rank (as in
     most SSL code; SyncBatchNorm is the recipe option that makes them global), and a loss's state
-    (a queue of keys) is kept identical by the loss itself. The constructor still copies rank 0's
-    parameters and buffers to every rank once.
+    (a queue of keys) is kept identical by the loss itself. Rank 0's parameters and buffers are still
+    copied to every rank once, at the start (by the constructor; on torch < 2.13, whose keyword for this
+    also skips the buffers in that copy, by ``broadcast_buffers``).
     """
     # A loss with parameters may leave them out of some steps' graphs (prototypes frozen
     # for the first steps), and a token-level loss (a token head's) may never use the pooled branch (the
     # projector, a pooling norm); DDP must then look for unused parameters, at a small cost per step.
     maybe_unused = any(p.requires_grad for p in trainable.loss_fn.parameters())
     maybe_unused = maybe_unused or getattr(trainable.network, "token_head", None) is not None
-    return nn.parallel.DistributedDataParallel(
+    ddp = nn.parallel.DistributedDataParallel
+    no_buffer_sync = compat.ddp_no_forward_buffer_sync(ddp)
+    wrapped = ddp(
         trainable,
         device_ids=[device.index] if device.type == "cuda" else None,
-        forward_sync_buffers=False,
         find_unused_parameters=maybe_unused,
+        **no_buffer_sync,
     )
+    if not compat.ddp_copies_buffers_at_start(no_buffer_sync):  # torch < 2.13: the first copy is ours to make
+        broadcast_buffers(trainable)
+    return wrapped
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers copied into every rank's ``module`` (a collective), as DDP's constructor does on
+    torch >= 2.13: BatchNorm statistics and a loss's queue start equal on every rank, whatever each rank
+    built."""
+    for buffer in module.buffers():
+        # Collectives take contiguous tensors; a channels-last buffer is sent through a contiguous copy.
+        sent = buffer.contiguous()
+        torch.distributed.broadcast(sent, src=0)
+        if sent is not buffer:
+            buffer.copy_(sent)

@@ -32,6 +32,7 @@ from torch import nn
 
 from clrun import distributed
 from clrun.recipe import Recipe
+from clrun.training.parallel import compat
 
 UNIT_LISTS = ("blocks", "layers", "stages")
 # A module's own list of the methods, besides ``forward``, that callers call directly with its weights.
@@ -48,8 +49,8 @@ def is_sharded(recipe: Recipe) -> bool:
 def shard(parts: list[Optional[nn.Module]], device: torch.device) -> None:
     """``fully_shard`` every part (in place: their parameters become DTensors), block by block."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
+    fully_shard = compat.fsdp2().fully_shard
     mesh = init_device_mesh(device.type, (distributed.world_size(),))
     for part in parts:
         if part is None or not any(True for _ in part.parameters()):
@@ -83,10 +84,7 @@ def forward_methods(module: nn.Module) -> list[str]:
 def register_forward_methods(unit: nn.Module) -> None:
     """Make each of ``forward_methods(unit)`` gather and free ``unit``'s weights as its ``forward`` does
     (``unit``: a module ``fully_shard`` was applied to)."""
-    try:
-        from torch.distributed.fsdp import register_fsdp_forward_method
-    except ImportError:  # torch releases that keep FSDP2 in its first place
-        from torch.distributed._composable.fsdp import register_fsdp_forward_method
+    register_fsdp_forward_method = compat.fsdp2().register_fsdp_forward_method
     for name in forward_methods(unit):
         register_fsdp_forward_method(unit, name)
 
@@ -102,8 +100,7 @@ def reshard(module: nn.Module) -> None:
     """Free the gathered weights of ``module``'s sharded units. FSDP2 keeps a root unit's weights whole after
     its forward, for the backward it expects; the target network has no backward, so its units stay whole
     (plain tensors, not shards) until this."""
-    from torch.distributed.fsdp import FSDPModule
-
+    FSDPModule = compat.fsdp2().FSDPModule
     for unit in module.modules():
         if isinstance(unit, FSDPModule):
             unit.reshard()
@@ -117,9 +114,8 @@ def template(network: nn.Module) -> nn.Module:
 @torch.no_grad()
 def whole_network(sharded: nn.Module, plain: nn.Module, device: torch.device) -> nn.Module:
     """A plain copy of ``sharded`` with its whole weights, on ``device``, on every process (a collective)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True))
+    dcp = compat.dcp_state_dict()
+    state = dcp.get_model_state_dict(sharded, options=dcp.StateDictOptions(full_state_dict=True))
     whole = copy.deepcopy(plain).to(device)
     whole.load_state_dict(state)
     whole.train(sharded.training)
