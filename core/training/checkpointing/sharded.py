@@ -64,8 +64,7 @@ class Sharded:
         import torch.distributed.checkpoint as dcp
 
         saved_keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
-        tensors = {key: value for key, value in state.sharded_tensors().items()
-                   if any(k == key or k.startswith(key + ".") for k in saved_keys)}  # missing: the part says why
+        tensors = saved_part(state.sharded_tensors(), saved_keys)  # a whole part missing: the part says why
         try:
             with one_process_is_fine():
                 dcp.load(tensors, checkpoint_id=str(path))
@@ -79,6 +78,22 @@ class Sharded:
 
     def close(self) -> None:
         """Nothing: its writes are synchronous."""
+
+
+def saved_part(live: dict[str, Any], saved_keys: set[str], prefix: str = "") -> dict[str, Any]:
+    """The entries of ``live`` (nested dicts, flattened by DCP into dotted keys) that the checkpoint holds.
+
+    A live optimizer's state dict has an entry for every parameter (DCP's ``get_optimizer_state_dict``
+    initializes them), while the checkpoint has none for a parameter that had taken no step yet (a group
+    frozen for the first epochs by the recipe's params.groups): such entries are left out of the load,
+    and the parameter starts its moments afresh, as it would have without the checkpoint."""
+    kept = {}
+    for key, value in live.items():
+        name = f"{prefix}{key}"
+        if not any(k == name or k.startswith(name + ".") for k in saved_keys):
+            continue
+        kept[key] = saved_part(value, saved_keys, name + ".") if isinstance(value, dict) else value
+    return kept
 
 
 def write_shards(state: dict[str, Any], tensor_keys: frozenset[str], folder: Path, kept: str) -> None:

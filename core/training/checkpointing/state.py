@@ -161,7 +161,12 @@ class Optimizer(StatePart):
         if not sharded:
             self.parts.optimizer.load_state_dict(state)
             return
-        compat.dcp_state_dict().set_optimizer_state_dict(trained(self.parts), self.parts.optimizer, state)
+        dcp = compat.dcp_state_dict()
+        # Not strict: a parameter that had taken no step when the checkpoint was written (a group frozen for
+        # the first epoch) has no saved state and starts afresh, as in a one-file checkpoint; the model's own
+        # load stays strict, so a checkpoint of another network is still refused.
+        dcp.set_optimizer_state_dict(trained(self.parts), self.parts.optimizer, state,
+                                     options=dcp.StateDictOptions(strict=False))
 
 
 class Scheduler(StatePart):
