@@ -55,7 +55,7 @@ def checkpoint_state(run_dir: Path) -> dict:
     files = sorted(run_dir.rglob("*.pt"))
     if not files:
         raise SystemExit(f"no checkpoint in {run_dir}")
-    return torch.load(files[-1], map_location="cpu", weights_only=False)
+    return torch.load(files[-1], map_location="cpu", weights_only=True)
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ def test_an_old_run_evaluates_as_it_did(old_run):
 
 def test_an_old_run_exports_the_backbone_it_trained(old_run):
     file = export(old_run)
-    saved = torch.load(old_run / "checkpoint.pt", map_location="cpu", weights_only=False)["network"]
+    saved = torch.load(old_run / "checkpoint.pt", map_location="cpu", weights_only=True)["network"]
     exported = safetensors.torch.load_file(str(file))
     assert len(exported) > 10
     for key, value in exported.items():
