@@ -33,7 +33,7 @@ class Parts:
     schedules: ScheduledScalars  # the recipe's scheduled settings, set before each step
     scaler: torch.amp.GradScaler  # fp16's loss scaler (disabled for other precisions)
     masking: Optional[Masking]  # the recipe's masking: section, built
-    reads: frozenset[str]  # what the loss and the callbacks read of each step: the optional outputs computed
+    reads: frozenset[str]  # what the loss reads of each step: the optional outputs computed
     eval_size: tuple[int, int]
     total_steps: int
     feature_dim: int  # the backbone's output width

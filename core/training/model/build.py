@@ -35,7 +35,7 @@ class Model:
     network: OnlineNetwork
     loss_fn: nn.Module
     masking: Optional[Masking]  # the recipe's masking: section, built
-    reads: frozenset[str]  # what the loss and the callbacks read of each step (clrun.training.model.reads)
+    reads: frozenset[str]  # what the loss reads of each step (clrun.training.model.reads)
     feature_dim: int  # the backbone's output width
     projection_dim: int  # the projector's output width
     eval_size: tuple[int, int]  # the global views' size: what evaluation resizes images to

@@ -20,6 +20,7 @@ Two uses of one declaration:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Iterable, Optional
 
@@ -121,7 +122,8 @@ def _check_computed(spec: ComponentSpec, reads: Optional[frozenset[str]], comput
                              f"what the loss reads, so that a callback never changes what the run trains")
 
 
-def branch_wants(reads: Iterable[str], role: str) -> frozenset[str]:
+@functools.cache  # asked at every step with the run's one set of reads: worked out once
+def branch_wants(reads: frozenset[str], role: str) -> frozenset[str]:
     """The outputs of one branch (``role``: online, target) among ``reads``, without the prefix."""
     prefix = role + "."
     return frozenset(r[len(prefix):] for r in reads if r.startswith(prefix))
