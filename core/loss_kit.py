@@ -30,7 +30,6 @@ Gathering views across ranks is ``clrun.distributed.gather`` (with gradients) an
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -210,19 +209,30 @@ def at_least_two_images(owner: Any, batch_size: int, why: str) -> None:
 
 # ---------------------------------------------------------------- constructor arguments
 # The built-in components declare their limits in their signatures (clrun.Range, clrun.checked). The
-# checks below predate that and stay for plugins that call them; they raise the same ComponentError.
+# checks below predate that and stay for plugins that call them: each is a Range applied on the spot, so
+# they refuse what the declaration refuses, with the same ComponentError and message.
+
+
+def _within(owner: Any, name: str, value: object, base: type, limits: Range) -> Any:
+    problem = limits.violation(value, base)
+    if problem:
+        raise ComponentError(f"{_name(owner)}: {name} {problem}", argument=name)
+    return value
+
+
+def _hint(text: str) -> str:
+    """An old-style hint, ``" (the paper uses 0.5)"``, as a Range's: ``"the paper uses 0.5"``."""
+    return text.strip().removeprefix("(").removesuffix(")").strip()
 
 
 def int_arg(owner: Any, name: str, value: object, minimum: int, hint: str = "") -> int:
     """``value`` as an int >= ``minimum`` (booleans refused); ``hint`` follows the requirement in the error,
     e.g. ``" (the paper uses 65536)"``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ComponentError(f"{_name(owner)}: {name} must be an integer >= {minimum}{hint}, got {value!r}", argument=name)
-    return value
+    return _within(owner, name, value, int, Range(min=minimum, hint=_hint(hint)))
 
 
 def float_arg(
-    owner: str,
+    owner: Any,
     name: str,
     value: object,
     *,
@@ -232,22 +242,9 @@ def float_arg(
     noun: str = "a number",
 ) -> float:
     """``value`` as a finite float above ``minimum`` (or equal to it when ``inclusive``); booleans, strings,
-    NaN and infinities are refused.
-
-    The error reads "{owner}: {name} must be {noun} > {minimum}{hint}, got {value!r}"; ``noun`` is how
-    the message names the value ("a number", "a finite number").
-    """
-    valid = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and (value >= minimum if inclusive else value > minimum)
-    )
-    if not valid:
-        raise ComponentError(
-            f"{_name(owner)}: {name} must be {noun} {'>=' if inclusive else '>'} {minimum:g}{hint}, got {value!r}", argument=name
-        )
-    return float(value)
+    NaN and infinities are refused. ``noun`` is accepted for the plugins that pass it; the message says
+    "a number", as a Range's does."""
+    return float(_within(owner, name, value, float, Range(min=minimum, exclusive_min=not inclusive, hint=_hint(hint))))
 
 
 MIN_TEMPERATURE = 1e-3
@@ -286,20 +283,6 @@ class CollapseSignal:
 
 
 def temperature_arg(owner: Any, value: object, hint: str = "", name: str = "temperature") -> float:
-    """``value`` as a softmax temperature: a finite number >= ``MIN_TEMPERATURE`` (1e-3).
-
-    A loss divides similarities in [-1, 1] by its temperature: below 1e-3 the logits pass +-1000, the
-    softmax is saturated (one-hot) and the loss grows like 1 / temperature (about 1e7 at 1e-8) while the
-    run goes on with finite numbers and learns nothing. Refusing it when the loss is built makes
-    ``cl-run check`` say so before any training. Non-numbers and values <= 0 get ``float_arg``'s message.
-    ``name``: the argument's name, for a loss with several temperatures.
-    """
-    tau = float_arg(owner, name, value, hint=hint)
-    if tau < MIN_TEMPERATURE:
-        raise ComponentError(
-            f"{_name(owner)}: {name} must be >= {MIN_TEMPERATURE:g}{hint}, got {value!r}: the logits are similarities "
-            f"divided by the temperature (up to +-{1 / tau:.0e} here), and past +-{1 / MIN_TEMPERATURE:g} the "
-            f"softmax saturates and the loss explodes instead of training",
-            argument=name,
-        )
-    return tau
+    """``value`` as a softmax temperature: what ``temperature_range`` declares (a number >= 1e-3), checked on
+    the spot. ``name``: the argument's name, for a loss with several temperatures."""
+    return float(_within(owner, name, value, float, temperature_range(_hint(hint))))

@@ -78,6 +78,21 @@ def test_checked_refuses_a_value_outside_the_signature_naming_the_argument(kwarg
     assert (str(info.value), info.value.argument) == (message, argument)
 
 
+def test_loss_kits_older_checks_refuse_as_the_declaration_does():
+    """Plugins written before Range call loss_kit's checks: one mechanism, the same message and argument."""
+    with pytest.raises(ComponentError) as old:
+        loss_kit.int_arg("Widget", "size", 0, 1, " (usually 8)")
+    with pytest.raises(ComponentError) as new:
+        Widget(size=0)
+    assert (str(old.value), old.value.argument) == (str(new.value), new.value.argument)
+    with pytest.raises(ComponentError, match=r"^mine/x: lr must be a number >= 0, got -0\.5$"):
+        loss_kit.float_arg("mine/x", "lr", -0.5, inclusive=True)
+    with pytest.raises(ComponentError, match=r"^mine/x: tau must be a number >= 0\.001 \(SimCLR uses 0\.5\), got 1e-08: the "
+                                             r"logits are similarities divided by the temperature"):
+        loss_kit.temperature_arg("mine/x", 1e-8, " (SimCLR uses 0.5)", name="tau")
+    assert (loss_kit.int_arg("m", "k", 3, 1), loss_kit.float_arg("m", "lr", 2), loss_kit.temperature_arg("m", 0.5)) == (3, 2.0, 0.5)
+
+
 def test_checked_accepts_what_the_signature_allows_and_names_the_instance():
     widget = Widget(3, None, "b", True)
     assert (widget.size, widget.rate, widget.mode, widget.flag) == (3, None, "b", True)
