@@ -72,6 +72,8 @@ class Step:
         self.run, self.parts, self.device = run, run.parts, run.device
         self.dtype = PRECISIONS[precision]
         self.scaler, self.grad_clip = scaler, grad_clip
+        # What clipping measures: every parameter the optimizer holds (its groups are fixed for the run).
+        self.clipped = [p for group in self.parts.optimizer.param_groups for p in group["params"]]
 
     @classmethod
     def of(cls, run: Run) -> Step:
@@ -94,8 +96,7 @@ class Step:
         scaler.scale(loss).backward()
         if self.grad_clip is not None:
             scaler.unscale_(parts.optimizer)
-            params = [p for group in parts.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.clipped, self.grad_clip)
         freeze_gradients(parts.optimizer, step)  # after clipping: a frozen group's norm still counts, as in the papers
         lr = parts.optimizer.param_groups[0]["lr"]  # the rate this step used
         scaler.step(parts.optimizer)
