@@ -96,6 +96,22 @@ class TrainSection:
     # "fsdp" splits parameters, gradients and optimizer state over them (FSDP2), with checkpoints through
     # torch.distributed.checkpoint that load on any number of processes (clrun.training.parallel.sharding).
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    # Sharded runs (fsdp): the dtype the gathered parameters compute in, and the dtype gradients are
+    # reduced in (FSDP2's MixedPrecisionPolicy); the shards and the optimizer stay in fp32.
+    fsdp_param_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    fsdp_reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    # Each batch in this many micro-batches, one backward each, and one optimizer step: the recipe's batch
+    # at 1/N of the activation memory. For losses that are a mean of per-image terms only (a loss declares
+    # it); a loss over the whole batch (negatives, batch statistics) takes grad_cache_chunks instead.
+    accumulate_steps: int = 1
+    # Gradient caching (Gao et al. 2021): each batch embedded in this many chunks without a graph, the loss
+    # and its gradient with respect to the embeddings on the whole batch, then each chunk run again with
+    # its graph and its random state, back-propagating the cached gradient. Exact for any loss; BatchNorm
+    # statistics become per chunk (as they are per process under DDP).
+    grad_cache_chunks: int = 1
+    # Recompute each block's activations in the backward pass instead of keeping them (timm's
+    # set_grad_checkpointing): less memory for about a third more compute.
+    activation_checkpointing: bool = False
     # Large-batch (LARS) practice: biases and normalization weights get no weight decay (nor LARS adaptation).
     exclude_bias_and_norm_from_weight_decay: bool = True
     checkpoint_every: int = 1  # epochs; a final checkpoint is always written
@@ -114,6 +130,11 @@ class TrainSection:
         _at_least(self.checkpoint_every, 1, "checkpoint_every")
         _at_least(self.checkpoint_every_steps, 1, "checkpoint_every_steps")
         _at_least(self.threads, 1, "threads")
+        _at_least(self.accumulate_steps, 1, "accumulate_steps")
+        _at_least(self.grad_cache_chunks, 1, "grad_cache_chunks")
+        if self.accumulate_steps > 1 and self.grad_cache_chunks > 1:
+            raise FieldError("grad_cache_chunks", "gradient caching and train.accumulate_steps split the batch two "
+                             "ways at once; set one of them (grad_cache_chunks for a loss over the whole batch)")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
 

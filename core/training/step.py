@@ -1,19 +1,19 @@
-"""One optimizer step: views on the device, online (and target) network, loss, backward, update."""
+"""One optimizer step: views on the device, online (and target) network, loss, backward, update; the batch
+at once, in micro-batches (``train.accumulate_steps``) or in gradient-cached chunks (``train.grad_cache_chunks``)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from clrun import distributed
+from clrun.training.forward import forward_and_loss, split_loss  # noqa: F401  (this module's API before forward.py)
 from clrun.training.model.outputs import StepOutputs
 from clrun.training.optim.param_groups import freeze_gradients
-from clrun.training.parts import Parts
-from clrun.training.model.reads import branch_wants
 from clrun.training.run import Run
 from clrun.training.parallel.sharding import reshard
+from clrun.training.split.accumulation import accumulated_backward
+from clrun.training.split.grad_cache import cached_backward
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -23,35 +23,6 @@ class NonFiniteLossError(RuntimeError):
 
     A stateful loss may already have queued this batch's keys: the run stops, and resuming from the
     checkpoint restores that state with the weights."""
-
-
-def split_loss(result: Any) -> tuple[Tensor, dict[str, Tensor]]:
-    """A loss returns a scalar tensor or ``{"loss": tensor, **metrics}``."""
-    if isinstance(result, Tensor):
-        return result, {}
-    if isinstance(result, dict) and isinstance(result.get("loss"), Tensor):
-        extras = {k: torch.as_tensor(v).detach() for k, v in result.items() if k != "loss"}
-        return result["loss"], extras
-    raise TypeError(f"a loss must return a scalar tensor or a dict with 'loss'; got {type(result).__name__}")
-
-
-def forward_and_loss(parts: Parts, images: Tensor, device: torch.device, step: int,
-                     places: Tensor | None = None) -> tuple[Any, StepOutputs]:
-    """Views on the device (cropped inside each image's ``places`` when the data set letterboxes: they stay
-    on the CPU, where the crops are drawn), their masks (a ``masking:`` section), the target network's
-    branch on the global ones (no gradient), then the online network and the loss (``parts.trainable``,
-    DDP-wrapped when several processes train). Each network makes the optional outputs ``parts.reads``
-    names (what the loss reads)."""
-    views = parts.views(images.to(device, non_blocking=True), places)
-    is_global = parts.views.is_global
-    masking = parts.masking
-    masks = masking.draw(parts.network.backbone, views, is_global) if masking is not None else None
-    target = None
-    if parts.target is not None:
-        target = parts.target([v for v, g in zip(views, is_global) if g], branch_wants(parts.reads, "target"))
-    drop = masking is not None and masking.drop
-    return parts.trainable(views, is_global, target, step, parts.total_steps, masks, drop,
-                           branch_wants(parts.reads, "online"))
 
 
 def reduced_metrics(loss: Tensor, extras: dict[str, Tensor]) -> dict[str, float]:
@@ -68,32 +39,46 @@ class Step:
     completed before it; the loop counts them). Built once per run; it owns how a step computes: on
     ``device``, in ``precision`` (``PRECISIONS``), with ``scaler`` (fp16's loss scaling) and ``grad_clip``."""
 
-    def __init__(self, run: Run, precision: str, scaler: torch.amp.GradScaler, grad_clip: float | None) -> None:
+    def __init__(self, run: Run, precision: str, scaler: torch.amp.GradScaler, grad_clip: float | None,
+                 accumulate_steps: int = 1, grad_cache_chunks: int = 1) -> None:
         self.run, self.parts, self.device = run, run.parts, run.device
         self.dtype = PRECISIONS[precision]
         self.scaler, self.grad_clip = scaler, grad_clip
+        # How the batch goes through: at once or in micro-batches (accumulated), or in cached chunks.
+        self.parts_of_batch = grad_cache_chunks if grad_cache_chunks > 1 else accumulate_steps
+        self.backward = cached_backward if grad_cache_chunks > 1 else accumulated_backward
         # What clipping measures: every parameter the optimizer holds (its groups are fixed for the run).
         self.clipped = [p for group in self.parts.optimizer.param_groups for p in group["params"]]
 
     @classmethod
     def of(cls, run: Run) -> Step:
-        """The step ``run``'s recipe asks for (``train.precision``, ``train.grad_clip``), with the parts' scaler."""
-        return cls(run, run.recipe.train.precision, run.parts.scaler, run.recipe.train.grad_clip)
+        """The step ``run``'s recipe asks for (``train.precision``, ``train.grad_clip``, ``train.accumulate_steps``,
+        ``train.grad_cache_chunks``), with the parts' scaler."""
+        train = run.recipe.train
+        return cls(run, train.precision, run.parts.scaler, train.grad_clip, train.accumulate_steps, train.grad_cache_chunks)
+
+    def autocast(self) -> torch.autocast:
+        """The step's precision (``train.precision``) for a forward pass."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def gradients(self, images: Tensor, places: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor], StepOutputs]:
+        """The batch's gradients (scaled by the loss scaler), added to the parameters' ``.grad``; returns the
+        loss, the loss's metrics (this process's, detached) and the step's outputs."""
+        return self.backward(self.parts, images, places, self.parts_of_batch, self.run.step, self.device,
+                             self.autocast, self.scaler)
 
     def __call__(self, images: Tensor, places: Tensor | None = None) -> tuple[dict[str, float], StepOutputs]:
         """The step's metrics and outputs (for callbacks such as an online probe; the graph is already freed)."""
-        parts, scaler, dtype, step = self.parts, self.scaler, self.dtype, self.run.step
+        parts, scaler, step = self.parts, self.scaler, self.run.step
         scheduled = parts.schedules.apply(step)
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            result, out = forward_and_loss(parts, images, self.device, step, places)
-            loss, extras = split_loss(result)
+        parts.optimizer.zero_grad(set_to_none=True)
+        loss, extras, out = self.gradients(images, places)
         metrics = reduced_metrics(loss, extras)
         value = metrics["loss"]
         if value != value or value in (float("inf"), float("-inf")):
-            # Checked before backward: a NaN step must never reach the weights (on any rank).
+            # Checked before the update (on every rank): a NaN step must never reach the weights. The
+            # gradients it left are cleared by the next step's zero_grad, or never used when the run stops.
             raise NonFiniteLossError(f"the loss is {value}")
-        parts.optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
         if self.grad_clip is not None:
             scaler.unscale_(parts.optimizer)
             torch.nn.utils.clip_grad_norm_(self.clipped, self.grad_clip)

@@ -8,6 +8,7 @@ import types
 from typing import Optional
 
 import torch
+from timm.models import checkpoint_seq
 from torch import Tensor, nn
 
 from clrun import Tokens, UserError
@@ -72,7 +73,13 @@ def forward_tokens(model: nn.Module, images: Tensor, visible: Optional[Tensor] =
         patches = x[:, prefix_count:].gather(1, kept.unsqueeze(-1).expand(-1, -1, width))
         x = torch.cat([x[:, :prefix_count], patches], dim=1)
     x = model.norm_pre(model.patch_drop(x))
-    x = model.norm(model.blocks(x))
+    if getattr(model, "grad_checkpointing", False) and torch.is_grad_enabled():
+        # train.activation_checkpointing: each block's activations recomputed in the backward pass, as timm's
+        # forward_features does (through each block's forward, so sharding gathers its weights there too).
+        x = checkpoint_seq(model.blocks, x)
+    else:
+        x = model.blocks(x)
+    x = model.norm(x)
     return Tokens(prefix=x[:, :prefix_count], patches=x[:, prefix_count:], grid=grid,
                   pooled=model.forward_head(x, pre_logits=True))
 

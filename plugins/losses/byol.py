@@ -73,6 +73,8 @@ class BYOLLoss(nn.Module):
 
     main_metric = "pos_cosine"  # shown on the console each epoch
     reads = frozenset({"online.predictions", "target.projections"})
+    # Each image's predictions regress its own target projections: micro-batches may accumulate it.
+    per_image_mean = True
 
     def forward(self, out: Any) -> dict[str, Tensor]:
         predictions = loss_kit.required_predictions(self, out)

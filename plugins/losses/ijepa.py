@@ -43,6 +43,8 @@ class IJEPALoss(nn.Module):
     """
 
     reads = frozenset({"online.token_predictions", "target.tokens", "masks"})
+    # Each image's predicted patches against its own target tokens, one target count per image.
+    per_image_mean = True
 
     def __init__(self, beta: Annotated[float, Range(min=0, exclusive_min=True, hint="the official code uses 1")] = 1.0) -> None:
         super().__init__()

@@ -51,6 +51,9 @@ class MAELoss(nn.Module):
     """
 
     reads = frozenset({"online.token_predictions", "masks", "views", "online.tokens"})  # tokens: the patch grid
+    # Each image's hidden patches against its own pixels; with one hidden count per image (dropping
+    # generators keep one), the mean over all hidden patches is the mean of the images' means.
+    per_image_mean = True
 
     def __init__(self, norm_pix_loss: bool = True) -> None:
         super().__init__()

@@ -89,6 +89,8 @@ class SimSiamLoss(nn.Module):
     main_metric = "output_std_ratio"  # shown on the console each epoch
     # The predictions, or with require_predictor: false and no predictor, the projections in their place.
     reads = frozenset({"online.predictions", "online.projections"})
+    # Each image's predictions are compared with its own projections: micro-batches may accumulate it.
+    per_image_mean = True
 
     def __init__(self, stop_gradient: bool = True, require_predictor: bool = True) -> None:
         super().__init__()

@@ -22,6 +22,7 @@ from clrun.recipe.types import parameters
 from clrun.training.model.build_errors import BuildErrors
 from clrun.training.model.masking import Masking, build_masking
 from clrun.training.model.network import OnlineNetwork, output_dim
+from clrun.training.split.per_image import check_accumulation
 from clrun.training.optim.optimization import check_on_stand_in
 from clrun.training.model.reads import step_reads
 from clrun.training.model.views import Views
@@ -82,6 +83,8 @@ def build_model(recipe: Recipe, example: Tensor, steps_per_epoch: int = 1) -> Mo
     reads = frozenset()
     if loss_fn is not None:
         reads = errors.attempt(lambda: step_reads(recipe, loss_fn, recipe.callbacks), frozenset())
+    if loss_fn is not None:  # micro-batches only for a loss they leave unchanged
+        errors.attempt(lambda: check_accumulation(recipe, loss_fn), None)
     steps = total_steps(recipe, steps_per_epoch)
     if errors.errors:  # the optimizer's and scheduler's settings are still checked, on a stand-in
         check_on_stand_in(recipe, steps, steps_per_epoch, errors)

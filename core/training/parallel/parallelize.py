@@ -18,6 +18,7 @@ from clrun import distributed
 from clrun.errors import UserError
 from clrun.recipe.schema import Recipe
 from clrun.training.parallel import compat, sharding
+from clrun.training.parallel.activation_checkpointing import checkpoint_activations
 from clrun.training.model.build import Model
 from clrun.training.model.network import OnlineNetwork, Trainable
 from clrun.training.model.target import TargetNetwork
@@ -57,8 +58,10 @@ def parallelize(model: Model, recipe: Recipe, device: torch.device, training: bo
     # Copied after the move, so it shares the online network's device and memory layout.
     target = TargetNetwork(network, recipe.target, model.total_steps) if recipe.target is not None else None
     loss_fn = model.loss_fn.to(device)
-    # Activation checkpointing (issue 24) goes here: after the target's copy (the target takes no backward, so
-    # it has nothing to recompute), before compiling and sharding, which wrap the blocks it wraps.
+    if recipe.train.activation_checkpointing and training:
+        # After the target's copy (the target takes no backward: nothing to recompute), before compiling and
+        # sharding, which wrap the blocks it recomputes.
+        checkpoint_activations(network.backbone, recipe.backbone.name)
     if recipe.train.compile and training:
         # In place (the state_dict keys stay those of the plain module), after the target's copy was taken.
         network.backbone.compile()
