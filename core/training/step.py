@@ -93,6 +93,9 @@ class Step:
             # gathered whole on every process; the step is over, so its shards are all it needs to keep.
             reshard(parts.network)
             reshard(parts.loss_fn)
+        after_step = getattr(parts.loss_fn, "after_step", None)
+        if callable(after_step):  # a loss's own update of its parameters after the optimizer's (SwAV's unit prototypes)
+            after_step()
         metrics = {"loss": value, "lr": lr, **{k: v for k, v in metrics.items() if k != "loss"}, **scheduled}
         if parts.target is not None:
             metrics["target_momentum"] = float(parts.target.momentum)  # the momentum this update uses

@@ -154,6 +154,16 @@ class SwAVLoss(nn.Module):
             f"queue_start_step={self.queue_start_step}, queue_views={self.queue_views}"
         )
 
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Unit prototypes again after the optimizer moved them (the step calls this). The forward's in-place
+        normalization alone does not reach the stored weights of a sharded run: FSDP2 gathers a temporary copy
+        for the forward. Each process holds whole rows (shards split the first dimension), so its rows are
+        normalized where they are."""
+        weight = self.prototypes.weight
+        local = weight.to_local() if hasattr(weight, "to_local") else weight  # a sharded run's DTensor: its rows
+        local.copy_(F.normalize(local, dim=1))
+
     def _check(self, out: Any) -> list[int]:
         views = out.projections
         global_idx = [i for i, g in enumerate(out.is_global) if g]

@@ -14,6 +14,9 @@ and release documentation):
   ``torch.distributed.fsdp`` from torch 2.6; before, ``torch.distributed._composable.fsdp``, which has
   ``register_fsdp_forward_method`` (pytorch/pytorch#125394) from torch 2.4. Older: refused (a torch
   below cl-run's floor, installed by hand).
+- FSDP2's ``MixedPrecisionPolicy`` (``train.fsdp_param_dtype``, ``train.fsdp_reduce_dtype``): beside
+  ``fully_shard`` in both places, ``torch.distributed.fsdp`` (torch >= 2.6) and
+  ``torch.distributed._composable.fsdp`` (torch 2.4, 2.5).
 - DCP's ``DefaultSavePlanner(dedup_save_to_lowest_rank=...)``: without the keyword, DCP's deduplication
   always kept a replicated tensor on the lowest rank, which is what the keyword asks for.
 - DCP's ``torch.distributed.checkpoint.state_dict`` (get/set the model's and optimizer's state dicts,
@@ -35,6 +38,7 @@ from clrun.errors import UserError
 FSDP_PUBLIC = "torch.distributed.fsdp"
 FSDP_PROTOTYPE = "torch.distributed._composable.fsdp"
 FSDP_NAMES = ("fully_shard", "FSDPModule", "register_fsdp_forward_method")
+FSDP_POLICY = "MixedPrecisionPolicy"
 DCP_STATE_DICT = "torch.distributed.checkpoint.state_dict"
 DCP_STATE_DICT_NAMES = ("get_model_state_dict", "set_model_state_dict", "get_optimizer_state_dict",
                         "set_optimizer_state_dict", "StateDictOptions")
@@ -84,6 +88,18 @@ def fsdp2() -> Fsdp2:
     raise UserError(f"train.strategy=fsdp needs FSDP2 (fully_shard and register_fsdp_forward_method: torch >= "
                     f"2.4's {FSDP_PROTOTYPE} or >= 2.6's {FSDP_PUBLIC}); this is torch {torch_version()}: "
                     f"upgrade torch or use train.strategy=ddp")
+
+
+def fsdp_mixed_precision_policy() -> type:
+    """FSDP2's ``MixedPrecisionPolicy`` from ``torch.distributed.fsdp`` (torch >= 2.6), else from
+    ``torch.distributed._composable.fsdp`` (torch >= 2.4); a torch with neither is a user error."""
+    for where in (FSDP_PUBLIC, FSDP_PROTOTYPE):
+        module = _module(where)
+        if module is not None and hasattr(module, FSDP_POLICY):
+            return getattr(module, FSDP_POLICY)
+    raise UserError(f"train.fsdp_param_dtype and train.fsdp_reduce_dtype need FSDP2's {FSDP_POLICY} (torch >= 2.4's "
+                    f"{FSDP_PROTOTYPE} or >= 2.6's {FSDP_PUBLIC}); this is torch {torch_version()}: upgrade torch or "
+                    f"set both to fp32")
 
 
 def dcp_state_dict() -> ModuleType:

@@ -68,7 +68,7 @@ def parallelize(model: Model, recipe: Recipe, device: torch.device, training: bo
     whole = None
     if sharded:  # in place: the parameters become shards (DTensors), so before the optimizer is built
         whole = sharding.template(network)
-        sharding.shard_training(network, target, loss_fn, device)
+        sharding.shard_training(network, target, loss_fn, device, sharding.precision(recipe))
     trainable: nn.Module = Trainable(network, loss_fn)
     if training and distributed.active() and not sharded:  # sharded, FSDP2 averages the gradients itself
         trainable = data_parallel(trainable, device)

@@ -16,6 +16,15 @@ the target backbone), and any method a component names in its ``forward_methods`
 method names). Such a method gathers its own unit's weights only: it must reach the units inside it (the
 blocks) through their ``forward``.
 
+Mixed precision (``train.fsdp_param_dtype``, ``train.fsdp_reduce_dtype``; FSDP2's ``MixedPrecisionPolicy``): the
+shards, the optimizer and its state stay in fp32; each unit's weights are gathered in the parameter dtype
+(bf16) and compute in it, its floating-point inputs cast to it, and gradients are reduced in the reduce dtype
+(fp32). Each part's outputs are cast back to fp32 (``output_dtype``): the loss, which keeps its own parameters
+in fp32, reads fp32 tensors, as it does under autocast. A BatchNorm layer is its own unit that keeps fp32
+weights: its running statistics are fp32 buffers that FSDP does not cast, and a BatchNorm with bf16 weights
+and fp32 statistics is refused by torch's CPU kernels (bf16 inputs with fp32 weights run, in bf16 out, as
+autocast runs them). fp32 for both keys passes no policy: the same computation as before the keys existed.
+
 What needs whole weights (the evaluators, the health checks, the exported encoder) gets them from
 ``whole_network``: a collective, called by every process at the same points of the run, that gathers a
 plain copy (``clrun.training.loop`` does it around the epoch-end and run-end hooks).
@@ -25,7 +34,8 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -39,6 +49,39 @@ UNIT_LISTS = ("blocks", "layers", "stages")
 FORWARD_METHODS = "forward_methods"
 # The methods of core's own contracts that are called directly: a token backbone's (``clrun.tokens``).
 CONTRACT_FORWARD_METHODS = ("forward_tokens",)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A sharded run's mixed precision: the dtype gathered parameters compute in and the dtype gradients
+    are reduced in (``train.fsdp_param_dtype``, ``train.fsdp_reduce_dtype``)."""
+
+    param_dtype: torch.dtype
+    reduce_dtype: torch.dtype
+
+
+def precision(recipe: Recipe) -> Optional[Precision]:
+    """The recipe's ``Precision`` for ``shard_training``; None for fp32 parameters and fp32 reductions (no
+    policy at all: FSDP2's plain fp32 computation)."""
+    param, reduce = DTYPES[recipe.train.fsdp_param_dtype], DTYPES[recipe.train.fsdp_reduce_dtype]
+    if param == torch.float32 and reduce == torch.float32:
+        return None
+    return Precision(param, reduce)
+
+
+def policies(mixed: Optional[Precision]) -> dict[str, dict[str, Any]]:
+    """``fully_shard``'s keyword arguments for each kind of unit under ``mixed`` (empty without it): a
+    ``block``, a part's ``root`` (its outputs cast back to fp32 for the loss) and a ``batch_norm`` layer
+    (fp32 weights, its inputs left as they come)."""
+    if mixed is None:
+        return {"block": {}, "root": {}, "batch_norm": {}}
+    Policy = compat.fsdp_mixed_precision_policy()
+    param = None if mixed.param_dtype == torch.float32 else mixed.param_dtype
+    block = Policy(param_dtype=param, reduce_dtype=mixed.reduce_dtype)
+    root = Policy(param_dtype=param, reduce_dtype=mixed.reduce_dtype, output_dtype=torch.float32 if param else None)
+    batch_norm = Policy(param_dtype=None, reduce_dtype=mixed.reduce_dtype, cast_forward_inputs=False)
+    return {"block": {"mp_policy": block}, "root": {"mp_policy": root}, "batch_norm": {"mp_policy": batch_norm}}
 
 
 def is_sharded(recipe: Recipe) -> bool:
@@ -46,22 +89,29 @@ def is_sharded(recipe: Recipe) -> bool:
     return recipe.train.strategy == "fsdp" and distributed.active()
 
 
-def shard(parts: list[Optional[nn.Module]], device: torch.device) -> None:
-    """``fully_shard`` every part (in place: their parameters become DTensors), block by block."""
+def shard(parts: list[Optional[nn.Module]], device: torch.device, mixed: Optional[Precision] = None) -> None:
+    """``fully_shard`` every part (in place: their parameters become DTensors), block by block; with
+    ``mixed``, under its mixed-precision policies (``policies``)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     fully_shard = compat.fsdp2().fully_shard
     mesh = init_device_mesh(device.type, (distributed.world_size(),))
+    kinds = policies(mixed)
+    low_precision = mixed is not None and mixed.param_dtype != torch.float32
     for part in parts:
         if part is None or not any(True for _ in part.parameters()):
             continue
+        if low_precision:  # innermost first: FSDP2 shards children before the units that hold them
+            for layer in part.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm) and any(True for _ in layer.parameters()):
+                    fully_shard(layer, mesh=mesh, **kinds["batch_norm"])
         for name, child in list(part.named_modules()):
             if name.rsplit(".", 1)[-1] in UNIT_LISTS and isinstance(child, (nn.ModuleList, nn.Sequential)):
                 for block in child:
                     if any(True for _ in block.parameters()):
-                        fully_shard(block, mesh=mesh)
+                        fully_shard(block, mesh=mesh, **kinds["block"])
                         register_forward_methods(block)
-        fully_shard(part, mesh=mesh)
+        fully_shard(part, mesh=mesh, **kinds["root"])
         register_forward_methods(part)
 
 
@@ -89,11 +139,14 @@ def register_forward_methods(unit: nn.Module) -> None:
         register_fsdp_forward_method(unit, name)
 
 
-def shard_training(network: nn.Module, target: Optional[nn.Module], loss_fn: nn.Module, device: torch.device) -> None:
+def shard_training(network: nn.Module, target: Optional[nn.Module], loss_fn: nn.Module, device: torch.device,
+                   mixed: Optional[Precision] = None) -> None:
     """``shard`` what a step trains and reads: the online network's parts (backbone, projector, predictor, token
-    head), the target network's copies and the loss (with parameters)."""
+    head), the target network's copies and the loss (with parameters). ``mixed`` (``precision(recipe)``)
+    applies to the networks; the loss keeps its parameters and its computation in fp32."""
     shard([network.backbone, network.projector, network.predictor, network.token_head,
-           *((target.backbone, target.projector) if target is not None else ()), loss_fn], device)
+           *((target.backbone, target.projector) if target is not None else ())], device, mixed)
+    shard([loss_fn], device)
 
 
 def reshard(module: nn.Module) -> None:
