@@ -85,6 +85,38 @@ def _kind(recipe_name: str) -> str:
     return "accumulate_steps" if is_per_image_mean(factory) else "grad_cache_chunks"
 
 
+GPU_MB, USABLE = 80 * 1024, 0.9  # an 80 GB GPU, of which the CUDA context and the allocator's slack leave ~90%
+
+
+def fit(global_batch: int, gpus: int, state_mb: float, per_image_mb: float, checkpointed: float, parts_by: str) -> str:
+    """The cheapest settings under which ``global_batch`` trains on ``gpus`` GPUs of 80 GB, computed from the
+    measured state and memory per image: DDP keeps the whole state on each GPU, FSDP 1/N of it; then
+    activation checkpointing (its measured ratio), then the share in parts (accumulated or cached)."""
+    share = global_batch / gpus
+    budget = GPU_MB * USABLE
+    for strategy, state in (("ddp", state_mb), ("fsdp", state_mb / gpus)):
+        if gpus == 1 and strategy == "fsdp":
+            continue
+        room = budget - state
+        if room <= 0:
+            continue
+        if share * per_image_mb <= room:
+            return f"{strategy}"
+        if share * per_image_mb * checkpointed <= room:
+            return f"{strategy}, checkpointing"
+        parts = int(-(-share * per_image_mb * checkpointed // room))
+        if parts <= share:
+            return f"{strategy}, checkpointing, {parts_by}={parts}"
+    return "does not fit"
+
+
+def _global_batch(recipe_name: str) -> int:
+    """The recipe's own ``data.batch_size``, as written."""
+    import yaml
+
+    return int(yaml.safe_load((REPO / "recipes" / f"{recipe_name}.yaml").read_text())["data"]["batch_size"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
@@ -96,7 +128,7 @@ def main() -> None:
     small, large = args.batch_sizes
     header = ["recipe", "parameters (M)", "training state (MB)", f"step at {small} (MB)", f"step at {large} (MB)",
               "per image (MB)", f"checkpointed at {large}", f"{args.chunks} parts at {large}", "parts by"]
-    rows = []
+    rows, fits = [], []
     for name in args.recipes:
         kind = _kind(name)
         plain = {b: measure(name, b, [], args.device) for b in (small, large)}
@@ -110,6 +142,10 @@ def main() -> None:
                f"{parts['step_mb']:.0f} ({parts['step_mb'] / base:.2f}x)", kind]
         rows.append(row)
         print(" | ".join(row), flush=True)
+        batch = _global_batch(name)
+        ratio = checkpointed["step_mb"] / base
+        fits.append([name, batch, *(fit(batch, gpus, plain[large]["state_mb"], per_image, ratio, kind)
+                                    for gpus in (1, 8, 64))])
     sys.path.insert(0, str(REPO / "bench"))
     from reporting import machine, table, write_section
 
@@ -117,7 +153,11 @@ def main() -> None:
              f"Measured by `python bench/train_memory.py {' '.join(sys.argv[1:])}` on {machine()}.", "",
              "Synthetic 224 px images; each cell one step in a fresh process after a first step; the step's peak "
              "above the training state (parameters, gradients, optimizer moments, target network).", "",
-             *table(header, rows)]
+             *table(header, rows), "",
+             "Computed from these numbers (fp32 activations as measured here; bf16 autocast on a GPU needs about "
+             "half): the cheapest settings under which each recipe's global batch trains on GPUs of 80 GB "
+             "(90% usable), to be replaced by a GPU measurement.", "",
+             *table(["recipe", "global batch", "1 GPU", "8 GPUs", "64 GPUs"], fits)]
     print("\n".join(lines))
     if args.results:
         write_section(args.results, f"train memory ({args.device})", "\n".join(lines))
