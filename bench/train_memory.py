@@ -2,7 +2,8 @@
 
 For each recipe (its data replaced by synthetic 224 px images, everything else as written), one fresh process
 per measurement builds the run, takes one step (the optimizer's moments appear), then measures the next step:
-the peak host memory (PSS, ``memory.PeakMemory``; CUDA's allocated peak on a GPU) above the level before it.
+the peak resident memory (the kernel's high-water mark, reset before the step; CUDA's allocated peak on a GPU)
+above the level before it.
 That level is the training state: parameters, gradients, optimizer moments, the target network. The step's own
 memory at two batch sizes gives the memory per image (their difference, over the images added); at the larger
 batch it is measured again with ``train.activation_checkpointing``, and with the batch in ``--chunks`` parts
@@ -64,12 +65,27 @@ def _child(recipe_name: str, batch: int, device_name: str, settings: list[str]) 
         images = next(iter(setup.loader))[0]
         step(images)  # the optimizer's moments exist after the first step
         run.step += 1
-        with PeakMemory(setup.device) as peak:
+        if setup.device.type == "cuda":
+            with PeakMemory(setup.device) as peak:
+                step(images)
+            state, top = peak.cuda_before_mb, peak.cuda_mb
+        else:
+            # The kernel's own high-water mark of this process's resident memory, reset just before the step:
+            # exact, where sampling (PeakMemory) misses a CPU step's short-lived peaks.
+            Path("/proc/self/clear_refs").write_text("5")
+            state = _status_mb("VmRSS")
             step(images)
-        state = peak.cuda_before_mb if setup.device.type == "cuda" else peak.host_before_mb
-        top = peak.cuda_mb if setup.device.type == "cuda" else peak.host_mb
+            top = _status_mb("VmHWM")
         params = sum(p.numel() for p in setup.parts.trainable.parameters())
     print(json.dumps({"state_mb": state, "step_mb": top - state, "parameters": params}))
+
+
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (``VmRSS``: resident now, ``VmHWM``: its peak) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"/proc/self/status has no {field}: this measurement needs Linux")
 
 
 def _kind(recipe_name: str) -> str:
