@@ -36,7 +36,8 @@ def evaluate(run_or_checkpoint: str | Path, overrides: Iterable[str] = (), secti
                         f"resolved recipe: put that run's {folder.recipe.name} in {folder.path}")
     recipe = load_recipe(folder.recipe, tuple(overrides), default_registry(), sections_from=sections_from)
     setup = prepare(recipe, "eval")  # the data set's images measure the views, as in training
-    state = checkpointing.load(saved, "eval")
+    # The network and the small rest (epoch, step, callbacks): a sharded run's optimizer moments stay unread.
+    state = checkpointing.load(saved, "eval", parts=("network",))
     checkpointing.load_module(setup.parts.network, state["network"], f"eval: {saved}: its network",
                            "evaluate it with the recipe it was trained with")
     run = Run(recipe, setup.parts, setup.device, folder, steps_per_epoch=1, epoch=int(state["epoch"]), step=int(state["step"]))

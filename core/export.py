@@ -54,7 +54,7 @@ def export(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path
     it in under the same name). ``run_or_checkpoint`` is a run folder or its checkpoint file; the recipe
     is read from the resolved recipe beside the checkpoint."""
     checkpoint = checkpointing.find(run_or_checkpoint, "export")
-    state = checkpointing.load(checkpoint, "export")
+    state = checkpointing.load(checkpoint, "export", parts=("network",))  # a sharded run's: not its optimizer
     folder = RunFolder.of_checkpoint(checkpoint)
     recipe = _read_recipe(folder.recipe, checkpoint)
     backbone = encoder_state(state["network"])

@@ -124,6 +124,9 @@ class HealthMonitor:
             kept = f"the last healthy checkpoint (epoch {run.checkpoint_epoch}) is {run.folder.checkpoint}"
         raise TrainingHalted(f"{message}; {kept}. {advice}. {WARN_ONLY}")
 
+    # First: its collective (skipped_images) must come before rank 0's evaluators, not after them (the
+    # other processes would wait for rank 0 in it, under the process group's timeout).
+    @hookimpl(tryfirst=True)
     def clrun_run_end(self, run, metrics: dict[str, float]) -> None:
         metrics.update(self.latest)  # the final check belongs in the run's summary
         skipped = self.skipped_images()

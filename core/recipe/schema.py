@@ -112,6 +112,10 @@ class TrainSection:
     # Recompute each block's activations in the backward pass instead of keeping them (timm's
     # set_grad_checkpointing): less memory for about a third more compute.
     activation_checkpointing: bool = False
+    # With several processes: how long the others wait for rank 0's evaluators (kNN, probes, fine-tuning:
+    # the recipe's callbacks run on rank 0 only) at an epoch's end and at the run's end before the run stops
+    # (clrun.training.evaluation_wait).
+    evaluation_timeout_minutes: float = 60.0
     # Large-batch (LARS) practice: biases and normalization weights get no weight decay (nor LARS adaptation).
     exclude_bias_and_norm_from_weight_decay: bool = True
     checkpoint_every: int = 1  # epochs; a final checkpoint is always written
@@ -132,6 +136,8 @@ class TrainSection:
         _at_least(self.threads, 1, "threads")
         _at_least(self.accumulate_steps, 1, "accumulate_steps")
         _at_least(self.grad_cache_chunks, 1, "grad_cache_chunks")
+        if self.evaluation_timeout_minutes <= 0:
+            raise FieldError("evaluation_timeout_minutes", f"must be > 0, got {self.evaluation_timeout_minutes}")
         if self.accumulate_steps > 1 and self.grad_cache_chunks > 1:
             raise FieldError("grad_cache_chunks", "gradient caching and train.accumulate_steps split the batch two "
                              "ways at once; set one of them (grad_cache_chunks for a loss over the whole batch)")

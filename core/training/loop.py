@@ -3,6 +3,7 @@ callbacks, checkpoints."""
 
 from __future__ import annotations
 
+import datetime
 import signal
 from collections import defaultdict
 from pathlib import Path
@@ -16,6 +17,7 @@ from clrun.training.callbacks import recipe_callbacks
 from clrun.training.checkpointing import Checkpointer, Position, open_run
 from clrun.training.data import DataWait, batches, set_epoch
 from clrun.training.callbacks.hooks import builtin_callbacks, end_epoch, run_hooks
+from clrun.training.evaluation_wait import EvaluationWait
 from clrun.training.run import Run
 from clrun.training.setup import Setup, prepare, resolve_device
 from clrun.training.parallel.sharding import whole_weights
@@ -51,17 +53,21 @@ def _train(setup: Setup, resume: str | Path | None, verbose: bool, allow_changes
     hooks = run_hooks([*named, *builtin_callbacks(recipe, setup.dataset, verbose)])
     # Only now, with everything built, is the folder touched (and a resumed run's checkpoint restored).
     with open_run(setup, resume, callbacks, allow_changes) as (run, checkpointer):
-        return _epochs(setup, run, hooks, checkpointer)
+        # Every process makes it here, before any evaluation: it creates a process group (a collective).
+        evaluations = EvaluationWait(datetime.timedelta(minutes=recipe.train.evaluation_timeout_minutes))
+        return _epochs(setup, run, hooks, checkpointer, evaluations)
 
 
-def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer: Checkpointer) -> Run:
+def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer: Checkpointer,
+            evaluations: EvaluationWait) -> Run:
     hooks.clrun_run_start(run=run)
     try:
         with StopOnSignal(setup.device) as stop:
-            epoch_metrics = _train_epochs(setup, run, hooks, checkpointer, stop)
+            epoch_metrics = _train_epochs(setup, run, hooks, checkpointer, stop, evaluations)
         final = {k: v for k, v in epoch_metrics.items() if k in ("loss",)}
         with whole_weights(run):
             hooks.clrun_run_end(run=run, metrics=final)
+        evaluations.wait("the run's end")  # rank 0 ran the evaluators in those hooks
         run.summary = final
     except BaseException as exc:
         hooks.clrun_run_error(run=run, error=exc)
@@ -70,7 +76,7 @@ def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer: Check
 
 
 def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer: Checkpointer,
-                  stop: StopOnSignal) -> dict[str, float]:
+                  stop: StopOnSignal, evaluations: EvaluationWait) -> dict[str, float]:
     recipe, loader = setup.recipe, setup.loader
     train_step = Step.of(run)  # precision, loss scaling and clipping as the recipe sets them; the index is run.step
     every_steps = recipe.train.checkpoint_every_steps
@@ -109,7 +115,7 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer:
                                  data_wait=waited.fraction, epoch_time_s=waited.elapsed)
             checkpointer.wait()  # an epoch's checkpoint replaces the step-level ones: never two writes at once
             with whole_weights(run):
-                end_epoch(hooks, run, epoch_metrics, save=checkpointer.save)
+                end_epoch(hooks, run, epoch_metrics, save=checkpointer.save, evaluations=evaluations)
             if run.epoch % recipe.train.checkpoint_every == 0:
                 checkpointer.save()
         checkpointer.wait()

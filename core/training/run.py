@@ -9,10 +9,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from clrun.recipe.schema import Recipe
 from clrun.run_folder import RunFolder
+from clrun.training import embedding
+from clrun.training.embedding import Embedded
 from clrun.training.parts import Parts
 from clrun.training.model.network import OnlineNetwork
 from clrun.training.model.views import to_float
@@ -86,39 +88,31 @@ class Run:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def features(self, dataset: Dataset, batch_size: int = 512) -> tuple[Tensor, Tensor, Tensor]:
-        """(backbone features, projector outputs, labels) of a whole data set, in eval mode, on the CPU.
+    def features(self, dataset: Dataset, batch_size: int = 512, *, projector: bool | str | None = None,
+                 dtype: str | torch.dtype | None = None) -> Embedded:
+        """(backbone features, projector outputs, labels) of a whole data set, in eval mode, on the CPU
+        (``clrun.training.embedding.Embedded``, a 3-tuple).
+
+        ``projector``: whether to embed the projector too; None (or "auto") does so only when it is narrow
+        (``projection_dim <= NARROW_PROJECTOR``, 2048), and the projections are None otherwise.
+        ``dtype``: what the features are kept in ("fp32", "bf16", "fp16"); None (or "auto"): fp32 for a run
+        on the CPU, bf16 on an accelerator, where the forward runs under autocast. Upcast what you compute
+        with (``.float()``): NumPy has no bf16.
 
         Images get no augmentation (see ``preprocess``). Cached for the current step: a data set that
         another evaluator already embedded at this step (the same class, length and sample of images and
-        labels) is not embedded again.
+        labels, with the same choices) is not embedded again.
         """
-        key = (self.step, batch_size, dataset_fingerprint(dataset))
+        with_projector = embedding.wants_projector(projector, self.projection_dim)
+        kept_in = embedding.storage_dtype(self.device, dtype)
+        key = (self.step, batch_size, dataset_fingerprint(dataset), with_projector, kept_in)
         if key not in self._feature_cache:
             if any(k[0] != self.step for k in self._feature_cache):
                 self._feature_cache.clear()  # the network changed: older features are stale
-            self._feature_cache[key] = self._embed(dataset, batch_size)
+            self._feature_cache[key] = embedding.embed(
+                self.network, self.preprocess, dataset, device=self.device, batch_size=batch_size,
+                num_workers=self.recipe.data.num_workers, projector=with_projector, dtype=kept_in)
         return self._feature_cache[key]
-
-    @torch.no_grad()
-    def _embed(self, dataset: Dataset, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
-        network = self.network
-        was_training = network.training
-        network.eval()
-        feats, projs, labels = [], [], []
-        # A private generator: a DataLoader draws its base seed from the global one even without shuffling,
-        # and an evaluation in mid-training must not change the training's augmentations.
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.recipe.data.num_workers,
-                            generator=torch.Generator())
-        try:
-            for images, y, *_ in loader:  # a letterboxing data set adds places: the canvas is evaluated whole
-                f = network.backbone(self.preprocess(images))
-                feats.append(f.float().cpu())
-                projs.append(network.projector(f).float().cpu())
-                labels.append(torch.as_tensor(y))
-        finally:
-            network.train(was_training)
-        return torch.cat(feats), torch.cat(projs), torch.cat(labels)
 
 
 def dataset_fingerprint(dataset: Dataset) -> tuple:

@@ -94,7 +94,7 @@ class Step:
             reshard(parts.network)
             reshard(parts.loss_fn)
         after_step = getattr(parts.loss_fn, "after_step", None)
-        if callable(after_step):  # a loss's own update of its parameters after the optimizer's (SwAV's unit prototypes)
+        if callable(after_step):  # a loss's own update of its parameters after the optimizer's (unit-norm prototypes, say)
             after_step()
         metrics = {"loss": value, "lr": lr, **{k: v for k, v in metrics.items() if k != "loss"}, **scheduled}
         if parts.target is not None:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from clrun import ComponentError, Nested, Range, Run, UserError, checked, distributed
 from clrun.callback import Evaluator
 from clrun.plugins.callbacks.class_lists import check_same_classes
-from clrun.plugins.callbacks.linear import cosine_factor, init_linear, train_linear_classifier
+from clrun.plugins.callbacks.linear import cosine_factor, init_linear, moments, train_linear_classifier
 
 NAME = "clrun/finetune"
 BRANCHES = ("backbone", "projector")
@@ -110,7 +110,9 @@ class FineTune(Evaluator):
     batch_size:    images per fine-tuning step (and per evaluation batch)
     augment:       random resized crop (35-100% of the area, aspect 3/4-4/3) and horizontal flip of the
                    training batches; false: the images as at evaluation
-    branches:      which of "backbone" and "projector" to fine-tune (each costs a full fine-tuning)
+    branches:      which of "backbone" and "projector" to fine-tune (each costs a full fine-tuning); null:
+                   the backbone, and the projector too where it is at most 2048 wide (a wider one's
+                   frozen outputs of the train set are not embedded unless asked for here)
     head_init:     "probe": the head starts as the linear probe of the frozen features (LP-FT);
                    "random": PyTorch's default initialization of a Linear layer
     seed:          seed of the head, the batch order, the augmentations and any dropout in the encoder
@@ -131,18 +133,19 @@ class FineTune(Evaluator):
         weight_decay: Annotated[float, Range(min=0)] = 0.05,
         batch_size: Annotated[int, Range(min=1)] = 256,
         augment: bool = True,
-        branches: Sequence[Literal["backbone", "projector"]] = BRANCHES,
+        branches: Optional[Sequence[Literal["backbone", "projector"]]] = None,
         head_init: Literal["probe", "random"] = "probe",
         seed: int = 0,
         every: Annotated[int, Range(min=0, hint="0: only at the end of the run")] = 0,
         layer_decay: Optional[Annotated[float, Range(min=0, max=1, exclusive_min=True,
                                                      hint="MAE fine-tunes ViTs with 0.65-0.75")]] = None,
     ) -> None:
-        branches = list(branches)
-        unknown = [b for b in branches if b not in BRANCHES]
-        if not branches or unknown or len(set(branches)) != len(branches):
-            raise ComponentError(f"{NAME}: branches must name each of 'backbone' and 'projector' at most once, "
-                                 f"and at least one of them; got {branches}", argument="branches")
+        if branches is not None:
+            branches = list(branches)
+            unknown = [b for b in branches if b not in BRANCHES]
+            if not branches or unknown or len(set(branches)) != len(branches):
+                raise ComponentError(f"{NAME}: branches must name each of 'backbone' and 'projector' at most once, "
+                                     f"and at least one of them; got {branches}", argument="branches")
         check_same_classes(NAME, train, test)
         self.train, self.test = train, test
         self.epochs, self.lr, self.head_lr_scale, self.weight_decay = epochs, lr, head_lr_scale, weight_decay
@@ -176,12 +179,13 @@ class FineTune(Evaluator):
         # The normalization keeps the head's inputs at unit scale whatever the encoder's (and whatever the
         # gap between its train- and eval-mode outputs): one learning rate suits every run.
         norm = nn.BatchNorm1d(features.shape[1], affine=False)
+        mean, var = moments(features)  # in chunks: half-precision features are never upcast whole
         with torch.no_grad():
-            norm.running_mean.copy_(features.mean(dim=0))
-            norm.running_var.copy_(features.var(dim=0, unbiased=False))
-            inputs = norm.eval()(features)
-        if self.head_init == "probe":
-            linear = train_linear_classifier(inputs, labels, num_classes, seed=self.seed, device=run.device)
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(var)
+        if self.head_init == "probe":  # the probe sees the features through the norm, a mini-batch at a time
+            linear = train_linear_classifier(features, labels, num_classes, seed=self.seed, device=run.device,
+                                             inputs=norm.eval())
         else:
             linear = init_linear(features.shape[1], num_classes, generator)
         model = nn.Sequential(*encoder, nn.Sequential(norm, linear)).to(run.device)
@@ -284,12 +288,15 @@ class FineTune(Evaluator):
     # -- the evaluator protocol ------------------------------------------------------------------
     def evaluate(self, run: Run) -> dict[str, float]:
         _, _, num_classes = self._labels()  # before any work: unlabeled data is an error
-        with torch.random.fork_rng(devices=[]):
-            features, projections, train_y = run.features(self.train, self.batch_size)  # the frozen encoder's
+        # Without a choice of branches, the projector's too where it is narrow (Run.features' "auto").
+        projector = "auto" if self.branches is None else "projector" in self.branches
+        with torch.random.fork_rng(devices=[]):  # the frozen encoder's outputs
+            features, projections, train_y = run.features(self.train, self.batch_size, projector=projector)
         frozen = {"backbone": features, "projector": projections}
+        branches = [b for b in (self.branches or BRANCHES) if frozen[b] is not None]
         dtype = AMP[run.recipe.train.precision]
         results = {}
-        for branch in self.branches:
+        for branch in branches:
             with private_rng(run.device, self.seed):
                 model = self._model(run, branch, frozen[branch], train_y, num_classes,
                                     torch.Generator().manual_seed(self.seed))
@@ -301,6 +308,6 @@ class FineTune(Evaluator):
 
     def describe(self, results: dict[str, float]) -> str:
         parts = [f"{100 * results[KEYS[b]]:.2f}% ({'backbone features' if b == 'backbone' else 'projector outputs'})"
-                 for b in self.branches]
+                 for b in BRANCHES if KEYS[b] in results]
         return (f"fine-tuned top-1 on {len(self.test)} test images: {', '.join(parts)}; "
                 f"{self.epochs} epochs on {len(self.train)} images")

@@ -28,9 +28,26 @@ class Standardize(nn.Module):
     @classmethod
     def fit(cls, x: Tensor, eps: float = 1e-6) -> "Standardize":
         """The standardization of ``x`` (N, D): its per-feature mean and standard deviation; a constant
-        feature gets std ``eps`` (it maps to 0, not NaN)."""
-        x = x.detach().float()
-        return cls(x.mean(dim=0), x.std(dim=0, unbiased=False).clamp_min(eps))
+        feature gets std ``eps`` (it maps to 0, not NaN). ``x`` may be half precision: it is read in chunks
+        (``moments``), never upcast whole."""
+        mean, var = moments(x)
+        return cls(mean, var.sqrt().clamp_min(eps))
+
+
+@torch.no_grad()
+def moments(x: Tensor, chunk_values: int = 2**24) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and (biased) variance of ``x`` (N, D), in fp32, from chunks of about ``chunk_values``
+    values (128 MB in fp64) accumulated in fp64, in two passes (the mean, then the squared deviations from
+    it): a half-precision bank is never copied into fp32 whole, and a million rows lose no precision."""
+    n, chunk = max(len(x), 1), max(1, chunk_values // max(x.shape[1], 1))
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, len(x), chunk):
+        total += x[start:start + chunk].double().sum(dim=0)
+    mean = total / n
+    squares = torch.zeros_like(total)
+    for start in range(0, len(x), chunk):
+        squares += (x[start:start + chunk].double() - mean).square().sum(dim=0)
+    return mean.float(), (squares / n).float()
 
 
 @torch.no_grad()
@@ -70,6 +87,7 @@ def train_linear_classifier(
     batch_size: int = 1024,
     seed: int = 0,
     device: torch.device | str | None = None,
+    inputs: nn.Module | None = None,
 ) -> nn.Linear:
     """A softmax (multinomial logistic regression) classifier fitted to ``train_x`` (N, D), ``train_y`` (N,).
 
@@ -77,8 +95,12 @@ def train_linear_classifier(
     data, learning rate annealed from ``lr`` to 0 by a cosine schedule. The weights start at zero (the loss
     is convex: the result depends on the data, not on random initial weights) and the batches are shuffled
     by a generator seeded with ``seed``: the same inputs give the same classifier, and torch's global
-    random generator is never used. Standardize the features first (``standardize``).
+    random generator is never used. Standardize the features first: ``inputs``, a module applied to each
+    mini-batch before the classifier (``Standardize.fit(train_x)``), or ``standardize`` beforehand.
     ``device``: where to train (default: where ``train_x`` is); the classifier is returned there.
+
+    ``train_x`` may be half precision (bf16 features of an accelerator run): it goes to ``device`` as it is
+    and each mini-batch is upcast to fp32 there, so no fp32 copy of the features is made.
     """
     if train_x.ndim != 2 or train_y.ndim != 1 or len(train_x) != len(train_y):
         raise ValueError(f"need features (N, D) and labels (N,); got shapes {tuple(train_x.shape)} and "
@@ -91,7 +113,8 @@ def train_linear_classifier(
     with torch.no_grad():
         model.weight.zero_()
         model.bias.zero_()
-    x, y = train_x.float().to(device), train_y.long().to(device)
+    x, y = train_x.to(device), train_y.long().to(device)  # x in its own dtype: mini-batches are upcast
+    inputs = (inputs if inputs is not None else nn.Identity()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(y)
     batches = math.ceil(n / batch_size)
@@ -103,7 +126,7 @@ def train_linear_classifier(
             index = order[b * batch_size:(b + 1) * batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = lr * cosine_factor(step, total_steps)
-            loss = F.cross_entropy(model(x[index]), y[index])
+            loss = F.cross_entropy(model(inputs(x[index].float())), y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -113,12 +136,13 @@ def train_linear_classifier(
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 4096) -> Tensor:
-    """Class predictions (argmax of the logits) of ``model`` for ``x``, on the CPU."""
+    """Class predictions (argmax of the logits) of ``model`` for ``x``, on the CPU; ``x`` is upcast to fp32
+    a batch at a time, on the model's device."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i:i + batch_size].float().to(device)).argmax(dim=1).cpu()
+        return torch.cat([model(x[i:i + batch_size].to(device).float()).argmax(dim=1).cpu()
                           for i in range(0, len(x), batch_size)])
     finally:
         model.train(was_training)

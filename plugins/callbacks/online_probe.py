@@ -4,7 +4,7 @@ pre-trains (the monitor of solo-learn; Chen et al. 2020 and Caron et al. 2021 re
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,8 @@ class OnlineProbe(Evaluator):
     Reports ``online_train_top1`` / ``online_train_top1_projector`` (each step's accuracy on its own
     batch, before the probe's update; the epoch record holds their means) and, with a ``test`` set,
     ``online_top1`` / ``online_top1_projector`` (the heads in eval mode on the test set, without
-    augmentation) every ``every`` epochs and at the end. The heads and their optimizer state are saved
+    augmentation) every ``every`` epochs and at the end; ``online_top1_projector`` where the projector's
+    outputs of the test set are embedded (``projector``). The heads and their optimizer state are saved
     in each checkpoint, so a resumed run ends with the same probe as an uninterrupted one.
 
     Needs a labeled training set (``data.dataset``); labels -1 (unlabeled) stop the run.
@@ -62,6 +63,11 @@ class OnlineProbe(Evaluator):
     weight_decay: AdamW weight decay of the heads
     seed:         seed of the heads' initialization (a private generator); default: the recipe's seed
     batch_size:   batch size for embedding the test set
+    projector:    also measure the projector's head on the test set: auto (where the projector is at most
+                  2048 wide: its outputs of the test set are kept in memory), true or false; the head
+                  trains in any case
+    features_dtype: what the test set's embedded features are kept in: auto (fp32 on the CPU, bf16 on an
+                  accelerator), fp32, bf16 or fp16
     """
 
     # What it reads of each step's outputs: an observer's declaration, which never makes the step compute
@@ -77,6 +83,8 @@ class OnlineProbe(Evaluator):
         weight_decay: Annotated[float, Range(min=0)] = 0.0,
         seed: Optional[int] = None,
         batch_size: Annotated[int, Range(min=1)] = 512,
+        projector: Literal["auto", True, False] = "auto",
+        features_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
     ) -> None:
         if num_classes is None and test is None:
             raise ComponentError(f"{NAME}: set num_classes (the number of classes of the training labels), or "
@@ -90,6 +98,7 @@ class OnlineProbe(Evaluator):
                                  f"training classes")
         self.num_classes, self.test, self.every = num_classes, test, every
         self.lr, self.weight_decay, self.seed, self.batch_size = lr, weight_decay, seed, batch_size
+        self.projector, self.features_dtype = projector, features_dtype
         self.heads: nn.ModuleDict | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: dict[str, Any] | None = None  # a checkpoint's state, loaded once the heads exist
@@ -191,30 +200,36 @@ class OnlineProbe(Evaluator):
         # DataLoader draws its workers' base seed from the global generator: fork it, so that an
         # evaluation in the middle of training leaves the augmentations of the next steps unchanged.
         with torch.random.fork_rng(devices=[]):
-            feats, projs, y = run.features(self.test, self.batch_size)
+            feats, projs, y = run.features(self.test, self.batch_size, projector=self.projector,
+                                           dtype=self.features_dtype)
         if (y < 0).any():
             raise UserError(f"{NAME} needs a labeled test data set (some labels are -1, i.e. unlabeled)")
         if (y >= self.num_classes).any():
             raise UserError(f"{NAME}: the test data has label {int(y.max())} but the probe has "
                             f"num_classes={self.num_classes}")
+        inputs = {"backbone": feats, "projector": projs}
+        measured = [key for key in HEADS if inputs[key] is not None]  # a wide projector's outputs: not embedded
         was_training = self.heads.training
         self.heads.eval()
-        correct = {key: 0 for key in HEADS}
+        correct = {key: 0 for key in measured}
         try:
             with torch.no_grad():
                 for start in range(0, len(y), self.batch_size):
                     target = y[start:start + self.batch_size].to(run.device)
-                    for key, x in (("backbone", feats), ("projector", projs)):
-                        logits = self.heads[key](x[start:start + self.batch_size].to(run.device))
+                    for key in measured:  # features kept in half precision are upcast a batch at a time
+                        logits = self.heads[key](inputs[key][start:start + self.batch_size].to(run.device).float())
                         correct[key] += int((logits.argmax(dim=1) == target).sum())
         finally:
             self.heads.train(was_training)
         n = max(len(y), 1)
-        return {"online_top1": correct["backbone"] / n, "online_top1_projector": correct["projector"] / n}
+        names = {"backbone": "online_top1", "projector": "online_top1_projector"}
+        return {names[key]: correct[key] / n for key in measured}
 
     def describe(self, results: dict[str, float]) -> str:
+        projector = (f", {100 * results['online_top1_projector']:.2f}% (projector outputs)"
+                     if "online_top1_projector" in results else "")
         return (f"online linear probe top-1 on {len(self.test)} test images: {100 * results['online_top1']:.2f}% "
-                f"(backbone features), {100 * results['online_top1_projector']:.2f}% (projector outputs)")
+                f"(backbone features){projector}")
 
     # Without a test set the probe only trains (its train accuracy is logged per step): nothing to evaluate.
     def clrun_epoch_end(self, run: Run, epoch: int, metrics: dict[str, float]) -> None:

@@ -24,6 +24,7 @@ from clrun.recipe import Recipe
 from clrun.training.callbacks.artifacts import RunArtifacts
 from clrun.training.callbacks.reporting import Console, MetricsLog
 from clrun.training.callbacks.recipe_callbacks import CallbackError
+from clrun.training.evaluation_wait import EvaluationWait
 from clrun.training.run import Run
 
 
@@ -56,7 +57,8 @@ def run_hooks(callbacks: list) -> pluggy.HookRelay:
     return pm.hook
 
 
-def end_epoch(hooks: pluggy.HookRelay, run: Run, metrics: dict[str, float], save: Callable[[], None]) -> None:
+def end_epoch(hooks: pluggy.HookRelay, run: Run, metrics: dict[str, float], save: Callable[[], None],
+              evaluations: EvaluationWait | None = None) -> None:
     """The epoch-end hooks, then the ranks agree on whether to go on: rank 0 runs the callbacks and
     every rank the health alarm, so a halt or an error on any rank must stop all of them together.
 
@@ -67,6 +69,8 @@ def end_epoch(hooks: pluggy.HookRelay, run: Run, metrics: dict[str, float], save
         hooks.clrun_epoch_end(run=run, epoch=run.epoch, metrics=metrics)
     except Exception as exc:  # re-raised below, once every rank knows
         failure = exc
+    if evaluations is not None:  # the others wait here, under the recipe's timeout, while rank 0 evaluates
+        evaluations.wait(f"epoch {run.epoch}'s end")
     reasons = [None if failure is None else f"{type(failure).__name__}: {failure}"]
     if distributed.active():
         reasons = distributed.gather_objects(reasons[0])

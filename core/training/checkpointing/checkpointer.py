@@ -94,8 +94,9 @@ def find(run_or_checkpoint: str | Path, command: str = "--resume") -> Path:
     return one_file.find(path, command)
 
 
-def load(path: Path, command: str = "--resume") -> dict[str, Any]:
-    """A checkpoint's whole state, read without pickle; a sharded one gathered into this process."""
+def load(path: Path, command: str = "--resume", parts: Optional[tuple[str, ...]] = None) -> dict[str, Any]:
+    """A checkpoint's whole state, read without pickle; a sharded one gathered into this process, with only
+    the tensor ``parts`` named (``("network",)`` for ``cl-run eval`` and ``export``) when given."""
     if path.is_dir():
-        return sharded.load_whole(path, command)
+        return sharded.load_whole(path, command, parts)
     return one_file.load(path, command)

@@ -132,16 +132,39 @@ def latest(folder: RunFolder) -> Optional[Path]:
     return path if is_complete(path) else None
 
 
-def load_whole(path: Path, command: str) -> dict[str, Any]:
+def load_whole(path: Path, command: str, parts: Optional[tuple[str, ...]] = None) -> dict[str, Any]:
     """A sharded checkpoint gathered into one process's memory, as ``one_file.load`` returns a file's:
-    whole tensors (for ``cl-run eval`` and ``export``, which build one plain network)."""
+    whole tensors (for ``cl-run eval`` and ``export``, which build one plain network). ``parts``: only these
+    tensor parts (e.g. ``("network",)``) are read from the shards, not the optimizer's moments (twice the
+    network's size with AdamW); the rest of the state (epoch, step, callbacks) is read in any case."""
     import tempfile
 
     if not is_complete(path):
         raise UserError(f"{command}: {path} is not a complete sharded checkpoint (no {REST})")
-    with tempfile.TemporaryDirectory() as scratch:
-        with one_process_is_fine():
-            compat.dcp_to_torch_save()(str(path), str(Path(scratch) / "whole.pt"))
-        state = torch.load(Path(scratch) / "whole.pt", map_location="cpu", weights_only=True)
+    if parts is not None:
+        state = read_parts(path, parts)
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            with one_process_is_fine():
+                compat.dcp_to_torch_save()(str(path), str(Path(scratch) / "whole.pt"))
+            state = torch.load(Path(scratch) / "whole.pt", map_location="cpu", weights_only=True)
     state.update(torch.load(path / REST, map_location="cpu", weights_only=True))
+    return state
+
+
+def read_parts(path: Path, parts: tuple[str, ...]) -> dict[str, Any]:
+    """The tensors of the checkpoint's ``parts`` (module state dicts: flat ``name -> tensor``), whole, read
+    straight from the shards into tensors allocated from the checkpoint's metadata (no whole-checkpoint
+    file in between; DCP reads only the byte ranges of the keys asked for)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    state: dict[str, Any] = {part: {} for part in parts}
+    for key, meta in saved.items():
+        part, _, name = key.partition(".")
+        if part in state and isinstance(meta, TensorStorageMetadata):
+            state[part][name] = torch.empty(meta.size, dtype=meta.properties.dtype)
+    with one_process_is_fine():
+        dcp.load(state, checkpoint_id=str(path))
     return state

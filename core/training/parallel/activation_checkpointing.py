@@ -1,7 +1,7 @@
 """``train.activation_checkpointing``: the backbone keeps only each block's input in the forward pass and
 recomputes the block's activations in the backward pass, for about a third more compute and the activation
 memory of one block instead of all. Through the backbone's own ``set_grad_checkpointing`` (every timm model
-has it: a ViT's blocks, a ResNet's stages), which a token backbone's ``forward_tokens`` honours too.
+has it: a transformer's blocks, a convolutional network's stages), which a token backbone's ``forward_tokens`` honours too.
 
 It needs no change under FSDP: each block is its own sharded unit, and its recomputation goes through its
 ``forward``, which gathers its weights again."""

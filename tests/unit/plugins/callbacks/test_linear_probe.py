@@ -2,7 +2,8 @@
 
 (1) The classifier's training (``train_linear_classifier``) reaches 100% on well separated classes and the
     Bayes accuracy (computed analytically) on overlapping ones, whatever the features' scale.
-(2) It is deterministic and never draws from torch's global random generator.
+(2) It is deterministic and never draws from torch's global random generator; from half-precision
+    features it trains as from their fp32 values, upcasting a mini-batch at a time (no fp32 copy).
 (3) Through a real training, the callback reports ``linear_top1`` and ``linear_top1_projector``, also in
     mid-training (``every``), without changing what the run trains; ``cl-run eval`` reproduces the numbers.
 (4) Unlabeled data and bad arguments are errors with exact messages.
@@ -16,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import Dataset
 
 import clrun
 from clrun.evaluation import evaluate as cl_run_eval
-from clrun.plugins.callbacks.linear import accuracy, standardize, train_linear_classifier
+from clrun.plugins.callbacks.linear import Standardize, accuracy, moments, standardize, train_linear_classifier
 from clrun.plugins.callbacks.linear_probe import LinearProbe
 from clrun.plugins.datasets.synthetic import Synthetic
 from clrun.training import checkpointing
@@ -75,6 +77,44 @@ def test_training_is_deterministic_and_leaves_the_global_generator_alone():
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
     c = train_linear_classifier(x, y, 3, epochs=5, batch_size=64, seed=8)  # another batch order
     assert not torch.equal(a.weight, c.weight)
+
+
+class Made(TorchFunctionMode):
+    """The dtype and element count of every tensor a torch function returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: list[tuple[torch.dtype, int]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.outputs += [(t.dtype, t.numel()) for t in (out if isinstance(out, tuple) else (out,))
+                         if isinstance(t, torch.Tensor)]
+        return out
+
+
+def test_half_precision_features_train_as_their_fp32_values_without_an_fp32_copy():
+    generator = torch.Generator().manual_seed(3)
+    x = (3.0 * torch.randn(600, 24, generator=generator) + 1.0).bfloat16()
+    y = torch.randint(0, 3, (600,), generator=generator)
+    scale = Standardize.fit(x)
+    with Made() as made:
+        half = train_linear_classifier(x, y, 3, epochs=1, batch_size=64, seed=1, inputs=scale)
+    # Upcast and standardized a mini-batch at a time: the exact classifier of the whole fp32 upcast...
+    full = train_linear_classifier(standardize(x.float())[0], y, 3, epochs=1, batch_size=64, seed=1)
+    assert torch.equal(half.weight, full.weight) and torch.equal(half.bias, full.bias)
+    # ...while no fp32 tensor larger than a mini-batch was made.
+    assert max(n for dtype, n in made.outputs if dtype == torch.float32) == 64 * 24
+    assert x.dtype == torch.bfloat16
+
+
+def test_moments_are_read_in_chunks_and_match_torchs():
+    x = (torch.randn(3000, 40, generator=torch.Generator().manual_seed(4)) * 5 + 2).bfloat16()
+    with Made() as made:
+        mean, var = moments(x, chunk_values=400 * 40)  # 8 chunks, the last one partial
+    assert max(n for dtype, n in made.outputs if dtype == torch.float64) == 400 * 40  # never the whole x
+    torch.testing.assert_close(mean, x.float().mean(dim=0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var, x.float().var(dim=0, unbiased=False), rtol=1e-5, atol=1e-5)
 
 
 def test_standardize_uses_the_train_statistics():
