@@ -40,6 +40,10 @@ class Evaluator:
     Subclasses implement ``evaluate(run) -> {name: value}`` (accuracies in [0, 1]; a ``_projector``
     suffix for the projector branch's) and ``describe(results) -> str``, the line printed at the end of
     a run. ``every`` (epochs, 0: never) adds mid-run evaluations to the epoch's metrics.
+
+    Under torchrun an evaluator runs on rank 0 only and calls no collectives; the other processes wait for it
+    at a barrier whose timeout the recipe sets (``train.evaluation_timeout_minutes``). ``run.features`` gives
+    bf16 features on a GPU and no projections for a projector wider than 2048 unless asked for.
     """
 
     every: int = 0
