@@ -56,3 +56,4 @@ if distributed.is_main():
     with open(out, "w") as f:
         json.dump({"step_s": statistics.median(times), "held_mb": held / 1e6, "peak_mb": peak}, f)
 distributed.stop()
+distributed.exit_process(0)  # without the interpreter's finalization: see clrun.distributed.exit_process

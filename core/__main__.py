@@ -1,7 +1,5 @@
 """``python -m clrun`` (and ``torchrun -m clrun``) is the ``cl-run`` command."""
 
-import sys
+from clrun.cli import command
 
-from clrun.cli import main
-
-sys.exit(main())
+command()

@@ -13,6 +13,17 @@
 Exit codes: 0 success, 1 training failed (also a plugin's callback or data set raising while it runs),
 2 bad input (recipe, data, a plugin that fails to load or to build, a full, read-only or forbidden disk),
 130 / 143 interrupted (SIGINT / SIGTERM).
+
+Under torchrun (``torchrun ... -m clrun RECIPE``, every process runs this command), a failure is one line from
+the process that failed, naming it and the strategy:
+
+    cl-run: rank 1 of 2 (train.strategy=ddp): error: clrun/image_folder: cannot read image ...
+
+Several processes that fail the same way make one report between them; a recipe that cannot be read is
+reported by rank 0 alone (every process reads the same recipe); a process whose collective fails because
+another process is gone says nothing and waits for torchrun to stop it (the other process says why, and
+torchrun's summary names it as the root cause). A bug (an unexpected exception) still shows its traceback.
+Each process then ends without the interpreter's finalization (``clrun.distributed.exit_process``).
 """
 
 from __future__ import annotations
@@ -20,9 +31,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import time
 import traceback
 import warnings
+from typing import NoReturn, Optional
 
 from clrun import plugin_manager
 from clrun.component import KINDS
@@ -90,7 +104,86 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def torchrun_rank() -> Optional[tuple[int, int]]:
+    """``(rank, number of processes)`` when torchrun started this process with others; None otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+
+
+class Reports:
+    """Where this process's error reports go: stderr, and under torchrun once per failure (see the module's
+    docstring). ``place`` names the process and the strategy once a training command has read its recipe."""
+
+    place: Optional[str] = None
+
+
+def report(text: str) -> None:
+    """Print the error report ``text`` (its lines start with ``cl-run: `` or a recipe position) on stderr."""
+    ranked = torchrun_rank()
+    if ranked is None:
+        print(text, file=sys.stderr)
+    elif Reports.place is None:  # before the recipe was read: every process reads the same one, and fails alike
+        if ranked[0] == 0:
+            print(text, file=sys.stderr)
+    else:
+        from clrun import distributed
+
+        if distributed.first_to_report(text):
+            print("\n".join(placed(line, Reports.place) for line in text.splitlines()), file=sys.stderr)
+
+
+def placed(line: str, place: str) -> str:
+    """``line`` of an error report with the process's ``place`` after ``cl-run: ``."""
+    if line.startswith("cl-run: "):
+        return f"cl-run: {place}: {line[len('cl-run: '):]}"
+    return f"cl-run: {place}: {line}" if LOCATED_ERROR.match(line) else line
+
+
+def await_torchrun() -> int:
+    """For a process whose collective failed because another process of the group is gone: that process
+    reports why, and torchrun, seeing it exit, stops this one with SIGTERM (within its monitor interval,
+    0.1 s). Waiting for that rather than exiting keeps torchrun's summary right (its root cause is the
+    process that ended first, to the second). Exit code 1 if no SIGTERM comes (it may have come already,
+    during the collective, where the training loop's handler took it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        time.sleep(5)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+def peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another process of this torchrun group is gone."""
+    if torchrun_rank() is None or "torch" not in sys.modules:
+        return False
+    from clrun import distributed
+
+    return distributed.peer_gone(exc)
+
+
+def command() -> NoReturn:
+    """``python -m clrun`` and ``torchrun -m clrun``: ``main()``, then the end of the process with its exit code.
+    Under torchrun, without the interpreter's finalization (``clrun.distributed.exit_process`` says why); a
+    bug's traceback is printed first, as Python would (with torch's ``[rankN]:`` prefix)."""
+    if torchrun_rank() is None:
+        sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse: --help, a bad option
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    from clrun.distributed import exit_process
+
+    exit_process(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    Reports.place = None
     argv = list(sys.argv[1:] if argv is None else argv)
     # `cl-run RECIPE ...` is `cl-run train RECIPE ...`: insert the command after the global flags.
     i = 0
@@ -114,33 +207,35 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except RecipeError as exc:
-        print(exc, file=sys.stderr)
-        print(f"cl-run: {len(exc.problems)} problem(s); nothing was run", file=sys.stderr)
+        report(f"{exc}\ncl-run: {len(exc.problems)} problem(s); nothing was run")
         return 2
     except ComponentErrors as exc:
-        print(exc, file=sys.stderr)
-        print(f"cl-run: {len(exc.errors)} component(s) could not be built; nothing was run", file=sys.stderr)
+        report(f"{exc}\ncl-run: {len(exc.errors)} component(s) could not be built; nothing was run")
         return 2
     except ComponentBuildError as exc:  # a plugin's bug before anything ran: bad input, named
         return plugin_failure(exc, args, 2)
     except UserError as exc:
         message = str(exc)
         # A message that starts at a recipe position already says "error:" (as recipe problems do).
-        print(message if LOCATED_ERROR.match(message) else f"cl-run: error: {message}", file=sys.stderr)
+        report(message if LOCATED_ERROR.match(message) else f"cl-run: error: {message}")
         return 2
     except ComponentFailure as exc:  # a plugin's bug, named (training reports its own)
         return plugin_failure(exc, args, 1)
     except KeyboardInterrupt:
-        print("cl-run: interrupted", file=sys.stderr)
+        report("cl-run: interrupted")
         return 130
+    except Exception as exc:
+        if peer_gone(exc):  # under torchrun: another process failed, and it says why
+            return await_torchrun()
+        raise  # a bug: its traceback
 
 
-def plugin_failure(exc: Exception, args, code: int) -> int:
+def plugin_failure(exc: Exception, args, code: int, what: str = "error") -> int:
     """A plugin's exception as one line naming it (its traceback too with ``-v``); returns ``code``."""
     if getattr(args, "verbose", False):  # the plugin author's view: where in their code it failed
         traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
     hint = "" if getattr(args, "verbose", True) else " (-v shows the traceback)"
-    print(f"cl-run: error: {exc}{hint}", file=sys.stderr)
+    report(f"cl-run: {what}: {exc}{hint}")
     return code
 
 
@@ -162,22 +257,21 @@ def cmd_train(args) -> int:
     from clrun.training.stop import Stopped
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if (ranked := torchrun_rank()) is not None:  # from here on, every process may fail on its own
+        Reports.place = f"rank {ranked[0]} of {ranked[1]} (train.strategy={recipe.train.strategy})"
     try:
         run = train(recipe, resume=args.resume, verbose=args.verbose, allow_changes=args.allow_changes)
     except NonFiniteLossError as exc:
-        print(f"cl-run: training stopped: {exc}", file=sys.stderr)
+        report(f"cl-run: training stopped: {exc}")
         return 1
     except TrainingHalted as exc:
-        print(f"cl-run: training halted: {exc}", file=sys.stderr)
+        report(f"cl-run: training halted: {exc}")
         return 1
     except Stopped as exc:
-        print(f"cl-run: {exc}", file=sys.stderr)
+        report(f"cl-run: {exc}")
         return exc.exit_code
     except ComponentFailure as exc:
-        if args.verbose:  # the plugin author's view: where in their code it failed
-            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
-        print(f"cl-run: training stopped: {exc}" + ("" if args.verbose else " (-v shows the traceback)"), file=sys.stderr)
-        return 1
+        return plugin_failure(exc, args, 1, "training stopped")
     from clrun import distributed
 
     if distributed.launch_rank() == 0:  # under torchrun, one line for the one run folder

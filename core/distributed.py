@@ -20,6 +20,9 @@ For loss authors:
 For callback authors: callbacks run on rank 0 only and must not call collectives; a copy of the
 network that a callback trains must go through ``without_sync_batchnorm``.
 
+For the authors of torchrun scripts that call ``clrun.train`` (the ``cl-run`` command does this itself):
+end the process with ``exit_process(code)``, not by returning from the script (see ``exit_process``).
+
 How a loss is made exact across ranks: DDP *averages* parameter gradients over ranks. A loss that is
 a mean over samples of per-sample terms needs nothing (the mean of the ranks' means is the mean
 over the whole batch when every rank has the same number of samples). A loss that couples samples
@@ -28,10 +31,14 @@ over the whole batch when every rank has the same number of samples). A loss tha
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import datetime
 import os
+import sys
+import threading
 import warnings
-from typing import Any
+from typing import Any, NoReturn, Optional
 
 import torch
 import torch.distributed as dist
@@ -92,13 +99,101 @@ def start(device_type: str) -> bool:
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     store = dist.PrefixStore(f"clrun/attempt_{attempt}", store)
     dist.init_process_group(backend=backend, store=store, rank=rank_, world_size=world, timeout=timeout)
+    global _store
+    _store = store
     return True
 
 
+_store: Optional["dist.Store"] = None  # the running group's store (torchrun's), for ``first_to_report``
+
+
 def stop() -> None:
-    """Leave the process group, if one is running."""
+    """Leave the process group, if one is running.
+
+    This drops c10d's own references to the group, not the group: the modules that use it (DDP's
+    reducer, FSDP's parameter groups, their device mesh) keep it, and with it its backend's threads
+    (gloo's), for as long as they live. gloo's ``shutdown`` does not stop them. So a process ends with
+    those threads still running, whatever the order of the calls before: ``exit_process`` is how it
+    ends without aborting."""
+    global _store
+    _store = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with exit code ``code``, without the interpreter's finalization: for a process that
+    joined a process group (under torchrun, a ``cl-run`` command or a script that called ``clrun.train``).
+
+    Why: the group's backend threads outlive ``stop`` (see there) and are still running when the process
+    ends. A gloo worker thread that finishes a collective releases the collective's tensors a moment after
+    the process's main thread was released from its wait; when the last reference to a tensor that Python
+    created goes with them, the thread takes the GIL to free the tensor's Python object. If the main thread
+    has meanwhile reached the interpreter's finalization (the script ended), Python ends a thread that asks
+    for the GIL there by unwinding it (``pthread_exit``) through C++ destructors that may not throw:
+    ``std::terminate``, "terminate called without an active exception", SIGABRT. Under load the gloo thread
+    can wait for a CPU long enough for that (a few launches in a hundred: ``bench/stress_teardown.py``), and torchrun
+    then fails the job and restarts it. No order of joins, barriers and ``destroy_process_group`` calls
+    closes that window while the modules keep the group; ending the process without the finalization does.
+
+    What the finalization would have done that matters is done here first, with the interpreter whole:
+    Python threads that are not daemons are joined (as Python's shutdown does: cl-run's background
+    checkpoint writer is already joined by then), ``atexit`` handlers run (logging's flush, DataLoader and
+    other ``multiprocessing`` children stopped), and Python's and C's output buffers are flushed. Then
+    ``os._exit``: the remaining native threads (gloo's, torch's pools) end with the process, at once.
+    """
+    try:
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+                pass
+        try:
+            ctypes.CDLL(None).fflush(None)  # C stdio (native libraries' messages)
+        except (OSError, AttributeError):
+            pass
+        os._exit(code)
+
+
+def first_to_report(message: str) -> bool:
+    """Whether this process is the first of its group to report the error ``message``: several processes that
+    fail the same way at the same time (a setting every rank checks, a data set missing on every node) then
+    make one report between them. True without a running group, or when its store cannot answer at once."""
+    if _store is None:
+        return True
+    import hashlib
+
+    key = "reported/" + hashlib.sha256(message.encode()).hexdigest()
+    try:
+        _store.set_timeout(datetime.timedelta(seconds=10))
+        return _store.add(key, 1) == 1
+    except Exception:  # the store is gone (torchrun is stopping the group): report rather than stay silent
+        return True
+
+
+# What a collective raises when another process of the group is gone (it crashed or was stopped): gloo
+# finds the connection closed or reset; NCCL reports the remote error.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
+
+
+def peer_gone(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is a collective failing because another process
+    of the group is gone: that process, or torchrun, says why; this one has nothing of its own to add.
+    Only torch's own errors count (a plain RuntimeError or a ``DistError``): a data set's error that quotes a
+    connection reset by its server is this process's failure."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        torchs = type(error) is RuntimeError or isinstance(error, getattr(dist, "DistError", ()))
+        if torchs and any(words in str(error) for words in PEER_GONE):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def gather(tensor: Tensor) -> Tensor:

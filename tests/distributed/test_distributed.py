@@ -327,3 +327,35 @@ def copy_of(module):
     import copy
 
     return copy.deepcopy(module)
+
+
+@pytest.mark.slow
+def test_a_process_that_fails_is_one_cl_run_line_naming_it_and_the_strategy_and_the_other_says_nothing(tmp_path):
+    """One unreadable image among 64: the process whose share of a batch holds it fails (a data error naming the
+    data set and the file), the other one, waiting for it in a collective, is stopped by torchrun without a
+    word, and torchrun's summary names the failing process as the root cause."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(63):
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(images / f"img{i:03d}.png")
+    bad = images / "img031_bad.png"
+    bad.write_bytes(b"not an image")
+    done = torchrun("-m", "clrun", "tests/recipes/tiny.yaml", f"data.dataset={{name: clrun/image_folder, root: {images}, "
+                    "size: 32}", "health.enabled=false", f"run.dir={tmp_path / 'runs'}")
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if "cl-run" in line]
+    assert len(lines) == 1, done.stderr[-4000:]
+    rank = lines[0].removeprefix("cl-run: rank ")[0]
+    assert lines[0] == (
+        f"cl-run: rank {rank} of 2 (train.strategy=ddp): error: clrun/image_folder: cannot read image {bad} "
+        f"(UnidentifiedImageError: cannot identify image file '{bad}'); remove or replace it, or set on_error: skip "
+        f"on this data set to skip unreadable images and count them")
+    # No process's traceback: the one traceback is torchrun's own (its ChildFailedError, then its summary).
+    assert done.stderr.count("Traceback (most recent call last)") == 1 and "ChildFailedError" in done.stderr
+    assert "[rank0]" not in done.stderr and "[rank1]" not in done.stderr and "terminate called" not in done.stderr
+    failures, root_cause = done.stderr.split("Root Cause (first observed failure):")
+    assert f"rank      : {rank} (local_rank: {rank})" in root_cause and "exitcode  : 2 " in root_cause
+    assert f"rank      : {1 - int(rank)} (local_rank: {1 - int(rank)})" in failures

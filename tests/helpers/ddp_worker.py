@@ -208,3 +208,4 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    distributed.exit_process(0)  # without the interpreter's finalization: see clrun.distributed.exit_process

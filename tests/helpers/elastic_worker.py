@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from clrun.cli import main
+from clrun.cli import command
 from clrun.training.step import Step
 
 kill_at, argv = int(sys.argv[1]), sys.argv[2:]
@@ -19,4 +19,5 @@ if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0" and os.environ["RANK"] == "1"
         return step(self, images, *places)
 
     Step.__call__ = step_or_die
-sys.exit(main(argv))
+sys.argv = [sys.argv[0], *argv]
+command()  # as `cl-run`: ends the process without the interpreter's finalization

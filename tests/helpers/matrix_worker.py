@@ -447,3 +447,4 @@ def main(out: str, strategy: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    distributed.exit_process(0)  # without the interpreter's finalization: see clrun.distributed.exit_process

@@ -1,6 +1,10 @@
 """A torchrun entry point for tests/distributed/test_distributed.py: resume a sharded run (``train.strategy: fsdp``) on
 this torchrun's processes, and write the whole state they loaded (rank 0), for comparison with the
-checkpoint. Usage: ``torchrun ... tests/helpers/sharded_worker.py RUN_FOLDER OUT.pt RECIPE [OVERRIDES]``."""
+checkpoint. Usage: ``torchrun ... tests/helpers/sharded_worker.py RUN_FOLDER OUT.pt RECIPE [OVERRIDES]``.
+
+It ends as the ``cl-run`` command does under torchrun, through ``distributed.exit_process``: the modules it built
+keep the gloo group's threads running past ``distributed.stop()``, and a script that simply ended could abort in
+the interpreter's finalization (SIGABRT, "terminate called without an active exception"; see there)."""
 
 import sys
 
@@ -24,3 +28,4 @@ with open_run(setup, folder, [], False) as (run, _):
     if distributed.is_main():
         torch.save(state, out)
 distributed.stop()
+distributed.exit_process(0)

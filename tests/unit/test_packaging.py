@@ -37,7 +37,7 @@ def test_wheel_holds_every_subpackage_and_no_repo_folder_names(tmp_path):
     assert "clrun/plugins/__init__.py" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "cl-run = clrun.cli:main" in text
+    assert "cl-run = clrun.cli:command" in text
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "Name: cl-run" in metadata
 
