@@ -90,6 +90,7 @@ def test_a_collective_failing_because_another_process_is_gone_is_recognized():
     assert not distributed.peer_gone(RuntimeError("Timed out waiting 1800000ms for send operation to complete"))
 
 
+@pytest.mark.slow  # a fresh Python process: seconds each
 def test_exit_process_does_what_the_interpreter_s_end_would_and_exits_with_the_code(tmp_path):
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(f"""
@@ -119,6 +120,7 @@ def python_m_clrun(*args: str, rank: int, tmp_path: Path) -> subprocess.Complete
                           text=True, timeout=300)
 
 
+@pytest.mark.slow  # a fresh Python process: seconds each
 @pytest.mark.parametrize("rank", [0, 1])
 def test_under_torchrun_the_command_ends_through_exit_process_with_its_code_and_output(rank, tmp_path):
     listed = python_m_clrun("components", "loss", "clrun/ntx*", rank=rank, tmp_path=tmp_path)
@@ -129,6 +131,7 @@ def test_under_torchrun_the_command_ends_through_exit_process_with_its_code_and_
     assert ("missing.yaml" in missing.stderr) == (rank == 0) and "Traceback" not in missing.stderr
 
 
+@pytest.mark.slow  # a fresh Python process: seconds each
 def test_under_torchrun_a_bug_still_shows_its_traceback(tmp_path, monkeypatch):
     script = tmp_path / "buggy.py"
     script.write_text(textwrap.dedent("""

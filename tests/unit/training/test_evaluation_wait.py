@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from clrun.training.evaluation_wait import EvaluationWait
 
 WORKER = r"""
@@ -39,6 +41,7 @@ os._exit(0)  # no teardown handshake with a process that may have left
 """
 
 
+@pytest.mark.slow  # two processes with a process group
 def test_the_other_processes_wait_for_rank_0_and_a_timeout_says_what_to_change(tmp_path):
     outs = [tmp_path / f"rank{r}.json" for r in (0, 1)]
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), str(tmp_path / "store"), str(outs[r])],
