@@ -31,6 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its tests' reference search
+from tests.helpers.knn_reference import whole_matrix_knn  # noqa: E402
+
 from memory import PeakMemory
 from reporting import report, table
 
@@ -51,22 +54,6 @@ def options() -> argparse.Namespace:
     p.add_argument("--variant", help=argparse.SUPPRESS)  # internal: one memory measurement, in this process
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     return p.parse_args()
-
-
-def whole_matrix_knn(train_x, train_y, test_x, num_classes, k=20, temperature=0.07, chunk=1024):
-    """``knn_predict`` before the bank was chunked: a normalized fp32 copy of the bank, and each query chunk's
-    similarities to all of it (chunk x N) at once."""
-    train_x = F.normalize(train_x.float(), dim=1)
-    test_x = F.normalize(test_x.float(), dim=1)
-    k = min(k, train_x.shape[0])
-    predictions = []
-    for start in range(0, test_x.shape[0], chunk):
-        sims = test_x[start:start + chunk] @ train_x.T
-        top_sims, top_idx = sims.topk(k, dim=1)
-        votes = torch.zeros(sims.shape[0], num_classes)
-        votes.scatter_add_(1, train_y[top_idx], (top_sims / temperature).exp())
-        predictions.append(votes.argmax(dim=1))
-    return torch.cat(predictions)
 
 
 def synthetic(n: int, dim: int, classes: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from tests.helpers.knn_reference import whole_matrix_knn
 from clrun import ComponentError, DataNotFoundError
 from clrun.plugins.callbacks.knn import KNNEvaluation, knn_predict
 
@@ -43,22 +44,6 @@ def test_predictions_match_numpy(k, t):
     for bank_chunk in (11, 16384):  # bank chunks that do not divide (and smaller than k), and one for all
         got = knn_predict(bank, labels, queries, 4, k=k, temperature=t, chunk=7, bank_chunk=bank_chunk)
         np.testing.assert_array_equal(got.numpy(), want)
-
-
-def whole_matrix_knn(train_x, train_y, test_x, num_classes, k=20, temperature=0.07, chunk=1024):
-    """``knn_predict`` as it was before the bank was chunked (cl-run 0.x): the normalized bank in fp32 whole,
-    each query chunk's similarities to all of it at once."""
-    train_x = F.normalize(train_x.float(), dim=1)
-    test_x = F.normalize(test_x.float(), dim=1)
-    k = min(k, train_x.shape[0])
-    predictions = []
-    for start in range(0, test_x.shape[0], chunk):
-        sims = test_x[start:start + chunk] @ train_x.T
-        top_sims, top_idx = sims.topk(k, dim=1)
-        votes = torch.zeros(sims.shape[0], num_classes)
-        votes.scatter_add_(1, train_y[top_idx], (top_sims / temperature).exp())
-        predictions.append(votes.argmax(dim=1))
-    return torch.cat(predictions)
 
 
 def test_the_chunked_search_predicts_as_the_whole_matrix_on_the_full_fashion_mnist_bank():

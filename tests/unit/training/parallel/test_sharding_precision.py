@@ -6,7 +6,6 @@ processes (tests/distributed/test_matrix.py)."""
 from __future__ import annotations
 
 import sys
-import types
 from dataclasses import dataclass
 
 import pytest
@@ -17,14 +16,7 @@ from torch import nn
 import clrun
 from clrun.errors import UserError
 from clrun.training.parallel import compat, sharding
-
-
-def fake_module(monkeypatch, name: str, **attributes) -> types.ModuleType:
-    module = types.ModuleType(name)
-    for key, value in attributes.items():
-        setattr(module, key, value)
-    monkeypatch.setitem(sys.modules, name, module)
-    return module
+from tests.unit.training.parallel.test_compat import fake_module
 
 
 @dataclass(frozen=True)
