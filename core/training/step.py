@@ -47,6 +47,9 @@ class Step:
         # How the batch goes through: at once or in micro-batches (accumulated), or in cached chunks.
         self.parts_of_batch = grad_cache_chunks if grad_cache_chunks > 1 else accumulate_steps
         self.backward = cached_backward if grad_cache_chunks > 1 else accumulated_backward
+        # A loss's own update of its parameters after the optimizer's (unit-norm prototypes, say), if it has one.
+        after_step = getattr(self.parts.loss_fn, "after_step", None)
+        self.loss_after_step = after_step if callable(after_step) else None
         # What clipping measures: every parameter the optimizer holds (its groups are fixed for the run).
         self.clipped = [p for group in self.parts.optimizer.param_groups for p in group["params"]]
 
@@ -93,9 +96,8 @@ class Step:
             # gathered whole on every process; the step is over, so its shards are all it needs to keep.
             reshard(parts.network)
             reshard(parts.loss_fn)
-        after_step = getattr(parts.loss_fn, "after_step", None)
-        if callable(after_step):  # a loss's own update of its parameters after the optimizer's (unit-norm prototypes, say)
-            after_step()
+        if self.loss_after_step is not None:
+            self.loss_after_step()
         metrics = {"loss": value, "lr": lr, **{k: v for k, v in metrics.items() if k != "loss"}, **scheduled}
         if parts.target is not None:
             metrics["target_momentum"] = float(parts.target.momentum)  # the momentum this update uses
