@@ -127,6 +127,16 @@ class TrainSection:
     auto_resume: Optional[bool] = None
     progress: bool = True  # progress bar on a terminal
     threads: Optional[int] = None  # torch CPU threads; None keeps torch's default
+    # Read the step metrics (loss, NaN check, progress bar, the metrics file) every this many steps, all the steps
+    # since the last read at once: reading a GPU's result makes the host wait for it. None: every step on
+    # the CPU (a read costs nothing there), every 100 steps on a GPU (clrun.training.step_metrics).
+    log_every: Optional[int] = None
+    # CUDA: fp32 matrix products and convolutions on TF32 tensor cores (10-bit mantissa inputs, fp32
+    # accumulation; what bf16 autocast leaves in fp32, such as the losses, gets it too). false: full fp32.
+    tf32: bool = True
+    # CUDA: cuDNN times its convolution algorithms for each new input shape and keeps the fastest (the views'
+    # shapes are fixed, so once per shape). false: deterministic algorithm choice, no timing at start.
+    cudnn_benchmark: bool = True
 
     def __post_init__(self) -> None:
         _at_least(self.epochs, 1, "epochs")
@@ -136,6 +146,7 @@ class TrainSection:
         _at_least(self.threads, 1, "threads")
         _at_least(self.accumulate_steps, 1, "accumulate_steps")
         _at_least(self.grad_cache_chunks, 1, "grad_cache_chunks")
+        _at_least(self.log_every, 1, "log_every")
         if self.evaluation_timeout_minutes <= 0:
             raise FieldError("evaluation_timeout_minutes", f"must be > 0, got {self.evaluation_timeout_minutes}")
         if self.accumulate_steps > 1 and self.grad_cache_chunks > 1:

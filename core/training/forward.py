@@ -43,10 +43,13 @@ def online_inputs(parts: Parts, images: Tensor, device: torch.device, places: Te
     """Views on the device (cropped inside each image's ``places`` when the data set letterboxes: they stay
     on the CPU, where the crops are drawn), their masks, and the target network's branch on the global ones
     (no gradient), making the optional outputs ``parts.reads`` names."""
-    views = parts.views(images.to(device, non_blocking=True), places)
-    is_global = parts.views.is_global
-    masking = parts.masking
-    masks = masking.draw(parts.network.backbone, views, is_global) if masking is not None else None
+    # Outside the step's autocast: augmentations (blurs, colour maths) in the views' own precision, fp32,
+    # not cast to bf16 and back op by op.
+    with torch.autocast(device.type, enabled=False):
+        views = parts.views(images.to(device, non_blocking=True), places)
+        is_global = parts.views.is_global
+        masking = parts.masking
+        masks = masking.draw(parts.network.backbone, views, is_global) if masking is not None else None
     target = None
     if parts.target is not None:
         target = parts.target([v for v, g in zip(views, is_global) if g], branch_wants(parts.reads, "target"))

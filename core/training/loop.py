@@ -4,6 +4,7 @@ callbacks, checkpoints."""
 from __future__ import annotations
 
 import datetime
+import math
 import signal
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +23,7 @@ from clrun.training.run import Run
 from clrun.training.setup import Setup, prepare, resolve_device
 from clrun.training.parallel.sharding import whole_weights
 from clrun.training.step import NonFiniteLossError, Step
+from clrun.training.step_metrics import PendingSteps, default_log_every
 from clrun.training.stop import StopOnSignal, Stopped
 
 
@@ -62,7 +64,7 @@ def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer: Check
             evaluations: EvaluationWait) -> Run:
     hooks.clrun_run_start(run=run)
     try:
-        with StopOnSignal(setup.device) as stop:
+        with StopOnSignal(evaluations.group) as stop:
             epoch_metrics = _train_epochs(setup, run, hooks, checkpointer, stop, evaluations)
         final = {k: v for k, v in epoch_metrics.items() if k in ("loss",)}
         with whole_weights(run):
@@ -80,7 +82,9 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer:
     recipe, loader = setup.recipe, setup.loader
     train_step = Step.of(run)  # precision, loss scaling and clipping as the recipe sets them; the index is run.step
     every_steps = recipe.train.checkpoint_every_steps
+    log_every = recipe.train.log_every or default_log_every(run.device)
     epoch_metrics: dict[str, float] = {}
+    pending = PendingSteps()  # steps whose metrics are still on the device (clrun.training.step_metrics)
     try:
         while run.epoch < recipe.train.epochs and not reached_max_steps(run):
             start = checkpointer.position_in_epoch()  # batch 0, or where a resumed mid-epoch checkpoint stopped
@@ -89,26 +93,44 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer:
             checkpointer.continue_streams()  # ...are a mid-epoch checkpoint's random streams set
             done, sums, waited = start.batches, defaultdict(float, start.sums), DataWait()
             steps = done  # batches of this epoch trained so far
+
+            def read_metrics() -> None:
+                """The pending steps' metrics, read at once: their step-end hooks, in order, and the epoch sums; a
+                non-finite loss among them stops the run here."""
+                for record in pending.read():
+                    loss = record.metrics["loss"]
+                    if not math.isfinite(loss):
+                        raise explain_non_finite(loss, record.step, record.epoch, run, checkpointer.latest)
+                    hooks.clrun_step_end(run=run, step=record.step, metrics=record.metrics)
+                    for k, v in record.metrics.items():
+                        sums[k] += v
+
             for images, labels, *places in waited.on(batches(loader_iterator, recipe.data.dataset)):
                 try:
-                    metrics, outputs = train_step(images, *places)
-                except NonFiniteLossError as exc:
-                    raise explain_non_finite(exc, run, checkpointer.latest) from None
+                    record, outputs = train_step(images, *places)
+                except NonFiniteLossError:  # an optimizer that cannot skip on the device read the flag
+                    raise explain_non_finite(float("nan"), run.step + 1, run.epoch, run, checkpointer.latest) from None
                 run.step += 1
                 steps += 1
+                run.step_metrics = {}
                 hooks.clrun_step_outputs(run=run, outputs=outputs, labels=labels)
+                record.extra_names, record.extra_values = list(run.step_metrics), list(run.step_metrics.values())
+                pending.add(record)
                 del outputs  # the step's activations: free them before the next step
-                hooks.clrun_step_end(run=run, step=run.step, metrics=metrics)
-                for k, v in metrics.items():
-                    sums[k] += v
-                if signum := stop.requested():  # a signal: checkpoint here, mid-epoch, and stop
+                signum = stop.requested()  # agreed by every process, without a device read
+                last = reached_max_steps(run) or steps == run.steps_per_epoch
+                # Mid-epoch only: the epoch's end writes its own checkpoint.
+                save = bool(every_steps) and run.step % every_steps == 0 and steps < run.steps_per_epoch
+                if run.step % log_every == 0 or last or save or signum:
+                    read_metrics()  # a checkpoint never holds a step whose loss was not checked
+                if signum:  # a signal: checkpoint here, mid-epoch, and stop
                     checkpointer.wait()
                     raise stopped(signum, run, checkpointer.save(Position(steps, dict(sums))))
                 if reached_max_steps(run):
                     break
-                # Mid-epoch only: the epoch's end writes its own checkpoint.
-                if every_steps and run.step % every_steps == 0 and steps < run.steps_per_epoch:
+                if save:
                     checkpointer.save(Position(steps, dict(sums)), background=True)  # written while training goes on
+            read_metrics()
             run.epoch += 1
             epoch_metrics = {k: v / max(steps, 1) for k, v in sums.items()}
             epoch_metrics.update(images_per_s=(steps - done) * recipe.data.batch_size / waited.elapsed,
@@ -136,10 +158,11 @@ def stopped(signum: int, run: Run, kept: bool) -> Stopped:
     return Stopped(signum, f"stopped by {name} after step {run.step} (in epoch {run.epoch + 1}): {what}")
 
 
-def explain_non_finite(exc: NonFiniteLossError, run: Run, latest: Path | None) -> NonFiniteLossError:
+def explain_non_finite(loss: float, step: int, epoch: int, run: Run, latest: Path | None) -> NonFiniteLossError:
+    """What stops the run when step ``step`` (counted from 1, in epoch ``epoch`` + 1) had a non-finite loss."""
     where = f"the last good checkpoint is in {run.directory}" if latest is not None else "no checkpoint was written yet"
     return NonFiniteLossError(
-        f"{exc} at epoch {run.epoch + 1}, step {run.step + 1}; the optimizer step was not taken and "
+        f"the loss is {loss} at epoch {epoch + 1}, step {step}; no optimizer step was taken from that step on and "
         f"{where}. Lower optimizer.lr, set train.grad_clip, or use train.precision=fp32"
     )
 

@@ -27,8 +27,9 @@ class Run:
     Callbacks receive it in every hook. Public (the callback contract, see ``clrun.callback``):
     ``recipe``, ``folder`` / ``directory``, ``device``, ``steps_per_epoch``, ``epoch``, ``step``,
     ``summary``, ``network``, ``encoder`` (the product: the backbone), ``feature_dim``,
-    ``projection_dim``, ``preprocess`` and ``features`` (to embed a labeled data set for evaluation).
-    ``parts`` and the underscored fields are internal.
+    ``projection_dim``, ``preprocess`` and ``features`` (to embed a labeled data set for evaluation),
+    ``add_step_metric`` (a value a callback computed during a step, reported with the step's metrics).
+    ``parts``, ``step_metrics`` and the underscored fields are internal.
     """
 
     recipe: Recipe
@@ -47,6 +48,8 @@ class Run:
     # Features of the data sets embedded at the current step: the kNN and linear-probe evaluators at the
     # end of a run usually embed the same train and test sets, and embedding 60k images takes a minute.
     _feature_cache: dict = field(default_factory=dict, repr=False)
+    # What callbacks added to the current step's metrics (add_step_metric); the loop collects it.
+    step_metrics: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.folder is not None and not isinstance(self.folder, RunFolder):
@@ -56,6 +59,13 @@ class Run:
     def directory(self) -> Path | None:
         """The run folder's path (None where nothing is written)."""
         return None if self.folder is None else self.folder.path
+
+    def add_step_metric(self, name: str, value: Tensor | float) -> None:
+        """Report ``value`` (a scalar; a tensor may stay on the device) as metric ``name`` of the step that just
+        ran, from ``clrun_step_outputs``: it is read with the step's own metrics, every ``train.log_every``
+        steps, without a host read of its own, and arrives in that step's ``clrun_step_end`` metrics, in
+        the run folder's metrics file and in the epoch's mean."""
+        self.step_metrics[name] = torch.as_tensor(value, dtype=torch.float32).detach()
 
     @property
     def network(self) -> OnlineNetwork:

@@ -24,6 +24,7 @@ from clrun.recipe import Recipe
 from clrun.streams import Stream, images_in
 from clrun.training.model.build import build_model
 from clrun.training.data import make_loader, stacked
+from clrun.training.device_settings import apply_device_settings
 from clrun.training.optim.optimization import build_optimization
 from clrun.training.parallel.parallelize import parallelize
 from clrun.training.parts import Parts, assemble
@@ -59,6 +60,7 @@ def prepare(recipe: Recipe, purpose: Purpose, device: torch.device | None = None
         torch.set_num_threads(recipe.train.threads)
     if device is None:
         device = torch.device("cpu") if purpose == "check" else resolve_device(recipe.train.device)
+    apply_device_settings(recipe.train, device)
     # Data first: a missing data root must stop the run before anything else is built or written.
     dataset, (example, example_places), note = _data(recipe, purpose)
     loader, sampler_rng, steps_per_epoch = None, None, 1

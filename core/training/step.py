@@ -9,28 +9,27 @@ from torch import Tensor
 from clrun import distributed
 from clrun.training.forward import forward_and_loss, split_loss  # noqa: F401  (this module's API before forward.py)
 from clrun.training.model.outputs import StepOutputs
+from clrun.training.non_finite import NonFiniteGuard, NonFiniteLossError, scaler_overflow, skips_on_device, step_skipping
 from clrun.training.optim.param_groups import freeze_gradients
 from clrun.training.run import Run
 from clrun.training.parallel.sharding import reshard
 from clrun.training.split.accumulation import accumulated_backward
 from clrun.training.split.grad_cache import cached_backward
+from clrun.training.step_metrics import StepRecord
+
+__all__ = ["Step", "NonFiniteLossError", "PRECISIONS", "step_values"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss was NaN or infinite; no optimizer step was taken, so the weights are still the last good ones.
-
-    A stateful loss may already have queued this batch's keys: the run stops, and resuming from the
-    checkpoint restores that state with the weights."""
-
-
-def reduced_metrics(loss: Tensor, extras: dict[str, Tensor]) -> dict[str, float]:
-    """The loss and the loss's metrics as floats, averaged over ranks in one collective: every rank
-    logs, and checks for NaN, the same numbers (a NaN on any rank makes the mean NaN everywhere)."""
+def step_values(loss: Tensor, extras: dict[str, Tensor]) -> tuple[list[str], Tensor]:
+    """The loss and the loss's metrics as one 1-d fp32 tensor on the loss's device, averaged over ranks in
+    one collective (queued, not read: every rank checks for NaN, and later logs, the same numbers)."""
     names = ["loss", *extras]
-    values = torch.stack([loss.detach().float().reshape(()), *(v.float().reshape(()).to(loss.device) for v in extras.values())])
-    return dict(zip(names, distributed.mean_over_ranks(values).tolist()))
+    # A loss's metric computed on the host (a Python number) is uploaded without a wait.
+    values = torch.stack([loss.detach().float().reshape(()),
+                          *(v.float().reshape(()).to(loss.device, non_blocking=True) for v in extras.values())])
+    return names, distributed.mean_over_ranks(values)
 
 
 class Step:
@@ -52,6 +51,9 @@ class Step:
         self.loss_after_step = after_step if callable(after_step) else None
         # What clipping measures: every parameter the optimizer holds (its groups are fixed for the run).
         self.clipped = [p for group in self.parts.optimizer.param_groups for p in group["params"]]
+        parts = self.parts
+        self.guard = NonFiniteGuard((parts.network, parts.target, parts.loss_fn), self.device,
+                                    on_device=skips_on_device(parts.optimizer))
 
     @classmethod
     def of(cls, run: Run) -> Step:
@@ -70,24 +72,35 @@ class Step:
         return self.backward(self.parts, images, places, self.parts_of_batch, self.run.step, self.device,
                              self.autocast, self.scaler)
 
-    def __call__(self, images: Tensor, places: Tensor | None = None) -> tuple[dict[str, float], StepOutputs]:
-        """The step's metrics and outputs (for callbacks such as an online probe; the graph is already freed)."""
-        parts, scaler, step = self.parts, self.scaler, self.run.step
+    def __call__(self, images: Tensor, places: Tensor | None = None) -> tuple[StepRecord, StepOutputs]:
+        """The step's metrics (on the device until the loop reads them: ``clrun.training.step_metrics``) and
+        outputs (for callbacks such as an online probe; the graph is already freed).
+
+        A non-finite loss is caught on the device (``clrun.training.non_finite``): this step and every later one
+        leave the weights, the optimizer's state, the buffers and the target as they were, and the loop stops
+        the run when it reads the metrics."""
+        parts, scaler, step, guard = self.parts, self.scaler, self.run.step, self.guard
         scheduled = parts.schedules.apply(step)
         parts.optimizer.zero_grad(set_to_none=True)
+        guard.before_step()
         loss, extras, out = self.gradients(images, places)
-        metrics = reduced_metrics(loss, extras)
-        value = metrics["loss"]
-        if value != value or value in (float("inf"), float("-inf")):
-            # Checked before the update (on every rank): a NaN step must never reach the weights. The
-            # gradients it left are cleared by the next step's zero_grad, or never used when the run stops.
-            raise NonFiniteLossError(f"the loss is {value}")
+        names, values = step_values(loss, extras)
+        healthy = guard.check(values[0])
+        if not guard.on_device:
+            guard.refuse_on_host()
+        found_inf = guard.skip()
+        if scaler.is_enabled() or self.grad_clip is not None:
+            scaler.unscale_(parts.optimizer)  # fp16: the true gradients, and whether they overflowed
+        if scaler.is_enabled() and guard.on_device:
+            found_inf = torch.maximum(found_inf, scaler_overflow(scaler, parts.optimizer))
         if self.grad_clip is not None:
-            scaler.unscale_(parts.optimizer)
             torch.nn.utils.clip_grad_norm_(self.clipped, self.grad_clip)
         freeze_gradients(parts.optimizer, step)  # after clipping: a frozen group's norm still counts, as in the papers
         lr = parts.optimizer.param_groups[0]["lr"]  # the rate this step used
-        scaler.step(parts.optimizer)
+        if guard.on_device:
+            step_skipping(parts.optimizer, found_inf)
+        else:
+            scaler.step(parts.optimizer)  # skips an fp16 overflow (after a host read)
         scaler.update()
         if parts.scheduler is not None:
             parts.scheduler.step()
@@ -98,8 +111,9 @@ class Step:
             reshard(parts.loss_fn)
         if self.loss_after_step is not None:
             self.loss_after_step()
-        metrics = {"loss": value, "lr": lr, **{k: v for k, v in metrics.items() if k != "loss"}, **scheduled}
+        host = {"lr": lr, **scheduled}
         if parts.target is not None:
-            metrics["target_momentum"] = float(parts.target.momentum)  # the momentum this update uses
-            parts.target.update(parts.network)
-        return metrics, out
+            host["target_momentum"] = parts.target.momentum_value  # the momentum this update uses
+            parts.target.update(parts.network, healthy)
+        guard.after_step()
+        return StepRecord(step + 1, self.run.epoch, host, names, values), out

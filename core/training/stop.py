@@ -5,7 +5,10 @@ the epoch, so ``--resume`` continues bit-exactly where the run stopped.
 The handler only sets a flag: a checkpoint being written when the signal arrives is finished first.
 A second SIGINT stops at once (KeyboardInterrupt), for a user who does not want to wait for the step.
 Under torchrun every process gets the signal, but perhaps at different steps: the processes agree on
-the stop (a max over ranks each step) so that all of them stop after the same step.
+the stop so that all of them stop after the same step. The agreement never waits on the GPU: each step
+every process starts a max over ranks of its flag on a CPU (gloo) group, without waiting, and takes the
+result one step later, when it has long arrived; every process reads the same result at the same step, so
+a signal is acted on within two steps wherever it arrived, not only when the metrics are read.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from types import FrameType
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 from clrun import distributed
 
@@ -35,13 +39,14 @@ class Stopped(Exception):
 
 
 class StopOnSignal:
-    """``with StopOnSignal(device) as stop:`` ... ``if stop.requested(): ...`` at each step boundary
-    (``device``: where the processes' agreement is computed, the training device)."""
+    """``with StopOnSignal(group) as stop:`` ... ``if stop.requested(): ...`` at each step boundary
+    (``group``: a CPU (gloo) process group every process shares, None with one process)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, group: Optional[object] = None) -> None:
+        self.group = group
         self.signum: Optional[int] = None
         self._previous: dict[int, object] = {}
+        self._asked: Optional[tuple[torch.Tensor, object]] = None  # the max started last step, and its work
 
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():  # Python allows handlers there only
@@ -50,6 +55,7 @@ class StopOnSignal:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._take()  # no collective left running on the group (an evaluation barrier uses it next)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
@@ -60,8 +66,20 @@ class StopOnSignal:
         self.signum = signum
 
     def requested(self) -> Optional[int]:
-        """The signal to stop on, agreed by every process (the largest number any of them received)."""
-        if not distributed.active():
+        """The signal to stop on, agreed by every process (the largest number any of them received by the
+        previous call), or None."""
+        if self.group is None or not distributed.active():
             return self.signum
-        agreed = int(distributed.all_reduce_max(torch.tensor([self.signum or 0], device=self.device)))
+        agreed = self._take()
+        flag = torch.tensor([self.signum or 0], dtype=torch.int64)  # on the host: gloo reduces it there
+        self._asked = flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
         return agreed or None
+
+    def _take(self) -> int:
+        """The result of the max started at the previous call (0 if none)."""
+        if self._asked is None:
+            return 0
+        flag, work = self._asked
+        self._asked = None
+        work.wait()
+        return int(flag[0])

@@ -102,7 +102,6 @@ class OnlineProbe(Evaluator):
         self.heads: nn.ModuleDict | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: dict[str, Any] | None = None  # a checkpoint's state, loaded once the heads exist
-        self._accuracy: dict[str, Tensor] = {}  # the last step's train accuracy, reported at its step end
 
     # -- the heads -------------------------------------------------------------------------------
     def _classes(self) -> int:
@@ -181,13 +180,9 @@ class OnlineProbe(Evaluator):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self._accuracy = accuracy
-
-    def clrun_step_end(self, run: Run, step: int, metrics: dict[str, float]) -> None:
-        if self._accuracy:  # the loop averages what a step reports into the epoch record
-            metrics["online_train_top1"] = self._accuracy["backbone"].item()
-            metrics["online_train_top1_projector"] = self._accuracy["projector"].item()
-            self._accuracy = {}
+        # Read with the step's metrics (no host read here), logged with the step and averaged into the epoch.
+        run.add_step_metric("online_train_top1", accuracy["backbone"])
+        run.add_step_metric("online_train_top1_projector", accuracy["projector"])
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, run: Run) -> dict[str, float]:

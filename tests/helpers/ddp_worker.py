@@ -25,7 +25,7 @@ import clrun
 from clrun import distributed
 from clrun.recipe.schema import TargetSection
 from clrun.training.model.network import OnlineNetwork
-from clrun.training.step import reduced_metrics, split_loss
+from clrun.training.step import split_loss, step_values
 from clrun.training.model.target import TargetNetwork
 from clrun.training.model.network import Trainable
 from clrun.training.parallel.parallelize import data_parallel
@@ -97,7 +97,7 @@ def step_on(result, trainable: Trainable, optimizer: torch.optim.Optimizer, targ
     """One SGD step on what the (wrapped) trainable returned; ``record``: each step's loss (averaged over
     ranks when wrapped) and the first step's gradients."""
     loss, extras = split_loss(result[0])
-    record["losses"].append(reduced_metrics(loss, extras)["loss"] if wrap else float(loss.detach()))
+    record["losses"].append(step_values(loss, extras)[1][0].item() if wrap else float(loss.detach()))
     optimizer.zero_grad()
     loss.backward()
     if record["grads"] is None:  # a sharded parameter's gradient whole (a collective, in the same order on every rank)

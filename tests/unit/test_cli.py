@@ -297,7 +297,7 @@ def test_nan_loss_stops_with_exit_1(capsys, tmp_path):
     assert code == 1
     (line,) = [line for line in err.splitlines() if line.startswith("cl-run: training stopped: ")]
     assert "the loss is nan at epoch 1, step 1" in line
-    assert "the optimizer step was not taken" in line
+    assert "no optimizer step was taken from that step on" in line
     run = tmp_path / "tiny"
     assert not (run / "checkpoint.pt").exists()
     if (run / "metrics.jsonl").exists():  # no step was applied, so none was logged

@@ -2,7 +2,8 @@
 
 It never receives gradients; after each optimizer step its weights move towards the online ones.
 The schedule's position is a persistent buffer, so a resumed run continues with the exact momentum
-it would have used (a plain attribute would restart the schedule: a pitfall other libraries hit).
+it would have used (a plain attribute would restart the schedule: a pitfall other libraries hit). The
+step reads the momentum from a Python copy of that position, never from a tensor (no host read per step).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from clrun.recipe.schema import TargetSection
 from clrun.training.model.branch import Branch
 from clrun.training.model.network import OnlineNetwork, embed, project_tokens
+from clrun.training.parallel import compat
 from clrun.training.parallel.sharding import reshard
 
 
@@ -40,10 +42,23 @@ class TargetNetwork(nn.Module):
         # The momentum the next update uses, and how many updates were made: checkpointed.
         self.register_buffer("momentum", torch.tensor(momentum_at(settings, 0, total_steps), dtype=torch.float64))
         self.register_buffer("updates", torch.tensor(0, dtype=torch.int64))
+        self._updates: int | None = None  # the buffer's count, in Python: read once (a checkpoint may set it)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._updates = None  # a checkpoint's count: read again at the next update
 
     def restart_schedule(self) -> None:
         """Recompute the momentum from the (possibly changed) settings at the updates made so far."""
-        self.momentum.fill_(momentum_at(self.settings, int(self.updates), self.total_steps))
+        self._updates = int(self.updates)
+        self.momentum.fill_(self.momentum_value)
+
+    @property
+    def momentum_value(self) -> float:
+        """The momentum the next update uses, as a Python number."""
+        if self._updates is None:
+            self._updates = int(self.updates)  # once per run (and after loading a checkpoint)
+        return momentum_at(self.settings, self._updates, self.total_steps)
 
     @torch.no_grad()
     def forward(self, views: list[Tensor], wants: Collection[str] = frozenset()) -> Branch:
@@ -61,20 +76,25 @@ class TargetNetwork(nn.Module):
         return out
 
     @torch.no_grad()
-    def update(self, online: OnlineNetwork) -> None:
-        """``target = m * target + (1 - m) * online`` for every parameter, then advance the schedule.
+    def update(self, online: OnlineNetwork, healthy: Tensor | None = None) -> None:
+        """``target = m * target + (1 - m) * online`` for every parameter, then advance the schedule; nothing
+        moves where ``healthy`` (the step's device flag, clrun.training.non_finite) is false.
 
         Buffers (BatchNorm statistics) are not averaged: the target keeps its own, from its own
         forward passes, as the reference code of momentum-target methods does.
         """
-        m = float(self.momentum)
+        step = 1.0 - self.momentum_value
         # Sharded (train.strategy: fsdp): update shard by shard, as the online network is stored. A unit whose
         # forward ran without a backward (the target's, under no_grad; an online part the loss left out, such
         # as a projector a token-level loss does not use) still holds its whole weights: free them first.
         reshard(self)
         reshard(online)
-        for module, source in ((self.backbone, online.backbone), (self.projector, online.projector)):
-            for mine, theirs in zip(module.parameters(), source.parameters()):
-                mine.lerp_(theirs.detach(), 1.0 - m)  # mine + (1 - m) * (theirs - mine)
+        mine = [*self.backbone.parameters(), *self.projector.parameters()]
+        theirs = [p.detach() for p in (*online.backbone.parameters(), *online.projector.parameters())]
+        # A few fused kernel launches instead of a Python loop of one lerp_ per parameter.
+        weight: float | Tensor = step if healthy is None else healthy.to(torch.float32) * step
+        compat.foreach_lerp_(mine, theirs, weight)
+        # Counted as made even when skipped: a skipped step stops the run before anything is saved.
+        self._updates += 1
         self.updates += 1
-        self.momentum.fill_(momentum_at(self.settings, int(self.updates), self.total_steps))
+        self.momentum.fill_(self.momentum_value)

@@ -56,6 +56,24 @@ def build_optimization(placed: Placed, recipe: Recipe, steps_per_epoch: int) -> 
     return Optimization(optimizer, scheduler, schedules, scaler)
 
 
+# The devices torch's fused optimizer kernels run on.
+FUSED_DEVICES = ("cpu", "cuda")
+# Settings that rule out (or choose instead of) the fused implementation.
+NOT_FUSED = ("fused", "foreach", "differentiable", "capturable")
+
+
+def fused_by_default(settings: dict[str, Any], groups: list[dict[str, Any]]) -> dict[str, bool]:
+    """``fused=True`` for an optimizer that takes it (torch's SGD, Adam, AdamW, Adagrad; offered to every factory,
+    passed only to those that name it) unless the recipe chose an implementation: one kernel per parameter group
+    instead of one per tensor, and the update skipped on the device for a non-finite loss (clrun.training.non_finite)
+    instead of a host read per step."""
+    if any(key in settings for key in NOT_FUSED):
+        return {}
+    params = [p for group in groups for p in group["params"]]
+    usable = all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)
+    return {"fused": True} if usable and params else {}
+
+
 def check_on_stand_in(recipe: Recipe, steps: int, steps_per_epoch: int, errors: BuildErrors) -> None:
     """Record in ``errors`` what is wrong with the optimizer's and scheduler's settings, built over a stand-in
     parameter: for a model that cannot be built, so that one check names these problems too."""
@@ -70,7 +88,7 @@ def optimizer_and_scheduler(recipe: Recipe, named: list[tuple[str, nn.Parameter]
     decay_all = not recipe.train.exclude_bias_and_norm_from_weight_decay
     groups = build_groups(named, recipe.params, decay_all, layers, steps_per_epoch)
     fixed = [set(group) - {"params"} for group in groups]
-    optimizer = errors.build(recipe.optimizer, params=groups)
+    optimizer = errors.build(recipe.optimizer, params=groups, **fused_by_default(recipe.optimizer.params, groups))
     if optimizer is None:
         return None, None, fixed
     scale_learning_rates(optimizer)  # before the scheduler reads the base rates

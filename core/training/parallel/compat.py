@@ -22,10 +22,15 @@ and release documentation):
 - DCP's ``torch.distributed.checkpoint.state_dict`` (get/set the model's and optimizer's state dicts,
   ``StateDictOptions``) and ``format_utils.dcp_to_torch_save``: in torch 2.3 and later; checked all the
   same, so that a torch without them gets this module's message instead of an ImportError mid-run.
+- ``torch._foreach_lerp_`` with a 0-dim tensor weight (the EMA target's update, weighted by a device flag):
+  probed once per device type; without it, the same update through ``_foreach_sub``/``_foreach_mul_``/``_add_``.
+- Fused optimizers' ``found_inf`` (skipping an update on the device, clrun.training.non_finite): torch's
+  GradScaler protocol, ``_step_supports_amp_scaling``, in every supported torch.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from types import ModuleType
@@ -76,6 +81,37 @@ def ddp_copies_buffers_at_start(keywords: dict[str, bool]) -> bool:
     """Whether DDP built with ``keywords`` (``ddp_no_forward_buffer_sync``'s) still copies rank 0's buffers
     to every rank in its constructor: ``forward_sync_buffers`` does, ``broadcast_buffers=False`` does not."""
     return "forward_sync_buffers" in keywords
+
+
+def foreach_lerp_(tensors: list[torch.Tensor], ends: list[torch.Tensor], weight: float | torch.Tensor) -> None:
+    """``t += weight * (end - t)`` for every pair, in torch's fused multi-tensor kernels; ``weight`` a number or a
+    0-dim tensor on the tensors' device (a flag computed there, never read). Sharded tensors (DTensors) are
+    updated through their local shards, which the two lists hold alike."""
+    tensors, ends = [_local(t) for t in tensors], [_local(t) for t in ends]
+    if not tensors:
+        return
+    if not isinstance(weight, torch.Tensor):
+        torch._foreach_lerp_(tensors, ends, weight)
+    elif _lerp_takes_tensor_weight(tensors[0].device.type):
+        torch._foreach_lerp_(tensors, ends, weight.to(tensors[0].dtype))
+    else:  # a torch whose lerp takes no tensor weight: the same update in three fused steps
+        deltas = torch._foreach_sub(ends, tensors)
+        torch._foreach_mul_(deltas, weight)
+        torch._foreach_add_(tensors, deltas)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t
+
+
+@functools.lru_cache(maxsize=None)
+def _lerp_takes_tensor_weight(device_type: str) -> bool:
+    probe = torch.zeros(1, device=device_type)
+    try:
+        torch._foreach_lerp_([probe], [torch.ones(1, device=device_type)], torch.full((), 0.5, device=device_type))
+    except (TypeError, RuntimeError):
+        return False
+    return True
 
 
 def fsdp2() -> Fsdp2:

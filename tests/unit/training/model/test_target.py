@@ -21,6 +21,7 @@ from clrun.training.parts import assemble
 from clrun.training.model.reads import step_reads
 from clrun.training.run import Run
 from clrun.training.step import Step
+from clrun.training.step_metrics import PendingSteps
 from clrun.training.model.target import momentum_at
 
 TINY = Path(__file__).parents[3] / "recipes" / "tiny.yaml"
@@ -84,6 +85,13 @@ def build(recipe, steps_per_epoch: int = 10, loss: nn.Module | None = None) -> t
     return Run(recipe, parts, cpu, None, steps_per_epoch), images
 
 
+def read_metrics(record) -> dict[str, float]:
+    """A step's metrics as the loop reads them."""
+    pending = PendingSteps()
+    pending.add(record)
+    return pending.read()[0].metrics
+
+
 def fp32_step(run: Run) -> Step:
     return Step(run, "fp32", torch.amp.GradScaler("cpu", enabled=False), None)
 
@@ -104,7 +112,8 @@ def test_step_outputs_carry_predictions_and_targets_of_global_views_only(tmp_pat
     recorder = Recorder()
     run, images = build(recipe, loss=recorder)
     run.step = 7
-    metrics, _ = fp32_step(run)(images)
+    record, _ = fp32_step(run)(images)
+    metrics = read_metrics(record)
     out = recorder.seen[0]
     assert out.is_global == [True, True, False, False, False]
     assert [tuple(p.shape) for p in out.projections] == [(8, 32)] * 5
