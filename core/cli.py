@@ -73,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a recipe, build it on the CPU and push one tiny batch through")
     c.add_argument("recipe")
     c.add_argument("overrides", nargs="*")
-    c.add_argument("-v", "--verbose", action="store_true", help="with the traceback of a plugin's failure")
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="with a plugin failure's traceback, and a second step's host syncs by call site")
     e = sub.add_parser("eval", help="evaluate a run or checkpoint with its recipe's evaluator callbacks")
     e.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     e.add_argument("overrides", nargs="*", help="dotted.key=value changes to the run's recipe, e.g. callbacks.0.k=50")
@@ -284,7 +285,7 @@ def cmd_check(args) -> int:
     from clrun.commands.check import check
 
     recipe = load_recipe(args.recipe, args.overrides)
-    for line in check(recipe):
+    for line in check(recipe, verbose=args.verbose):
         print(f"  {line}")
     print(f"{args.recipe}: OK")
     return 0

@@ -134,8 +134,9 @@ class HostSyncCounter(TorchFunctionMode):
         frames = traceback.extract_stack()[:-3]
         if any(part in f.filename for f in frames for part in IGNORED_FRAMES):
             return
-        site = next((f for f in reversed(frames) if not any(own in f.filename for own in OWN_FRAMES)), frames[-1])
-        self.counts[f"{_short(site.filename)}:{site.lineno} {site.name} ({reason})"] += 1
+        site = next((f for f in reversed(frames) if not any(own in f.filename for own in OWN_FRAMES)), None)
+        where = f"{_short(site.filename)}:{site.lineno} {site.name}" if site is not None else "<torch>"
+        self.counts[f"{where} ({reason})"] += 1
 
 
 def _names_device(args: tuple, kwargs: dict) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from clrun.errors import DataNotFoundError
+from clrun.host_syncs import HostSyncCounter
 from clrun.recipe import Recipe
 from clrun.streams import images_in
 from clrun.training.optim import param_groups
@@ -14,13 +15,15 @@ from clrun.training.model.reads import declared
 from clrun.training.callbacks.hooks import run_hooks
 from clrun.training.callbacks.recipe_callbacks import NamedCallback
 from clrun.training.run import Run
+from clrun.training.device_settings import describe_device_settings
 from clrun.training.setup import prepare
 from clrun.training.step import Step
 
 
-def check(recipe: Recipe) -> list[str]:
+def check(recipe: Recipe, verbose: bool = False) -> list[str]:
     """Validate-and-build smoke test; returns report lines. Raises on any failure, naming every
-    component entry that cannot be built (the callbacks' too) at once."""
+    component entry that cannot be built (the callbacks' too) at once. ``verbose``: also a second step,
+    its host synchronisations counted by call site (clrun.host_syncs), and the device settings."""
     errors = BuildErrors()
     setup = errors.attempt(lambda: prepare(recipe, "check"), None)
     callback_lines, built = [], []
@@ -74,7 +77,30 @@ def check(recipe: Recipe) -> list[str]:
     run = Run(recipe, parts, device, None, setup.steps_per_epoch)  # writes nothing; its first step
     # fp32 without loss scaling: the CPU check verifies the wiring; reduced precision is a device matter.
     step = Step(run, "fp32", torch.amp.GradScaler("cpu", enabled=False), recipe.train.grad_clip)
-    metrics, _ = step(images, setup.example_places)
-    lines.append(f"step: {recipe.loss.name} loss {metrics['loss']:.4f} on a batch of {images.shape[0]}; "
+    record, _ = step(images, setup.example_places)
+    loss = record.values[0].item()
+    lines.append(f"step: {recipe.loss.name} loss {loss:.4f} on a batch of {images.shape[0]}; "
                  f"{recipe.optimizer.name} stepped")
+    if verbose:
+        lines += host_sync_lines(step, run, images, setup.example_places)
+        lines.append(describe_device_settings(recipe.train, torch.device("cuda")) + " (on CUDA)")
+    return lines
+
+
+def host_sync_lines(step: Step, run: Run, images: torch.Tensor, places: torch.Tensor | None) -> list[str]:
+    """A second step (the first made the lazy state) with its host synchronisations counted by call site:
+    what would make a GPU wait for the host in every training step, augmentations and loss included. The
+    loop's own read of the metrics (every train.log_every steps) is not part of the step."""
+    run.step += 1
+    with HostSyncCounter() as counter:
+        images = images.to(run.device)  # on the device before counting: the loader's pinned batch is uploaded async
+        counter.counting = True
+        step(images, places)
+    total = sum(counter.counts.values())
+    if not step.guard.on_device:
+        note = f" (one is the non-finite check: {run.recipe.optimizer.name} cannot skip an update on the device)"
+    else:
+        note = ""
+    lines = [f"host syncs per step: {total}{note}"]
+    lines += [f"host sync: {count} x {site}" for site, count in counter.counts.most_common()]
     return lines

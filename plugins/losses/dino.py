@@ -57,7 +57,9 @@ def teacher_metrics(targets: Sequence[Tensor], loss: Tensor) -> dict[str, Tensor
     probabilities = torch.cat(list(targets))
     k = probabilities.shape[-1]
     entropy = -(probabilities * probabilities.clamp_min(1e-30).log()).sum(dim=-1).mean()
-    shares = torch.bincount(probabilities.argmax(dim=-1), minlength=k).float() / len(probabilities)
+    # Counts per prototype by index_add_ (bincount's output size is read from the device).
+    winners = probabilities.argmax(dim=-1)
+    shares = probabilities.new_zeros(k).index_add_(0, winners, probabilities.new_ones(len(winners))) / len(probabilities)
     # Each pair's cross-entropy is its KL plus the teacher's entropy; every teacher view is in the same
     # number of pairs, so the mean KL is the loss minus the mean entropy.
     return {"teacher_entropy": entropy, "teacher_entropy_ratio": entropy / math.log(k),
@@ -194,6 +196,6 @@ class DINOLoss(nn.Module):
 def move_center(center: Tensor, rows: Tensor, momentum: float) -> None:
     """``center = momentum * center + (1 - momentum) * mean of rows``, the mean over every rank's rows
     ``(N, K)`` (one all-reduce of their sum and count): DINO's ``update_center`` and iBOT's patch center."""
-    count = torch.tensor([float(len(rows))], device=rows.device, dtype=rows.dtype)
+    count = rows.new_full((1,), float(len(rows)))  # made on the device: no upload
     summed = distributed.all_reduce_sum(torch.cat([rows.sum(dim=0), count]))
     center.mul_(momentum).add_((summed[:-1] / summed[-1]).to(center.dtype), alpha=1 - momentum)

@@ -48,7 +48,8 @@ class SIGReg(nn.Module):
         rank and after a resume, new at every step (the authors seed with their global step too)."""
         generator = torch.Generator().manual_seed(step)
         a = torch.randn(dim, self.num_slices, generator=generator, dtype=torch.float64)
-        return (a / a.norm(dim=0)).to(device=device, dtype=dtype)
+        # Drawn on the host (the same numbers on every device), uploaded without waiting for the device's queue.
+        return (a / a.norm(dim=0)).to(dtype=dtype).to(device=device, non_blocking=True)
 
     def forward(self, x: Tensor, step: int) -> Tensor:
         """The statistic per view and direction, ``(V, num_slices)``, for ``x`` of shape ``(V, N, D)``."""

@@ -20,10 +20,9 @@ def ring_enqueue(queue: Tensor, ptr: Tensor, items: Tensor) -> None:
     n = items.shape[0]
     if n == 0:
         return
-    start = int(ptr)
-    if n > size:  # the first n - size items would be overwritten within this same write
-        start = (start + n - size) % size
-        items = items[n - size:]
-    rows = (start + torch.arange(items.shape[0], device=queue.device)) % size
-    queue[rows] = items.detach().to(device=queue.device, dtype=queue.dtype)
-    ptr.fill_((start + items.shape[0]) % size)
+    skipped = max(n - size, 0)  # the first n - size items would be overwritten within this same write
+    items = items[skipped:]
+    # The rows are computed on the queue's device from the pointer there: the host never reads it.
+    rows = (ptr + skipped + torch.arange(items.shape[0], device=queue.device)) % size
+    queue.index_copy_(0, rows, items.detach().to(device=queue.device, dtype=queue.dtype))
+    ptr.copy_((ptr + n) % size)

@@ -145,6 +145,7 @@ class SwAVLoss(nn.Module):
         self.prototypes = nn.Linear(self.in_dim, self.num_prototypes, bias=False)
         self.register_buffer("queue", torch.zeros(self.queue_views, self.queue_length, self.in_dim))
         self.register_buffer("queue_fill", torch.zeros((), dtype=torch.long))
+        self._queue_fill: int | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -153,6 +154,16 @@ class SwAVLoss(nn.Module):
             f"freeze_prototypes_steps={self.freeze_prototypes_steps}, queue_length={self.queue_length}, "
             f"queue_start_step={self.queue_start_step}, queue_views={self.queue_views}"
         )
+
+    def _filled(self) -> int:
+        """The queue's filled rows, kept in Python (read from the checkpointed buffer once, not every step)."""
+        if self._queue_fill is None:
+            self._queue_fill = int(self.queue_fill)
+        return self._queue_fill
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._queue_fill = None  # a checkpoint's count: read again
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -198,9 +209,7 @@ class SwAVLoss(nn.Module):
             weight = F.normalize(weight, dim=1)
         if step < self.freeze_prototypes_steps:
             weight = weight.detach()  # frozen: no gradient reaches the prototypes
-        use_queue = (
-            self.queue_length > 0 and step >= self.queue_start_step and int(self.queue_fill) == self.queue_length
-        )
+        use_queue = self.queue_length > 0 and step >= self.queue_start_step and self._filled() == self.queue_length
 
         loss, metrics, z = swav(views, weight, global_idx, self.temperature, self.epsilon, self.sinkhorn_iterations,
                                 self.queue if use_queue else None)
@@ -212,5 +221,6 @@ class SwAVLoss(nn.Module):
                 for slot, i in enumerate(global_idx):
                     fresh = z[i].detach().to(self.queue.dtype)
                     self.queue[slot] = torch.cat([fresh, self.queue[slot]])[: self.queue_length]
-                self.queue_fill.fill_(min(int(self.queue_fill) + n, self.queue_length))
+                self._queue_fill = min(self._filled() + n, self.queue_length)
+                self.queue_fill.fill_(self._queue_fill)
         return {"loss": loss, **metrics}
