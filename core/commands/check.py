@@ -16,6 +16,7 @@ from clrun.training.callbacks.hooks import run_hooks
 from clrun.training.callbacks.recipe_callbacks import NamedCallback
 from clrun.training.run import Run
 from clrun.training.device_settings import describe_device_settings
+from clrun.training.parallel.compiling import compile_network, compile_report
 from clrun.training.setup import prepare
 from clrun.training.step import Step
 
@@ -83,8 +84,24 @@ def check(recipe: Recipe, verbose: bool = False) -> list[str]:
                  f"{recipe.optimizer.name} stepped")
     if verbose:
         lines += host_sync_lines(step, run, images, setup.example_places)
+        if recipe.train.compile:
+            lines += compiled_step_lines(step, run, images, setup.example_places)
         lines.append(describe_device_settings(recipe.train, torch.device("cuda")) + " (on CUDA)")
     return lines
+
+
+def compiled_step_lines(step: Step, run: Run, images: torch.Tensor, places: torch.Tensor | None) -> list[str]:
+    """Two more steps with the network compiled by regions as training compiles it, traced by dynamo alone
+    (the "eager" backend: no kernels generated, seconds on a CPU): its graph breaks and graphs by unit."""
+    parts = run.parts
+    target = parts.target
+    units = compile_network([parts.network.backbone, parts.network.projector, parts.network.predictor,
+                             parts.network.token_head, *((target.backbone, target.projector) if target is not None else ())],
+                            backend="eager")
+    for _ in range(2):
+        run.step += 1
+        step(images, places)
+    return [f"compile: {units} units compiled by regions (dynamic=False)", *compile_report()]
 
 
 def host_sync_lines(step: Step, run: Run, images: torch.Tensor, places: torch.Tensor | None) -> list[str]:

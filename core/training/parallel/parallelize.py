@@ -22,6 +22,7 @@ from clrun.training.parallel.activation_checkpointing import checkpoint_activati
 from clrun.training.model.build import Model
 from clrun.training.model.network import OnlineNetwork, Trainable
 from clrun.training.model.target import TargetNetwork
+from clrun.training.parallel.compiling import compile_network
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,10 @@ def parallelize(model: Model, recipe: Recipe, device: torch.device, training: bo
         # sharding, which wrap the blocks it recomputes.
         checkpoint_activations(network.backbone, recipe.backbone.name)
     if recipe.train.compile and training:
-        # In place (the state_dict keys stay those of the plain module), after the target's copy was taken.
-        network.backbone.compile()
+        # By regions, in place (clrun.training.parallel.compiling): every path through the blocks, the
+        # target's copy and the heads included.
+        compile_network([network.backbone, network.projector, network.predictor, network.token_head,
+                         *((target.backbone, target.projector) if target is not None else ())])
     whole = None
     if sharded:  # in place: the parameters become shards (DTensors), so before the optimizer is built
         whole = sharding.template(network)
