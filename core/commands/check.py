@@ -113,11 +113,6 @@ def host_sync_lines(step: Step, run: Run, images: torch.Tensor, places: torch.Te
         images = images.to(run.device)  # on the device before counting: the loader's pinned batch is uploaded async
         counter.counting = True
         step(images, places)
-    total = sum(counter.counts.values())
-    if not step.guard.on_device:
-        note = f" (one is the non-finite check: {run.recipe.optimizer.name} cannot skip an update on the device)"
-    else:
-        note = ""
-    lines = [f"host syncs per step: {total}{note}"]
+    lines = [f"host syncs per step: {sum(counter.counts.values())}"]
     lines += [f"host sync: {count} x {site}" for site, count in counter.counts.most_common()]
     return lines

@@ -106,10 +106,7 @@ def _train_epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer:
                         sums[k] += v
 
             for images, labels, *places in waited.on(batches(loader_iterator, recipe.data.dataset)):
-                try:
-                    record, outputs = train_step(images, *places)
-                except NonFiniteLossError:  # an optimizer that cannot skip on the device read the flag
-                    raise explain_non_finite(float("nan"), run.step + 1, run.epoch, run, checkpointer.latest) from None
+                record, outputs = train_step(images, *places)
                 run.step += 1
                 steps += 1
                 run.step_metrics = {}

@@ -9,7 +9,7 @@ from torch import Tensor
 from clrun import distributed
 from clrun.training.forward import forward_and_loss, split_loss  # noqa: F401  (this module's API before forward.py)
 from clrun.training.model.outputs import StepOutputs
-from clrun.training.non_finite import NonFiniteGuard, NonFiniteLossError, scaler_overflow, skips_on_device, step_skipping
+from clrun.training.non_finite import NonFiniteGuard, NonFiniteLossError, scaler_overflow, step_skipping
 from clrun.training.optim.param_groups import freeze_gradients
 from clrun.training.run import Run
 from clrun.training.parallel.sharding import reshard
@@ -52,8 +52,7 @@ class Step:
         # What clipping measures: every parameter the optimizer holds (its groups are fixed for the run).
         self.clipped = [p for group in self.parts.optimizer.param_groups for p in group["params"]]
         parts = self.parts
-        self.guard = NonFiniteGuard((parts.network, parts.target, parts.loss_fn), self.device,
-                                    on_device=skips_on_device(parts.optimizer))
+        self.guard = NonFiniteGuard((parts.network, parts.target, parts.loss_fn), self.device)
 
     @classmethod
     def of(cls, run: Run) -> Step:
@@ -86,22 +85,16 @@ class Step:
         loss, extras, out = self.gradients(images, places)
         names, values = step_values(loss, extras)
         healthy = guard.check(values[0])
-        if not guard.on_device:
-            guard.refuse_on_host()
         found_inf = guard.skip()
-        if scaler.is_enabled() or self.grad_clip is not None:
+        if scaler.is_enabled():
             scaler.unscale_(parts.optimizer)  # fp16: the true gradients, and whether they overflowed
-        if scaler.is_enabled() and guard.on_device:
             found_inf = torch.maximum(found_inf, scaler_overflow(scaler, parts.optimizer))
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.clipped, self.grad_clip)
         freeze_gradients(parts.optimizer, step)  # after clipping: a frozen group's norm still counts, as in the papers
         lr = parts.optimizer.param_groups[0]["lr"]  # the rate this step used
-        if guard.on_device:
-            step_skipping(parts.optimizer, found_inf)
-        else:
-            scaler.step(parts.optimizer)  # skips an fp16 overflow (after a host read)
-        scaler.update()
+        step_skipping(parts.optimizer, found_inf)
+        scaler.update()  # fp16: the loss scale follows the overflow found above
         if parts.scheduler is not None:
             parts.scheduler.step()
         if parts.whole_template is not None:  # sharded (train.strategy: fsdp)
