@@ -62,8 +62,13 @@ class RunSpecs:
 
     @hookspec
     def clrun_step_end(self, run: "Run", step: int, metrics: dict[str, float]) -> None:
-        """Called after each optimizer step with that step's scalar metrics (loss, lr, ...); entries added
-        here are logged with the step and averaged into the epoch's metrics."""
+        """Called for each optimizer step, in order, with that step's scalar metrics (loss, lr, ...); entries
+        added here are logged with the step and averaged into the epoch's metrics.
+
+        The metrics are read from the device every ``train.log_every`` steps (a read makes the GPU wait), so
+        this is called at the read for every step since the previous one: ``step`` is the step the metrics
+        belong to, ``run.step`` may be further on. A value computed on the device during a step is reported
+        with ``run.add_step_metric`` from ``clrun_step_outputs``, not read here."""
 
     @hookspec
     def clrun_step_outputs(self, run: "Run", outputs: "StepOutputs", labels: "Tensor") -> None:
