@@ -1,7 +1,8 @@
 """cl-run's SimCLR training, timed through its public API: ``clrun.load_recipe`` + ``clrun.train``.
 
 The clock is read by a run callback, ``bench/step_timer``, registered in this process only: it sees every
-``clrun_step_end`` hook, so the timed window holds training steps and nothing else (no recipe loading, no
+step through ``clrun_step_outputs`` (called right after each step; ``clrun_step_end`` comes in batches, at
+each read of the metrics), so the timed window holds training steps and nothing else (no recipe loading, no
 building, no warm-up steps, no checkpoint or report written after the last step). Everything cl-run does
 per step is inside it: the DataLoader, views, network, loss and its metrics, the optimizer and schedule,
 the NaN check, the metrics file and the run hooks.
@@ -33,14 +34,15 @@ class StepTimer:
 
     window: StepWindow | None = None
     parameters: int | None = None
+    reads = frozenset()  # it reads none of the step's outputs: it only counts the steps
 
     def clrun_run_start(self, run: clrun.Run) -> None:
         # Shown beside the hand-written sides' count: the same number says it is the same network.
         network = getattr(getattr(run, "parts", None), "network", None)
         StepTimer.parameters = sum(p.numel() for p in network.parameters()) if network is not None else None
 
-    def clrun_step_end(self, run: clrun.Run, step: int, metrics: dict[str, float]) -> None:
-        StepTimer.window.step_done(step)
+    def clrun_step_outputs(self, run: clrun.Run, outputs: Any, labels: Any) -> None:
+        StepTimer.window.step_done(run.step)
 
 
 def _register_timer() -> None:

@@ -8,7 +8,10 @@ A backbone offers tokens by having two methods,
 ``visible`` is a ``(B, L)`` bool mask over the patch grid (``clrun.Masks.visible``): the hidden patches
 are replaced by a learned mask token (iBOT) or, with ``drop=True``, left out of the sequence with the
 position embeddings of the kept ones (MAE's encoder, I-JEPA's context encoder; every image must keep the
-same number). A backbone without these methods (a CNN) has no tokens: ``offers_tokens`` says so.
+same number). When dropping, the training step also passes ``visible_index=`` (``clrun.Masks.visible_index``,
+``(B, K)`` long, the kept patches in raster order): gathering them needs no read of the mask, which on a GPU
+would make the host wait for the device. A backbone without these methods (a CNN) has no tokens:
+``offers_tokens`` says so.
 
 Sharded training (``train.strategy: fsdp``) gathers a backbone's weights for ``forward_tokens`` as it does
 for ``forward`` (``clrun.training.parallel.sharding``), so it must reach its blocks through their ``forward``.

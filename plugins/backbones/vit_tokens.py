@@ -49,7 +49,8 @@ def token_grid(model: nn.Module, height: int, width: int) -> tuple[int, int]:
     return tuple(model.patch_embed.grid_size)
 
 
-def forward_tokens(model: nn.Module, images: Tensor, visible: Optional[Tensor] = None, drop: bool = False) -> Tokens:
+def forward_tokens(model: nn.Module, images: Tensor, visible: Optional[Tensor] = None, drop: bool = False,
+                   visible_index: Optional[Tensor] = None) -> Tokens:
     x = model.patch_embed(images)  # (B, rows, cols, D) with dynamic_img_size, else (B, L, D)
     grid = tuple(x.shape[1:3]) if x.ndim == 4 else tuple(model.patch_embed.grid_size)
     batch, width = x.shape[0], x.shape[-1]
@@ -65,11 +66,9 @@ def forward_tokens(model: nn.Module, images: Tensor, visible: Optional[Tensor] =
     x = model._pos_embed(x)  # prefix tokens and position embeddings: (B, P + L, D)
     prefix_count = model.num_prefix_tokens
     if visible is not None and drop:
-        counts = visible.sum(dim=1)
-        if bool((counts != counts[0]).any()):
-            raise ValueError("forward_tokens: dropping hidden patches needs the same visible count in every image; "
-                             f"got {sorted(set(counts.tolist()))}")
-        kept = visible.nonzero()[:, 1].view(batch, -1)  # raster order
+        kept = visible_patches(visible) if visible_index is None else visible_index
+        if kept.ndim != 2 or kept.shape[0] != batch:
+            raise ValueError(f"forward_tokens: visible_index must be ({batch}, K), got {tuple(kept.shape)}")
         patches = x[:, prefix_count:].gather(1, kept.unsqueeze(-1).expand(-1, -1, width))
         x = torch.cat([x[:, :prefix_count], patches], dim=1)
     x = model.norm_pre(model.patch_drop(x))
@@ -82,6 +81,16 @@ def forward_tokens(model: nn.Module, images: Tensor, visible: Optional[Tensor] =
     x = model.norm(x)
     return Tokens(prefix=x[:, :prefix_count], patches=x[:, prefix_count:], grid=grid,
                   pooled=model.forward_head(x, pre_logits=True))
+
+
+def visible_patches(visible: Tensor) -> Tensor:
+    """``(B, K)``: each image's visible patches in raster order, read from the mask for a caller that does not
+    know them (``clrun.Masks.visible_index`` does, without the host syncs of this count check and ``nonzero``)."""
+    counts = visible.sum(dim=1)
+    if bool((counts != counts[0]).any()):
+        raise ValueError("forward_tokens: dropping hidden patches needs the same visible count in every image; "
+                         f"got {sorted(set(counts.tolist()))}")
+    return visible.nonzero()[:, 1].view(visible.shape[0], -1)
 
 
 def prefix_attention(model: nn.Module, images: Tensor) -> Tensor:

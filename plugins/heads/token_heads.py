@@ -21,7 +21,7 @@ backbone's mask token (every patch present).
 from __future__ import annotations
 
 import math
-from functools import partial
+from functools import lru_cache, partial
 from typing import Annotated
 
 import torch
@@ -52,6 +52,20 @@ def sincos_position_embeddings(grid: tuple[int, int], dim: int) -> Tensor:
     return torch.cat([one_axis(column), one_axis(row)], dim=1).float()
 
 
+def position_embeddings(grid: tuple[int, int], like: Tensor) -> Tensor:
+    """``sincos_position_embeddings(grid, width)`` for tokens ``like`` (``(..., width)``): on their device, in
+    their dtype. The table is made once per grid, width and device and kept there; built on the host and
+    uploaded at every step, it would be a blocking copy per step."""
+    return _table_on(tuple(grid), like.shape[-1], like.device).to(like.dtype)
+
+
+@lru_cache(maxsize=16)  # a few grids per run (dynamic image sizes), each a few hundred kB
+def _table_on(grid: tuple[int, int], dim: int, device: torch.device) -> Tensor:
+    # Never an inference tensor (a first call under inference_mode): it joins training steps' graphs.
+    with torch.inference_mode(False), torch.no_grad():
+        return sincos_position_embeddings(grid, dim).to(device)
+
+
 def _blocks(head: nn.Module, dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.Sequential:
     if dim % num_heads:
         raise ComponentError(f"{name_of(head)}: embed_dim ({dim}) must be divisible by num_heads ({num_heads})",
@@ -66,13 +80,13 @@ def _blocks(head: nn.Module, dim: int, depth: int, num_heads: int, mlp_ratio: fl
 def full_sequence(visible_tokens: Tensor, masks: Masks, mask_token: Tensor) -> Tensor:
     """``(B, L, E)``: the visible patches' tokens where they are, ``mask_token`` at the hidden patches.
     ``visible_tokens`` holds every patch (then the hidden ones' are replaced) or the visible ones only, in
-    raster order (then they are scattered into place)."""
+    raster order (then they are scattered into place, by the index the masks know without a read)."""
     batch, length = masks.visible.shape
     blank = mask_token.to(visible_tokens.dtype).expand(batch, length, -1)
-    where = masks.visible.unsqueeze(-1)
     if visible_tokens.shape[1] == length:
-        return torch.where(where, visible_tokens, blank)
-    return blank.masked_scatter(where.expand_as(blank), visible_tokens)
+        return torch.where(masks.visible.unsqueeze(-1), visible_tokens, blank)
+    index = masks.visible_index.unsqueeze(-1).expand(-1, -1, blank.shape[-1])
+    return blank.scatter(1, index, visible_tokens)
 
 
 class TokenTransformer(nn.Module):
@@ -111,7 +125,7 @@ class MAEDecoder(TokenTransformer):
     def forward(self, tokens: Tokens, masks: Masks) -> Tensor:
         prefix = self.embed(tokens.prefix)
         patches = full_sequence(self.embed(tokens.patches), masks, self.mask_token)
-        patches = patches + sincos_position_embeddings(tokens.grid, patches.shape[-1]).to(patches)
+        patches = patches + position_embeddings(tokens.grid, patches)
         x = self.norm(self.blocks(torch.cat([prefix, patches], dim=1)))
         return masks.at_targets(self.out(x[:, prefix.shape[1]:]))
 
@@ -143,11 +157,11 @@ class JEPAPredictor(TokenTransformer):
     def forward(self, tokens: Tokens, masks: Masks) -> Tensor:
         batch, length = masks.visible.shape
         context = self.embed(tokens.patches)  # (B, K, E): the visible patches (or every patch)
-        positions = sincos_position_embeddings(tokens.grid, context.shape[-1]).to(context).expand(batch, length, -1)
+        positions = position_embeddings(tokens.grid, context).expand(batch, length, -1)
         if context.shape[1] == length:
             context = context + positions
-        else:
-            context = context + positions[masks.visible].view_as(context)
+        else:  # the visible patches' positions, gathered by the index the masks know without a read
+            context = context + positions.gather(1, masks.visible_index.unsqueeze(-1).expand(-1, -1, context.shape[-1]))
         queries = masks.at_targets(positions) + self.mask_token.to(context.dtype)  # (B, M, T, E)
         sets, count = queries.shape[1:3]
         context = context.unsqueeze(1).expand(-1, sets, -1, -1).flatten(0, 1)

@@ -1,6 +1,12 @@
 """Mask generators over a ViT's patch grid (``mask`` components): MAE's random patches, BEiT/iBOT's blocks,
-I-JEPA's context and target blocks. Each draws a whole batch on the device from torch's default random
-stream (seeded and checkpointed by the training loop); see ``clrun.masks.Masks`` for what they return."""
+I-JEPA's context and target blocks. Each draws a whole batch from torch's default random stream (seeded
+and checkpointed by the training loop) and returns ``clrun.Masks`` with the counts it knows on the host.
+
+MAE's draw is a fixed amount of work with a fixed count: it runs on the device. The block draws loop
+until each image has enough patches (BEiT's), or cut the contexts to the smallest count (I-JEPA's): on
+the device the host would wait to read those every step, so they draw on the host CPU, where reading is
+free, and upload the masks without blocking (``Masks.to``), as the official code draws them in its data
+loader. On a CPU run host and device share one stream: the masks are those a device draw gives there."""
 
 from __future__ import annotations
 
@@ -22,22 +28,23 @@ def _grid(grid: tuple[int, int]) -> tuple[int, int]:
 
 def rectangles(top: Tensor, left: Tensor, height: Tensor, width: Tensor, grid: tuple[int, int]) -> Tensor:
     """Boolean masks ``(*, H * W)`` of the rectangles with corner ``(top, left)`` and size ``height x width``
-    (tensors of one shape ``*``) on an ``H x W`` grid, raster order."""
+    (host tensors of one shape ``*``) on an ``H x W`` grid, raster order."""
     h, w = grid
-    rows = torch.arange(h, device=top.device).view(*([1] * top.ndim), h, 1)
-    cols = torch.arange(w, device=top.device).view(*([1] * top.ndim), 1, w)
+    rows = torch.arange(h).view(*([1] * top.ndim), h, 1)
+    cols = torch.arange(w).view(*([1] * top.ndim), 1, w)
     t, l_, bh, bw = (v.unsqueeze(-1).unsqueeze(-1) for v in (top, left, height, width))
     inside = (rows >= t) & (rows < t + bh) & (cols >= l_) & (cols < l_ + bw)
     return inside.flatten(-2)
 
 
-def _uniform(low: float | Tensor, high: float | Tensor, shape: tuple[int, ...], device: torch.device) -> Tensor:
-    return low + (high - low) * torch.rand(shape, device=device)
+# The block generators' draws, on the host (no device named: torch's CPU stream).
+def _uniform(low: float | Tensor, high: float | Tensor, shape: tuple[int, ...]) -> Tensor:
+    return low + (high - low) * torch.rand(shape)
 
 
 def _offsets(room: Tensor) -> Tensor:
     """A uniform integer in ``0..room`` per element (``room >= 0``)."""
-    return (torch.rand(room.shape, device=room.device) * (room + 1)).floor().long().clamp(max=room)
+    return (torch.rand(room.shape) * (room + 1)).floor().long().clamp(max=room)
 
 
 @checked
@@ -58,7 +65,7 @@ class RandomMask:
         order = torch.rand(batch, patches, device=device).argsort(dim=1)
         visible = torch.zeros(batch, patches, dtype=torch.bool, device=device)
         visible.scatter_(1, order[:, :keep], True)
-        return Masks(visible, (~visible).unsqueeze(1))
+        return Masks(visible, (~visible).unsqueeze(1), visible_count=keep, target_count=patches - keep)
 
 
 @checked
@@ -70,7 +77,8 @@ class BlockMask:
     has an area uniform in ``[min_area, patches still to hide]`` (``min_area``: iBOT's
     ``(min(H, W) // 3) ** 2``) and a log-uniform aspect ratio in ``aspect``; it is kept when it hides
     at least one new patch and no more than are still to hide. Ten rejected rectangles in a row end the
-    image's draw, as in BEiT. All images are drawn together, one rectangle per image per round.
+    image's draw, as in BEiT. All images are drawn together on the host, one rectangle per image per
+    round: how many rounds depends on the draws.
     """
 
     equal_counts = False
@@ -84,18 +92,18 @@ class BlockMask:
 
     def __call__(self, batch: int, grid: tuple[int, int], device: torch.device | str = "cpu") -> Masks:
         h, w = _grid(grid)
-        masked_image = torch.rand(batch, device=device) < self.probability
-        wanted = torch.round(_uniform(*self.ratio, (batch,), device) * h * w) * masked_image
+        masked_image = torch.rand(batch) < self.probability
+        wanted = torch.round(_uniform(*self.ratio, (batch,)) * h * w) * masked_image
         min_area = float((min(h, w) // 3) ** 2)
         log_aspect = [math.log(a) for a in self.aspect]
-        mask = torch.zeros(batch, h * w, dtype=torch.bool, device=device)
-        count = torch.zeros(batch, device=device)
-        failures = torch.zeros(batch, dtype=torch.long, device=device)
+        mask = torch.zeros(batch, h * w, dtype=torch.bool)
+        count = torch.zeros(batch)
+        failures = torch.zeros(batch, dtype=torch.long)
         active = wanted > 0
-        while bool(active.any()):
+        while bool(active.any()):  # host tensors: reading them costs the device nothing
             remaining = wanted - count
-            area = _uniform(min_area, remaining, (batch,), device)
-            aspect = torch.exp(_uniform(*log_aspect, (batch,), device))
+            area = _uniform(min_area, remaining, (batch,))
+            aspect = torch.exp(_uniform(*log_aspect, (batch,)))
             bh = torch.round(torch.sqrt(area * aspect)).long()
             bw = torch.round(torch.sqrt(area / aspect)).long()
             fits = (bh < h) & (bw < w) & (bh > 0) & (bw > 0)
@@ -107,7 +115,7 @@ class BlockMask:
             count += new * accept
             failures = torch.where(accept, 0, failures + 1)
             active &= (count < wanted) & (failures < self.ATTEMPTS)
-        return Masks(~mask, mask.unsqueeze(1))
+        return Masks(~mask, mask.unsqueeze(1)).to(device)  # counts vary per image: none to give
 
 
 @checked
@@ -120,6 +128,7 @@ class MultiBlockMask:
     (they may overlap each other), and a context block at a uniform position minus every target block;
     of a few context positions the first that keeps ``min_keep`` patches is taken. Contexts are then cut
     to the batch's smallest (the last patches in raster order go), so every image keeps the same count.
+    Drawn on the host, which knows that count without waiting for the device.
     """
 
     equal_counts = True
@@ -148,12 +157,12 @@ class MultiBlockMask:
         h, w = _grid(grid)
         if h < 2 or w < 2:
             raise ValueError(f"{self.component_name} needs a patch grid of at least 2 x 2, got {h} x {w}")
-        draws = torch.rand(2).tolist()  # CPU: the sizes are Python numbers; positions are drawn on the device
+        draws = torch.rand(2).tolist()  # the sizes are Python numbers
         th, tw = self.block_size(draws[0], self.target_scale, self.target_aspect, (h, w))
         ch, cw = self.block_size(draws[1], self.context_scale, (1.0, 1.0), (h, w))
 
         def blocks(n: int, bh: int, bw: int) -> Tensor:
-            size = torch.full((batch, n), 1, dtype=torch.long, device=device)
+            size = torch.full((batch, n), 1, dtype=torch.long)
             return rectangles(_offsets(size * (h - bh)), _offsets(size * (w - bw)), size * bh, size * bw, (h, w))
 
         targets = blocks(self.targets, th, tw)  # (B, M, L)
@@ -163,10 +172,10 @@ class MultiBlockMask:
         enough = kept >= self.min_keep
         # The first try that keeps enough patches; when none does, the one that keeps the most.
         choice = torch.where(enough.any(dim=1), enough.float().argmax(dim=1), kept.argmax(dim=1))
-        context = contexts[torch.arange(batch, device=device), choice]
-        smallest = context.sum(dim=1).min()
+        context = contexts[torch.arange(batch), choice]
+        smallest = int(context.sum(dim=1).min())
         context &= context.cumsum(dim=1) <= smallest
-        return Masks(context, targets)
+        return Masks(context, targets, visible_count=smallest, target_count=th * tw).to(device)
 
 
 def _range(mask: object, name: str, value: object, low: float, high: float, hint: str) -> tuple[float, float]:

@@ -14,6 +14,7 @@ networks have exactly the single-process gradients.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from unittest import mock
 
@@ -160,7 +161,7 @@ def train_tokens(name: str, rows: slice, wrap: bool, shard: bool = False) -> dic
         views = [torch.randn(GLOBAL_BATCH, 1, IMAGE, IMAGE, generator=g)[rows] for _ in range(2)]
         torch.manual_seed(100 + step)
         drawn = [generator(GLOBAL_BATCH, (IMAGE // PATCH,) * 2, "cpu") for _ in views]
-        masks = [clrun.Masks(m.visible[rows], m.targets[rows]) for m in drawn]
+        masks = [dataclasses.replace(m, visible=m.visible[rows], targets=m.targets[rows]) for m in drawn]
         branch = target(views, branch_wants(reads, "target")) if target is not None else None
         step_on(model(views, [True, True], branch, step, STEPS, masks, hidden == "drop", branch_wants(reads, "online")),
                 trainable, optimizer, target, wrap, record)

@@ -124,7 +124,8 @@ def rows_of(rank: int, world: int) -> slice:
 def masks_rows(masks: Optional[list[Optional[Masks]]], rows: slice) -> Optional[list[Optional[Masks]]]:
     if masks is None:
         return None
-    return [None if m is None else Masks(m.visible[rows], m.targets[rows]) for m in masks]
+    # dataclasses.replace keeps the generator's counts (the step gathers by them, without a host read).
+    return [None if m is None else replace(m, visible=m.visible[rows], targets=m.targets[rows]) for m in masks]
 
 
 def concatenated(pieces: list[Any]) -> Any:
@@ -168,11 +169,11 @@ class PerRankTarget(nn.Module):
         self.inner, self.world = target, world
 
     @property
-    def momentum(self) -> Tensor:
-        return self.inner.momentum
+    def momentum_value(self) -> float:
+        return self.inner.momentum_value
 
-    def update(self, online: nn.Module) -> None:
-        self.inner.update(online)
+    def update(self, online: nn.Module, healthy: Optional[Tensor] = None) -> None:
+        self.inner.update(online, healthy)
 
     def forward(self, views: list[Tensor], wants=frozenset()) -> Branch:
         return concatenated([self.inner([v[rows_of(r, self.world)] for v in views], wants) for r in range(self.world)])
@@ -262,8 +263,8 @@ def train(setup, inputs: list[tuple[list[Tensor], Any]], rows: slice, per_rank: 
         if masking is not None:
             masking.current = masks_rows(step_masks, rows)
         run.step = index
-        metrics, _ = step(images)
-        record["losses"].append(metrics["loss"])
+        step_record, _ = step(images)
+        record["losses"].append(step_record.values[0].item())  # the loss, averaged over ranks
         record["grads"].append(gradients(parts))
     record["state"] = final_state(parts, setup.parts.whole_template is not None)
     return record

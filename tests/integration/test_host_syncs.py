@@ -22,7 +22,7 @@ STEPS = 7  # counted: steps 2..6 (step 1 makes the lazy state; the epoch's end f
 # Tiny: the counts do not depend on the batch size. Callbacks off: evaluators run at epoch ends only.
 TINY = ("data.batch_size=8", "data.dataset.subset=96", "data.num_workers=0", "health.enabled=false",
         "callbacks=[]", f"train.max_steps={STEPS}", f"train.log_every={LOG_EVERY}")
-READ = "core/training/loop.py"  # the loop's read of the pending steps' metrics (clrun.training.step_metrics)
+READ = "core/training/step_metrics.py"  # the read of the pending steps' metrics, at a logging step
 
 
 def assert_within_budget(stem: str, tmp_path: Path) -> None:

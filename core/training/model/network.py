@@ -63,8 +63,9 @@ def embed(backbone: nn.Module, projector: nn.Module, views: list[Tensor], masks:
     Those views' ``Tokens`` are returned, None for the others."""
     count = len(views)
     masked = [masks is not None and masks[i] is not None for i in range(count)]
-    # Views whose hidden patches are dropped go through together only with the same number kept.
-    grouping = [(m, int(masks[i].visible[0].sum()) if m and drop else None) for i, m in enumerate(masked)]
+    # Views whose hidden patches are dropped go through together only with the same number kept: the
+    # width of their kept patches' index, which the masks know without reading them back.
+    grouping = [(m, masks[i].visible_index.shape[1] if m and drop else None) for i, m in enumerate(masked)]
     features: list[Optional[Tensor]] = [None] * count
     projections: list[Optional[Tensor]] = [None] * count
     out_tokens: list[Optional[Tokens]] = [None] * count
@@ -72,7 +73,11 @@ def embed(backbone: nn.Module, projector: nn.Module, views: list[Tensor], masks:
         x = torch.cat([views[i] for i in indices])
         if masked[indices[0]] or tokens:
             visible = torch.cat([masks[i].visible for i in indices]) if masked[indices[0]] else None
-            t = backbone.forward_tokens(x, visible, drop)
+            if visible is not None and drop:
+                kept = torch.cat([masks[i].visible_index for i in indices])
+                t = backbone.forward_tokens(x, visible, drop, visible_index=kept)
+            else:
+                t = backbone.forward_tokens(x, visible, drop)
             f = t.pooled
             for i, ti in zip(indices, split_tokens(t, len(indices))):
                 out_tokens[i] = ti

@@ -70,7 +70,11 @@ def fused_by_default(settings: dict[str, Any], groups: list[dict[str, Any]]) -> 
     if any(key in settings for key in NOT_FUSED):
         return {}
     params = [p for group in groups for p in group["params"]]
-    usable = all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)
+    # Sharded parameters (DTensors, train.strategy: fsdp) are left to the default implementation: DTensor has
+    # no sharding rule for every fused kernel (torch 2.14: none for _fused_sgd_); the step then undoes a
+    # skipped update from a copy of the local shards (clrun.training.non_finite).
+    usable = all(p.is_floating_point() and p.device.type in FUSED_DEVICES and not hasattr(p, "placements")
+                 for p in params)
     return {"fused": True} if usable and params else {}
 
 

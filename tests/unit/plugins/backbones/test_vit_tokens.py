@@ -83,6 +83,28 @@ def test_dropping_hidden_patches_equals_the_reference_on_the_kept_tokens(model_a
     torch.testing.assert_close(tokens.patches, patches)
 
 
+@pytest.mark.parametrize("name,settings", [("clrun/random_mask", {}), ("clrun/multiblock_mask", {"min_keep": 2})])
+def test_dropping_by_the_masks_index_equals_the_reference_without_a_host_sync(name, settings):
+    """The training step passes the kept patches' index (``Masks.visible_index``): no count check, no
+    ``nonzero``, nothing the host waits for."""
+    from clrun.host_syncs import HostSyncCounter
+
+    device = torch.device("cpu")  # named: the counter takes what is made on it for device data
+    model = vit(reg_tokens=2, no_embed_class=True)
+    torch.manual_seed(2)
+    drawn = clrun.create("mask", name, **settings)(3, (4, 4), device)
+    x = images().to(device)
+    with torch.no_grad(), HostSyncCounter() as counter:
+        counter.counting = True
+        tokens = model.forward_tokens(x, drawn.visible, drop=True, visible_index=drawn.visible_index)
+        counter.counting = False
+        prefix, patches = reference(model, x, drawn.visible, drop=True)
+    assert dict(counter.counts) == {}
+    assert tokens.patches.shape == (3, drawn.visible_count, 48)
+    torch.testing.assert_close(tokens.prefix, prefix)
+    torch.testing.assert_close(tokens.patches, patches)
+
+
 def test_replacing_hidden_patches_by_the_mask_token_equals_the_reference():
     model = vit(mask_token=True)
     with torch.no_grad():
@@ -134,6 +156,8 @@ def test_bad_masks_are_refused():
         model.forward_tokens(images(), uneven, drop=True)
     with pytest.raises(ValueError, match=r"needs the backbone's mask token \(backbone option mask_token: true\)"):
         model.forward_tokens(images(), uneven)
+    with pytest.raises(ValueError, match=r"^forward_tokens: visible_index must be \(3, K\), got \(2, 4\)$"):
+        model.forward_tokens(images(), uneven, drop=True, visible_index=torch.zeros(2, 4, dtype=torch.long))
 
 
 def test_the_class_tokens_attention_is_the_last_blocks_own():

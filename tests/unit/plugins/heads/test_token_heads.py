@@ -165,3 +165,48 @@ def test_token_heads_refuse_bad_sizes_naming_the_setting():
     with pytest.raises(ComponentError, match=r"embed_dim must be divisible by 4 \(sin-cos position embeddings over rows "
                                              r"and columns\), got 6"):
         clrun.create("token_head", "clrun/mae_decoder", token_dim=8, patch_pixels=4, embed_dim=6, num_heads=2)
+
+
+def test_position_tables_are_made_once_per_grid_and_kept_on_the_device():
+    """Rebuilt on the host and uploaded at every step, the table would be a blocking copy per step."""
+    from clrun.plugins.heads.token_heads import position_embeddings
+
+    like = torch.zeros(2, 5, 16)
+    first, again = position_embeddings((3, 4), like), position_embeddings((3, 4), like)
+    assert first.data_ptr() == again.data_ptr()
+    torch.testing.assert_close(first, sincos_position_embeddings((3, 4), 16), rtol=0, atol=0)
+    assert position_embeddings((3, 4), like.double()).dtype == torch.float64
+    assert position_embeddings((2, 2), like).shape == (4, 16)
+
+
+def test_a_table_first_made_under_inference_mode_still_trains():
+    from clrun.plugins.heads.token_heads import position_embeddings
+
+    with torch.inference_mode():
+        position_embeddings((5, 3), torch.zeros(1, 8))
+    head = clrun.create("token_head", "clrun/mae_decoder", token_dim=6, patch_pixels=4, embed_dim=8, depth=1, num_heads=2)
+    masks = drop_masks(2, 15, keep=5)
+    head(Tokens(torch.zeros(2, 0, 6), torch.randn(2, 5, 6), (5, 3), torch.zeros(2, 6)), masks).sum().backward()
+    assert head.mask_token.grad is not None
+
+
+@pytest.mark.parametrize("name,settings,generator,generator_settings", [
+    ("clrun/mae_decoder", {"patch_pixels": 4}, "clrun/random_mask", {}),
+    ("clrun/jepa_predictor", {}, "clrun/multiblock_mask", {"min_keep": 2}),
+])
+def test_the_heads_make_no_host_sync_with_masks_that_know_their_counts(name, settings, generator, generator_settings):
+    """Dropped tokens scattered back (MAE) or their positions gathered (I-JEPA), and the targets picked, by
+    the index the masks know: nothing is read back from the device (the first call makes the table)."""
+    from clrun.host_syncs import HostSyncCounter
+
+    device = torch.device("cpu")  # named: the counter takes what is made on it for device data
+    head = clrun.create("token_head", name, token_dim=6, embed_dim=8, depth=1, num_heads=2, **settings)
+    masks = clrun.create("mask", generator, **generator_settings)(3, (4, 4), device)
+    tokens = Tokens(torch.zeros(3, 1, 6, device=device), torch.randn(3, masks.visible_count, 6, device=device), (4, 4),
+                    torch.zeros(3, 6, device=device))
+    expected = head(tokens, Masks(masks.visible, masks.targets))  # counts read from the masks: the same result
+    with HostSyncCounter() as counter:
+        counter.counting = True
+        out = head(tokens, masks)
+    assert dict(counter.counts) == {}
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)

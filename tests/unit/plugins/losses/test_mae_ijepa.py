@@ -151,3 +151,33 @@ def test_the_losses_name_the_recipe_sections_they_need():
         clrun.create("loss", "clrun/mae")(mae_outputs(RNG.normal(size=(2, 1, 6, 6)), torch.zeros(2, 1, 2, 4), hidden, (2, 2)))
     with pytest.raises(ComponentError, match=r"beta: must be a number > 0 \(the official code uses 1\), got 0"):
         clrun.create("loss", "clrun/ijepa", beta=0)
+
+
+def test_the_losses_make_no_host_sync_with_masks_that_know_their_counts():
+    """The targets are gathered by the index the masks know; masks without counts read them (the same loss)."""
+    from clrun.host_syncs import HostSyncCounter
+
+    device = torch.device("cpu")  # named: the counter takes what is made on it for device data
+    torch.manual_seed(0)
+    drop = clrun.create("mask", "clrun/random_mask")(2, (2, 3), device)
+    blocks = clrun.create("mask", "clrun/multiblock_mask", min_keep=1)(2, (3, 4), device)
+    images = torch.randn(2, 1, 8, 12, device=device)
+    pixels = torch.randn(2, 1, drop.target_count, 16, device=device)
+    tokens = Tokens(torch.zeros(2, 0, 5, device=device), torch.randn(2, 12, 5, device=device), (3, 4), torch.zeros(2, 5))
+    predicted = torch.randn(2, 4, blocks.target_count, 5, device=device)
+
+    def losses(drop_masks: Masks, block_masks: Masks) -> list[torch.Tensor]:
+        grid_tokens = Tokens(tokens.prefix, tokens.patches[:, :drop.visible_count], (2, 3), tokens.pooled)
+        mae = step_outputs([torch.zeros(2, 5)], [True], masks=[drop_masks], tokens=[grid_tokens],
+                           token_predictions=[pixels], views=[images])
+        ijepa = step_outputs([torch.zeros(2, 5)], [True], masks=[block_masks], token_predictions=[predicted],
+                             target_tokens=[tokens])
+        return [clrun.create("loss", "clrun/mae")(mae), clrun.create("loss", "clrun/ijepa")(ijepa)]
+
+    with HostSyncCounter() as counter:
+        counter.counting = True
+        known = losses(drop, blocks)
+    assert dict(counter.counts) == {}
+    unknown = losses(Masks(drop.visible, drop.targets), Masks(blocks.visible, blocks.targets))
+    for a, b in zip(known, unknown):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

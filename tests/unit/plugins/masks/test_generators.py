@@ -6,9 +6,10 @@ References, written per image with Python's ``random`` as the authors' code draw
   of area U(min_area, remaining) and log-uniform aspect, kept when ``0 < new <= remaining``, 10 tries.
 - I-JEPA (facebookresearch/ijepa ``MaskCollator``): one target size and one context size per batch,
   4 target blocks per image, the context block minus them, contexts cut to the batch's smallest.
-The generators draw all images at once on the device with torch, so draws differ; their distributions
-(over a few thousand images) must match the references' within Monte Carlo error. Shapes, dtypes,
-disjointness and seeding for every generator are the contracts of tests/unit/testing/test_mask_contracts.py.
+The generators draw all images at once with torch (MAE's on the device, the block ones on the host), so
+draws differ; their distributions (over a few thousand images) must match the references' within Monte
+Carlo error. Shapes, dtypes, disjointness and seeding for every generator are the contracts of
+tests/unit/testing/test_mask_contracts.py; the counts they give, test_known_counts.py.
 """
 
 from __future__ import annotations

@@ -131,3 +131,33 @@ def test_check_describes_the_masking(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "masking: clrun/block_mask on the global views' 4x4 patch grids; hidden patches replaced by the backbone's mask token" in out
+
+
+def test_dropping_views_go_through_together_without_a_host_sync():
+    """Views with one kept count share a backbone call, grouped by the count the masks know, and their kept
+    patches are gathered by the masks' index: no count or ``nonzero`` is read back from the device."""
+    from clrun.host_syncs import HostSyncCounter
+    from clrun.training.model.network import embed
+
+    device = torch.device("cpu")  # named: the counter takes what is made on it for device data
+    backbone = clrun.create("backbone", "timm/vit_tiny_patch16_224", in_chans=1, img_size=16,
+                            model_args={"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2}).eval()
+    original, calls = backbone.forward_tokens, []
+
+    def recorded(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    backbone.forward_tokens = recorded
+    torch.manual_seed(0)
+    views = [torch.randn(2, 1, 16, 16, device=device) for _ in range(2)]
+    masks = [clrun.create("mask", "clrun/random_mask")(2, (4, 4), device) for _ in views]
+    with torch.no_grad(), HostSyncCounter() as counter:
+        counter.counting = True
+        features, _, tokens = embed(backbone, torch.nn.Identity(), views, masks, drop=True)
+    assert dict(counter.counts) == {}
+    assert len(calls) == 1 and calls[0]["visible_index"].shape == (4, 4)  # one call: 2 views of 2 images, 4 kept
+    with torch.no_grad():
+        for view, mask, t in zip(views, masks, tokens):
+            alone = original(view, mask.visible, True)  # the kept patches read from the mask
+            torch.testing.assert_close(t.patches, alone.patches)
