@@ -2,7 +2,7 @@
 
 Compiling the backbone's ``forward`` alone left out what does not go through it: a token method's masked
 forward (``forward_tokens``), the target network's copy and the heads. Compiling each repeated unit instead
-(a transformer's blocks, a ResNet's residual blocks; torchtitan's "per block" choice) covers every path that
+(a transformer's blocks, a convolutional network's residual blocks; torchtitan's "per block" choice) covers every path that
 runs the units, compiles one block's code once for all its copies (torch inlines nn.Modules, so identical
 blocks share their graphs) and keeps compile times short. ``dynamic=False``: the views' shapes are fixed
 (one graph per view size, e.g. 224 and 96 px), and static shapes give the fastest kernels.
@@ -24,7 +24,7 @@ CONTAINERS = (nn.Sequential, nn.ModuleList)
 
 def repeated_units(module: nn.Module) -> list[nn.Module]:
     """The blocks in ``module``'s containers: a container (Sequential, ModuleList) whose children are all of one
-    class, each made of modules of its own (a ViT's ``blocks``, each stage of a ResNet, however short), found
+    class, each made of modules of its own (a ViT's ``blocks``, each stage of a convolutional network, however short), found
     outermost first; a block's own insides are left to it. A head's layer list (Linear, norm, activation)
     mixes classes and holds no block."""
     units: list[nn.Module] = []
