@@ -153,7 +153,10 @@ def _to_host(args: tuple, kwargs: dict) -> bool:
 
 
 def _short(filename: str) -> str:
-    for marker in ("/core/", "/plugins/", "site-packages/"):
+    """An installed package's file from its package folder (kornia/...), cl-run's from the repository's."""
+    if "site-packages/" in filename:  # first: a package may have a core/ of its own (kornia/core/utils.py)
+        return filename.split("site-packages/", 1)[1]
+    for marker in ("/core/", "/plugins/"):
         if marker in filename:
-            return filename.split(marker, 1)[1] if marker == "site-packages/" else marker[1:] + filename.split(marker, 1)[1]
+            return marker[1:] + filename.split(marker, 1)[1]
     return filename
