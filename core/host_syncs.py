@@ -5,9 +5,10 @@ A GPU runs ahead of the Python that launches its kernels until Python asks for a
 size depends on the data (``nonzero``, boolean-mask indexing, ``unique``, ``bincount``...), or a blocking
 upload of host data (``torch.tensor(values, device=...)``, ``host.to(device)`` without ``non_blocking``).
 On a CPU every tensor is on the host, so the counter tells them apart by where a tensor came from: a
-tensor made during the count by a host-side factory (no ``device=``: a random draw for crop boxes, an
-optimizer's step counter), or computed from such tensors only, is host data, and reading it costs
-nothing on a GPU either; every other tensor (parameters, buffers, the images once moved to the training
+tensor made during the count by a host-side factory (no ``device=``, ``device="cpu"`` spelled out, or
+the ``.device`` of host data: a random draw for crop boxes, an optimizer's step counter, kornia's and
+torch.distributions' draws, which name their samplers' device), or computed from such tensors only, is
+host data, and reading it costs nothing on a GPU either; every other tensor (parameters, buffers, the images once moved to the training
 device, anything computed from them) would live on the device, and reading it is a sync.
 
 ``with HostSyncCounter() as counter:`` classifies every tensor made inside; ``counter.counting = True``
@@ -18,6 +19,7 @@ on a GPU it runs in worker processes). Used by ``cl-run check -v`` and by the te
 
 from __future__ import annotations
 
+import sys
 import traceback
 import weakref
 from collections import Counter
@@ -41,6 +43,10 @@ UPLOADS = {Tensor.to, Tensor.cuda}
 IGNORED_FRAMES = ("torch/utils/data/",)  # the data loader's work (on GPUs it runs in worker processes)
 # A call site is the innermost frame outside torch (torch's dispatch, nn.Module's call, decorators) and this file.
 OWN_FRAMES = ("site-packages/torch/", __file__)
+# Helpers that copy host data to a CUDA device with ``non_blocking=True`` (and blocking to any other device,
+# the CPU of a counted run included): counted as the copy they make on a GPU. (function name, file)
+NON_BLOCKING_HELPERS = {("_to_device_nonblocking", "kornia/core/utils.py")}
+DEVICE_PROPERTY = torch._C.TensorBase.__dict__["device"]  # ``t.device``, seen by the mode as its __get__
 
 
 class _Tensors:
@@ -73,11 +79,18 @@ class HostSyncCounter(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.host = _Tensors()
+        # Device objects read from host tensors (``t.device``: a new object per read), kept so no id is reused.
+        self.host_devices: dict[int, torch.device] = {}
         self.counts: Counter[str] = Counter()
         self.counting = False
 
     def _on_host(self, t: Tensor) -> bool:
         return t in self.host
+
+    def _names_host(self, args: tuple, kwargs: dict) -> bool:
+        """A device argument read from host data (``device=x.device`` of a host ``x``): the host."""
+        target = kwargs.get("device", args[0] if args else None)
+        return isinstance(target, torch.device) and self.host_devices.get(id(target)) is target
 
     def _sync_reason(self, func: Any, args: tuple, kwargs: dict, inputs: list[Tensor]) -> str | None:
         on_device = [t for t in inputs if not self._on_host(t)]
@@ -94,12 +107,13 @@ class HostSyncCounter(TorchFunctionMode):
         if func in (Tensor.__getitem__, Tensor.__setitem__, Tensor.index_put_, Tensor.index_put, torch.index_put):
             if on_device and _is_bool_index(args[1:]):
                 return f"{func.__name__} with a boolean mask"
-        if func in FROM_VALUES and kwargs.get("device") is not None and not isinstance(args[0], Tensor):
+        if func in FROM_VALUES and _names_device((), kwargs) and not self._names_host((), kwargs) \
+                and not isinstance(args[0], Tensor):
             return f"{func.__name__}(values, device=...)"
         if func in UPLOADS and inputs:
-            if _to_host(args[1:], kwargs):
+            if _to_host(args[1:], kwargs) or self._names_host(args[1:], kwargs):
                 return "copy to the host" if not self._on_host(inputs[0]) else None
-            if self._on_host(inputs[0]) and not kwargs.get("non_blocking", False):
+            if self._on_host(inputs[0]) and not kwargs.get("non_blocking", False) and not _in_non_blocking_helper():
                 if func is Tensor.cuda or _names_device(args[1:], kwargs):
                     return "blocking upload of host data"
         if func is Tensor.copy_ and self._on_host(args[0]) and not self._on_host(args[1]):
@@ -116,12 +130,15 @@ class HostSyncCounter(TorchFunctionMode):
         out = func(*args, **kwargs)
         # Host data: made without naming a device, from host data only (a copy to the host keeps it there).
         names_device = _names_device(args[1:] if func in UPLOADS else (), kwargs) or func is Tensor.cuda
+        names_host = self._names_host(args[1:] if func in UPLOADS else (), kwargs)
+        if getattr(func, "__self__", None) is DEVICE_PROPERTY and inputs and self._on_host(inputs[0]):
+            self.host_devices[id(out)] = out
         if func is Tensor.copy_:
             host = self._on_host(args[0])
-        elif func is Tensor.cpu or (func in UPLOADS and _to_host(args[1:], kwargs)):
+        elif func is Tensor.cpu or (func in UPLOADS and (_to_host(args[1:], kwargs) or names_host)):
             host = True
         else:
-            host = all(self._on_host(t) for t in inputs) and not names_device
+            host = all(self._on_host(t) for t in inputs) and (names_host or not names_device)
         for t in tree_leaves(out):
             if isinstance(t, Tensor):
                 if host:
@@ -144,6 +161,19 @@ def _names_device(args: tuple, kwargs: dict) -> bool:
     if kwargs.get("device") is not None:
         return kwargs["device"] != "cpu"
     return any(isinstance(a, (torch.device, str)) or (isinstance(a, Tensor)) for a in args[:1])
+
+
+def _in_non_blocking_helper() -> bool:
+    """Whether the call comes from one of ``NON_BLOCKING_HELPERS`` (a few frames up: the mode's own)."""
+    frame = sys._getframe(3)
+    for _ in range(4):
+        if frame is None:
+            return False
+        if any(frame.f_code.co_name == name and frame.f_code.co_filename.endswith(path)
+               for name, path in NON_BLOCKING_HELPERS):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _to_host(args: tuple, kwargs: dict) -> bool:
