@@ -21,6 +21,10 @@ from clrun import Component, ComponentError, LazyComponents, hookimpl
 # 0.9 raises from deep inside its lazy loader.
 NEEDS_PACKAGE = {"RandomDissolving": ("diffusers", "a Stable Diffusion model from the Hugging Face hub")}
 
+# Ops built as a cl-run subclass of kornia's class under kornia's name: the same arguments, draws and pixels,
+# made without a host sync or a per-image Python loop on a GPU (the subclass's module says how).
+SUBCLASSED = {"RandomResizedCrop": "clrun.plugins.augmentations.kornia_crop:RandomResizedCrop"}
+
 
 @functools.cache
 def kornia_ops() -> dict[str, type]:
@@ -53,7 +57,7 @@ def kornia_op(name: str) -> Component:
     if package is not None and importlib.util.find_spec(package) is None:
         return Component("augmentation", f"kornia/{name}", functools.partial(_refused, name, package, needs),
                          _summary(cls))
-    return Component("augmentation", f"kornia/{name}", cls, _summary(cls))
+    return Component("augmentation", f"kornia/{name}", SUBCLASSED.get(name, cls), _summary(cls))
 
 
 def _refused(name: str, package: str, needs: str, **settings: object) -> None:

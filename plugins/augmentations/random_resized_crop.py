@@ -6,8 +6,9 @@ whole, letterboxed on a square, with its place ``[top, left, height, width]``. T
 area and aspect ratio relative to that place, and inside it, as torchvision's ``RandomResizedCrop`` does on
 the original file (10 tries, then the central crop with the ratio clamped), so no crop shows the canvas's
 padding and a wide image's sides are not lost. Without places it crops from the whole input, like
-``kornia/RandomResizedCrop``. The crops are cut and resized by kornia's ``RandomResizedCrop`` itself
-(its ``params``), so the pixels equal kornia's for the same box.
+``kornia/RandomResizedCrop``. The crops are cut and resized by ``resized_crops``, as kornia's
+``RandomResizedCrop`` cuts them in slice mode (the same pixels for the same box; one batched kernel off
+the CPU), and ``crop_copies`` cuts the copies of a view drawn several times from one batch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from clrun import ComponentError, checked
+from clrun.plugins.augmentations.resized_crops import resized_crops
 
 TRIES = 10  # torchvision's attempts at a crop that fits before it falls back to the central one
 
@@ -34,7 +36,7 @@ class RandomResizedCrop(nn.Module):
     def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), resample: str = "BILINEAR", align_corners: bool = True) -> None:
         super().__init__()
-        import kornia.augmentation as K  # here, not at the top: listing components must not import kornia
+        from kornia.constants import Resample  # here, not at the top: listing components must not import kornia
 
         name = self.component_name
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -48,19 +50,25 @@ class RandomResizedCrop(nn.Module):
             raise ComponentError(f"{name}: ratio must be [low, high] with 0 < low <= high, got {list(ratio)!r}",
                                  argument="ratio")
         self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
-        self.resized_crop = K.RandomResizedCrop(size, scale=self.scale, ratio=self.ratio, resample=resample,
-                                                align_corners=align_corners)
+        self.size = size
+        self.resample = Resample.get(resample).name.lower()  # kornia's names, and its error for another
+        self.align_corners = align_corners
 
     def forward(self, images: Tensor, places: Tensor | None = None) -> Tensor:
         """``images``: (B, C, H, W); ``places``: (B, 4) ``[top, left, height, width]`` per image, or None
         for the whole images."""
+        return self.crop_copies(images, 1, places)
+
+    def crop_copies(self, images: Tensor, copies: int, places: Tensor | None = None) -> Tensor:
+        """What ``self(images.repeat(copies, 1, 1, 1), places.repeat(copies, 1))`` gives (the same draws, the
+        same pixels): copy k of image i at row k B + i, each with its own box, without the full-size copies."""
         b, _, h, w = images.shape
-        # The boxes are drawn on the CPU, in float64 as torchvision's Python floats (which some devices
-        # lack): a few numbers per image, the same draws on every device.
+        # The boxes are drawn on the host, in float64 as torchvision's Python floats (which some devices
+        # lack): a few numbers per image, the same draws on every device, and read without a device sync.
         places = torch.tensor([[0, 0, h, w]]).expand(b, 4) if places is None else places.cpu()
-        params = self.resized_crop.forward_parameters(images.shape)
-        params["src"] = crop_boxes(places, self.scale, self.ratio).to(images.device)
-        return self.resized_crop(images, params=params)
+        boxes = crop_boxes(places.repeat(copies, 1), self.scale, self.ratio)
+        return resized_crops(images, boxes, self.size, self.resample, self.align_corners,
+                             source=torch.arange(b).repeat(copies))
 
 
 def crop_boxes(places: Tensor, scale: tuple[float, float], ratio: tuple[float, float]) -> Tensor:

@@ -1,8 +1,13 @@
-"""Augmented views, made on the device in batch from uint8 images."""
+"""Augmented views, made on the device in batch from uint8 images.
+
+Nothing here waits on the device: the augmentations draw their random parameters on the host (see
+``Views._apply``), a few numbers per image that each op uploads without blocking; the copies of a view
+drawn several times are cut by its first op from the one float batch when it can (``crop_copies``).
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +42,11 @@ def draws_per_batch(op: nn.Module) -> bool:
     return bool(getattr(op, "same_on_batch", False)) or getattr(op, "p_batch", 1.0) < 1.0
 
 
+# Where the augmentations draw: the host, spelled out as "cpu" (on a CPU run ``clrun.host_syncs`` takes a
+# tensor made with ``device="cpu"`` for host data, one made with the training device for the device's).
+HOST = "cpu"
+
+
 class Views(nn.Module):
     """Each view's augmentation pipeline, applied ``count`` times with independent randomness.
 
@@ -59,6 +69,25 @@ class Views(nn.Module):
         self.normalize = Normalize(data.mean, data.std)
         self.channels_last = False  # set by the builder when the network uses NHWC
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], *args: Any, **kwargs: Any) -> Views:
+        """Moves the module (``to``, ``cuda``, ``half``..., or a parent's move, which reaches this module
+        through ``_apply``) but keeps every augmentation's random draws where they were made: on the host.
+
+        kornia moves an op's random number generation to the device the op is moved to; its Python guards
+        on the drawn values (ColorJitter's ``(factors != neutral).any()``, the crop's box coordinates) then
+        become device reads, a host sync each. Drawn on the host, the parameters are a few numbers per
+        image that the ops move to the images' device without blocking. Setting every op back after each
+        move (rather than trusting one of its methods to be the one called) holds for any way the module
+        moves, and the draws stay those of the host's seeded generator on every device, in the dtype each
+        op drew in before. Ops are recognised by kornia's public ``set_rng_device_and_dtype``. (kornia's
+        own move of its samplers, undone here, reads their ranges on the device: once, at set-up.)
+        """
+        dtypes = {m: m.dtype for m in self.modules() if _draws_randomly(m)}
+        out = super()._apply(fn, *args, **kwargs)
+        for op, dtype in dtypes.items():
+            op.set_rng_device_and_dtype(HOST, dtype)
+        return out
+
     def views_without_place_crop(self) -> list[int]:
         """The views (numbered from 1 in recipe order) whose first transform is not an op that crops inside
         each image's place (``takes_places``): given letterboxed images, they would show the padding."""
@@ -69,14 +98,13 @@ class Views(nn.Module):
     def forward(self, images: Tensor, places: Tensor | None = None) -> list[Tensor]:
         """``places``: (B, 4) ``[top, left, height, width]`` of each image on its canvas when the data set
         letterboxes them (``clrun/image_folder`` keep_aspect), for the first op of each view."""
-        x = to_float(images)
+        x = to_float(images)  # once: every view is cut from this one float batch
         views: list[Tensor] = []
         for pipeline, n, stackable in zip(self.pipelines, self.counts, self.stackable):
             if n > 1 and stackable:
                 # A view drawn n times is augmented as one stacked batch of n copies: kornia draws every
                 # sample's parameters independently, so it is n independent views in one call per op.
-                stacked = None if places is None else places.repeat(n, 1)
-                views += self.normalize(augmented(pipeline, x.repeat(n, *([1] * (x.ndim - 1))), stacked)).chunk(n)
+                views += self.normalize(augmented(pipeline, x, places, copies=n)).chunk(n)
             else:
                 views += [self.normalize(augmented(pipeline, x, places)) for _ in range(n)]
         if self.channels_last:
@@ -84,11 +112,33 @@ class Views(nn.Module):
         return views
 
 
-def augmented(pipeline: nn.Sequential, x: Tensor, places: Tensor | None) -> Tensor:
-    """``pipeline`` applied to ``x``; an op that ``takes_places`` gets them (after it, the image fills the frame)."""
-    for op in pipeline:
+def augmented(pipeline: nn.Sequential, x: Tensor, places: Tensor | None, copies: int = 1) -> Tensor:
+    """``pipeline`` applied to ``copies`` stacked copies of ``x`` (copy k of image i at row k B + i); an op
+    that ``takes_places`` gets them (after it, the image fills the frame).
+
+    A first op with ``crop_copies(x, copies, places)`` (a crop: it returns what it would on the stacked
+    copies) makes the copies itself, cut from ``x``: no full-size copy of the batch per copy.
+    """
+    ops = list(pipeline)
+    if copies > 1:
+        first = ops[0] if ops else None
+        if hasattr(first, "crop_copies"):
+            takes = places is not None and getattr(first, "takes_places", False)
+            x = first.crop_copies(x, copies, places if takes else None)
+            ops = ops[1:]
+            places = None if takes or places is None else places.repeat(copies, 1)
+        else:
+            x = x.repeat(copies, *([1] * (x.ndim - 1)))
+            places = None if places is None else places.repeat(copies, 1)
+    for op in ops:
         if places is not None and getattr(op, "takes_places", False):
             x, places = op(x, places), None
         else:
             x = op(x)
     return x
+
+
+def _draws_randomly(module: nn.Module) -> bool:
+    """An augmentation (or its parameter generator) whose random draws follow it when it moves: kornia's."""
+    return callable(getattr(module, "set_rng_device_and_dtype", None)) and hasattr(module, "device") \
+        and hasattr(module, "dtype")

@@ -1,6 +1,7 @@
 """``clrun/image_folder`` with ``keep_aspect``: whole images letterboxed on the square with their place,
 and ``clrun/random_resized_crop`` cropping inside each place on the device, as torchvision's
-RandomResizedCrop crops the original file."""
+RandomResizedCrop crops the original file. The crop's tests run on both of its paths: the CPU's sliced one
+and the GPU's batched kernel (forced here)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import clrun
 from clrun import UserError, testing
 from clrun.plugins.datasets.image_folder import ImageFolder
 from clrun.plugins.augmentations.random_resized_crop import RandomResizedCrop, crop_boxes
+from clrun.plugins.augmentations.resized_crops import batched_on_cpu
 from clrun.training.step import Step
 
 TINY = Path(__file__).parents[3] / "recipes" / "tiny.yaml"
@@ -27,6 +29,23 @@ def write(path: Path, pixels: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
     return path
+
+
+@pytest.fixture(params=["sliced", "batched"])
+def crop_path(request):
+    """The test once per path of the crop: the CPU's own (sliced) and the GPU's (batched, forced here)."""
+    if request.param == "batched":
+        with batched_on_cpu():
+            yield request.param
+    else:
+        yield request.param
+
+
+def ramps(b: int, side: int) -> torch.Tensor:
+    """(b, 2, side, side): each pixel's column and row. Bilinear resizing keeps a ramp a ramp, so a crop's
+    corner pixels say which box it was cut from."""
+    columns = torch.arange(side, dtype=torch.float32).expand(b, 1, side, side)
+    return torch.cat([columns, columns.transpose(-1, -2)], dim=1)
 
 
 @pytest.fixture
@@ -69,13 +88,14 @@ def torchvision_crop(height: int, width: int) -> tuple[int, int, int, int]:
 
 
 @pytest.mark.parametrize("place", [(0, 0, 60, 60), (5, 0, 20, 60), (0, 7, 60, 12)], ids=["square", "wide", "tall"])
-def test_crops_are_drawn_as_torchvisions_randomresizedcrop_draws_them_on_the_image_alone(place):
-    """Box statistics over 2000 draws agree with torchvision's get_params on an image of the place's size
-    (which it never leaves); the fallback (no try fits) gives torchvision's exact box."""
+def test_crops_are_drawn_as_torchvisions_randomresizedcrop_draws_them_on_the_image_alone(place, crop_path):
+    """Box statistics over 2000 crops, read from the cropped pixels, agree with torchvision's get_params on
+    an image of the place's size (which they never leave)."""
     top, left, height, width = place
     torch.manual_seed(0)
-    boxes = crop_boxes(torch.tensor([place]).expand(2000, 4), SCALE, RATIO)
-    x0, y0, x1, y1 = boxes[:, 0, 0], boxes[:, 0, 1], boxes[:, 2, 0], boxes[:, 2, 1]
+    crops = RandomResizedCrop(8, scale=SCALE, ratio=RATIO)(ramps(2000, 60), torch.tensor([place]).expand(2000, 4))
+    x0, y0 = crops[:, 0, 0, 0].round(), crops[:, 1, 0, 0].round()
+    x1, y1 = crops[:, 0, 0, -1].round(), crops[:, 1, -1, 0].round()
     assert (x0 >= left).all() and (y0 >= top).all() and (x1 <= left + width - 1).all() and (y1 <= top + height - 1).all()
     ours = torch.stack([y0 - top, x0 - left, y1 - y0 + 1, x1 - x0 + 1], dim=1).double()
     theirs = torch.tensor([torchvision_crop(height, width) for _ in range(2000)], dtype=torch.float64)
@@ -92,16 +112,16 @@ def test_when_no_try_fits_the_crop_is_torchvisions_central_one():
         assert box.tolist() == [[4 + j, 3 + i], [4 + j + w - 1, 3 + i], [4 + j + w - 1, 3 + i + h - 1], [4 + j, 3 + i + h - 1]]
 
 
-def test_the_crop_resizes_its_box_with_kornias_own_crop():
+def test_the_crop_resizes_its_box_as_kornias_crop_does(crop_path):
     """A box covering a place: the output is kornia's RandomResizedCrop of that box, i.e. the place resized."""
     images = torch.rand(2, 3, 40, 40)
     crop = RandomResizedCrop(16, scale=(1.0, 1.0), ratio=(0.5, 0.5))  # a 1:2 place fits exactly, at any draw
     out = crop(images, torch.tensor([[0, 10, 40, 20], [0, 10, 40, 20]]))
     expected = torch.nn.functional.interpolate(images[:, :, :, 10:30], size=(16, 16), mode="bilinear", align_corners=True)
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)  # the batched kernel: float rounding
 
 
-def test_views_cropped_inside_the_places_never_show_the_padding(white_wide_and_tall):
+def test_views_cropped_inside_the_places_never_show_the_padding(white_wide_and_tall, crop_path):
     dataset = ImageFolder(str(white_wide_and_tall), size=48, channels=1, keep_aspect=True)
     images = torch.stack([dataset[i][0] for i in range(len(dataset))]).repeat(16, 1, 1, 1)
     places = torch.stack([dataset[i][2] for i in range(len(dataset))]).repeat(16, 1)
