@@ -7,6 +7,7 @@ SyncBatchNorm conversion rebuilds the heads the schedules set.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -62,20 +63,44 @@ FUSED_DEVICES = ("cpu", "cuda")
 NOT_FUSED = ("fused", "foreach", "differentiable", "capturable")
 
 
-def fused_by_default(settings: dict[str, Any], groups: list[dict[str, Any]]) -> dict[str, bool]:
-    """``fused=True`` for an optimizer that takes it (torch's SGD, Adam, AdamW, Adagrad; offered to every factory,
-    passed only to those that name it) unless the recipe chose an implementation: one kernel per parameter group
-    instead of one per tensor, and the update skipped on the device for a non-finite loss (clrun.training.non_finite)
-    instead of a host read per step."""
-    if any(key in settings for key in NOT_FUSED):
+def fused_by_default(factory: Any, settings: dict[str, Any], groups: list[dict[str, Any]]) -> dict[str, bool]:
+    """``fused=True`` for an optimizer that takes it (torch's SGD, Adam, AdamW, Adagrad) unless the recipe chose an
+    implementation: one kernel per parameter group instead of one per tensor, and the update skipped on the
+    device for a non-finite loss (clrun.training.non_finite) instead of restored from a copy."""
+    if any(key in settings for key in NOT_FUSED) or "fused" not in _parameters(factory):
         return {}
     params = [p for group in groups for p in group["params"]]
-    # Sharded parameters (DTensors, train.strategy: fsdp) are left to the default implementation: DTensor has
-    # no sharding rule for every fused kernel (torch 2.14: none for _fused_sgd_); the step then undoes a
-    # skipped update from a copy of the local shards (clrun.training.non_finite).
-    usable = all(p.is_floating_point() and p.device.type in FUSED_DEVICES and not hasattr(p, "placements")
-                 for p in params)
-    return {"fused": True} if usable and params else {}
+    if not params or not all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params):
+        return {}
+    sharded = next((p for p in params if hasattr(p, "placements")), None)
+    if sharded is not None and not _fused_takes_shards(factory, sharded):
+        return {}
+    return {"fused": True}
+
+
+def _parameters(factory: Any) -> set[str]:
+    try:
+        return set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _fused_takes_shards(factory: Any, sharded: torch.Tensor) -> bool:
+    """Whether ``factory``'s fused kernel runs on sharded parameters (DTensors, train.strategy: fsdp): DTensor has a
+    rule for some fused kernels only (torch 2.14: Adam's and AdamW's, not SGD's or Adagrad's). Tried on a one-element
+    parameter on ``sharded``'s mesh, replicated: a local step, no collective."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    local = torch.zeros(1, device=sharded.device)
+    probe = nn.Parameter(DTensor.from_local(local, sharded.device_mesh, [Replicate()] * sharded.device_mesh.ndim,
+                                            run_check=False))
+    probe.grad = DTensor.from_local(torch.zeros_like(local), sharded.device_mesh,
+                                    [Replicate()] * sharded.device_mesh.ndim, run_check=False)
+    try:
+        factory([probe], lr=0.0, fused=True).step()
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def check_on_stand_in(recipe: Recipe, steps: int, steps_per_epoch: int, errors: BuildErrors) -> None:
@@ -92,7 +117,8 @@ def optimizer_and_scheduler(recipe: Recipe, named: list[tuple[str, nn.Parameter]
     decay_all = not recipe.train.exclude_bias_and_norm_from_weight_decay
     groups = build_groups(named, recipe.params, decay_all, layers, steps_per_epoch)
     fixed = [set(group) - {"params"} for group in groups]
-    optimizer = errors.build(recipe.optimizer, params=groups, **fused_by_default(recipe.optimizer.params, groups))
+    fused = fused_by_default(recipe.optimizer.component.factory, recipe.optimizer.params, groups)
+    optimizer = errors.build(recipe.optimizer, params=groups, **fused)
     if optimizer is None:
         return None, None, fixed
     scale_learning_rates(optimizer)  # before the scheduler reads the base rates
