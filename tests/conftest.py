@@ -241,3 +241,16 @@ def no_report() -> Iterator[None]:
 def reports_skipped() -> Callable[[], ContextManager[None]]:
     """``with reports_skipped(): ...``: ``no_report`` for a module-scoped fixture's runs."""
     return _reports_skipped
+
+
+@pytest.fixture(params=["sliced", "batched"])
+def crop_path(request):
+    """A test once per path of the crops (clrun/random_resized_crop, kornia/RandomResizedCrop): the CPU's own
+    (sliced) and the GPU's (batched, forced on the CPU here)."""
+    if request.param == "batched":
+        from clrun.plugins.augmentations.resized_crops import batched_on_cpu
+
+        with batched_on_cpu():
+            yield request.param
+    else:
+        yield request.param

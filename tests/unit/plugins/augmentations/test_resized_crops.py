@@ -20,16 +20,6 @@ from clrun.plugins.augmentations.resized_crops import batched_on_cpu, uploaded
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(params=["sliced", "batched"])
-def crop_path(request):
-    """Each test once per path: the CPU's own (sliced) and the GPU's (batched, forced here)."""
-    if request.param == "batched":
-        with batched_on_cpu():
-            yield request.param
-    else:
-        yield request.param
-
-
 def ramps(b: int, height: int, width: int) -> torch.Tensor:
     """(b, 2, height, width): channel 0 is each pixel's column, channel 1 its row. Bilinear resizing keeps a
     ramp a ramp, so a crop's corner pixels say which box it was cut from."""

@@ -18,7 +18,6 @@ import clrun
 from clrun import UserError, testing
 from clrun.plugins.datasets.image_folder import ImageFolder
 from clrun.plugins.augmentations.random_resized_crop import RandomResizedCrop, crop_boxes
-from clrun.plugins.augmentations.resized_crops import batched_on_cpu
 from clrun.training.step import Step
 
 TINY = Path(__file__).parents[3] / "recipes" / "tiny.yaml"
@@ -29,16 +28,6 @@ def write(path: Path, pixels: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
     return path
-
-
-@pytest.fixture(params=["sliced", "batched"])
-def crop_path(request):
-    """The test once per path of the crop: the CPU's own (sliced) and the GPU's (batched, forced here)."""
-    if request.param == "batched":
-        with batched_on_cpu():
-            yield request.param
-    else:
-        yield request.param
 
 
 def ramps(b: int, side: int) -> torch.Tensor:

@@ -12,21 +12,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 import clrun
-from clrun.plugins.augmentations.resized_crops import batched_on_cpu
 from clrun.training.model.views import Views
 
 RECIPES = Path(__file__).resolve().parents[4] / "recipes"
 QUICKSTART = RECIPES / "quickstart.yaml"
-
-
-@pytest.fixture(params=["sliced", "batched"])
-def crop_path(request):
-    """The test once per path of the crops: the CPU's own (sliced) and the GPU's (batched, forced here)."""
-    if request.param == "batched":
-        with batched_on_cpu():
-            yield request.param
-    else:
-        yield request.param
 
 
 def quickstart_views() -> Views:
