@@ -22,6 +22,7 @@ KINDS: tuple[str, ...] = (
     "optimizer",
     "scheduler",
     "callback",
+    "weights_layout",
 )
 """The kinds a recipe can select. Each has a fixed role in the training loop (see ``clrun.training.loop``)."""
 

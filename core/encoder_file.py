@@ -45,6 +45,18 @@ def encoder_state(network_state: dict[str, Any]) -> dict[str, Tensor]:
     }
 
 
+def provenance(init_record: dict[str, Any] | None) -> dict[str, str]:
+    """For an encoder file's metadata, where the run's initial weights came from (its ``init:`` record,
+    ``RunFolder.read_init``): ``init_sources``, JSON of each loaded part's source, SHA-256 and Hub revision,
+    and ``licence``, the licences of those weights (an encoder derived from them is under them too)."""
+    if not init_record:
+        return {}
+    sources = [{key: part.get(key) for key in ("part", "source", "sha256", "revision")}
+               for part in init_record.get("parts", []) if isinstance(part, dict)]
+    licences = sorted({str(v) for v in (init_record.get("licences") or {}).values()})
+    return {"init_sources": json.dumps(sources), **({"licence": "; ".join(licences)} if licences else {})}
+
+
 def write_encoder(path: Path, backbone_state: dict[str, Tensor], recipe: dict[str, Any],
                   extra: dict[str, Any] | None = None) -> Path:
     """Write ``backbone_state`` with its recipe as metadata to ``path``, atomically: a crash leaves the

@@ -36,7 +36,7 @@ import yaml
 from torch import nn
 
 from clrun.api import create
-from clrun.encoder_file import encoder_state, is_pretext, read_metadata, write_encoder
+from clrun.encoder_file import encoder_state, is_pretext, provenance, read_metadata, write_encoder
 from clrun.errors import UserError
 from clrun.reading import reading
 from clrun.run_folder import RunFolder
@@ -61,7 +61,7 @@ def export(run_or_checkpoint: str | Path, out: str | Path | None = None) -> Path
     if not backbone:
         raise UserError(f"export: {checkpoint} holds no backbone tensors (no `backbone.*` keys in its network state)")
 
-    metadata = {"epoch": state.get("epoch"), "step": state.get("step")}
+    metadata = {"epoch": state.get("epoch"), "step": state.get("step"), **provenance(folder.read_init())}
     with elsewhere(EXPORT_ELSEWHERE):
         return write_encoder(export_path(folder, out), backbone, recipe, metadata)
 

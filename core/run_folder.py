@@ -94,6 +94,12 @@ class RunFolder:
         return self.path / "encoder.safetensors"
 
     @property
+    def init(self) -> Path:
+        """What the recipe's ``init:`` section loaded: sources with SHA-256, per part the tensors loaded and
+        what did not fit, warnings, licences (JSON; only in runs that start from weights)."""
+        return self.path / "init.json"
+
+    @property
     def token_maps(self) -> Path:
         return self.path / "token_maps.npz"
 
@@ -172,6 +178,17 @@ class RunFolder:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_atomic(self.summary, json.dumps(jsonable(summary), indent=2) + "\n")
+
+    def write_init(self, record: dict[str, Any]) -> None:
+        write_atomic(self.init, json.dumps(jsonable(record), indent=2) + "\n")
+
+    def read_init(self) -> dict[str, Any] | None:
+        """What ``init:`` loaded (``write_init``), or None for a run that started from random weights."""
+        try:
+            data = json.loads(self.init.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def write_evaluation(self, record: dict[str, Any]) -> None:
         write_atomic(self.evaluation, json.dumps(jsonable(record), indent=2) + "\n", "eval")

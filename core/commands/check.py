@@ -51,6 +51,8 @@ def check(recipe: Recipe, verbose: bool = False) -> list[str]:
     lines.append(f"backbone: {recipe.backbone.name} ({n_params / 1e6:.2f}M parameters)")
     heads = [recipe.projector.name] + ([recipe.predictor.name] if recipe.predictor is not None else [])
     lines.append(f"heads: {' -> '.join(heads)}")
+    if parts.init is not None:  # what init: loads where (a Hub download not cached: on random weights here)
+        lines += [f"init: {line}" for line in parts.init.lines()]
     reads = declared(parts.loss_fn)  # checked against the recipe by the build (clrun.training.model.reads)
     lines.append(f"loss: {recipe.loss.name} reads " + (", ".join(sorted(reads)) if reads is not None else
                                                        "every output (it declares no reads)"))

@@ -306,6 +306,47 @@ class RunSection:
 
 
 @dataclass
+class InitSource:
+    """Where one part's initial weights come from (``clrun.weights``): ``source`` is a weight file
+    (safetensors, or a ``torch.save`` pickle read without running code), a model folder (timm's
+    ``config.json`` + ``model.safetensors``), a cl-run run folder or checkpoint, or a Hugging Face Hub
+    repository (``hf-hub:timm/vit_small_patch16_224.augreg_in21k``). ``layout``: the file's family (a
+    ``weights_layout`` component, e.g. an official training checkpoint's), ``auto`` to recognize it by its
+    keys. ``network``: which network of a file that holds several (``teacher``, ``student``, ``online``,
+    ``target``); ``auto``: the layout's first (a teacher where there is one). ``strict``: every tensor of the
+    part must load and every one of the file's must be used (shapes too; position embeddings are resampled
+    to the recipe's image size by the backbone's rules); false loads what matches and reports the rest."""
+
+    source: str
+    layout: str = "auto"
+    network: str = "auto"
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise FieldError("source", "give a weight file, a model folder, a run folder or a Hub repository")
+
+
+@dataclass
+class InitSection:
+    """Start a fresh run from weights (a resumed run continues from its checkpoint instead): per part of
+    the online network, an ``InitSource``. The target network (``target:``) starts from ``target``'s
+    weights when given, else from the teacher (or target) network of the backbone's file when that file
+    holds one, else as a copy of the online network, as without ``init:``."""
+
+    backbone: Optional[InitSource] = None
+    projector: Optional[InitSource] = None
+    predictor: Optional[InitSource] = None
+    token_head: Optional[InitSource] = None
+    target: Optional[InitSource] = None
+
+    def __post_init__(self) -> None:
+        if not any((self.backbone, self.projector, self.predictor, self.token_head, self.target)):
+            raise ValueError("init: name at least one part (backbone, projector, predictor, token_head, target), "
+                             "e.g. backbone: {source: path/to/weights.safetensors}")
+
+
+@dataclass
 class Recipe:
     """A whole recipe: components chosen by name, plus the loop's own settings."""
 
@@ -320,6 +361,8 @@ class Recipe:
     predictor: Optional[Annotated[ComponentSpec, Nested("predictor")]] = None
     target: Optional[TargetSection] = None
     masking: Optional[MaskingSection] = None
+    # Initial weights for a fresh run (released or earlier weights): clrun.weights.
+    init: Optional[InitSection] = None
     callbacks: Annotated[list, Nested("callback", many=True)] = field(default_factory=list)
     health: HealthSection = field(default_factory=HealthSection)
     params: ParamsSection = field(default_factory=ParamsSection)

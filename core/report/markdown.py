@@ -74,6 +74,7 @@ def render(records: RunRecords, plots: dict[str, Path], at: Path | None = None) 
         f"# Run report: `{records.directory.resolve().name or records.directory}`",
         halted_notice(records),
         setup(records),
+        initialized_from(records),
         resumes(records),
         missing(records),
         results_section(records),
@@ -83,6 +84,27 @@ def render(records: RunRecords, plots: dict[str, Path], at: Path | None = None) 
         files_section(records, at),
     ]
     return "\n\n".join(s for s in sections if s).rstrip() + "\n"
+
+
+def initialized_from(records: RunRecords) -> str:
+    """Where the run's initial weights came from (its init: section), per part, with the file's SHA-256."""
+    if not records.init:
+        return ""
+    rows = []
+    for p in records.init.get("parts", []):
+        if not isinstance(p, dict):
+            continue
+        fit = f"{p.get('loaded', 0)} tensors" + "".join(
+            f", {len(p[k])} {what}" for k, what in (("missing", "missing"), ("unexpected", "unused"),
+                                                   ("mismatched", "misshapen"), ("resized", "resampled")) if p.get(k))
+        digest = str(p.get("sha256") or "")[:12] or (p.get("pending") or "")
+        rows.append((f"`{p.get('part')}`", f"`{p.get('source')}`", f"{p.get('layout')}, {p.get('network')}", fit, digest))
+    licences = records.init.get("licences") or {}
+    notes = "".join(f"\n\n> warning: {_oneline(str(w))}" for w in records.init.get("warnings", []))
+    licence = (f"\n\nLicences of these weights (an encoder trained from them derives from them): "
+               + "; ".join(f"`{k}`: {v}" for k, v in licences.items())) if licences else ""
+    return ("## Initialized from\n\n" + _table(("Part", "Source", "Layout, network", "Loaded", "SHA-256"), rows)
+            + licence + notes)
 
 
 def resumes(records: RunRecords) -> str:

@@ -15,7 +15,7 @@ import torch
 from clrun import distributed
 from clrun.recipe import Recipe
 from clrun.training.callbacks import recipe_callbacks
-from clrun.training.checkpointing import Checkpointer, Position, open_run
+from clrun.training.checkpointing import Checkpointer, Position, open_run, restart
 from clrun.training.data import DataWait, batches, set_epoch
 from clrun.training.callbacks.hooks import builtin_callbacks, end_epoch, run_hooks
 from clrun.training.evaluation_wait import EvaluationWait
@@ -40,7 +40,9 @@ def train(recipe: Recipe, resume: str | Path | None = None, verbose: bool = Fals
     started = distributed.start(device.type)
     if distributed.active() and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank())
-    run = _train(prepare(recipe, "train", device), resume, verbose, allow_changes)
+    resume = restart.to_resume(recipe, resume)
+    # init: starts a new run only: a resumed one continues from its checkpoint (and the file may be gone).
+    run = _train(prepare(recipe, "train", device, initialize=resume is None), resume, verbose, allow_changes)
     # Only after a clean finish: after an error the other ranks may be stuck in a collective, and
     # with NCCL a graceful shutdown can wait for them. Exiting lets torchrun stop the whole group.
     if started:

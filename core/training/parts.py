@@ -16,6 +16,7 @@ from clrun.training.parallel.parallelize import Placed
 from clrun.training.optim.schedules import ScheduledScalars
 from clrun.training.model.target import TargetNetwork
 from clrun.training.model.views import Views
+from clrun.weights.plan import InitPlan
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Parts:
     projection_dim: int  # the projector's output width
     # A sharded run's plain copy of the network (on the CPU): what its whole weights are gathered into.
     whole_template: Optional[OnlineNetwork] = None
+    init: Optional[InitPlan] = None  # what the recipe's init: section loaded (clrun.weights.plan)
 
 
 def assemble(placed: Placed, optimization: Optimization) -> Parts:
@@ -50,4 +52,4 @@ def assemble(placed: Placed, optimization: Optimization) -> Parts:
                  schedules=optimization.schedules, scaler=optimization.scaler, masking=model.masking,
                  reads=model.reads, eval_size=model.eval_size, total_steps=model.total_steps,
                  feature_dim=model.feature_dim, projection_dim=model.projection_dim,
-                 whole_template=placed.whole_template)
+                 whole_template=placed.whole_template, init=model.init)

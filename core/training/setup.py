@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
 import numpy as np
@@ -28,6 +28,7 @@ from clrun.training.device_settings import apply_device_settings
 from clrun.training.optim.optimization import build_optimization
 from clrun.training.parallel.parallelize import parallelize
 from clrun.training.parts import Parts, assemble
+from clrun.weights.plan import plan_init
 
 Purpose = Literal["train", "check", "eval"]
 EXAMPLE_SIZE = 4  # images to measure view sizes and head widths with (and `check`'s one batch)
@@ -50,11 +51,13 @@ class Setup:
     example_places: Optional[Tensor] = None  # the example images' places, when the data set letterboxes them
 
 
-def prepare(recipe: Recipe, purpose: Purpose, device: torch.device | None = None) -> Setup:
+def prepare(recipe: Recipe, purpose: Purpose, device: torch.device | None = None, initialize: bool = True) -> Setup:
     """Build ``recipe`` for ``purpose``: ``train`` (the loader sets the schedule's length), ``check``
     (on the CPU, one batch; random images when the data files are absent) or ``eval`` (no loader).
 
-    ``device`` defaults to the CPU for ``check`` and to ``train.device`` otherwise."""
+    ``device`` defaults to the CPU for ``check`` and to ``train.device`` otherwise. ``initialize``: load the
+    recipe's ``init:`` weights (a new run; ``check`` shows the plan without downloading; ``eval`` and a
+    resumed run load a checkpoint instead)."""
     seed_everything(recipe.seed)  # the same on every rank: every rank builds the same initial weights
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -72,6 +75,8 @@ def prepare(recipe: Recipe, purpose: Purpose, device: torch.device | None = None
         loader = make_loader(recipe, dataset, sampler_rng, device)
         steps_per_epoch = len(loader)
     model = build_model(recipe, example, steps_per_epoch)
+    if initialize and purpose != "eval":  # before anything copies the network (the target, the sharding)
+        model = replace(model, init=plan_init(recipe, model.network, model.eval_size, download=purpose == "train"))
     # Compiling pays off over many steps only, and sharding and DDP serve a run's processes: a check or an
     # evaluation runs few steps in one process. An evaluation builds the optimizer too (no state before a
     # first step, so it costs little): a run's parts are one shape whatever the command.

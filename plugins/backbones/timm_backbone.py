@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
+import sys
 import types
 from pathlib import Path
 from typing import Optional
 
 import timm
 from timm.models import group_parameters
-from torch import nn
+from timm.models._manipulate import adapt_input_conv
+from torch import Tensor, nn
 
 from clrun import UserError
 from clrun.reading import load_weights
@@ -72,9 +74,33 @@ def create_timm_backbone(
     if checkpoint_path is not None:
         _load_checkpoint(model, model_name, checkpoint_path)
     add_tokens(model, model_name, mask_token)  # after loading: timm's checkpoints have no mask token
+    model.adapt_state_dict = types.MethodType(_adapt_state_dict, model)  # for a recipe's init: (clrun.weights)
     if hasattr(model, "group_matcher"):  # its layers, for layer-wise learning-rate decay (params.layer_decay)
         model.layer_ids = types.MethodType(_layer_ids, model)
     return model
+
+
+def _adapt_state_dict(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Foreign weights of this model's family in the model's own names and shapes, by timm's rules: the
+    family's ``checkpoint_filter_fn`` (a ViT's: DINOv2's register tokens and SwiGLU names, I-JEPA's
+    ``module.`` prefix, position embeddings resampled to this model's image size, patch embeddings to its
+    patch size), the first convolution summed or repeated for another number of input channels (timm's
+    ``adapt_input_conv``: RGB weights on gray images), and a released mask token (DINOv2's, iBOT's) into the
+    mask token the model was given for masked pre-training."""
+    mask = state.get("mask_token")
+    convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if convert is not None:
+        state = convert(state, model)
+    first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    for name in [first_conv] if isinstance(first_conv, str) else (first_conv or ()):
+        weight, own = state.get(f"{name}.weight"), model.state_dict().get(f"{name}.weight")
+        if weight is not None and own is not None and weight.dim() == 4 and weight.shape[1] != own.shape[1]:
+            state[f"{name}.weight"] = adapt_input_conv(own.shape[1], weight)
+    own_mask = getattr(model, "pretext_mask_token", None)
+    if mask is not None and own_mask is not None and mask.numel() == own_mask.numel():
+        state.pop("mask_token", None)
+        state["pretext_mask_token"] = mask.reshape(own_mask.shape)
+    return state
 
 
 def _layer_ids(model: nn.Module) -> dict[str, int]:

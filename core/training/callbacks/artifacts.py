@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from clrun.encoder_file import encoder_state, write_encoder
+from clrun.encoder_file import encoder_state, provenance, write_encoder
 from clrun.hookspecs import hookimpl
 from clrun.recipe import resolved
 from clrun.training.run import Run
@@ -20,7 +20,7 @@ class RunArtifacts:
     def clrun_run_end(self, run: Run, metrics: dict[str, float]):
         result = yield
         write_encoder(run.folder.encoder, encoder_state(run.network.state_dict()), resolved(run.recipe),
-                      {"epoch": run.epoch, "step": run.step})
+                      {"epoch": run.epoch, "step": run.step, **provenance(run.folder.read_init())})
         self._report(run)
         return result
 

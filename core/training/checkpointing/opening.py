@@ -28,14 +28,12 @@ RESUME_ELSEWHERE = "copy the run folder to {place} and resume the copy"
 @contextmanager
 def open_run(setup: Setup, resume: str | Path | None, callbacks: list,
              allow_changes: bool) -> Iterator[tuple[Run, Checkpointer]]:
-    """The run and its checkpointer, in a new run folder with the resolved recipe (rank 0 creates it,
+    """The run and its checkpointer (``resume``: what ``restart.to_resume`` found), in a new run folder with
+    the resolved recipe (rank 0 creates it,
     every rank learns its path) or in the resumed run's folder with the checkpoint restored into the
     freshly built parts and the logs cut back to the checkpoint. Rank 0 holds the folder's lock while
     the run is open."""
     recipe, main = setup.recipe, distributed.is_main()
-    if not resume and (resume := restart.checkpoint_to_resume(recipe)):
-        if main:
-            print(f"cl-run: {restart.why(recipe)}: resuming {resume}", flush=True)
     saved = find(resume) if resume else None
     with elsewhere(RESUME_ELSEWHERE if saved else NEW_RUN):
         folder = RunFolder.of_checkpoint(saved) if saved else None
@@ -53,6 +51,8 @@ def open_run(setup: Setup, resume: str | Path | None, callbacks: list,
             else:
                 if main:
                     folder.write_recipe(resolved(recipe))
+                    if setup.parts.init is not None:
+                        folder.write_init(setup.parts.init.record())
                     restart.record_launch(folder)
                 seed_augmentations(recipe.seed)
             yield run, checkpointer

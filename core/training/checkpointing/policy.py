@@ -5,6 +5,8 @@ export metadata, ``cl-run eval`` and the report read it. So a resume compares th
 key. Changes fall in three groups:
 
 * bookkeeping (where the run writes, threads, workers, the progress bar, auto-resume): applied, not recorded;
+  also ``init:``, which starts new runs only (a resume continues from the checkpoint; the run folder's
+  ``init.json`` keeps what the run started from);
 * the run's length and what observes it (epochs, max steps, checkpoint frequency, health checks,
   callbacks, which never change what the encoder learns): applied and recorded;
 * everything else changes the training (learning rate, temperature, batch size, data, seed...):
@@ -21,7 +23,7 @@ from typing import Any
 
 from clrun.errors import UserError
 
-BOOKKEEPING = ("run.", "train.progress", "train.threads", "train.auto_resume", "data.num_workers")
+BOOKKEEPING = ("run.", "train.progress", "train.threads", "train.auto_resume", "data.num_workers", "init")
 OBSERVING = ("train.epochs", "train.max_steps", "train.checkpoint_every", "train.checkpoint_every_steps", "health.", "callbacks")
 
 

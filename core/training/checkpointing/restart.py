@@ -41,6 +41,17 @@ def run_name(recipe: Recipe) -> str:
     return recipe.run.name or Path(recipe.source).stem
 
 
+def to_resume(recipe: Recipe, resume: str | Path | None) -> str | Path | None:
+    """What a start continues: the ``--resume`` given, else the run's own latest checkpoint when this start
+    restarts it (``checkpoint_to_resume``; announced on the console), else None: a new run."""
+    if resume:
+        return resume
+    found = checkpoint_to_resume(recipe)
+    if found is not None and distributed.is_main():
+        print(f"cl-run: {why(recipe)}: resuming {found}", flush=True)
+    return found
+
+
 def checkpoint_to_resume(recipe: Recipe) -> Optional[Path]:
     """The checkpoint this start continues from, or None for a new run (the same answer on every rank)."""
     return distributed.broadcast_object(_find(recipe) if distributed.is_main() else None)

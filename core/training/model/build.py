@@ -10,7 +10,7 @@ devices, processes or precision (``clrun.training.parallel.parallelize`` does) a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,9 @@ from clrun.training.optim.optimization import check_on_stand_in
 from clrun.training.model.reads import step_reads
 from clrun.training.model.views import Views
 
+if TYPE_CHECKING:
+    from clrun.weights.plan import InitPlan
+
 
 @dataclass(frozen=True)
 class Model:
@@ -41,6 +44,7 @@ class Model:
     projection_dim: int  # the projector's output width
     eval_size: tuple[int, int]  # the global views' size: what evaluation resizes images to
     total_steps: int  # the optimizer steps the run takes (the target's and the schedules' length)
+    init: Optional[InitPlan] = None  # what the recipe's init: section loaded (clrun.weights.plan)
 
 
 def build_model(recipe: Recipe, example: Tensor, steps_per_epoch: int = 1) -> Model:

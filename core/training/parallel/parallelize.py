@@ -58,6 +58,10 @@ def parallelize(model: Model, recipe: Recipe, device: torch.device, training: bo
         views.channels_last = True
     # Copied after the move, so it shares the online network's device and memory layout.
     target = TargetNetwork(network, recipe.target, model.total_steps) if recipe.target is not None else None
+    if target is not None and model.init is not None and model.init.target:
+        for part, state in model.init.target.items():  # a teacher's weights (init:), in the online modules' names
+            getattr(target, part).load_state_dict(state, strict=False)
+        model.init.target = None  # loaded: the copy need not stay in memory
     loss_fn = model.loss_fn.to(device)
     if recipe.train.activation_checkpointing and training:
         # After the target's copy (the target takes no backward: nothing to recompute), before compiling and
