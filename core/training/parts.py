@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
@@ -16,7 +16,9 @@ from clrun.training.parallel.parallelize import Placed
 from clrun.training.optim.schedules import ScheduledScalars
 from clrun.training.model.target import TargetNetwork
 from clrun.training.model.views import Views
-from clrun.weights.plan import InitPlan
+
+if TYPE_CHECKING:
+    from clrun.weights.plan import InitPlan
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,9 @@ stages, each its own module: the model (``build``), placed on the device and the
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -28,6 +26,7 @@ from clrun.training.device_settings import apply_device_settings
 from clrun.training.optim.optimization import build_optimization
 from clrun.training.parallel.parallelize import parallelize
 from clrun.training.parts import Parts, assemble
+from clrun.training.seeding import seed_everything
 from clrun.weights.plan import plan_init
 
 Purpose = Literal["train", "check", "eval"]
@@ -123,20 +122,6 @@ def _data(recipe: Recipe, purpose: Purpose) -> tuple[Optional[Dataset], tuple[Te
     if example.shape[0] < 2:
         raise DataNotFoundError(f"{recipe.data.dataset.where}: error: data.dataset: fewer than 2 images; a batch needs 2 or more")
     return dataset, (example, places), ""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def seed_augmentations(seed: int) -> None:
-    """After the (identical) build, each rank draws its own augmentations; rank 0 keeps the stream a
-    single-process run has."""
-    rank = distributed.rank()
-    if rank:
-        seed_everything(seed + 1_000_003 * rank)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -19,7 +19,8 @@ from clrun.training.checkpointing.checkpointer import Checkpointer, find
 from clrun.training.checkpointing.policy import changes, check_allowed, recorded, training_changes
 from clrun.training.checkpointing.state import expected_size
 from clrun.training.run import Run
-from clrun.training.setup import Setup, seed_augmentations
+from clrun.training.seeding import seed_augmentations
+from clrun.training.setup import Setup
 
 # A resume cannot move its run folder (run.dir only names where new runs go): the fix is a copy of it.
 RESUME_ELSEWHERE = "copy the run folder to {place} and resume the copy"
