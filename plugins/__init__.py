@@ -12,4 +12,5 @@ BUILTIN_MODULES = (
     "clrun.plugins.losses.components",
     "clrun.plugins.optim.components",
     "clrun.plugins.callbacks.components",
+    "clrun.plugins.weights.components",
 )

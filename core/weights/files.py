@@ -1,6 +1,6 @@
 """Find and read the weight file an ``init:`` entry names: a file, a folder or a Hugging Face Hub repository.
 
-* a ``.safetensors`` file (a cl-run ``encoder.safetensors``, a model's released weights);
+* a ``.safetensors`` file (a cl-run encoder export, a model's released weights);
 * any other file: a ``torch.save`` pickle (``.pth``, ``.pt``, ``.ckpt``), read without running code
   (``clrun.weights.safe_pickle``);
 * a folder in timm's ``local-dir:`` layout, ``config.json`` + ``model.safetensors`` (what a Hub
@@ -115,15 +115,16 @@ def _read_folder(folder: Path, source: str, what: str) -> WeightsFile:
         if config.is_file():
             file.metadata = {**file.metadata, "config": _read_config(config, what)}
         return file
-    from clrun.training import checkpointing  # a run folder: torch and the training package are needed anyway
+    # A run folder: read as `cl-run eval` reads it (the storage module, not the package: that one builds runs).
+    from clrun.training.checkpointing import checkpointer
 
     try:
-        saved = checkpointing.find(folder, what)
+        saved = checkpointer.find(folder, what)
     except UserError:
         raise UserError(f"{what}: {folder} is neither a model folder ({MODEL}, with {CONFIG}: timm's local-dir "
                         f"layout, what a Hugging Face Hub repository of timm weights holds) nor a cl-run run folder with a checkpoint; point it at "
                         f"one of those, or at a weight file") from None
-    state = checkpointing.load(saved, what, parts=("network", "target"))
+    state = checkpointer.load(saved, what, parts=("network", "target"))
     content = {key: state[key] for key in ("network", "target") if isinstance(state.get(key), dict)}
     content["clrun_checkpoint"] = {"epoch": state.get("epoch"), "step": state.get("step")}
     path = saved if saved.is_file() else saved

@@ -2,7 +2,7 @@
 last resort): ``weights_layout`` components like any plugin's (``clrun.plugins.weights`` registers them).
 
 A run's checkpoint (file or run folder) holds two networks, ``online`` (what training updates and the
-export keeps) and ``target`` (the momentum copy, where the run had one); an ``encoder.safetensors`` and a
+export keeps) and ``target`` (the momentum copy, where the run had one); an exported encoder and a
 timm folder hold a backbone only.
 """
 
@@ -56,7 +56,7 @@ class ClrunCheckpoint:
 
 
 class ClrunEncoder:
-    """A cl-run ``encoder.safetensors`` (``cl-run export``): a backbone with its recipe as metadata."""
+    """A cl-run encoder export (``RunFolder.encoder``, ``cl-run export``): a backbone with its recipe as metadata."""
 
     def recognizes(self, file: WeightsFile) -> bool:
         return "clrun_version" in file.metadata and "backbone" in file.metadata

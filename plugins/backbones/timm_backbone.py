@@ -87,7 +87,7 @@ def _adapt_state_dict(model: nn.Module, state: dict[str, Tensor]) -> dict[str, T
     patch size), the first convolution summed or repeated for another number of input channels (timm's
     ``adapt_input_conv``: RGB weights on gray images), and a released mask token (DINOv2's, iBOT's) into the
     mask token the model was given for masked pre-training."""
-    mask = state.get("mask_token")
+    mask = state.get("mask_token", state.pop("masked_embed", None))  # DINOv2's and iBOT's names for it
     convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if convert is not None:
         state = convert(state, model)
@@ -96,9 +96,9 @@ def _adapt_state_dict(model: nn.Module, state: dict[str, Tensor]) -> dict[str, T
         weight, own = state.get(f"{name}.weight"), model.state_dict().get(f"{name}.weight")
         if weight is not None and own is not None and weight.dim() == 4 and weight.shape[1] != own.shape[1]:
             state[f"{name}.weight"] = adapt_input_conv(own.shape[1], weight)
+    state.pop("mask_token", None)  # kept only where the model has a mask token of that width
     own_mask = getattr(model, "pretext_mask_token", None)
     if mask is not None and own_mask is not None and mask.numel() == own_mask.numel():
-        state.pop("mask_token", None)
         state["pretext_mask_token"] = mask.reshape(own_mask.shape)
     return state
 

@@ -127,3 +127,39 @@ def clrun_check(*overrides: str) -> list[str]:
     from clrun.commands.check import check
 
     return check(clrun.load_recipe(TINY, list(overrides)))
+
+
+# -- an official checkpoint through a recipe: tests/fixtures/official_weights (the official code's own layouts) --
+
+OFFICIAL = Path(__file__).parents[2] / "fixtures" / "official_weights"
+# The fixtures' tiny ViT (width 16, depth 2, 2 heads, 7 px patches of 28 px images) and DINO head, as a recipe.
+TINY_VIT = ["data.dataset.size=28", "views.0.transforms.0.size=[28, 28]", "backbone.name=timm/vit_tiny_patch16_224",
+            "backbone.img_size=28", "backbone.model_args={patch_size: 7, embed_dim: 16, depth: 2, num_heads: 2, mlp_ratio: 2}",
+            "projector={name: clrun/dino_head, out_dim: 32, hidden_dim: 16, bottleneck_dim: 8}", "loss={name: clrun/dino}",
+            "target.momentum=0.99"]
+
+
+def test_an_official_checkpoint_starts_the_online_network_and_the_target_from_its_networks():
+    file = OFFICIAL / "dino_checkpoint.pth"
+    parts = built(*TINY_VIT, f"init.backbone.source={file}", f"init.projector.source={file}",
+                  "init.backbone.network=student", "init.projector.network=student")
+    assert [(r.part, r.layout, r.network, r.loaded, r.missing, r.unexpected) for r in parts.init.reports] == [
+        ("backbone", "clrun/dino", "student", 30, [], []), ("projector", "clrun/dino", "student", 8, [], []),
+        ("target.backbone", "clrun/dino", "teacher", 30, [], []), ("target.projector", "clrun/dino", "teacher", 8, [], [])]
+    assert parts.init.licences == {str(file): "Apache-2.0"}
+    content = torch.load(file, weights_only=False)  # a fixture of ours: safe to unpickle here
+    student = {k.removeprefix("module."): v for k, v in content["student"].items()}
+    teacher = content["teacher"]
+    assert torch.equal(parts.network.backbone.blocks[1].mlp.fc2.weight, student["backbone.blocks.1.mlp.fc2.weight"])
+    assert torch.equal(parts.target.backbone.blocks[1].mlp.fc2.weight, teacher["backbone.blocks.1.mlp.fc2.weight"])
+    assert torch.equal(parts.target.projector.mlp[0].weight, teacher["head.mlp.0.weight"])
+    assert not torch.equal(parts.network.backbone.cls_token, parts.target.backbone.cls_token)
+
+
+def test_a_released_mask_token_fills_the_models_mask_token():
+    file = OFFICIAL / "ibot_checkpoint.pth"
+    parts = built(*TINY_VIT, "backbone.mask_token=true", f"init.backbone.source={file}", "init.backbone.network=student")
+    student = torch.load(file, weights_only=False)["student"]
+    masked = next(v for k, v in student.items() if k.endswith("masked_embed"))
+    assert torch.equal(parts.network.backbone.pretext_mask_token, masked.reshape(-1))
+    assert parts.init.reports[0].pretext == []
