@@ -2,7 +2,9 @@
 
 The training loop batches ``dataset[i]`` (or a ``clrun.Stream``'s items) with a DataLoader and moves the batch to the device before
 any augmentation: every item must be ``(uint8 image (C, H, W), int label)``, one image size for all
-items, the label ``-1`` for unlabeled data. A data set that letterboxes its images (``serves_places =
+items, the label ``-1`` for unlabeled data. A segmentation data set (one with ``num_classes`` and
+``ignore_index``: dense evaluators read it) has a label map instead, an int64 ``(H, W)`` tensor of classes
+or ``ignore_index``. A data set that letterboxes its images (``serves_places =
 True``) adds each image's place on the canvas: ``(image, label, int64 [top, left, height, width])``. A data set whose files are missing raises
 ``clrun.DataNotFoundError`` so that ``cl-run check`` can go on with random images.
 """
@@ -51,6 +53,10 @@ def items(kind: str, name: str, **settings: Any) -> None:
             isinstance(image, Tensor) and image.dtype == torch.uint8 and image.ndim == 3,
             f"item {i}'s image is {_describe(image)}; return a uint8 (C, H, W) tensor (decode and resize in the data set)",
         )
+        if is_segmentation(dataset):
+            _check_label_map(i, label, image, dataset)
+            shapes.add(tuple(image.shape))
+            continue
         require(
             isinstance(label, int) and not isinstance(label, bool),
             f"item {i}'s label is {type(label).__name__}; return a Python int (-1 for unlabeled)",
@@ -63,6 +69,21 @@ def items(kind: str, name: str, **settings: Any) -> None:
     require(len(shapes) == 1, f"items have different shapes {sorted(shapes)}; a batch needs one size, resize in the data set")
     declared = getattr(dataset, "image_shape", None)
     require(declared is None or tuple(declared) in shapes, f"it declares image_shape {declared} but its items are {shapes.pop()}")
+
+
+def is_segmentation(dataset: Any) -> bool:
+    """Whether ``dataset``'s labels are per-pixel label maps: it says how many classes and which value is ignored."""
+    return isinstance(getattr(dataset, "num_classes", None), int) and isinstance(getattr(dataset, "ignore_index", None), int)
+
+
+def _check_label_map(i: int, label: Any, image: Tensor, dataset: Any) -> None:
+    require(isinstance(label, Tensor) and label.dtype == torch.int64 and tuple(label.shape) == tuple(image.shape[1:]),
+            f"item {i}'s label map is {_describe(label)}; return an int64 tensor of the image's (H, W)")
+    n, ignore = dataset.num_classes, dataset.ignore_index
+    found = label[(label != ignore) & ((label < 0) | (label >= n))].unique().tolist()[:5]
+    require(not found, f"item {i}'s label map holds {found}, neither a class (0..{n - 1}) nor ignore_index {ignore}")
+    names = getattr(dataset, "class_names", None)
+    require(names is None or len(names) == n, f"class_names has {len(names or [])} names for {n} classes")
 
 
 def _check_place(i: int, place: Any, image: Tensor) -> None:
@@ -88,7 +109,8 @@ def deterministic_items(kind: str, name: str, **settings: Any) -> None:
     dataset = create(kind, name, **settings)
     for (i, (a, label_a, *place_a)), (_, (b, label_b, *place_b)) in zip(_sample_items(dataset), _sample_items(dataset)):
         same_place = all(torch.equal(x, y) for x, y in zip(place_a, place_b))
-        require(torch.equal(a, b) and label_a == label_b and same_place, f"item {i} differs between two reads")
+        same_label = torch.equal(label_a, label_b) if isinstance(label_a, Tensor) else label_a == label_b
+        require(torch.equal(a, b) and same_label and same_place, f"item {i} differs between two reads")
 
 
 def missing_root(kind: str, name: str, **settings: Any) -> None:

@@ -133,5 +133,7 @@ def dataset_fingerprint(dataset: Dataset) -> tuple:
     sample = []
     for i in sorted({0, n // 3, n // 2, (2 * n) // 3, n - 1}):
         image, label = dataset[i][:2]  # a letterboxing data set adds each image's place
-        sample.append((hash(torch.as_tensor(image).numpy().tobytes()), int(label)))
+        label = torch.as_tensor(label)  # a class, or a segmentation data set's label map
+        sample.append((hash(torch.as_tensor(image).numpy().tobytes()),
+                       int(label) if label.numel() == 1 else hash(label.numpy().tobytes())))
     return type(dataset).__qualname__, n, tuple(sample)

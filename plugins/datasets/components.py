@@ -21,5 +21,7 @@ def clrun_components() -> list[Component]:
         Component("dataset", "clrun/image_folder", f"{PACKAGE}.image_folder:ImageFolder", "your images from a folder (recursive), optionally one subfolder per class"),
         Component("dataset", "clrun/webdataset", f"{PACKAGE}.webdataset:WebDataset", "images from WebDataset tar shards (`cl-run shards`), streamed per process and worker"),
         Component("dataset", "clrun/hf_dataset", f"{PACKAGE}.hf_dataset:hf_dataset", "a Hugging Face `datasets` data set from disk (save_to_disk or Parquet), random access or streamed"),
+        Component("dataset", "clrun/fmnist_scenes", f"{PACKAGE}.fmnist_scenes:FMNISTScenes", "segmentation: 2-4 Fashion-MNIST items per gray canvas, per-pixel labels (10 classes + background)"),
+        Component("dataset", "clrun/segmentation_folder", f"{PACKAGE}.segmentation_folder:SegmentationFolder", "segmentation: images + PNG label maps in the ADE20K, Pascal VOC, Cityscapes or a plain layout"),
         Component("dataset", "clrun/synthetic", f"{PACKAGE}.synthetic:Synthetic", "small generated striped images with learnable classes, for tests"),
     ]

@@ -89,6 +89,18 @@ def parquet_files(root: Path) -> dict:
     return {"path": str(root / "images.parquet"), "size": 16}
 
 
+def segmentation_folder_files(root: Path) -> dict:
+    """A plain-layout segmentation folder: two images and their label maps (classes 0..2, 255 ignored)."""
+    rng = np.random.default_rng(0)
+    for folder in ("images/train", "labels/train"):
+        (root / folder).mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, size=(12, 10, 3), dtype=np.uint8)).save(root / "images" / "train" / f"{i}.png")
+        labels = rng.choice(np.array([0, 1, 2, 255], dtype=np.uint8), size=(12, 10))
+        Image.fromarray(labels).save(root / "labels" / "train" / f"{i}.png")
+    return {"root": str(root), "num_classes": 3, "size": 8}
+
+
 # What each file-reading data set is built from; the others are built from their defaults.
 MAKERS: dict[str, Callable[[Path], dict]] = {
     "clrun/fashion_mnist": fashion_mnist_files,  # its default root may hold the real files: these are 5 images
@@ -98,6 +110,8 @@ MAKERS: dict[str, Callable[[Path], dict]] = {
     "clrun/webdataset": webdataset_files,
     "clrun/hf_dataset": parquet_files,
     "clrun/synthetic": lambda root: {"num_images": 12, "size": 16},  # smaller than the default 512 images
+    "clrun/fmnist_scenes": lambda root: {**fashion_mnist_files(root), "scenes": 4},
+    "clrun/segmentation_folder": segmentation_folder_files,
 }
 
 CASES = testing.cases("clrun/*", kind="dataset")

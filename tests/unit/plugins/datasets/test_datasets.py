@@ -43,7 +43,7 @@ def assert_contract(ds, shape: tuple[int, int, int]) -> None:
 def test_components_offer_every_dataset():
     offered = {c.name: c for c in clrun_components()}
     assert set(offered) == {"clrun/fashion_mnist", "clrun/cifar10", "clrun/cifar100", "clrun/image_folder", "clrun/synthetic",
-                            "clrun/webdataset", "clrun/hf_dataset"}
+                            "clrun/webdataset", "clrun/hf_dataset", "clrun/fmnist_scenes", "clrun/segmentation_folder"}
     assert {c.kind for c in offered.values()} == {"dataset"}
     assert offered["clrun/cifar100"].factory is CIFAR100
 
