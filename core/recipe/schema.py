@@ -182,6 +182,30 @@ class MaskingSection:
 
 
 @dataclass
+class SnapshotSection:
+    """An earlier copy of the target network's backbone, frozen between refreshes: a reference that the
+    current network's patch features are kept close to (a loss that reads ``target.snapshot_tokens``).
+
+    The first copy is the target as the run starts (with ``init:``, the weights it starts from); then it
+    is refreshed to the target's current weights every ``every`` optimizer steps (none: never), not
+    before step ``after``, at most ``max_refreshes`` times. ``scale``: it sees the global views resized by
+    this factor (bicubic), so that its patch grid is finer than the network's (a loss resizes its tokens
+    back; an upscaled view, not a crop taken again at a higher resolution)."""
+
+    every: Optional[int] = None
+    after: int = 0
+    max_refreshes: Optional[int] = None
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _at_least(self.every, 1, "every")
+        _at_least(self.after, 0, "after")
+        _at_least(self.max_refreshes, 1, "max_refreshes")
+        if not 0.25 <= self.scale <= 4:
+            raise FieldError("scale", f"must be between 0.25 and 4 (e.g. 2.0: twice the views' size), got {self.scale}")
+
+
+@dataclass
 class TargetSection:
     """A momentum (EMA) target network: a copy of backbone + projector that never receives gradients.
 
@@ -195,6 +219,8 @@ class TargetSection:
     momentum: float = 0.996
     final_momentum: float = 1.0
     schedule: Literal["cosine", "constant"] = "cosine"
+    # A frozen, now and then refreshed copy of the target's backbone (SnapshotSection); None: no such copy.
+    snapshot: Optional[SnapshotSection] = None
 
     def __post_init__(self) -> None:
         for name in ("momentum", "final_momentum"):

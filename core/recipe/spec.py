@@ -37,9 +37,10 @@ class ComponentSpec:
 
     def build(self, **injected: Any) -> Any:
         """Build nested entries, then call the factory with the recipe's settings and the injected values
-        the factory declares by name (a projector's ``in_dim``, an optimizer's ``params``...)."""
+        the factory declares by name (a projector's ``in_dim``, an optimizer's ``params``...). A nested entry
+        of the same kind (a loss that wraps a loss) receives the same injected values: it plays the same role."""
         params, _ = parameters(self.component.factory)
-        kwargs = {k: _build(v) for k, v in self.params.items()}
+        kwargs = {k: _build(v, self.component.kind, injected) for k, v in self.params.items()}
         # Only to factories that name them: a ``**kwargs`` catch-all (an nn.Module subclass without its
         # own __init__ has one) would otherwise receive values it never asked for.
         kwargs.update({k: v for k, v in injected.items() if k in params})
@@ -98,13 +99,13 @@ def _name(built: Any, name: str) -> None:
         pass
 
 
-def _build(value: Any) -> Any:
+def _build(value: Any, kind: str, injected: dict[str, Any]) -> Any:
     if isinstance(value, ComponentSpec):
-        return value.build()
+        return value.build(**(injected if value.component.kind == kind else {}))
     if isinstance(value, Schedule):
         return value.initial
     if isinstance(value, list):
-        return [_build(v) for v in value]
+        return [_build(v, kind, injected) for v in value]
     return value
 
 

@@ -53,6 +53,7 @@ def step_outputs(
     target_tokens: Sequence[Tokens] | None = None,
     token_predictions: Sequence[Tensor | None] | None = None,
     views: Sequence[Tensor] | None = None,
+    snapshot_tokens: Sequence[Tokens] | None = None,
 ) -> StepOutputs:
     """A ``clrun.StepOutputs`` to call a loss with in a test: one projection per view, every view global
     unless ``is_global`` says otherwise, and the backbone features (unused by most losses) defaulting
@@ -61,7 +62,8 @@ def step_outputs(
     online = Branch(features=[p.detach() for p in projections] if features is None else features,
                     projections=projections, predictions=predictions, tokens=tokens,
                     token_projections=token_projections, token_predictions=token_predictions)
-    target = Branch(projections=target_projections, tokens=target_tokens, token_projections=target_token_projections)
+    target = Branch(projections=target_projections, tokens=target_tokens, token_projections=target_token_projections,
+                    snapshot_tokens=snapshot_tokens)
     return branch_outputs(online, target, is_global, masks=masks, views=views, step=step, total_steps=total_steps)
 
 
@@ -100,7 +102,7 @@ def random_outputs(
     ``masking:`` section (and a loss that reads the token projections) adds: masks of ``PATCHES`` patches per global view (half
     of them hidden), the head's output per patch token of each global view (grad) and the target's; the
     online tokens of the visible patches (the hidden ones dropped) and the target's tokens of all of them;
-    a token head's predictions for the hidden patches (grad); the views, ``dim`` channels of ``2 x 2``
+    a token head's predictions for the hidden patches (grad); the target snapshot's tokens of every patch; the views, ``dim`` channels of ``2 x 2``
     pixels, one pixel per patch (so a pixel-predicting loss finds ``dim`` values per patch too)."""
     generator = torch.Generator().manual_seed(seed)
 
@@ -135,6 +137,7 @@ def random_outputs(
         token_predictions=[torch.randn(batch, 1, hidden, dim, generator=generator).to(dtype).requires_grad_() if g
                            else None for g in is_global],
         views=[torch.randn(batch, dim, *GRID, generator=generator).to(dtype) for _ in is_global],
+        snapshot_tokens=[tokens(PATCHES) for g in is_global if g] if targets else None,
     )
 
 
@@ -246,7 +249,7 @@ def _as_float32(out: StepOutputs) -> StepOutputs:
         total_steps=out.total_steps, masks=out.masks, token_projections=cast_some(out.token_projections),
         target_token_projections=cast(out.target_token_projections), tokens=cast_tokens(out.tokens),
         target_tokens=cast_tokens(out.target_tokens), token_predictions=cast_some(out.token_predictions),
-        views=cast(out.views),
+        views=cast(out.views), snapshot_tokens=cast_tokens(out.target.get("snapshot_tokens")),
     )
 
 

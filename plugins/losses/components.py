@@ -20,6 +20,7 @@ def clrun_components() -> list[Component]:
         Component("loss", "clrun/barlow_twins", "clrun.plugins.losses.barlow_twins:BarlowTwinsLoss", "Barlow Twins: cross-correlation of the views towards the identity"),
         Component("loss", "clrun/dino", "clrun.plugins.losses.dino:DINOLoss", "DINO: cross-entropy of the student to the centered, sharpened momentum teacher"),
         Component("loss", "clrun/ibot", "clrun.plugins.losses.ibot:IBOTLoss", "iBOT: DINO on the class token plus distillation of masked patch tokens"),
+        Component("loss", "clrun/gram_anchoring", "clrun.plugins.losses.gram:GramAnchoring", "DINOv3 Gram anchoring: another loss plus the MSE of the patch Gram matrix to an earlier teacher's"),
         Component("loss", "clrun/lejepa", "clrun.plugins.losses.lejepa:LeJEPALoss", "LeJEPA: invariance to the global views' mean plus SIGReg, a sliced Gaussianity test"),
         Component("loss", "clrun/mae", "clrun.plugins.losses.mae:MAELoss", "MAE: squared error of the predicted pixels of the hidden patches, normalized per patch"),
         Component("loss", "clrun/ijepa", "clrun.plugins.losses.ijepa:IJEPALoss", "I-JEPA: smooth L1 of predicted to the target's layer-normed tokens of the target blocks"),

@@ -464,7 +464,7 @@ def test_a_lazy_namespace_is_resolved_on_first_use_and_only_as_far_as_needed(sit
     assert (info.components, info.namespaces) == (1, ("loss lazyns/*",))
     assert calls == {"names": 0, "component": []}  # loading lists nothing
     assert [c.name for c in registry.list("loss", "clrun/*")] == [f"clrun/{n}" for n in
-                                                                   ("barlow_twins", "byol", "dcl", "dclw", "dino", "ibot", "ijepa", "lejepa", "mae", "moco", "mocov3", "nnclr", "ntxent", "simsiam", "swav", "vicreg")]
+                                                                   ("barlow_twins", "byol", "dcl", "dclw", "dino", "gram_anchoring", "ibot", "ijepa", "lejepa", "mae", "moco", "mocov3", "nnclr", "ntxent", "simsiam", "swav", "vicreg")]
     assert [c.name for c in registry.list("loss", expand_lazy=False) if c.name.startswith("lazy")] == ["lazyplug/eager"]
     assert [n.pattern for n in registry.namespaces("loss")] == ["lazyns/*"]
     assert calls == {"names": 0, "component": []}  # neither a pattern elsewhere nor the namespace rows resolve it

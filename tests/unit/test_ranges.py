@@ -23,7 +23,7 @@ from clrun.testing import step_outputs
 TINY = Path(__file__).parents[1] / "recipes" / "tiny.yaml"
 READABLE = {"views", "masks", "online.features", "online.projections", "online.predictions", "online.tokens",
             "online.token_projections", "online.token_predictions", "target.projections", "target.tokens",
-            "target.token_projections"}
+            "target.token_projections", "target.snapshot_tokens"}
 
 
 # -- Range ---------------------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def hand_checked_limits(function) -> list[str]:
             for s in node.body)
         condition = _declarable(node.test, parameters) if raises else None
         if condition:
-            where = Path(inspect.getsourcefile(function)).relative_to(Path(__file__).parents[1])
+            where = Path(inspect.getsourcefile(function)).relative_to(Path(__file__).parents[2])
             found.append(f"{where}:{first + node.lineno - 1}: if {condition}")
     return found
 

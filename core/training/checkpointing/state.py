@@ -23,7 +23,7 @@ from clrun.run_folder import RunFolder
 from clrun.training.checkpointing.random_state import rng_state, set_rng_state
 from clrun.training.parallel import compat
 from clrun.training.run import Run
-from clrun.training.setup import seed_augmentations
+from clrun.training.seeding import seed_augmentations
 
 FORMAT = 1
 REFIT = f"resume with the recipe the run was started with ({RunFolder('.').recipe.name} in its run folder)"
@@ -118,6 +118,12 @@ class Target(Module):
         super().__init__("target", module, "target network")
 
     def load_state_dict(self, saved: dict[str, Any], restoring: Restoring) -> None:
+        state = saved.get("target")
+        if (self.module is not None and self.module.snapshot is not None and isinstance(state, dict)
+                and not restoring.sharded and not any(k.startswith("snapshot.") for k in state)):
+            # A snapshot added on resume (--allow-changes): taken from the checkpoint's target backbone.
+            snapshot = {"snapshot." + k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+            saved = {**saved, "target": {**state, **snapshot}}
         super().load_state_dict(saved, restoring)
         if self.module is not None and "target" in restoring.changed:
             self.module.restart_schedule()

@@ -38,6 +38,9 @@ class Branch:
                        (None for views without tokens)
     token_predictions: the token head's predictions for each target set's patches, ``(B, M, T, D)``
                        (``clrun.Masks.at_targets`` gives what they predict); None for views without a mask
+    snapshot_tokens:   target only (a ``target.snapshot:`` section): the ``clrun.Tokens`` of every global
+                       view, whole, from the target's snapshot, an earlier frozen copy of its backbone (on
+                       the view resized by ``snapshot.scale``: its grid may be finer than ``tokens``')
 
     ``Branch(projections=[...], predictions=[...])`` builds one; an output given as None is absent.
     ``name in branch`` says whether it holds an output, ``branch.get(name)`` returns it or None.
@@ -49,6 +52,7 @@ class Branch:
     tokens: list[Optional[Tokens]]
     token_projections: list[Optional[Tensor]]
     token_predictions: list[Optional[Tensor]]
+    snapshot_tokens: list[Tokens]
 
     def __init__(self, **outputs: Any) -> None:
         object.__setattr__(self, "_role", "")  # "online" or "target", set by the StepOutputs that holds it

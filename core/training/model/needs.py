@@ -23,6 +23,8 @@ PREDICTOR = Need("a `predictor:` section (a head on the online branch, e.g. name
 TARGET = Need("a `target:` section (a momentum target network, e.g. momentum: 0.996)", lambda r: r.target is not None)
 MASKING = Need("a `masking:` section (masked global views for a backbone with patch tokens, e.g. "
                "generator: {name: clrun/block_mask})", lambda r: r.masking is not None)
+SNAPSHOT = Need("a `snapshot:` in the `target:` section (a frozen, refreshed copy of the target's backbone, e.g. "
+                "snapshot: {every: 10000})", lambda r: r.target is not None and r.target.snapshot is not None)
 TOKEN_HEAD = Need("a `head:` in the `masking:` section (a token_head component: `cl-run components token_head`)",
                   lambda r: r.masking is not None and r.masking.head is not None)
 
@@ -36,6 +38,7 @@ NEEDS: dict[str, tuple[Need, ...]] = {
     "target.projections": (TARGET,),
     "target.tokens": (TARGET, MASKING),
     "target.token_projections": (TARGET, MASKING),
+    "target.snapshot_tokens": (TARGET, SNAPSHOT),
 }
 
 

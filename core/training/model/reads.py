@@ -31,15 +31,19 @@ from clrun.training.model.branch import Branch
 from clrun.training.model.needs import NEEDS
 
 # What the momentum target network makes (a copy of backbone + projector: no predictor, no token head).
-TARGET_OUTPUTS = ("projections", "tokens", "token_projections")
+TARGET_OUTPUTS = ("projections", "tokens", "token_projections", "snapshot_tokens")
 # The outputs that cost extra passes, made only when the loss reads them (clrun.training.model.network, .target);
 # every other output the recipe can produce is always made.
-OPTIONAL = frozenset({"online.token_projections", "target.tokens", "target.token_projections"})
+OPTIONAL = frozenset({"online.token_projections", "target.tokens", "target.token_projections", "target.snapshot_tokens"})
+
+
+# What only the target network makes (its snapshot's tokens): not an online output.
+TARGET_ONLY = ("snapshot_tokens",)
 
 
 def vocabulary() -> tuple[str, ...]:
     """Every name a ``reads`` declaration may hold, read from ``Branch``'s outputs (so a new one joins)."""
-    return ("views", "masks", *(f"online.{n}" for n in Branch.outputs()),
+    return ("views", "masks", *(f"online.{n}" for n in Branch.outputs() if n not in TARGET_ONLY),
             *(f"target.{n}" for n in TARGET_OUTPUTS if n in Branch.outputs()))
 
 

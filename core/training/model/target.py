@@ -14,6 +14,7 @@ from typing import Collection
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from clrun.recipe.schema import TargetSection
 from clrun.training.model.branch import Branch
@@ -43,6 +44,19 @@ class TargetNetwork(nn.Module):
         self.register_buffer("momentum", torch.tensor(momentum_at(settings, 0, total_steps), dtype=torch.float64))
         self.register_buffer("updates", torch.tensor(0, dtype=torch.int64))
         self._updates: int | None = None  # the buffer's count, in Python: read once (a checkpoint may set it)
+        # An earlier frozen copy of the backbone (target.snapshot:): taken now, refreshed by `update`; its
+        # weights are checkpointed with the target's.
+        self.snapshot: nn.Module | None = None
+        if settings.snapshot is not None:
+            self.snapshot = copy.deepcopy(self.backbone).eval()
+
+    def start_from(self, states: dict[str, dict[str, Tensor]]) -> None:
+        """Start from other weights than the online network's (``init:``, a file's teacher), by part
+        (``backbone``, ``projector``); the snapshot, taken from the backbone, is taken again."""
+        for part, state in states.items():
+            getattr(self, part).load_state_dict(state, strict=False)
+        if self.snapshot is not None:
+            self.snapshot.load_state_dict(self.backbone.state_dict())
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -73,7 +87,41 @@ class TargetNetwork(nn.Module):
             out.tokens = tokens
         if "token_projections" in wants:
             out.token_projections = project_tokens(self.projector, tokens)
+        if "snapshot_tokens" in wants:
+            out.snapshot_tokens = self.snapshot_tokens(views)
         return out
+
+    def snapshot_tokens(self, views: list[Tensor]) -> list:
+        """The snapshot's ``clrun.Tokens`` of each view, whole, in eval mode, on the view resized by
+        ``snapshot.scale`` (bicubic, as the views' own resizes; not antialiased when enlarging)."""
+        scale = self.settings.snapshot.scale
+        tokens = []
+        for view in views:
+            if scale != 1.0:
+                size = [round(side * scale) for side in view.shape[-2:]]
+                view = F.interpolate(view, size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
+            tokens.append(self.snapshot.forward_tokens(view))
+        return tokens
+
+    def train(self, mode: bool = True) -> "TargetNetwork":
+        super().train(mode)
+        if self.snapshot is not None:
+            self.snapshot.eval()  # a fixed reference: no dropout, no stochastic depth, whatever the target does
+        return self
+
+    def _refresh_snapshot(self) -> None:
+        """After update number ``self._updates``: copy the target's backbone into the snapshot at every multiple
+        of ``every`` from ``after`` on, ``max_refreshes`` times at most. Which refresh this is follows from the
+        count alone, so a resumed run refreshes where the uninterrupted one would have (no state of its own)."""
+        settings, done = self.settings.snapshot, self._updates
+        if not settings.every or done < settings.after or done % settings.every:
+            return
+        nth = done // settings.every - (max(settings.after, 1) - 1) // settings.every
+        if settings.max_refreshes is not None and nth > settings.max_refreshes:
+            return
+        for mine, theirs in zip([*self.snapshot.parameters(), *self.snapshot.buffers()],
+                                [*self.backbone.parameters(), *self.backbone.buffers()]):
+            mine.copy_(theirs)  # rare (once a period): a plain loop, which sharded tensors take too
 
     @torch.no_grad()
     def update(self, online: OnlineNetwork, healthy: Tensor | None = None) -> None:
@@ -98,3 +146,5 @@ class TargetNetwork(nn.Module):
         self._updates += 1
         self.updates += 1
         self.momentum.fill_(self.momentum_value)
+        if self.snapshot is not None:
+            self._refresh_snapshot()

@@ -59,8 +59,7 @@ def parallelize(model: Model, recipe: Recipe, device: torch.device, training: bo
     # Copied after the move, so it shares the online network's device and memory layout.
     target = TargetNetwork(network, recipe.target, model.total_steps) if recipe.target is not None else None
     if target is not None and model.init is not None and model.init.target:
-        for part, state in model.init.target.items():  # a teacher's weights (init:), in the online modules' names
-            getattr(target, part).load_state_dict(state, strict=False)
+        target.start_from(model.init.target)  # a teacher's weights (init:), in the online modules' names
         model.init.target = None  # loaded: the copy need not stay in memory
     loss_fn = model.loss_fn.to(device)
     if recipe.train.activation_checkpointing and training:

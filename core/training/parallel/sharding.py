@@ -145,7 +145,8 @@ def shard_training(network: nn.Module, target: Optional[nn.Module], loss_fn: nn.
     head), the target network's copies and the loss (with parameters). ``mixed`` (``precision(recipe)``)
     applies to the networks; the loss keeps its parameters and its computation in fp32."""
     shard([network.backbone, network.projector, network.predictor, network.token_head,
-           *((target.backbone, target.projector) if target is not None else ())], device, mixed)
+           *((target.backbone, target.projector, getattr(target, "snapshot", None)) if target is not None else ())],
+          device, mixed)
     shard([loss_fn], device)
 
 

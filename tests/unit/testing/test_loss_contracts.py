@@ -13,7 +13,8 @@ from clrun import testing
 
 # Smaller state than the defaults (a 65536-key queue, 3000 prototypes) keeps these tests fast; no
 # contract depends on the sizes, and the per-loss tests build the defaults.
-SETTINGS = {"clrun/moco": {"queue_size": 256}, "clrun/swav": {"num_prototypes": 30}}
+SETTINGS = {"clrun/moco": {"queue_size": 256}, "clrun/swav": {"num_prototypes": 30},
+            "clrun/gram_anchoring": {"loss": {"name": "clrun/ibot"}}}
 
 CASES = testing.cases("clrun/*", kind="loss")
 
