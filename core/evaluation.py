@@ -52,7 +52,9 @@ def evaluate(run_or_checkpoint: str | Path, overrides: Iterable[str] = (), secti
             cb.clrun_run_start(run=run)
     results: dict[str, float] = {}
     for cb in evaluators:
-        results.update(cb.evaluate(run))
+        own = cb.evaluate(run)
+        results.update(own)
+        print(cb.describe(own), flush=True)  # each evaluator's line, as at the end of a run
     with elsewhere(EVAL_ELSEWHERE):
         written_to(folder, out).write_evaluation({"checkpoint": str(saved), "epoch": run.epoch, "step": run.step,
                                                   "overrides": list(overrides),

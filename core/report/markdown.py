@@ -16,6 +16,9 @@ from clrun.report.records import (
     BRANCHES,
     HEALTH_METRICS,
     RunRecords,
+    accuracy_label,
+    dense_label,
+    dense_score,
     epoch_of,
     evaluation_label,
     health_checks,
@@ -23,6 +26,7 @@ from clrun.report.records import (
     is_accuracy,
     number,
     ordered_bases,
+    ordered_dense_bases,
     recipe_get,
     results,
 )
@@ -54,6 +58,13 @@ CAPTIONS = {
                               "learning rate on the right axis."),
     "accuracy": ("Accuracy", "Top-1 accuracy over epochs: backbone solid, projector dashed, one colour per "
                              f"evaluation; final values as points, {EVAL_SOURCE}'s as stars."),
+    "dense": ("Dense evaluation", "Mean IoU of the dense evaluations of the patch features (per-pixel labels "
+                                  "predicted from the patch tokens; one colour per evaluation) over epochs, beside "
+                                  "the global features' top-1 accuracy (kNN's where measured; grey, dash-dot) on "
+                                  f"the same percent axis; final values as points, {EVAL_SOURCE}'s as stars. Dense "
+                                  "mIoU falling while kNN holds means the patch features are degrading while the "
+                                  "global representation is not: the loss of local detail over a long run that "
+                                  "Gram anchoring is meant to prevent."),
     "alignment_uniformity": ("Alignment vs uniformity", "Wang & Isola's plane, one trajectory per branch, "
                              "coloured by epoch: lower-left is better; uniformity near 0 means collapse."),
     "health": ("Representation health", "std·√d (≈ 1 healthy, 0 collapsed), RankMe (effective rank) and the "
@@ -189,15 +200,17 @@ def results_section(records: RunRecords) -> str:
     from_eval = set(((records.evaluation or {}).get("results") or {}))
     source = "final record" if records.final is not None else "last epoch"
     rows = []
-    for base in ordered_bases(values):
+    # Scores in [0, 1] in percent: the accuracies, then the dense evaluations' mIoU and pixel accuracy.
+    for base, label in ([(b, accuracy_label(b)) for b in ordered_bases(values)]
+                        + [(b, dense_label(b)) for b in ordered_dense_bases(values)]):
         for key in (base, f"{base}_projector"):
             if key in values:
                 branch = "projector" if key.endswith("_projector") else "backbone"
-                rows.append((f"{evaluation_label(base)} top-1 ({branch})", f"{_percent(values[key])} %",
+                rows.append((f"{label} ({branch})", f"{_percent(values[key])} %",
                              EVAL_SOURCE if key in from_eval else source))
     skip = {"epoch", "step", "wall_time_s"}
     for key, value in values.items():
-        if is_accuracy(key) or key in skip or _health_key(key, values):
+        if is_accuracy(key) or dense_score(key) or key in skip or _health_key(key, values):
             continue
         rows.append((key, _number(value), EVAL_SOURCE if key in from_eval else source))
     if not rows:

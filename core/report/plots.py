@@ -21,12 +21,16 @@ from clrun.storage import remove, write_atomic
 from clrun.report.records import (
     BRANCHES,
     RunRecords,
+    accuracy_label,
+    dense_label,
     evaluation_label,
     health_checks,
     health_value,
     is_accuracy,
+    is_dense_miou,
     number,
     ordered_bases,
+    ordered_dense_bases,
 )
 
 BRANCH_STYLE = {"backbone": "-", "projector": "--"}  # same colour per evaluation, the branch by line style
@@ -66,39 +70,87 @@ def loss_figure(records: RunRecords) -> Figure | None:
 
 
 def accuracy_figure(records: RunRecords) -> Figure | None:
-    final = _accuracies(records.final)
-    evaluated = _accuracies((records.evaluation or {}).get("results"))
-    curves = {k: _points(records.epochs, "epoch", k) for r in records.epochs for k in r if is_accuracy(k)}
-    if not (any(map(_any_finite, curves.values())) or any(map(math.isfinite, [*final.values(), *evaluated.values()]))):
+    scores = _Scores(records, is_accuracy)
+    if not scores.any():
         return None
-    last_epoch = _last_epoch(records)
-    eval_epoch = number((records.evaluation or {}).get("epoch"))
-    eval_epoch = eval_epoch if _finite(eval_epoch) else last_epoch
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for i, base in enumerate(ordered_bases({*curves, *final, *evaluated})):
-        colour = f"C{i % 10}"
+    for i, base in enumerate(ordered_bases(scores.keys())):
         for branch in BRANCHES:
-            key = base if branch == "backbone" else f"{base}_projector"
-            fill = colour if branch == "backbone" else "white"
-            label = f"{evaluation_label(base)} ({branch})"  # on the first artist drawn for this key only
-            if curves.get(key):
-                xs, ys = zip(*curves[key])
-                ax.plot(xs, [100 * y for y in ys], BRANCH_STYLE[branch], marker=".", color=colour, label=label)
-                label = None
-            # Final values as points: the summary's at the last epoch, `cl-run eval`'s (a star) at its epoch.
-            if key in final and last_epoch is not None:
-                ax.plot([last_epoch], [100 * final[key]], BRANCH_MARKER[branch], color=colour, mfc=fill, ms=7,
-                        label=label)
-                label = None
-            if key in evaluated and eval_epoch is not None:
-                ax.plot([eval_epoch], [100 * evaluated[key]], "*", color=colour, mfc=fill, ms=12, label=label)
+            scores.draw(ax, base, branch, f"C{i % 10}", f"{evaluation_label(base)} ({branch})")
     ax.set(xlabel="epoch", ylabel="top-1 accuracy (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"Accuracy (backbone solid, projector dashed; points: final, stars: {RunFolder('.').evaluation.name})", fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     return fig
+
+
+def dense_figure(records: RunRecords) -> Figure | None:
+    """The dense evaluations' mIoU (``*_miou``) over epochs beside the global features' top-1 (kNN's where
+    measured), on one percent axis: patch features that degrade while the global ones hold show as a
+    falling mIoU under a flat accuracy. None when no mIoU was recorded."""
+    dense = _Scores(records, is_dense_miou)
+    if not dense.any():
+        return None
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for i, base in enumerate(ordered_dense_bases(dense.keys())):
+        for branch in BRANCHES:  # patch tokens are the backbone's: a projector's mIoU only if an evaluator gives one
+            dense.draw(ax, base, branch, f"C{i % 10}", dense_label(base) + (" (projector)" if branch == "projector" else ""))
+    accuracy = _Scores(records, is_accuracy)
+    reference = next((b for b in ordered_bases(accuracy.keys()) if accuracy.has(b)), None)
+    if reference is not None:
+        accuracy.draw(ax, reference, "backbone", "0.35", f"{accuracy_label(reference)} (backbone, global features)",
+                      style="-.")
+    ax.set(xlabel="epoch", ylabel="score (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    beside = f" beside {accuracy_label(reference)} (grey)" if reference is not None else ""
+    ax.set_title(f"Dense evaluation: patch features' mIoU{beside}; points: final, stars: "
+                 f"{RunFolder('.').evaluation.name}", fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    return fig
+
+
+class _Scores:
+    """The scores in [0, 1] of the keys ``wanted`` accepts, drawn in percent: per epoch (the epoch records), the
+    final value (the summary's, at the last epoch) and `cl-run eval`'s (at the epoch it evaluated)."""
+
+    def __init__(self, records: RunRecords, wanted: Callable[[str], bool]) -> None:
+        self.final = _values(records.final, wanted)
+        self.evaluated = _values((records.evaluation or {}).get("results"), wanted)
+        self.curves = {k: _points(records.epochs, "epoch", k) for r in records.epochs for k in r if wanted(k)}
+        self.last_epoch = _last_epoch(records)
+        eval_epoch = number((records.evaluation or {}).get("epoch"))
+        self.eval_epoch = eval_epoch if _finite(eval_epoch) else self.last_epoch
+
+    def keys(self) -> set[str]:
+        return {*self.curves, *self.final, *self.evaluated}
+
+    def any(self) -> bool:
+        return (any(map(_any_finite, self.curves.values()))
+                or any(map(math.isfinite, [*self.final.values(), *self.evaluated.values()])))
+
+    def has(self, key: str) -> bool:
+        return _any_finite(self.curves.get(key, [])) or any(
+            _finite(values.get(key)) for values in (self.final, self.evaluated))
+
+    def draw(self, ax, base: str, branch: str, colour: str, label: str | None, style: str | None = None) -> None:
+        key = base if branch == "backbone" else f"{base}_projector"
+        fill = colour if branch == "backbone" else "white"
+        # The label goes on the first artist drawn for this key only.
+        if self.curves.get(key):
+            xs, ys = zip(*self.curves[key])
+            ax.plot(xs, [100 * y for y in ys], style or BRANCH_STYLE[branch], marker=".", color=colour, label=label)
+            label = None
+        # Final values as points: the summary's at the last epoch, `cl-run eval`'s (a star) at its epoch.
+        if key in self.final and self.last_epoch is not None:
+            ax.plot([self.last_epoch], [100 * self.final[key]], BRANCH_MARKER[branch], color=colour, mfc=fill, ms=7,
+                    label=label)
+            label = None
+        if key in self.evaluated and self.eval_epoch is not None:
+            ax.plot([self.eval_epoch], [100 * self.evaluated[key]], "*", color=colour, mfc=fill, ms=12, label=label)
 
 
 def alignment_uniformity_figure(records: RunRecords) -> Figure | None:
@@ -241,6 +293,7 @@ def token_maps_figure(records: RunRecords) -> Figure | None:
 FIGURES: dict[str, Callable[[RunRecords], Figure | None]] = {
     "loss": loss_figure,
     "accuracy": accuracy_figure,
+    "dense": dense_figure,
     "alignment_uniformity": alignment_uniformity_figure,
     "health": health_figure,
     "similarities": similarities_figure,
@@ -281,10 +334,10 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _accuracies(record: Any) -> dict[str, float]:
+def _values(record: Any, wanted: Callable[[str], bool]) -> dict[str, float]:
     if not isinstance(record, dict):
         return {}
-    return {k: x for k, v in record.items() if is_accuracy(k) and (x := number(v)) is not None}
+    return {k: x for k, v in record.items() if wanted(k) and (x := number(v)) is not None}
 
 
 def _last_epoch(records: RunRecords) -> float | None:

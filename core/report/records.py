@@ -131,10 +131,45 @@ def evaluation_label(base: str) -> str:
     return EVALUATIONS.get(base, base.removesuffix("_top1").replace("_", " ") + " top-1")
 
 
+def accuracy_label(base: str) -> str:
+    """``knn_top1`` -> ``kNN top-1``; ``foo_top1`` -> ``foo top-1`` (its evaluation label says top-1 already)."""
+    label = evaluation_label(base)
+    return label if label.endswith("top-1") else f"{label} top-1"
+
+
 def ordered_bases(keys) -> list[str]:
     bases = {accuracy_base(k) for k in keys if is_accuracy(k)}
     known = [b for b in EVALUATIONS if b in bases]
     return known + sorted(bases - set(known))
+
+
+# Dense (per-pixel) evaluations of the patch features name their scores ``<name>_miou`` (mean IoU over the
+# classes) and ``<name>_pixel_accuracy``, both in [0, 1]; recognized by the suffix, whatever the evaluator.
+DENSE_SCORES = {"_miou": "mIoU", "_pixel_accuracy": "pixel accuracy"}
+
+
+def dense_score(key: str) -> str | None:
+    """The dense score a key holds (``_miou`` or ``_pixel_accuracy``, whatever the branch); None for others."""
+    return next((s for s in DENSE_SCORES if accuracy_base(key).endswith(s)), None)
+
+
+def is_dense_miou(key: str) -> bool:
+    return dense_score(key) == "_miou"
+
+
+def dense_label(base: str) -> str:
+    """``patch_knn_miou`` -> ``patch knn mIoU``."""
+    score = dense_score(base)
+    if score is None:
+        return base
+    return f"{base.removesuffix(score).replace('_', ' ')} {DENSE_SCORES[score]}".strip()
+
+
+def ordered_dense_bases(keys) -> list[str]:
+    """The dense scores' bases, by evaluation name, each evaluation's mIoU before its pixel accuracy."""
+    bases = {accuracy_base(k) for k in keys if dense_score(k)}
+    order = list(DENSE_SCORES)
+    return sorted(bases, key=lambda b: (b.removesuffix(dense_score(b)), order.index(dense_score(b))))
 
 
 def health_value(metrics: dict[str, Any], name: str, branch: str) -> float | None:

@@ -35,16 +35,23 @@ def compact(run: Run, metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in keys if k is not None and k in metrics}
 
 
+# Evaluation scores in [0, 1], shown as percentages: accuracies (``knn_top1``) and the dense evaluations'
+# mean IoU and pixel accuracy (``<name>_miou``, ``<name>_pixel_accuracy``), recognized by their suffix.
+PERCENT_SUFFIXES = ("_top1", "_miou", "_pixel_accuracy")
+
+
 def results_table(results: Mapping[str, Any], names: list[str] | None = None) -> list[str]:
-    """Evaluation results as a backbone | projector table, one row per name (default: the accuracies,
-    metrics ending in ``_top1``); a projector result is the name with a ``_projector`` suffix."""
-    names = [k for k in results if k.endswith("_top1")] if names is None else names
+    """Evaluation results as a backbone | projector table in percent, one row per name (default: the
+    scores, metrics ending in ``_top1``, ``_miou`` or ``_pixel_accuracy``, in the order they came); a
+    projector result is the name with a ``_projector`` suffix."""
+    names = [k for k in results if k.endswith(PERCENT_SUFFIXES)] if names is None else names
     if not names:
         return []
-    lines = [f"{'evaluation':<24} {'backbone':>9} {'projector':>9}"]
+    width = max(24, *map(len, names))
+    lines = [f"{'evaluation':<{width}} {'backbone':>9} {'projector':>9}"]
     for name in names:
         cells = [results.get(name), results.get(name + PROJECTOR)]
-        lines.append(f"{name:<24} " + " ".join(f"{100 * v:>8.2f}%" if isinstance(v, float) else f"{'-':>9}" for v in cells))
+        lines.append(f"{name:<{width}} " + " ".join(f"{100 * v:>8.2f}%" if isinstance(v, float) else f"{'-':>9}" for v in cells))
     return lines
 
 

@@ -14,6 +14,8 @@ import yaml
 from PIL import Image
 
 from clrun.report import sweep_figure, write_report, write_sweep_report
+from clrun.report.markdown import render
+from clrun.report.plots import FIGURES, accuracy_figure, dense_figure
 from clrun.report.records import number, read_run
 
 PLOTS = ("loss", "accuracy", "alignment_uniformity", "health", "similarities")
@@ -118,6 +120,7 @@ def test_full_run_gives_all_plots_and_the_branch_comparison(tmp_path):
     assert "use the backbone for downstream" in report
     for name in PLOTS:
         assert f"](plots/{name}.png)" in report
+    assert not (run / "plots" / "dense.png").exists() and "dense.png" not in report  # no mIoU was recorded
     for name in ("recipe.yaml", "metrics.jsonl", "summary.json", "encoder.safetensors", "eval.json"):
         assert f"[{name}]({name})" in report
     std = table_row(report, "std_sqrt_d")
@@ -131,11 +134,17 @@ def test_full_run_gives_all_plots_and_the_branch_comparison(tmp_path):
 
 
 def test_eval_json_overrides_the_training_values(tmp_path):
-    run = make_run(tmp_path / "run", eval_results={"knn_top1": 0.70, "knn_top1_projector": 0.75})
+    run = make_run(tmp_path / "run", eval_results={"knn_top1": 0.70, "knn_top1_projector": 0.75,
+                                                   "patch_knn_miou": 0.40, "patch_knn_pixel_accuracy": 0.80})
     report = write_report(run).read_text(encoding="utf-8")
     assert table_row(report, "kNN") == ["kNN", "70.00", "75.00", "-5.00"]
     assert "projector outputs beat the backbone" in report
     assert table_row(report, "kNN top-1 (backbone)")[1:] == ["70.00 %", "eval.json"]
+    # `cl-run eval` with a dense evaluator on a run that had none: its scores in percent, and a dense plot
+    assert table_row(report, "patch knn mIoU (backbone)")[1:] == ["40.00 %", "eval.json"]
+    assert table_row(report, "patch knn pixel accuracy (backbone)")[1:] == ["80.00 %", "eval.json"]
+    assert_png(run / "plots" / "dense.png")
+    assert "](plots/dense.png)" in report
 
 
 def test_halted_run_shows_the_message_and_the_alarm(tmp_path):
@@ -273,3 +282,53 @@ def test_sweep_of_zero_or_one_variant(tmp_path, values):
     path = write_sweep_report(tmp_path / "s", "train.epochs", rows)
     assert path.exists() and (tmp_path / "s" / "sweep.csv").exists()
     assert_png(tmp_path / "s" / "sweep.png")
+
+
+def add_dense(run: Path, final: bool = True) -> None:
+    """The epoch records (and with ``final`` the summary) of ``run`` gain two dense evaluations' scores: patch
+    kNN's mIoU falls while kNN top-1 (make_run's) rises, the patch features degrading under good global ones."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        if line["kind"] == "epoch":
+            e = line["epoch"]
+            line.update(patch_knn_miou=0.5 - 0.05 * e, patch_knn_pixel_accuracy=0.9 - 0.02 * e,
+                        seg_linear_miou=0.4 + 0.01 * e, seg_linear_pixel_accuracy=0.85)
+    write_lines(run / "metrics.jsonl", lines)
+    if final:
+        summary = json.loads((run / "summary.json").read_text())
+        summary.update(patch_knn_miou=0.2875, patch_knn_pixel_accuracy=0.8123, seg_linear_miou=0.45,
+                       seg_linear_pixel_accuracy=0.86)
+        (run / "summary.json").write_text(json.dumps(summary))
+
+
+def legend(fig) -> list[str]:
+    return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_dense_mious_are_plotted_beside_knn_and_listed_in_percent(tmp_path):
+    run = make_run(tmp_path / "dense")
+    add_dense(run)
+    records = read_run(run)
+    fig = dense_figure(records)
+    assert list(FIGURES).index("dense") == list(FIGURES).index("accuracy") + 1
+    assert legend(fig) == ["patch knn mIoU", "seg linear mIoU", "kNN top-1 (backbone, global features)"]
+    patch_knn = fig.axes[0].get_lines()[0]
+    assert list(patch_knn.get_xdata()) == [1, 2, 3, 4]
+    assert list(patch_knn.get_ydata()) == pytest.approx([45, 40, 35, 30])  # percent, per epoch
+    assert not any("mIoU" in t for t in legend(accuracy_figure(records)))  # the accuracy plot stays top-1
+    report = render(records, {"dense": run / "plots" / "dense.png"})  # the other plots: not needed here
+    assert "### Dense evaluation" in report and "](plots/dense.png)" in report
+    assert "falling while kNN holds" in report and "Gram anchoring" in report
+    assert table_row(report, "patch knn mIoU (backbone)")[1:] == ["28.75 %", "final record"]
+    assert table_row(report, "patch knn pixel accuracy (backbone)")[1:] == ["81.23 %", "final record"]
+    assert table_row(report, "seg linear mIoU (backbone)")[1:] == ["45.00 %", "final record"]
+    assert "| patch_knn_miou |" not in report  # once, in percent, not again among the other metrics
+
+
+def test_no_miou_no_dense_plot_and_an_evaluations_miou_alone_is_a_star(tmp_path):
+    assert dense_figure(read_run(make_run(tmp_path / "no-dense"))) is None
+    run = make_run(tmp_path / "plain", eval_results={"seg_linear_miou": 0.4})
+    fig = dense_figure(read_run(run))
+    assert legend(fig) == ["seg linear mIoU", "kNN top-1 (backbone, global features)"]
+    star = fig.axes[0].get_lines()[0]
+    assert star.get_marker() == "*" and list(star.get_xdata()) == [4] and list(star.get_ydata()) == [pytest.approx(40)]

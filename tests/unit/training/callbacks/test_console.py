@@ -50,3 +50,13 @@ def test_the_summary_table_puts_branches_side_by_side():
     assert lines[1].split() == ["knn_top1", "81.87%", "78.49%"]
     assert lines[2].split() == ["linear_top1", "85.00%", "-"]
     assert results_table({"loss": 1.0}) == []
+
+
+def test_the_summary_table_shows_dense_scores_in_percent_like_accuracies():
+    results = {"loss": 2.0, "knn_top1": 0.8187, "patch_knn_miou": 0.2875, "patch_knn_pixel_accuracy": 0.8123,
+               "seg_linear_miou": 0.45, "seg_linear_pixel_accuracy": 0.86, "lr": 0.001}
+    lines = results_table(results)
+    assert [line.split() for line in lines[1:]] == [
+        ["knn_top1", "81.87%", "-"], ["patch_knn_miou", "28.75%", "-"], ["patch_knn_pixel_accuracy", "81.23%", "-"],
+        ["seg_linear_miou", "45.00%", "-"], ["seg_linear_pixel_accuracy", "86.00%", "-"]]
+    assert len({len(line) for line in lines}) == 1  # the longest name widens the column: the values stay aligned
