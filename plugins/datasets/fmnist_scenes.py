@@ -163,7 +163,7 @@ def compose(pixels: np.ndarray, items: np.ndarray, corners: np.ndarray, size: in
     window = (np.arange(ITEM)[:, None] * size + np.arange(ITEM)).ravel()  # a 28x28 window, flat
     for slot in range(MAX_ITEMS):
         scenes = np.flatnonzero(items[:, slot] >= 0)
-        item_pixels = pixels[items[scenes, slot]].reshape(len(scenes), -1)  # (m, 784)
+        item_pixels = pixels[items[scenes, slot]].reshape(len(scenes), ITEM * ITEM)  # (m, 784); m may be 0
         foreground = item_pixels >= FOREGROUND
         # Flat indices of each item's window on its canvas: 1-D indexing is the fastest.
         top, left = corners[scenes, slot, 0], corners[scenes, slot, 1]
