@@ -182,14 +182,19 @@ class DINOLoss(nn.Module):
         loss, metrics = dino(student, teacher, global_views, self.teacher_temperature, self.student_temperature,
                              center, self.sinkhorn_iterations)
         if self.koleo_weight > 0:
-            dtype = loss_kit.compute_dtype(*student, *teacher)
-            with loss_kit.autocast_off(student[0]):
-                spread = torch.stack([koleo(out.features[i].to(dtype)) for i in global_views]).sum()
-                loss = loss + self.koleo_weight * spread
+            spread = koleo_of_views(out, global_views, loss_kit.compute_dtype(*student, *teacher))
+            loss = loss + self.koleo_weight * spread
             metrics["koleo"] = spread.detach()
         if self.training and center is not None:
             move_center(self.center, torch.cat([x.detach().to(loss.dtype) for x in teacher]), self.center_momentum)
         return {"loss": loss, **metrics}
+
+
+def koleo_of_views(out: Any, views: list[int], dtype: torch.dtype) -> Tensor:
+    """DINOv2's KoLeo term: the sum over the global ``views`` of KoLeo on their backbone features (class tokens),
+    in ``dtype`` with autocast off."""
+    with loss_kit.autocast_off(out.features[views[0]]):
+        return torch.stack([koleo(out.features[i].to(dtype)) for i in views]).sum()
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from clrun import ComponentError, Range, checked, loss_kit, name_of
 from clrun.plugins.losses.dino import (COLLAPSE_SIGNALS, CenterMomentum, InDim, StudentTemperature, TeacherTemperature,
-                                       dino, dino_inputs, move_center)
+                                       dino, dino_inputs, koleo_of_views, move_center)
 
 
 def ibot_patch_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], hidden: Sequence[Tensor], center: Tensor,
@@ -57,11 +57,14 @@ class IBOTLoss(nn.Module):
         patch_center_momentum:     of the patch center (iBOT: 0.9).
         lambda_cls, lambda_patch:  the two parts' weights (iBOT: 1 and 1).
 
-    Returns DINO's metrics plus ``cls_loss`` and ``patch_loss`` (weighted), detached.
+        koleo_weight:              DINOv2's KoLeo term on the global views' class tokens, as in DINO's loss
+                                   (DINOv2 = iBOT + KoLeo: 0.1; 0 for none, iBOT's own).
+
+    Returns DINO's metrics plus ``cls_loss`` and ``patch_loss`` (weighted) and, with KoLeo, ``koleo``, detached.
     """
 
     reads = frozenset({"online.projections", "target.projections", "online.token_projections",
-                       "target.token_projections", "masks"})
+                       "target.token_projections", "masks", "online.features"})  # features: KoLeo's
     main_metric = "teacher_entropy"
     collapse_signals = COLLAPSE_SIGNALS
 
@@ -75,6 +78,7 @@ class IBOTLoss(nn.Module):
         patch_center_momentum: Annotated[float, Range(min=0, max=1, hint="iBOT uses 0.9")] = 0.9,
         lambda_cls: Annotated[float, Range(min=0, hint="iBOT uses 1")] = 1.0,
         lambda_patch: Annotated[float, Range(min=0, hint="iBOT uses 1")] = 1.0,
+        koleo_weight: Annotated[float, Range(min=0, hint="DINOv2 uses 0.1; 0 for none")] = 0.0,
     ) -> None:
         super().__init__()
         self.in_dim = in_dim
@@ -83,6 +87,7 @@ class IBOTLoss(nn.Module):
         self.teacher_patch_temperature = float(teacher_patch_temperature)
         self.patch_center_momentum = float(patch_center_momentum)
         self.lambda_cls, self.lambda_patch = float(lambda_cls), float(lambda_patch)
+        self.koleo_weight = float(koleo_weight)
         # The names DINOLoss gave them when iBOT subclassed it: checkpoints of that time still load.
         self.register_buffer("center", torch.zeros(self.in_dim))
         self.register_buffer("patch_center", torch.zeros(self.in_dim))
@@ -91,7 +96,7 @@ class IBOTLoss(nn.Module):
         return (f"in_dim={self.in_dim}, teacher_temperature={self.teacher_temperature}, "
                 f"student_temperature={self.student_temperature}, center_momentum={self.center_momentum}, "
                 f"teacher_patch_temperature={self.teacher_patch_temperature}, "
-                f"lambda_cls={self.lambda_cls}, lambda_patch={self.lambda_patch}")
+                f"lambda_cls={self.lambda_cls}, lambda_patch={self.lambda_patch}, koleo_weight={self.koleo_weight}")
 
     def forward(self, out: Any) -> dict[str, Tensor]:
         patch_student, patch_teacher, hidden = self._patch_inputs(out)
@@ -107,7 +112,12 @@ class IBOTLoss(nn.Module):
             dtype = loss_kit.compute_dtype(patch_student, patch_teacher)
             patches = torch.cat([x.detach().to(dtype).flatten(0, 1) for x in patch_teacher])
             move_center(self.patch_center, patches, self.patch_center_momentum)
-        return {"loss": cls_loss + patch_loss, **metrics, "cls_loss": cls_loss.detach(), "patch_loss": patch_loss.detach()}
+        loss = cls_loss + patch_loss
+        if self.koleo_weight > 0:
+            spread = koleo_of_views(out, global_views, loss_kit.compute_dtype(*student, *teacher))
+            loss = loss + self.koleo_weight * spread
+            metrics["koleo"] = spread.detach()
+        return {"loss": loss, **metrics, "cls_loss": cls_loss.detach(), "patch_loss": patch_loss.detach()}
 
     def _patch_inputs(self, out: Any) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Per global view: the student's patch outputs, the teacher's, and the hidden patches ``(B, L)``."""

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clrun import distributed
+from clrun import ComponentError, distributed
 
 
 def koleo(features: Tensor, eps: float = 1e-8) -> Tensor:
@@ -20,10 +20,18 @@ def koleo(features: Tensor, eps: float = 1e-8) -> Tensor:
 
     Across ranks (torchrun) the neighbours are searched among every rank's vectors (gathered with
     gradients), so the term is the single-process one on the whole batch; LightlySSL's searches its own
-    rank's only, which changes the estimate with the number of processes.
+    rank's only, which changes the estimate with the number of processes. That is also the guard for small
+    batches: DINOv2 computes it per GPU (about 64 images), where a continued run on one GPU with a batch of
+    16 would estimate it from 16 neighbours; gathered, it sees the whole step's batch. Fewer than 2 images
+    is an error (one image is its own nearest neighbour: a distance of 0, a term of -log(eps)).
     """
     u = F.normalize(features, eps=eps, dim=-1)
     everyone = distributed.gather(u)
+    if len(everyone) < 2:  # a shape, known on the host: no device read
+        raise ComponentError(
+            f"KoLeo needs at least 2 images per step to find each one's nearest neighbour; this step has "
+            f"{len(everyone)} (data.batch_size over every process and micro-batch): raise the batch size or set "
+            f"koleo_weight: 0")
     n = len(u)
     rows = torch.arange(n, device=u.device)
     mine = rows + distributed.rank() * n

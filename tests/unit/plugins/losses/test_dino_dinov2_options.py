@@ -141,3 +141,28 @@ def test_bad_dinov2_settings_are_refused_naming_the_argument(settings, message):
     with pytest.raises(ComponentError) as info:
         clrun.create("loss", "clrun/dino", in_dim=8, **settings)
     assert str(info.value) == message
+
+
+def test_ibot_with_koleo_is_dinov2s_objective_ibot_plus_the_koleo_term():
+    """DINOv2 = iBOT + KoLeo: iBOT's loss with koleo_weight adds the weight times the reference KoLeo sum of the
+    global views' class tokens to iBOT's loss without it."""
+    from clrun.testing.losses import random_outputs
+
+    out = random_outputs(6, seed=4)
+    plain = clrun.create("loss", "clrun/ibot", in_dim=6).double()
+    with_koleo = clrun.create("loss", "clrun/ibot", in_dim=6, koleo_weight=0.1).double()
+    double = random_outputs(6, seed=4, dtype=torch.float64)
+    expected = sum(koleo(double.features[i].numpy()) for i, g in enumerate(double.is_global) if g)
+    result = with_koleo(double)
+    ref.assert_close(result["koleo"].item(), expected)
+    ref.assert_close(result["loss"].item(), plain(double)["loss"].item() + 0.1 * expected)
+    assert "koleo" not in plain(out)
+
+
+def test_koleo_on_a_batch_of_one_says_what_to_do():
+    from clrun.plugins.losses.koleo import koleo as koleo_term
+
+    with pytest.raises(ComponentError, match=r"^KoLeo needs at least 2 images per step to find each one's nearest "
+                                             r"neighbour; this step has 1 \(data\.batch_size over every process and "
+                                             r"micro-batch\): raise the batch size or set koleo_weight: 0$"):
+        koleo_term(torch.randn(1, 4))
