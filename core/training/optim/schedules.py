@@ -44,6 +44,15 @@ class ScheduledScalars:
                     f"number attribute {key!r}, so cl-run cannot change it during the run; give a number, or (its "
                     f"author) store the setting as self.{key}", argument=key)
             self.items.append(ScheduledScalar(f"{spec.path}.{key}", schedule, setter))
+        for key, nested in spec.params.items():  # a nested entry's schedules (a loss that wraps a loss)
+            if isinstance(nested, ComponentSpec) and _scheduled(nested):
+                inner = getattr(module, key, None)
+                if inner is None:
+                    raise ComponentError(
+                        f"{nested.where}: error: {nested.path or key}: {spec.component.kind} {spec.name!r} keeps no "
+                        f"attribute {key!r} for its nested {nested.name!r}, so cl-run cannot reach its scheduled "
+                        f"settings; give them numbers, or (its author) store it as self.{key}", argument=key)
+                self.bind_attributes(nested, inner)
 
     def bind_optimizer(self, spec: ComponentSpec, optimizer: torch.optim.Optimizer, fixed: list[set[str]],
                        scheduler: ComponentSpec | None) -> None:
@@ -72,6 +81,11 @@ class ScheduledScalars:
         return [f"{item.name}: {item.schedule.describe()}; step 1: {item.schedule.at(0, self.steps_per_epoch, self.total_steps):.6g}, "
                 f"step {last + 1}: {item.schedule.at(last, self.steps_per_epoch, self.total_steps):.6g}"
                 for item in self.items]
+
+
+def _scheduled(spec: ComponentSpec) -> bool:
+    """Whether ``spec`` or an entry nested in it has a scheduled setting."""
+    return bool(spec.schedules) or any(isinstance(v, ComponentSpec) and _scheduled(v) for v in spec.params.values())
 
 
 def _filler(buffer: Tensor) -> Callable[[float], None]:

@@ -135,3 +135,18 @@ def test_a_schedule_where_none_can_go_is_a_recipe_error(overrides, message, caps
     assert cl_run_main(["check", str(TINY), *overrides]) == 2
     err = capsys.readouterr().err
     assert message in err.splitlines() and "Traceback" not in err
+
+
+def test_a_nested_losss_schedule_sets_the_inner_loss():
+    """A loss that wraps a loss (clrun/gram_anchoring): the inner entry's schedules reach the inner module."""
+    from clrun.training.setup import prepare
+
+    recipe = clrun.load_recipe(TINY, [
+        "backbone.name=timm/test_vit", "backbone.img_size=32", "backbone.mask_token=true", "target.momentum=0.99",
+        "projector={name: clrun/dino_head, out_dim: 16}", "target.snapshot.every=2", "masking.generator.name=clrun/block_mask",
+        "loss={name: clrun/gram_anchoring, weight: {schedule: linear, start: 0, end: 1}, "
+        "loss: {name: clrun/ibot, teacher_temperature: {schedule: linear, start: 0.04, end: 0.07}}}"])
+    parts = prepare(recipe, "check").parts
+    values = parts.schedules.apply(2)
+    assert values == pytest.approx({"loss.weight": 0.5, "loss.loss.teacher_temperature": 0.055})
+    assert parts.loss_fn.weight == pytest.approx(0.5) and parts.loss_fn.loss.teacher_temperature == pytest.approx(0.055)
