@@ -1,5 +1,5 @@
 """Every shipped method under every strategy: each ``*_fmnist`` recipe and the quickstart's SimCLR (16
-methods), made tiny, trained two steps by two gloo processes under ``train.strategy: ddp`` and under
+methods, and iBOT with DINOv3's Gram term), made tiny, trained two steps by two gloo processes under ``train.strategy: ddp`` and under
 ``train.strategy: fsdp``, through cl-run's own setup and training step, must give the gradients, the weights
 and the loss's state of one process computing each rank's share as its own BatchNorm batch
 (tests/helpers/matrix_worker.py says how). One torchrun launch per strategy loops over the recipes in-process:
@@ -93,8 +93,8 @@ def test_a_batch_in_parts_trains_as_one_process_with_those_parts_as_batchnorm_ba
     assert_matches(ddp if strategy == "ddp" else fsdp, case, strategy)
 
 
-def test_sixteen_methods():
-    assert len(METHODS) == 16
+def test_sixteen_methods_and_the_gram_term():
+    assert len(METHODS) == 17 and "ibot + gram" in METHODS
 
 
 def test_the_comparison_sees_batchnorm_statistics_of_the_whole_batch(ddp):

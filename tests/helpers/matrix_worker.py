@@ -78,7 +78,7 @@ PREDICTOR = ["predictor.hidden_dim=32"]
 DINO_HEAD = ["projector.out_dim=32", "projector.hidden_dim=32", "projector.bottleneck_dim=16"]
 TOKEN_HEAD = ["masking.head.embed_dim=16", "masking.head.depth=1", "masking.head.num_heads=2"]
 
-# The 16 shipped methods: case name -> (recipe, overrides that make it tiny).
+# The 16 shipped methods and the Gram term: case name -> (recipe, overrides that make it tiny).
 CASES: dict[str, tuple[str, list[str]]] = {
     "simclr": ("quickstart", RESNET + MLP),
     "barlow_twins": ("barlow_twins_fmnist", RESNET + MLP),
@@ -97,6 +97,11 @@ CASES: dict[str, tuple[str, list[str]]] = {
     # Prototypes frozen in step 0 (SwAV's freeze), trained in step 1.
     "swav": ("swav_fmnist", RESNET + MLP + ["loss.num_prototypes=10", "loss.freeze_prototypes_steps=1"]),
     "vicreg": ("vicreg_fmnist", RESNET + MLP),
+    # DINOv3's Gram anchoring on iBOT: the target's snapshot refreshed after step 1 (a copy between shards under
+    # FSDP), its tokens on views twice as large, resized to the student's grid.
+    "ibot + gram": ("ibot_fmnist", VIT + DINO_HEAD + [
+        "loss={name: clrun/gram_anchoring, weight: 1.0, loss: {name: clrun/ibot}}",
+        "target.snapshot={every: 1, scale: 2.0}"]),
 }
 # A batch in parts under each strategy: case -> (method, setting, BatchNorm batches per process of the online
 # network, of the target network). Each process's share in 2 parts: the online network's BatchNorm batches are

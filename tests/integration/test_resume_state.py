@@ -1,6 +1,7 @@
 """Resuming restores every piece of training state exactly: the MoCo queue and its pointer, SwAV's
-prototypes and queue, DINO's center, the momentum target network and the position of its schedule, a
-scheduled scalar and a frozen parameter group mid-way.
+prototypes and queue, DINO's center, the momentum target network and the position of its schedule, the
+target's snapshot mid-way between refreshes (Gram anchoring), a scheduled scalar and a frozen parameter
+group mid-way.
 
 Two checks per recipe: (1) right after ``--resume`` loads a mid-run checkpoint, every tensor of that
 state equals the checkpoint's; (2) a 2-epoch run interrupted after its first epoch and resumed ends
@@ -46,7 +47,18 @@ params: {groups: [{match: [projector.last_layer.*], frozen_epochs: 1.5}]}
 DINO_LOSS = ("loss: {name: clrun/dino, teacher_temperature: {schedule: linear, start: 0.04, end: 0.07, until_epoch: 1.5}}\n"
              "projector: {name: clrun/dino_head, out_dim: 16, hidden_dim: 32, bottleneck_dim: 8}")
 
-CASES = {"moco": (MOCO_LOSS, MOCO), "swav": (SWAV_LOSS, ""), "byol": (BYOL_LOSS, BYOL), "dino": (DINO_LOSS, DINO)}
+# iBOT with DINOv3's Gram term: the target's snapshot refreshed every 3 steps, so the checkpoint after step 4 falls
+# mid-period (the resumed run must refresh at step 6, as the straight one does); a ViT with masked views.
+GRAM = """
+target: {momentum: 0.9, final_momentum: 1.0, snapshot: {every: 3, scale: 2.0}}
+masking: {generator: {name: clrun/block_mask}}
+"""
+GRAM_LOSS = ("loss: {name: clrun/gram_anchoring, weight: 1.0, loss: {name: clrun/ibot}}\n"
+             "projector: {name: clrun/dino_head, out_dim: 16, hidden_dim: 32, bottleneck_dim: 8}")
+VIT = "backbone: {name: timm/test_vit, img_size: 32, mask_token: true, model_args: {dynamic_img_size: true}}\n"
+
+CASES = {"moco": (MOCO_LOSS, MOCO), "swav": (SWAV_LOSS, ""), "byol": (BYOL_LOSS, BYOL), "dino": (DINO_LOSS, DINO),
+         "gram": (GRAM_LOSS, GRAM)}
 
 
 def recipe_file(folder: Path, case: str) -> Path:
@@ -54,6 +66,8 @@ def recipe_file(folder: Path, case: str) -> Path:
     text = TINY.read_text(encoding="utf-8").replace("loss:\n  name: clrun/ntxent\n  temperature: 0.2\n", loss + "\n")
     if "projector:" in loss:  # the case brings its own head
         text = text.replace("projector:\n  name: clrun/mlp\n  hidden_dim: 64\n  out_dim: 32\n", "")
+    if "masking:" in extra:  # masked views: a ViT
+        text = text.replace("backbone:\n  name: timm/test_resnet\n", VIT)
     assert loss in text
     path = folder / f"{case}.yaml"
     path.write_text(text + extra, encoding="utf-8")
@@ -74,7 +88,8 @@ def flat(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# The ViT case (Gram anchoring) takes 7 s: in the slow suite, which CI runs.
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.slow] if c == "gram" else []) for c in sorted(CASES)])
 def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, crash_after_first_checkpoint, build_run):
     path = recipe_file(tmp_path, case)
     interrupted = crash_after_first_checkpoint(load(path, tmp_path, 2, "interrupted"))
@@ -101,6 +116,8 @@ def test_resume_restores_the_stateful_parts_exactly(case, tmp_path, crash_after_
         "byol": {"target.momentum", "target.updates", "network.predictor.net.0.weight"},
         "dino": {"loss.center", "target.momentum", "target.updates",
                  "network.projector.last_layer.parametrizations.weight.original1"},
+        "gram": {"loss.loss.center", "loss.loss.patch_center", "target.updates", "target.snapshot.cls_token",
+                 "target.snapshot.blocks.0.attn.qkv.weight"},
     }[case]
     assert expected <= saved_flat.keys()
     if parts.target is not None:
