@@ -59,6 +59,10 @@ def check(recipe: Recipe, verbose: bool = False) -> list[str]:
     if recipe.target is not None:
         t = recipe.target
         lines.append(f"target: momentum copy of backbone + projector, {t.momentum} -> {t.final_momentum} ({t.schedule})")
+        if (snap := t.snapshot) is not None:
+            refresh = (f"refreshed every {snap.every} steps" + (f" from step {snap.after}" if snap.after else "")
+                       + (f", {snap.max_refreshes} times at most" if snap.max_refreshes else "")) if snap.every else "never refreshed"
+            lines.append(f"target: snapshot of its backbone as the run starts, {refresh}; on views x{snap.scale}")
     if recipe.masking is not None:
         hidden = "dropped" if parts.masking.drop else "replaced by the backbone's mask token"
         grids = sorted({parts.network.backbone.token_grid(*s[-2:]) for s, g in zip(view_shapes, parts.views.is_global) if g})

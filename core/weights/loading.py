@@ -46,9 +46,9 @@ class PartReport:
 
     def summary(self) -> str:
         """One line: where the part's weights come from and how they fit."""
-        origin = f"{self.source} ({self.layout}, {self.network})"
         if self.pending:
-            return f"{self.part} <- {origin}: {self.pending}"
+            return f"{self.part} <- {self.source}: {self.pending}"
+        origin = f"{self.source} ({self.layout}, {self.network})"
         notes = [f"{self.loaded} tensors"]
         notes += [f"{len(self.resized)} resampled ({'; '.join(self.resized[:2])})"] if self.resized else []
         notes += [f"{len(self.pretext)} pre-training-only left at initialization"] if self.pretext else []

@@ -7,6 +7,7 @@ and its export (sources, SHA-256, licences).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from torch import Tensor, nn
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 from clrun.errors import UserError
 from clrun.plugin_manager import default_registry
 from clrun.recipe.schema import InitSource, Recipe
-from clrun.weights.files import NotDownloaded, read_source
+from clrun.weights.files import NotDownloaded, hub_repository, read_source
 from clrun.weights.layout import PARTS, Trained, WeightsFile, WeightsLayout
 from clrun.weights.loading import PartReport, adapt, load_part
 from clrun.weights.own_layouts import OWN_LAYOUTS
@@ -132,18 +133,26 @@ class _Files:
     """Each source read once, whichever parts it serves."""
 
     def __init__(self, download: bool) -> None:
-        self.download, self.read_files = download, {}
+        self.download = download
+        self.read_files: dict[str, Optional[WeightsFile]] = {}
+        self.pending: dict[str, Optional[str]] = {}  # why a source was not read (check only)
 
     def read(self, source: str, key: str, report: Optional[PartReport] = None) -> Optional[WeightsFile]:
         if source not in self.read_files:
-            try:
-                self.read_files[source] = read_source(source, key, self.download)
-            except NotDownloaded:
-                self.read_files[source] = None
-        file = self.read_files[source]
-        if file is None and report is not None:
-            report.pending = "downloaded at training (not in the local Hugging Face cache); checked on random weights"
-        return file
+            self.read_files[source], self.pending[source] = None, None
+            if not self.download and hub_repository(source) is None and not Path(source).expanduser().exists():
+                # `cl-run check` of a recipe whose weights an earlier run will write (a pipeline's second step).
+                self.pending[source] = (f"{source} does not exist yet: checked on random weights; training stops here "
+                                        f"unless it exists by then")
+            else:
+                try:
+                    self.read_files[source] = read_source(source, key, self.download)
+                except NotDownloaded:
+                    self.pending[source] = ("downloaded at training (not in the local Hugging Face cache); checked on "
+                                            "random weights")
+        if report is not None:
+            report.pending = self.pending[source]
+        return self.read_files[source]
 
 
 def _teacher(layout: WeightsLayout, file: WeightsFile, chosen: str) -> Optional[str]:
@@ -161,7 +170,7 @@ def _target_state(recipe: Recipe, network: nn.Module, files: _Files,
         file = files.read(entry.source, "init.target")
         if file is None:
             plan.reports.append(PartReport("target", entry.source, entry.layout, entry.network,
-                                           pending="downloaded at training"))
+                                           pending=files.pending.get(entry.source)))
             return None
         name, layout = choose_layout(file, entry.layout, "init.target")
         wanted = entry.network if entry.network != "auto" else (_teacher(layout, file, "") or layout.networks(file)[0])

@@ -35,12 +35,14 @@ def cpu_sized(recipe: Path) -> bool:
 # Too large to build on a CI machine (I-JEPA's ViT-H/14: 632M parameters, its target copy and AdamW's
 # state, about 15 GB): checked below with smaller ViTs in its place, the rest of the recipe as shipped.
 HUGE = {"ijepa_vith14"}
+# Checked by its own test below (the init plan offline): one build of its ViT-S with 10 views is enough.
+CHECKED_BELOW = {"dinov2_continue_vits14"}
 
 
 # The GPU recipes (CIFAR-10, ImageNet: ResNet-18/50 and ViT-S/B builds take seconds each) are checked in
 # the slow suite, which CI runs; the CPU ones in every run.
 @pytest.mark.parametrize("recipe", [pytest.param(r, marks=[] if cpu_sized(r) else [pytest.mark.slow])
-                                    for r in RECIPES if r.stem not in HUGE], ids=lambda p: p.name)
+                                    for r in RECIPES if r.stem not in HUGE | CHECKED_BELOW], ids=lambda p: p.name)
 def test_shipped_recipe_passes_check(recipe, registry, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
     monkeypatch.chdir(tmp_path)  # relative data roots resolve to nothing here; check writes nothing
@@ -66,3 +68,20 @@ def test_vit_recipes_pass_check_with_another_vit_size(stem, backbone, registry, 
     out, err = capsys.readouterr()
     assert code == 0, err
     assert f"backbone: {backbone} (" in out and out.splitlines()[-1].endswith(": OK")
+
+
+@pytest.mark.slow
+def test_the_continue_recipe_shows_its_init_plan_offline(registry, capsys, monkeypatch, tmp_path):
+    """recipes/dinov2_continue_vits14.yaml on a machine without the release in its Hugging Face cache (nor a
+    network): check reports the weights as downloaded at training and checks the rest on random weights."""
+    monkeypatch.setattr(plugin_manager, "load_registry", lambda **kwargs: registry)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    recipe = REPO / "recipes" / "dinov2_continue_vits14.yaml"
+    assert main(["check", str(recipe)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"{recipe}: OK" and list(tmp_path.iterdir()) == []
+    assert "  init: backbone <- hf-hub:timm/vit_small_patch14_dinov2.lvd142m: downloaded at training (not in the local " \
+           "Hugging Face cache); checked on random weights" in out
+    assert "  target: snapshot of its backbone as the run starts, never refreshed; on views x2.0" in out

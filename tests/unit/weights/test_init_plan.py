@@ -107,8 +107,8 @@ def test_the_check_reports_a_hub_repository_it_cannot_reach_and_checks_the_rest(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     lines = [line for line in clrun_check(*VIT, "init.backbone.source=timm/test_vit.r160_in1k") if line.startswith("init:")]
-    assert lines == ["init: backbone <- timm/test_vit.r160_in1k (auto, auto): downloaded at training (not in the local "
-                     "Hugging Face cache); checked on random weights"]
+    assert lines == ["init: backbone <- timm/test_vit.r160_in1k: downloaded at training (not in the local Hugging Face "
+                     "cache); checked on random weights"]
 
 
 def test_a_part_the_recipe_lacks_and_a_network_the_file_lacks_are_named(model_folder):
