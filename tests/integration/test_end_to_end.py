@@ -18,18 +18,27 @@ import clrun
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+CONTINUE = REPO / "recipes" / "byol_continue_fmnist.yaml"
 pytestmark = pytest.mark.e2e
 # The neighbour bank of tests/integration/test_methods_learn.py: the untrained encoder, the same in most recipes, is
 # then evaluated once for both files.
 BANK = 5000
 
 
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> clrun.Run:
+    """The quickstart recipe exactly as shipped, trained once for this file's tests (one xdist group)."""
+    folder = tmp_path_factory.mktemp("quickstart")
+    return clrun.train(clrun.load_recipe(QUICKSTART, [f"run.dir={folder}", "train.progress=false"]))
+
+
 @pytest.mark.slow
-def test_the_quickstart_recipe_keeps_the_readmes_promises(tmp_path, untrained_knn):
+@pytest.mark.xdist_group("quickstart")
+def test_the_quickstart_recipe_keeps_the_readmes_promises(quickstart, untrained_knn):
     """The README's numbers, on the recipe exactly as shipped (only the run folder moved): kNN 81.87%,
     linear probe 84.95%, online probe 75.68% measured, backbone ahead of the projector on each; a healthy
     run; a report with its plots; an encoder that timm loads and that gives the run's features."""
-    run = clrun.train(clrun.load_recipe(QUICKSTART, [f"run.dir={tmp_path}", "train.progress=false"]))
+    run = quickstart
     s = run.summary
     assert s["knn_top1"] >= 0.80 and s["linear_top1"] >= 0.83 and s["online_top1"] >= 0.70
     for evaluation in ("knn_top1", "linear_top1", "online_top1"):
@@ -60,3 +69,30 @@ def test_the_quickstart_recipe_keeps_the_readmes_promises(tmp_path, untrained_kn
     run.encoder.eval()
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), run.encoder(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("quickstart")
+def test_byol_continues_from_the_quickstarts_export_not_from_scratch(quickstart, untrained_knn, tmp_path):
+    """recipes/byol_continue_fmnist.yaml (BYOL, another draw of training images) started from the quickstart's
+    exported encoder: at its first step its kNN is the quickstart's, to the last digit (the same encoder),
+    far above the same recipe from scratch; after an epoch of BYOL it is still far above it."""
+    export = quickstart.directory / "encoder.safetensors"
+    budget = [f"callbacks.0.train.subset={BANK}", "callbacks.0.every=0", "data.dataset.subset=2000", "train.epochs=1",
+              "health.enabled=false", f"run.dir={tmp_path}", "train.progress=false"]
+    continued = clrun.load_recipe(CONTINUE, [f"init.backbone.source={export}", *budget])
+    knn = continued.callbacks[0].build()
+    first = knn.evaluate(quickstart)["knn_top1"]
+    start = untrained_knn(continued, knn)  # the continued run as built: init: loaded, no step taken
+    scratch = untrained_knn(clrun.load_recipe(CONTINUE, ["init=null", *budget]), knn)
+    print(f"continue: kNN top-1, {BANK} bank: the quickstart {first:.4f}, the continued run at step 0 {start:.4f}, "
+          f"from scratch {scratch:.4f}")
+    assert start == first
+    assert start >= scratch + 0.05
+    run = clrun.train(continued)
+    init = json.loads(run.folder.init.read_text(encoding="utf-8"))
+    assert [(p["part"], p["layout"], p["loaded"], p["missing"]) for p in init["parts"]] == [
+        ("backbone", "clrun/encoder", len(quickstart.encoder.state_dict()), [])]
+    after = knn.evaluate(run)["knn_top1"]
+    print(f"continue: after an epoch of BYOL on 2000 other images {after:.4f}")
+    assert after >= scratch + 0.05
