@@ -74,6 +74,7 @@ def plan_init(recipe: Recipe, network: nn.Module, eval_size: tuple[int, int], do
         state = part_state(layout, file, chosen, part, key, layout_name)
         load_part(module, adapt(module, part, state, report), report, entry.strict, key, apply)
         _compare(layout.trained(file), recipe, eval_size, key, entry.source, plan)
+        _resampled_kernels(report, key, plan)
         if (teacher := _teacher(layout, file, chosen)) is not None and part in TARGET_PARTS:
             teacher_parts[part] = (file, layout_name, teacher)
     if recipe.target is not None:
@@ -210,6 +211,16 @@ def _compare(trained: Trained, recipe: Recipe, eval_size: tuple[int, int], key: 
     if trained.image_size is not None and max(eval_size) != trained.image_size:
         plan.warnings.append(f"{key}: the weights were trained on {trained.image_size} px images; the recipe's global "
                              f"views are {eval_size[0]} x {eval_size[1]} (position embeddings are resampled)")
+
+
+def _resampled_kernels(report: PartReport, key: str, plan: InitPlan) -> None:
+    """Warn where a convolution kernel was resampled (a ViT's patch embedding for another patch size): unlike
+    position embeddings, which follow the image size, that changes what the weights compute."""
+    for line in report.resized:
+        name, _, shapes = line.partition(": ")
+        if name.endswith(".weight") and shapes.count(",") >= 6:  # two 4-d shapes: a kernel
+            plan.warnings.append(f"{key}: {name} was resampled {shapes} (a patch size other than the weights'): the "
+                                 f"features change; prefer the weights' patch size")
 
 
 def _close(a: tuple, b: tuple) -> bool:

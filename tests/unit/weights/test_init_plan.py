@@ -163,3 +163,12 @@ def test_a_released_mask_token_fills_the_models_mask_token():
     masked = next(v for k, v in student.items() if k.endswith("masked_embed"))
     assert torch.equal(parts.network.backbone.pretext_mask_token, masked.reshape(-1))
     assert parts.init.reports[0].pretext == []
+
+
+def test_another_patch_size_is_resampled_and_warned_about(model_folder):
+    folder, _ = model_folder
+    parts = built(*VIT, "backbone.model_args={patch_size: 8}", f"init.backbone.source={folder}")
+    assert parts.init.reports[0].resized == ["patch_embed.proj.weight: (64, 3, 16, 16) -> (64, 3, 8, 8)"]
+    assert parts.init.warnings[-1] == ("init.backbone: patch_embed.proj.weight was resampled (64, 3, 16, 16) -> "
+                                       "(64, 3, 8, 8) (a patch size other than the weights'): the features change; "
+                                       "prefer the weights' patch size")
