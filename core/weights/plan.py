@@ -44,11 +44,10 @@ class InitPlan:
         return {"parts": [r.record() for r in self.reports], "warnings": self.warnings, "licences": self.licences}
 
 
-def plan_init(recipe: Recipe, network: nn.Module, eval_size: tuple[int, int], download: bool = True,
-              apply: bool = True) -> Optional[InitPlan]:
+def plan_init(recipe: Recipe, network: nn.Module, eval_size: tuple[int, int], download: bool = True) -> Optional[InitPlan]:
     """Carry out ``recipe.init`` on ``network`` (the online network, on the CPU, before anything copies it).
-    ``download=False`` (``cl-run check``): a Hub repository that is not cached is reported as downloaded at
-    training, the rest checked; ``apply=False`` checks without loading."""
+    ``download=False`` (``cl-run check``): a Hub repository that is not cached, or a file that does not exist
+    yet, is reported as such and its part left at random weights; the rest is checked and loaded."""
     if recipe.init is None:
         return None
     plan, files = InitPlan(), _Files(download)
@@ -72,10 +71,10 @@ def plan_init(recipe: Recipe, network: nn.Module, eval_size: tuple[int, int], do
         report.layout, report.network = layout_name, chosen
         report.sha256, report.revision = file.sha256, file.revision
         state = part_state(layout, file, chosen, part, key, layout_name)
-        load_part(module, adapt(module, part, state, report), report, entry.strict, key, apply)
+        load_part(module, adapt(module, part, state, report), report, entry.strict, key)
         _compare(layout.trained(file), recipe, eval_size, key, entry.source, plan)
         _resampled_kernels(report, key, plan)
-        if (teacher := _teacher(layout, file, chosen)) is not None and part in TARGET_PARTS:
+        if (teacher := _teacher(layout, file)) is not None and part in TARGET_PARTS:
             teacher_parts[part] = (file, layout_name, teacher)
     if recipe.target is not None:
         plan.target = _target_state(recipe, network, files, teacher_parts, plan)
@@ -156,7 +155,7 @@ class _Files:
         return self.read_files[source]
 
 
-def _teacher(layout: WeightsLayout, file: WeightsFile, chosen: str) -> Optional[str]:
+def _teacher(layout: WeightsLayout, file: WeightsFile) -> Optional[str]:
     """The network of ``file`` a momentum target starts from: its teacher (or target), if it has one."""
     return next((n for n in TARGET_NETWORKS if n in layout.networks(file)), None)
 
@@ -174,7 +173,7 @@ def _target_state(recipe: Recipe, network: nn.Module, files: _Files,
                                            pending=files.pending.get(entry.source)))
             return None
         name, layout = choose_layout(file, entry.layout, "init.target")
-        wanted = entry.network if entry.network != "auto" else (_teacher(layout, file, "") or layout.networks(file)[0])
+        wanted = entry.network if entry.network != "auto" else (_teacher(layout, file) or layout.networks(file)[0])
         net = choose_network(layout, file, wanted, "init.target")
         held = layout.parts(file, net)
         chosen = {p: (file, name, layout, net) for p in TARGET_PARTS if held.get(p)}
@@ -183,9 +182,12 @@ def _target_state(recipe: Recipe, network: nn.Module, files: _Files,
         chosen = {p: (f, name, layouts[name], net) for p, (f, name, net) in teacher_parts.items()}
     states: dict[str, dict[str, Tensor]] = {}
     for part, (file, name, layout, net) in chosen.items():
+        tensors = layout.parts(file, net).get(part)
+        if not tensors:
+            continue  # the teacher holds no such part (I-JEPA's target encoder has no head): the online copy's
         module = getattr(network, part)
         report = PartReport(f"target.{part}", file.source, name, net, sha256=file.sha256, revision=file.revision)
-        state = adapt(module, part, layout.parts(file, net)[part], report)
+        state = adapt(module, part, tensors, report)
         strict = entry.strict if entry is not None else getattr(recipe.init, part).strict
         load_part(module, state, report, strict, "init.target" if entry is not None else f"init.{part}", apply=False)
         own = module.state_dict()
