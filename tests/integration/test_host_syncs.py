@@ -21,7 +21,7 @@ LOG_EVERY = 3
 STEPS = 7  # counted: steps 2..6 (step 1 makes the lazy state; the epoch's end follows step 7)
 # Tiny: the counts do not depend on the batch size. Callbacks off: evaluators run at epoch ends only.
 TINY = ("data.batch_size=8", "data.dataset.subset=96", "data.num_workers=0", "health.enabled=false",
-        "callbacks=[]", f"train.max_steps={STEPS}", f"train.log_every={LOG_EVERY}")
+        "callbacks=[]", f"train.max_steps={STEPS}", f"train.log_every={LOG_EVERY}", "init=null")  # init: weights elsewhere
 # The read of the pending steps' metrics, at a logging step (core/ in a checkout, clrun/ when installed).
 READ = "training/step_metrics.py:"
 
