@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         plugin_manager.set_default_registry(plugin_manager.load_registry(
             autoload=False if args.no_plugins else None, strict=True if args.strict_plugins else None,
             disabled=args.disable_plugin))
-        return COMMAND_FUNCTIONS[args.command](args)
+        code = COMMAND_FUNCTIONS[args.command](args)
+        sys.stdout.flush()  # here, not at exit: a reader gone by now (`| head`) is caught below, not a shutdown warning
+        return code
     except BrokenPipeError:  # `cl-run components | head`: the reader left; so do we, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
