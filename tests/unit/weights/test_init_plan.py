@@ -13,6 +13,7 @@ import torch
 
 import clrun
 from clrun.training.setup import prepare
+from clrun.weights.files import read_file
 
 TINY = Path(__file__).parents[2] / "recipes" / "tiny.yaml"
 VIT = ["backbone.name=timm/test_vit", "backbone.img_size=32"]
@@ -147,7 +148,7 @@ def test_an_official_checkpoint_starts_the_online_network_and_the_target_from_it
         ("backbone", "clrun/dino", "student", 30, [], []), ("projector", "clrun/dino", "student", 8, [], []),
         ("target.backbone", "clrun/dino", "teacher", 30, [], []), ("target.projector", "clrun/dino", "teacher", 8, [], [])]
     assert parts.init.licences == {str(file): "Apache-2.0"}
-    content = torch.load(file, weights_only=False)  # a fixture of ours: safe to unpickle here
+    content = read_file(file, "fixture").content  # read as cl-run reads it: no code run
     student = {k.removeprefix("module."): v for k, v in content["student"].items()}
     teacher = content["teacher"]
     assert torch.equal(parts.network.backbone.blocks[1].mlp.fc2.weight, student["backbone.blocks.1.mlp.fc2.weight"])
@@ -159,7 +160,7 @@ def test_an_official_checkpoint_starts_the_online_network_and_the_target_from_it
 def test_a_released_mask_token_fills_the_models_mask_token():
     file = OFFICIAL / "ibot_checkpoint.pth"
     parts = built(*TINY_VIT, "backbone.mask_token=true", f"init.backbone.source={file}", "init.backbone.network=student")
-    student = torch.load(file, weights_only=False)["student"]
+    student = read_file(file, "fixture").content["student"]
     masked = next(v for k, v in student.items() if k.endswith("masked_embed"))
     assert torch.equal(parts.network.backbone.pretext_mask_token, masked.reshape(-1))
     assert parts.init.reports[0].pretext == []
