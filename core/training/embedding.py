@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from clrun.errors import DataError
+
 # The widest projector whose outputs are embedded beside the backbone's by default: the feature width of a
 # large convolutional backbone (2048). Up to it, embedding the projector at most doubles such a run's bank
 # (2048 x 2 B x 1.28M = 5 GB in bf16), and every contrastive recipe's small head (128 to 2048 wide) keeps
@@ -87,6 +89,13 @@ def embed(network: torch.nn.Module, preprocess: Callable[[Tensor], Tensor], data
     done = 0
     try:
         for images, y, *_ in loader:  # a letterboxing data set adds places: the canvas is evaluated whole
+            y = torch.as_tensor(y)
+            if y.ndim != 1:  # before the forward: a segmentation set's images may not even fit the network
+                raise DataError(
+                    f"{type(dataset).__name__} gives labels of shape {tuple(y.shape[1:])} per image (label maps, a "
+                    f"segmentation data set), but this evaluation needs one class per image; score dense "
+                    f"features with clrun/linear_segmentation or clrun/patch_knn, or give it an image "
+                    f"classification data set")
             with torch.autocast(device.type, dtype=dtype, enabled=half):
                 f = network.backbone(preprocess(images))
                 p = network.projector(f) if projector else None
@@ -97,7 +106,7 @@ def embed(network: torch.nn.Module, preprocess: Callable[[Tensor], Tensor], data
             feats[done:end].copy_(f)  # converts to the storage dtype on the way (no fp32 copy on the host)
             if projs is not None:
                 projs[done:end].copy_(p)
-            labels[done:end] = torch.as_tensor(y)
+            labels[done:end] = y
             done = end
     finally:
         network.train(was_training)

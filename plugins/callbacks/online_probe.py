@@ -157,6 +157,12 @@ class OnlineProbe(Evaluator):
     def clrun_step_outputs(self, run: Run, outputs: StepOutputs, labels: Tensor) -> None:
         self._ready(run)
         labels = torch.as_tensor(labels).long()
+        if labels.ndim != 1:
+            raise UserError(
+                f"{NAME} trains linear classifiers on one class per image, but the training data set gives "
+                f"labels of shape {tuple(labels.shape[1:])} per image (a segmentation data set's label maps): "
+                f"score dense features with clrun/linear_segmentation or clrun/patch_knn, or remove {NAME} "
+                f"from callbacks")
         if (labels < 0).any():
             raise UserError(
                 f"{NAME} trains linear classifiers on the training labels, but the training data set has "

@@ -6,7 +6,8 @@
     drawn from the training's streams (the heads' initialization and the test-set evaluations included).
 (3) Interrupted after epoch 1 and resumed, the probe ends exactly where an uninterrupted run's ends.
 (4) The saved heads evaluate again from the checkpoint (what `cl-run eval` does).
-(5) Unlabeled training data is an error that names the callback and the fix.
+(5) Unlabeled training data, or label maps (a segmentation data set), is an error that names the callback
+    and the fix.
 """
 
 from __future__ import annotations
@@ -151,6 +152,19 @@ def test_unlabeled_training_data_is_an_error_naming_the_fix(tmp_path):
         "clrun/online_probe trains linear classifiers on the training labels, but the training data set has "
         "unlabeled images (label -1): use a labeled data set in data.dataset (e.g. clrun/image_folder with "
         "labels: subfolders), or remove clrun/online_probe from callbacks"
+    )
+
+
+def test_label_maps_in_the_training_data_are_an_error_naming_the_dense_evaluators(tmp_path):
+    data = "{name: clrun/fmnist_scenes, scenes: 16}"
+    recipe = load(tmp_path, "scenes", 1, "[{name: clrun/online_probe, num_classes: 11}]", f"data.dataset={data}",
+                  "backbone.in_chans=1", "data.mean=[0.171]", "data.std=[0.307]")
+    with pytest.raises(clrun.UserError) as info:
+        clrun.train(recipe)
+    assert str(info.value) == (
+        "clrun/online_probe trains linear classifiers on one class per image, but the training data set gives "
+        "labels of shape (56, 56) per image (a segmentation data set's label maps): score dense features with "
+        "clrun/linear_segmentation or clrun/patch_knn, or remove clrun/online_probe from callbacks"
     )
 
 

@@ -84,3 +84,16 @@ def test_the_narrow_rule_and_the_default_dtypes():
     assert storage_dtype(torch.device("cpu"), "fp16") == torch.float16
     with pytest.raises(ValueError, match="features are kept in one of fp32, bf16, fp16"):
         storage_dtype(torch.device("cpu"), "int8")
+
+
+def test_a_segmentation_data_set_is_an_error_naming_the_dense_evaluators(build_run):
+    """kNN, the linear probe and the online probe's test set embed one class per image; label maps (a
+    segmentation data set's) stop before any forward, with the way to score dense features."""
+    run = build_run(clrun.load_recipe(TINY, ["health.enabled=false"]))
+    scenes = clrun.create("dataset", "clrun/fmnist_scenes", scenes=4)
+    with pytest.raises(clrun.DataError) as info:
+        run.features(scenes)
+    assert str(info.value) == (
+        "FMNISTScenes gives labels of shape (56, 56) per image (label maps, a segmentation data set), but this "
+        "evaluation needs one class per image; score dense features with clrun/linear_segmentation or "
+        "clrun/patch_knn, or give it an image classification data set")
