@@ -45,10 +45,6 @@ from pathlib import Path
 from gpu_check import bootstrap
 from gpu_check.scale import SECTIONS
 
-FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                "t10k-labels-idx1-ubyte.gz")
-
-
 def options() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="See the module docstring or "
                                 "docs/guides/gpu_check.md.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -73,8 +69,7 @@ def options() -> argparse.Namespace:
 def fmnist_root(args: argparse.Namespace) -> str | None:
     if args.data_root:
         return args.data_root
-    carried = args.payload / "fashion-mnist"
-    return str(carried) if all((carried / f).is_file() for f in FMNIST_FILES) else None
+    return bootstrap.carried_fmnist(args.payload)
 
 
 def budgets_for(scale, total: float | None) -> dict[str, float]:

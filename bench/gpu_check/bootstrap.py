@@ -27,6 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PAYLOAD = REPO / "bench" / ".gpu_payload"
 PACKAGE_DIRS = {"clrun": REPO / "core", "clrun.plugins": REPO / "plugins"}
+FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                "t10k-labels-idx1-ubyte.gz")
 
 
 class TreeFinder(importlib.abc.MetaPathFinder):
@@ -69,3 +71,10 @@ def prepare(payload: Path = PAYLOAD) -> list[str]:
     """Both of the above; returns the wheels unpacked."""
     clrun_from_tree()
     return unpack_wheels(payload)
+
+
+def carried_fmnist(payload: Path = PAYLOAD) -> str | None:
+    """The payload's Fashion-MNIST folder (``bench/gpu_wheels.sh`` puts the four files there for the GPU
+    machine, which has no Debian package), or None when it does not hold all four."""
+    folder = payload / "fashion-mnist"
+    return str(folder) if all((folder / f).is_file() for f in FMNIST_FILES) else None
