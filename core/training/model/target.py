@@ -32,12 +32,26 @@ def momentum_at(settings: TargetSection, step: int, total_steps: int) -> float:
     return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
 
 
+def without_random_drops(network: nn.Module) -> None:
+    """Stochastic depth and dropout off in the copy: the target is a fixed function of its weights. The
+    reference code of the momentum-teacher methods builds its teacher without them (the student's drop path
+    rate is the student's alone); the copy would otherwise keep the online network's, and two forwards of
+    one view would differ. Eval mode would do it too, but would also switch a BatchNorm target to running
+    statistics, which these methods do not do."""
+    for module in network.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        elif isinstance(getattr(module, "drop_prob", None), float):  # timm's DropPath (and its kin)
+            module.drop_prob = 0.0
+
+
 class TargetNetwork(nn.Module):
     def __init__(self, online: OnlineNetwork, settings: TargetSection, total_steps: int) -> None:
         super().__init__()
         self.backbone = copy.deepcopy(online.backbone)
         self.projector = copy.deepcopy(online.projector)
         self.requires_grad_(False)
+        without_random_drops(self)
         self.settings = settings
         self.total_steps = total_steps
         # The momentum the next update uses, and how many updates were made: checkpointed.
@@ -140,7 +154,8 @@ class TargetNetwork(nn.Module):
         mine = [*self.backbone.parameters(), *self.projector.parameters()]
         theirs = [p.detach() for p in (*online.backbone.parameters(), *online.projector.parameters())]
         # A few fused kernel launches instead of a Python loop of one lerp_ per parameter.
-        weight: float | Tensor = step if healthy is None else healthy.to(torch.float32) * step
+        # In the parameters' dtype: a float32 weight would round 1 - m (0.004 -> 0.0040000002) under float64.
+        weight: float | Tensor = step if healthy is None else healthy.to(mine[0].dtype) * step
         compat.foreach_lerp_(mine, theirs, weight)
         # Counted as made even when skipped: a skipped step stops the run before anything is saved.
         self._updates += 1

@@ -161,3 +161,46 @@ def test_target_section_rejects_momentum_out_of_range(tmp_path):
     with pytest.raises(clrun.UserError) as info:
         recipe_with(tmp_path, HEADS.replace("momentum: 0.9\n", "momentum: 1.5\n"))
     assert "target.momentum: must be between 0 and 1 (e.g. 0.99 or 0.996), got 1.5" in str(info.value)
+
+
+# -- the target is a fixed function of its weights, kept at the weights' precision ---------------------------
+
+def vit_network(**args):
+    from clrun.training.model.network import OnlineNetwork
+
+    torch.manual_seed(0)
+    backbone = clrun.create("backbone", "timm/test_vit", img_size=32, **args)
+    return OnlineNetwork(backbone, clrun.create("projector", "clrun/mlp", in_dim=64, hidden_dim=8, out_dim=4))
+
+
+def test_the_target_drops_no_paths_while_the_online_network_keeps_its_own():
+    """DINO, iBOT and DINOv2 build their teacher without stochastic depth: a copy of a student with drop path
+    (and dropout) must not keep them, or two forwards of one view would differ."""
+    from clrun.training.model.target import TargetNetwork
+
+    online = vit_network(drop_path_rate=0.5, model_args={"proj_drop_rate": 0.5})
+    target = TargetNetwork(online, TargetSection(momentum=0.9), total_steps=10).train()
+    x = torch.randn(2, 3, 32, 32)
+    first, second = target([x]).projections[0], target([x]).projections[0]
+    assert torch.equal(first, second)
+    assert online.backbone.blocks[-1].drop_path1.drop_prob > 0  # the student's own, untouched
+    assert not torch.equal(online.backbone(x), online.backbone(x))
+
+
+def test_a_float64_target_moves_by_the_formula_in_float64():
+    """The health flag that gates the update multiplies 1 - m in the weights' dtype: in float32 it would be
+    0.0040000002 for m = 0.996, a relative error of 5e-8 in every float64 update (step-for-step parity with
+    the reference code runs in float64)."""
+    from clrun.training.model.target import TargetNetwork
+
+    online = vit_network().double()
+    target = TargetNetwork(online, TargetSection(momentum=0.996), total_steps=10)
+    before = [p.clone() for p in target.parameters()]
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(1.0)
+    target.update(online, healthy=torch.tensor(True))
+    online_params = [*online.backbone.parameters(), *online.projector.parameters()]
+    for b, t, o in zip(before, target.parameters(), online_params):
+        expected = b + (1 - 0.996) * (o - b)  # torch.lerp's formula, in float64
+        torch.testing.assert_close(t, expected, rtol=1e-15, atol=1e-15)
