@@ -83,7 +83,8 @@ def check(recipe: Recipe, verbose: bool = False) -> list[str]:
         lines.append("health: off")
     run = Run(recipe, parts, device, None, setup.steps_per_epoch)  # writes nothing; its first step
     # fp32 without loss scaling: the CPU check verifies the wiring; reduced precision is a device matter.
-    step = Step(run, "fp32", torch.amp.GradScaler("cpu", enabled=False), recipe.train.grad_clip)
+    step = Step(run, "fp32", torch.amp.GradScaler("cpu", enabled=False), recipe.train.grad_clip,
+                grad_clip_mode=recipe.train.grad_clip_mode)
     record, _ = step(images, setup.example_places)
     loss = record.values[0].item()
     lines.append(f"step: {recipe.loss.name} loss {loss:.4f} on a batch of {images.shape[0]}; "

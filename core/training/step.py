@@ -10,6 +10,7 @@ from clrun import distributed
 from clrun.training.forward import forward_and_loss, split_loss  # noqa: F401  (this module's API before forward.py)
 from clrun.training.model.outputs import StepOutputs
 from clrun.training.non_finite import NonFiniteGuard, NonFiniteLossError, scaler_overflow, step_skipping
+from clrun.training.optim.clipping import ClipMode, clip_gradients
 from clrun.training.optim.param_groups import freeze_gradients
 from clrun.training.run import Run
 from clrun.training.parallel.sharding import reshard
@@ -39,10 +40,10 @@ class Step:
     ``device``, in ``precision`` (``PRECISIONS``), with ``scaler`` (fp16's loss scaling) and ``grad_clip``."""
 
     def __init__(self, run: Run, precision: str, scaler: torch.amp.GradScaler, grad_clip: float | None,
-                 accumulate_steps: int = 1, grad_cache_chunks: int = 1) -> None:
+                 accumulate_steps: int = 1, grad_cache_chunks: int = 1, grad_clip_mode: ClipMode = "global_norm") -> None:
         self.run, self.parts, self.device = run, run.parts, run.device
         self.dtype = PRECISIONS[precision]
-        self.scaler, self.grad_clip = scaler, grad_clip
+        self.scaler, self.grad_clip, self.grad_clip_mode = scaler, grad_clip, grad_clip_mode
         # How the batch goes through: at once or in micro-batches (accumulated), or in cached chunks.
         self.parts_of_batch = grad_cache_chunks if grad_cache_chunks > 1 else accumulate_steps
         self.backward = cached_backward if grad_cache_chunks > 1 else accumulated_backward
@@ -56,10 +57,11 @@ class Step:
 
     @classmethod
     def of(cls, run: Run) -> Step:
-        """The step ``run``'s recipe asks for (``train.precision``, ``train.grad_clip``, ``train.accumulate_steps``,
-        ``train.grad_cache_chunks``), with the parts' scaler."""
+        """The step ``run``'s recipe asks for (``train.precision``, ``train.grad_clip`` and ``grad_clip_mode``,
+        ``train.accumulate_steps``, ``train.grad_cache_chunks``), with the parts' scaler."""
         train = run.recipe.train
-        return cls(run, train.precision, run.parts.scaler, train.grad_clip, train.accumulate_steps, train.grad_cache_chunks)
+        return cls(run, train.precision, run.parts.scaler, train.grad_clip, train.accumulate_steps,
+                   train.grad_cache_chunks, train.grad_clip_mode)
 
     def autocast(self) -> torch.autocast:
         """The step's precision (``train.precision``) for a forward pass."""
@@ -90,7 +92,7 @@ class Step:
             scaler.unscale_(parts.optimizer)  # fp16: the true gradients, and whether they overflowed
             found_inf = torch.maximum(found_inf, scaler_overflow(scaler, parts.optimizer))
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.clipped, self.grad_clip)
+            clip_gradients(self.clipped, self.grad_clip, self.grad_clip_mode)
         freeze_gradients(parts.optimizer, step)  # after clipping: a frozen group's norm still counts, as in the papers
         lr = parts.optimizer.param_groups[0]["lr"]  # the rate this step used
         step_skipping(parts.optimizer, found_inf)
