@@ -10,8 +10,11 @@ The value goes from ``start`` to ``end`` between ``from_epoch`` (default 0) and 
 the end of the run), or between ``from_step`` and ``until_step``, along ``linear`` or ``cosine`` (half a
 cosine: flat at both ends); ``constant`` stays at ``start``. Before the span it is ``start``, after it
 ``end``. ``warmup_epochs`` / ``warmup_steps`` first go linearly from ``warmup_start`` (default 0) to
-``start``, and the span begins after the warm-up. The value at a step is a function of the step alone,
-so a resumed run continues the schedule exactly.
+``start``, and the span begins after the warm-up. ``per: epoch`` holds each epoch's first value through the
+epoch (a staircase, as the reference code of DINO and iBOT indexes its teacher-temperature schedule by
+epoch: their ``--warmup_teacher_temp_epochs W`` is ``{schedule: linear, ..., until_epoch: W - 1, per: epoch}``,
+which reaches ``end`` in epoch W - 1). The value at a step is a function of the step alone, so a resumed run
+continues the schedule exactly.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Schedule:
     warmup_epochs: Optional[float] = None
     warmup_steps: Optional[int] = None
     warmup_start: float = 0.0
+    per: Literal["step", "epoch"] = "step"  # epoch: each epoch's first value, held through the epoch
 
     def __post_init__(self) -> None:
         if self.end is None and self.schedule != "constant":
@@ -61,6 +65,8 @@ class Schedule:
 
     def at(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
         """The value for the step after ``step`` completed ones."""
+        if self.per == "epoch":
+            step -= step % max(steps_per_epoch, 1)
         warmup = self._steps(self.warmup_epochs, self.warmup_steps, steps_per_epoch, 0)
         if step < warmup:
             return self.warmup_start + (self.start - self.warmup_start) * step / warmup
@@ -94,6 +100,8 @@ class Schedule:
         if self.warmup_epochs is not None or self.warmup_steps is not None:
             length = f"{self.warmup_epochs:g} epoch(s)" if self.warmup_epochs is not None else f"{self.warmup_steps} step(s)"
             warmup = f"warm-up {self.warmup_start:g} -> {self.start:g} over {length}, then "
+        if self.per == "epoch":
+            span.append("per epoch")
         return f"{warmup}{self.schedule} {self.start:g} -> {self.end:g}" + (f" ({', '.join(span)})" if span else "")
 
     def plain(self) -> dict:
@@ -101,4 +109,6 @@ class Schedule:
         fields = {k: v for k, v in self.__dict__.items() if v is not None}
         if fields.get("warmup_start") == 0.0 and self.warmup_epochs is None and self.warmup_steps is None:
             del fields["warmup_start"]
+        if fields.get("per") == "step":
+            del fields["per"]
         return fields

@@ -115,9 +115,10 @@ class DINOLoss(nn.Module):
     towards the teacher's mean output of the batch: ``c = m c + (1 - m) mean_{i,n} t_i[n]``, over every
     rank's images (all-reduced, as the official ``update_center``); it is a buffer, in checkpoints.
 
-    DINO warms the teacher temperature up from 0.04 to 0.07 over 30 epochs; in a recipe that is a
-    schedule (clrun.schedule), set each step rather than each epoch:
-    ``teacher_temperature: {schedule: linear, start: 0.04, end: 0.07, until_epoch: 30}``.
+    DINO warms the teacher temperature up from 0.04 to 0.07 over 30 epochs, one value per epoch
+    (``np.linspace(0.04, 0.07, 30)`` indexed by epoch: 0.07 from epoch 29); in a recipe that is a schedule
+    (clrun.schedule): ``teacher_temperature: {schedule: linear, start: 0.04, end: 0.07, until_epoch: 29,
+    per: epoch}``, or without ``per: epoch`` a ramp set each step.
 
     DINOv2's options (Oquab et al. 2023, arXiv:2304.07193, and facebookresearch/dinov2):
     ``centering: sinkhorn`` replaces the center by Sinkhorn-Knopp normalization of the teacher's scores

@@ -41,6 +41,17 @@ class PerStepSchedule:
         self.scheduler.step_update(self.steps)
 
 
+class WarmupToPeakCosine(CosineLRScheduler):
+    """timm's cosine with a warm-up whose last step is at the peak: step t of W has
+    ``warmup_lr + t (lr - warmup_lr) / (W - 1)``, ``np.linspace(warmup_lr, lr, W)`` as the ``cosine_scheduler``
+    of DINO's, iBOT's and DINOv2's code has it (timm's own divides by W, reaching the peak a step later)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.warmup_t > 1:
+            self.warmup_steps = [(v - self.warmup_lr_init) / (self.warmup_t - 1) for v in self.base_values]
+
+
 @checked
 def warmup_cosine(
     optimizer: torch.optim.Optimizer,
@@ -49,13 +60,18 @@ def warmup_cosine(
     warmup_epochs: Annotated[float, EPOCHS] = 10.0,
     warmup_lr: Annotated[float, RATE] = 0.0,
     min_lr: Annotated[float, RATE] = 0.0,
+    warmup_ends_at_peak: bool = False,
 ) -> PerStepSchedule:
     """Linear warmup from ``warmup_lr`` for ``warmup_epochs``, then cosine decay to ``min_lr`` (SimCLR).
 
-    Warmup is clipped to half the run so short runs still decay.
+    Warmup is clipped to half the run so short runs still decay. Step t of a W-step warm-up has
+    ``warmup_lr + t (lr - warmup_lr) / W`` (timm's and MAE's); with ``warmup_ends_at_peak`` it has
+    ``... / (W - 1)``, so its last step is at the peak (DINO's, iBOT's and DINOv2's ``cosine_scheduler``).
+    The cosine then spans the remaining steps and never quite reaches ``min_lr``, as in both.
     """
     warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps // 2)
-    scheduler = CosineLRScheduler(
+    schedule = WarmupToPeakCosine if warmup_ends_at_peak else CosineLRScheduler
+    scheduler = schedule(
         optimizer,
         t_initial=max(total_steps - warmup_steps, 1),
         lr_min=min_lr,

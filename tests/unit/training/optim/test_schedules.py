@@ -150,3 +150,45 @@ def test_a_nested_losss_schedule_sets_the_inner_loss():
     values = parts.schedules.apply(2)
     assert values == pytest.approx({"loss.weight": 0.5, "loss.loss.teacher_temperature": 0.055})
     assert parts.loss_fn.weight == pytest.approx(0.5) and parts.loss_fn.loss.teacher_temperature == pytest.approx(0.055)
+
+
+# -- the reference code's own schedule arithmetic (DINO's utils.cosine_scheduler and teacher temperature) ----
+
+def dino_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
+    """facebookresearch/dino utils.py, cosine_scheduler (commit 7c446df), as written there."""
+    import numpy as np
+
+    warmup_schedule = np.array([])
+    warmup_iters = warmup_epochs * niter_per_ep
+    if warmup_epochs > 0:
+        warmup_schedule = np.linspace(start_warmup_value, base_value, warmup_iters)
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+    return np.concatenate((warmup_schedule, schedule))
+
+
+def test_a_warm_up_that_ends_at_the_peak_is_dinos_learning_rate_schedule():
+    epochs, per_epoch = 6, 7
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
+    scheduler = clrun.create("scheduler", "clrun/warmup_cosine", optimizer=optimizer, total_steps=epochs * per_epoch,
+                             steps_per_epoch=per_epoch, warmup_epochs=2, min_lr=1e-6, warmup_ends_at_peak=True)
+    expected = dino_cosine_scheduler(5e-4, 1e-6, epochs, per_epoch, warmup_epochs=2)
+    lrs = []
+    for _ in range(epochs * per_epoch):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    assert lrs == pytest.approx(list(expected), rel=1e-12, abs=1e-18)
+    assert lrs[13] == lrs[14] == 5e-4  # the warm-up's last step and the cosine's first are both at the peak
+
+
+def test_a_per_epoch_schedule_is_dinos_teacher_temperature():
+    """DINO's teacher temperature: np.linspace(0.04, 0.07, W) then 0.07, indexed by epoch."""
+    import numpy as np
+
+    epochs, per_epoch, warmup = 8, 5, 4
+    official = np.concatenate((np.linspace(0.04, 0.07, warmup), np.ones(epochs - warmup) * 0.07))
+    schedule = Schedule("linear", 0.04, 0.07, until_epoch=warmup - 1, per="epoch")
+    values = [schedule.at(step, per_epoch, epochs * per_epoch) for step in range(epochs * per_epoch)]
+    assert values == pytest.approx([official[step // per_epoch] for step in range(epochs * per_epoch)], rel=1e-15)
+    assert schedule.describe() == "linear 0.04 -> 0.07 (until epoch 3, per epoch)"
+    assert schedule.plain()["per"] == "epoch" and "per" not in Schedule("linear", 0.04, 0.07).plain()
