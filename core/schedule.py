@@ -11,9 +11,9 @@ the end of the run), or between ``from_step`` and ``until_step``, along ``linear
 cosine: flat at both ends); ``constant`` stays at ``start``. Before the span it is ``start``, after it
 ``end``. ``warmup_epochs`` / ``warmup_steps`` first go linearly from ``warmup_start`` (default 0) to
 ``start``, and the span begins after the warm-up. ``per: epoch`` holds each epoch's first value through the
-epoch (a staircase, as the reference code of DINO and iBOT indexes its teacher-temperature schedule by
-epoch: their ``--warmup_teacher_temp_epochs W`` is ``{schedule: linear, ..., until_epoch: W - 1, per: epoch}``,
-which reaches ``end`` in epoch W - 1). The value at a step is a function of the step alone, so a resumed run
+epoch (a staircase, as the reference code of the self-distillation methods indexes its teacher-temperature
+schedule by epoch: their ``--warmup_teacher_temp_epochs W`` is ``{schedule: linear, ..., until_epoch: W - 1,
+per: epoch}``, which reaches ``end`` in epoch W - 1). The value at a step is a function of the step alone, so a resumed run
 continues the schedule exactly.
 """
 

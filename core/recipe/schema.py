@@ -86,7 +86,8 @@ class TrainSection:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_clip: Optional[float] = None
     # How grad_clip applies: "global_norm" scales all gradients by one factor (torch's clip_grad_norm_);
-    # "per_parameter" clips each parameter's gradient to that norm on its own (DINO's and iBOT's clip_grad).
+    # "per_parameter" clips each parameter's gradient to that norm on its own (the self-distillation methods'
+    # reference clip_grad).
     grad_clip_mode: Literal["global_norm", "per_parameter"] = "global_norm"
     # NHWC memory layout for the network and the views: faster convolutions on CPUs (oneDNN) and
     # on tensor-core GPUs.

@@ -1,12 +1,13 @@
 """Gradient clipping, as ``train.grad_clip`` and ``train.grad_clip_mode`` ask.
 
 ``global_norm``: torch's ``clip_grad_norm_``, every gradient scaled by one factor so that their joint L2 norm
-is at most ``max_norm`` (SimCLR's and most methods' clipping, DINOv2's per network part).
+is at most ``max_norm`` (most methods' clipping).
 
 ``per_parameter``: each parameter's gradient scaled on its own so that its L2 norm is at most ``max_norm``,
-by ``max_norm / (norm + 1e-6)`` where that is below 1: the ``clip_gradients`` of DINO's and iBOT's ``utils.py``
-(their ``--clip_grad 3.0``), computed on the device without reading the norms back (theirs calls ``.item()``
-per parameter). A gradient at most ``max_norm`` long is multiplied by exactly 1, so it is left bit for bit.
+by ``max_norm / (norm + 1e-6)`` where that is below 1: the ``clip_gradients`` of the self-distillation
+methods' reference ``utils.py`` (their ``--clip_grad 3.0``), computed on the device without reading the norms
+back (theirs calls ``.item()`` per parameter). A gradient at most ``max_norm`` long is multiplied by exactly
+1, so it is left bit for bit.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 ClipMode = Literal["global_norm", "per_parameter"]
 
-# DINO's clip_gradients divides by norm + 1e-6 (a zero gradient stays zero either way).
+# The reference clip_gradients divides by norm + 1e-6 (a zero gradient stays zero either way).
 EPSILON = 1e-6
 
 
