@@ -342,8 +342,9 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def parity_registry(crops, recorder: Recorder) -> Iterator[None]:
-    """cl-run's process-wide registry replaced, for the block, by a fresh one with the three parity components.
+def parity_registry(crops, recorder, extra: Iterable = ()) -> Iterator[None]:
+    """cl-run's process-wide registry replaced, for the block, by a fresh one with the three parity components
+    (and the ``clrun.Component`` objects of ``extra``: another method's, MAE's mask generator).
 
     ``clrun.load_recipe`` and ``clrun.train`` resolve names in ``plugin_manager.default_registry()``; adding the
     components to that one would leave them behind for whatever the process runs next (other tests list the
@@ -363,6 +364,7 @@ def parity_registry(crops, recorder: Recorder) -> Iterator[None]:
         clrun.Component("dataset", "parity/views", lambda: stream(), "the parity fixture's steps, in order"),
         clrun.Component("augmentation", "parity/crop", crop, "one of the fixture's rendered crops"),
         clrun.Component("callback", "parity/recorder", lambda: recorder, "records a parity run"),
+        *extra,
     ], "tests.parity.clrun_side")
     plugin_manager.set_default_registry(registry)
     try:

@@ -1,0 +1,78 @@
+"""cl-run's MAE against the official trajectory (``fixtures/mae_official.json``): one run, every quantity.
+
+A command line over ``mae_clrun_side`` (the tests are ``test_mae_parity.py``), for looking at a difference: it
+runs cl-run's training loop on the MAE parity recipe (``mae_clrun_side.RECIPE``), compares every recorded
+quantity with the fixture per step and prints the first step over the tolerance, the largest deviations and
+where. Exit status 0 when everything matches.
+
+    .venv/bin/python tests/parity/harness_mae.py                                   # the parity recipe
+    .venv/bin/python tests/parity/harness_mae.py -v                                # every quantity
+    .venv/bin/python tests/parity/harness_mae.py --reintroduce pos_embed_trained   # cl-run's default, back
+    .venv/bin/python tests/parity/harness_mae.py --clrun-defaults                  # both differences
+    .venv/bin/python tests/parity/harness_mae.py --clrun-defaults --proposed-fixes # the proposed changes
+    .venv/bin/python tests/parity/harness_mae.py --official-order                  # kept patches in noise order
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.parity import clrun_side as C  # noqa: E402
+from tests.parity import mae_clrun_side as M  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reintroduce", action="append", default=[], choices=list(M.DIFFERENCES),
+                        help="; ".join(f"{k}: {v.what}" for k, v in M.DIFFERENCES.items()))
+    parser.add_argument("--clrun-defaults", action="store_true", help="every difference reintroduced")
+    parser.add_argument("--proposed-fixes", action="store_true",
+                        help="the proposed changes to cl-run patched in (mae_clrun_side.DIFFERENCES[...].fix)")
+    parser.add_argument("--official-order", action="store_true",
+                        help="the encoder's kept patches in the official (noise) order instead of raster order")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="a recipe override")
+    parser.add_argument("--stop-after", type=int, help="stop after this step (from 0); the schedules stay 30 steps'")
+    parser.add_argument("--data-root", type=Path, default=C.DATA_ROOT)
+    parser.add_argument("--keep", type=Path, help="keep the run folder here (and show cl-run's output)")
+    parser.add_argument("--json", type=Path, help="write the per-step records here")
+    parser.add_argument("-v", "--verbose", action="store_true", help="every quantity, also those that match")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    names = list(M.DIFFERENCES) if args.clrun_defaults else args.reintroduce
+    recipe: dict = {}
+    for name in names:
+        recipe.update(M.DIFFERENCES[name].recipe)
+    patches = [M.DIFFERENCES[name].fix for name in names] if args.proposed_fixes else []
+    patches += [M.official_keep_order] if args.official_order else []
+    started = time.perf_counter()
+    result = M.run_clrun(**recipe, overrides=args.override, patches=patches, stop_after=args.stop_after,
+                         data_root=args.data_root, keep=args.keep)
+    recorder = result.recorder
+    rows = M.compare(M.load_fixture(), recorder)
+    print(f"== MAE; reintroduced: {', '.join(names) or 'none'}; proposed fixes: {args.proposed_fixes}; "
+          f"official order: {args.official_order}; overrides: {', '.join(args.override) or 'none'}; "
+          f"{recorder.recorded_steps()} steps in {result.train_seconds:.1f} s; dtypes {recorder.dtypes}")
+    print(C.table(rows, every=args.verbose))
+    step, quantities = C.first_departure(rows)
+    if step is None:
+        largest = max(r.max_rel for r in rows.values())
+        print(f"MATCH (relative tolerance {C.RTOL:g}; the largest deviation {largest:.2e})")
+    else:
+        print(f"DIFFERENT from step {'the start' if step < 0 else step}: {', '.join(quantities)}")
+    print(f"wall time {time.perf_counter() - started:.1f} s")
+    if args.json:
+        steps = [{k: v for k, v in s.items() if not isinstance(v, torch.Tensor)} for s in recorder.steps]
+        args.json.write_text(json.dumps({"steps": steps, "checksums": recorder.checksums,
+                                         "param_groups": recorder.group_names}, indent=1, default=str))
+    return 0 if step is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

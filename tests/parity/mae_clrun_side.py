@@ -1,0 +1,538 @@
+"""cl-run's side of the MAE parity tests: cl-run's own training loop on the MAE fixture's batches, masks and weights.
+
+``run_clrun()`` runs ``clrun.train`` (unmodified) on ``RECIPE``, the official flags of ``fixtures/mae_official.json``
+(``make_mae.py``) written as recipe lines, on the very batches, masking noise and initial weights the fixture was
+made with, in float64, and records per step what the fixture records; ``compare`` puts the two side by side.
+The tests are ``test_mae_parity.py``; ``harness_mae.py`` is a command line over this module.
+
+The machinery is DINO's (``clrun_side.py``): the ``parity/views`` stream hands out (step, image) codes in the
+fixture's order, ``parity/crop`` (crop 0) turns them into ``mae_data.render``'s float64 batch of that step,
+``parity/recorder`` (here a ``Recorder`` of this module) observes, all in a registry of the run's own
+(``clrun_side.parity_registry``), with ``torch.set_default_dtype(torch.float64)`` around ``clrun.train``. What
+MAE adds:
+
+* the masking noise. cl-run's ``clrun/random_mask`` (``RandomMask``) draws ``torch.rand(B, L)`` and keeps the
+  ``int(L (1 - ratio))`` patches of smallest noise; ``parity/noise_mask`` (a ``mask`` component) is that very
+  ``RandomMask``, called with its module's ``torch.rand`` answering the step's ``mae_data.mask_noise`` (the
+  official ``random_masking``'s ``torch.rand(N, L)`` got the same array). So cl-run's own masking code runs:
+  its keep count and its choice of patches are compared, not assumed;
+* the initial weights: ``mae_weights.initial_weights(0)`` (bit for bit the official model's) saved as the
+  official checkpoint (``{"model": state}``, official names and shapes) and loaded through the recipe's
+  ``init:`` with ``layout: clrun/mae`` (``clrun.plugins.weights.official.mae``): cl-run's own mapping of the
+  official encoder into timm's ViT and of the decoder into ``clrun/mae_decoder``;
+* the prediction of every patch (the fixture's ``pred`` checksum covers all 49, the visible ones too): a
+  forward hook on the decoder's output layer (``token_head.out``), whose output is every patch's prediction
+  before ``MAEDecoder`` selects the hidden ones.
+
+Two official behaviours are not cl-run's defaults; the recipe gives them with existing options (``recipe_text``):
+
+* the decoder's mask token is weight-decayed (official: a (1, 1, E) tensor, so ``add_weight_decay`` decays it;
+  cl-run's is 1-D and its rule exempts 1-D tensors): ``train.exclude_bias_and_norm_from_weight_decay: false``
+  and a ``params.groups`` rule giving the biases and LayerNorm weights weight decay 0;
+* the encoder's position embeddings are fixed (official ``requires_grad=False``; timm's ViT trains them): a
+  ``params.groups`` rule ``{match: [backbone.pos_embed], frozen: true}``.
+
+``DIFFERENCES`` holds both, each with the recipe keyword that puts cl-run's default back, its cause in cl-run's
+code and the patch of the change proposed for cl-run (``mask_tokens_decayed``, ``fixed_sincos_pos_embed``);
+``official_keep_order`` puts the encoder's kept patches in the official order (rounding only). README.md and
+docs/guides/parity.md have the measurements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, ContextManager, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from tests.parity import clrun_side as C
+from tests.parity import mae_data as D
+from tests.parity import mae_weights as W
+from tests.parity.make_mae import CHECKSUM_STEPS, EPOCHS, STEPS_PER_EPOCH, TENSORS, _Proxy
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "mae_official.json"
+STEPS = STEPS_PER_EPOCH * EPOCHS
+DATA_ROOT = C.DATA_ROOT
+RTOL = C.RTOL  # 1e-10 relative, as DINO's
+
+# ------------------------------------------------------------------------------------------------ the recipe
+# The official flags (fixture["official"]["flags"]) as recipe lines, spelled as recipes/mae_vitb16.yaml spells
+# them. {params} and {train_extra} take the lines that put official behaviour in place (recipe_text).
+RECIPE = """\
+seed: 0
+data:
+  dataset: {{name: parity/views}}
+  batch_size: 8                      # --batch_size 8 --accum_iter 1, one process
+  num_workers: 0
+  # no mean/std: parity/crop hands out the batch normalized, as mae_data.render makes it
+views:
+  - name: global
+    transforms: [{{name: parity/crop, crop: 0}}]
+backbone:                            # MaskedAutoencoderViT's encoder, tiny (mae_weights.MODEL)
+  name: timm/vit_tiny_patch16_224
+  in_chans: 1
+  img_size: 28                       # --input_size 28
+  drop_path_rate: 0.0                # the official encoder has none
+  model_args: {{patch_size: 4, embed_dim: 64, depth: 2, num_heads: 2}}
+projector:
+  name: clrun/identity
+masking:
+  generator: {{name: parity/noise_mask, ratio: 0.75}}   # clrun/random_mask on the recorded noise; --mask_ratio 0.75
+  hidden: drop
+  head: {{name: clrun/mae_decoder, embed_dim: 32, depth: 1, num_heads: 2}}
+loss:
+  name: clrun/mae
+  norm_pix_loss: true                # --norm_pix_loss
+optimizer:
+  name: torch/AdamW                  # torch.optim.AdamW(param_groups, lr=args.lr, betas=(0.9, 0.95))
+  lr: 1.0e-3                         # --blr 0.032 x 8 / 256
+  betas: [0.9, 0.95]
+  weight_decay: 0.05                 # --weight_decay 0.05
+scheduler:                           # util/lr_sched.py: --warmup_epochs 1 --min_lr 1e-5, per iteration
+  name: clrun/warmup_cosine
+  warmup_epochs: 1
+  min_lr: 1.0e-5
+{params}init:                                # the official checkpoint layout: encoder and decoder
+  backbone: {{source: {weights}, layout: clrun/mae}}
+  token_head: {{source: {weights}, layout: clrun/mae}}
+train:
+  epochs: 3
+  device: cpu
+  threads: 1
+  precision: fp32                    # the dtype is float64 all the same: torch's default dtype, set here
+{train_extra}  log_every: 1
+  progress: false
+health:
+  enabled: false
+callbacks:
+  - name: parity/recorder
+run:
+  dir: {run_dir}
+"""
+
+# Two official behaviours that cl-run's defaults do not have, in cl-run's existing options (DIFFERENCES):
+# * timm 0.3.2's add_weight_decay decays all but the 1-D tensors and the biases, so the official cls_token and
+#   mask_token, (1, 1, D), are decayed. cl-run's rule also decays what has more than one dimension, but its
+#   decoder's mask token is 1-D, (E,): not decayed ("mask_token_not_decayed"). Recipe lines: every parameter
+#   decayed (train.exclude_bias_and_norm_from_weight_decay: false) unless a rule gives it 0: the biases and the
+#   LayerNorm weights, by name (the official no-decay group, exactly).
+# * the official position embeddings are fixed (requires_grad=False); timm's ViT trains its pos_embed
+#   ("pos_embed_trained"). Recipe lines: a rule that never updates it (frozen: true: its gradient is dropped
+#   before each step, so AdamW skips it, as it skips a parameter without a gradient).
+FIXED_POS_EMBED_RULE = """\
+    - match: [backbone.pos_embed]    # fixed in the official model (models_mae.py: requires_grad=False)
+      frozen: true
+"""
+OFFICIAL_DECAY_RULE = """\
+    - match: ["*.bias", "*norm*.weight"]   # add_weight_decay's no-decay group: the 1-D tensors and biases
+      weight_decay: 0.0
+"""
+OFFICIAL_DECAY_TRAIN = "  exclude_bias_and_norm_from_weight_decay: false   # the params rule decides\n"
+
+
+def recipe_text(weights_file: str, run_dir: str, official_decay: bool = True, fixed_pos_embed: bool = True) -> str:
+    """``RECIPE`` with the lines for the official weight decay and the fixed position embedding (both by default;
+    without them, cl-run's defaults, as recipes/mae_*.yaml have them)."""
+    rules = (FIXED_POS_EMBED_RULE if fixed_pos_embed else "") + (OFFICIAL_DECAY_RULE if official_decay else "")
+    return RECIPE.format(params=f"params:\n  groups:\n{rules}" if rules else "",
+                         train_extra=OFFICIAL_DECAY_TRAIN if official_decay else "", weights=weights_file,
+                         run_dir=run_dir)
+
+
+# -------------------------------------------------------------------------------------------- the fixture side
+def load_fixture() -> dict:
+    return json.loads(FIXTURE.read_text())
+
+
+@lru_cache(maxsize=None)
+def rendered_batches(data_root: str = str(DATA_ROOT)) -> tuple[tuple[torch.Tensor], ...]:
+    """``[step][0]``: the (8, 1, 28, 28) float64 batch of each step (``parity/crop``'s ``crops[step][crop]``)."""
+    spec, images = D.make_spec(0), C._images(data_root)
+    return tuple((D.render(spec, step, images),) for step in range(D.STEPS))
+
+
+@lru_cache(maxsize=None)
+def noise() -> np.ndarray:
+    return D.mask_noise(0)
+
+
+def official_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The official model's initial state dict (``mae_weights.initial_weights``), the official shapes."""
+    return W.initial_weights(seed)
+
+
+# The official names and cl-run's (clrun.plugins.weights.official.mae + heads.token_transformer): the encoder
+# keeps timm's names under backbone., the decoder is clrun/mae_decoder's under token_head (decoder_embed ->
+# embed, decoder_blocks -> blocks, decoder_norm -> norm, decoder_pred -> out); decoder_pos_embed is no parameter
+# in cl-run (MAEDecoder computes the table: Recorder.decoder_pos_embed).
+_DECODER = (("decoder_embed.", "embed."), ("decoder_blocks.", "blocks."), ("decoder_norm.", "norm."),
+            ("decoder_pred.", "out."), ("mask_token", "mask_token"))
+
+
+def official_name(clrun: str) -> str:
+    """A cl-run network name (``backbone.``, ``token_head.``) -> the official model's."""
+    part, _, rest = clrun.partition(".")
+    if part == "token_head":
+        for old, new in _DECODER:
+            if rest.startswith(new):
+                return old + rest[len(new):]
+    assert part == "backbone", clrun
+    return rest
+
+
+# ------------------------------------------------------------------------------------------ the components
+class NoiseMask:
+    """``parity/noise_mask``: cl-run's ``clrun/random_mask`` (``RandomMask(ratio)``) drawing the fixture's noise.
+
+    Call k (one per step) answers the generator module's ``torch.rand(B, L)`` with ``mae_data.mask_noise(0)[k]``
+    (float64), as ``make_mae.py`` answered the official ``random_masking``'s; everything else is
+    ``RandomMask.__call__`` as it is."""
+
+    equal_counts = True  # RandomMask's: masking.hidden: drop needs it
+    official_order = False  # official_keep_order(): the kept patches in the official order
+
+    def __init__(self, ratio: float = 0.75) -> None:
+        from clrun.plugins.masks.generators import RandomMask
+
+        self.inner = RandomMask(ratio)
+        self.calls = 0
+
+    def __call__(self, batch: int, grid: tuple[int, int], device="cpu"):
+        from unittest import mock
+
+        from clrun.plugins.masks import generators
+
+        step = self.calls
+        recorded = torch.from_numpy(noise()[step].copy())
+
+        def rand(*size, device=None, **kwargs):
+            assert not kwargs and tuple(size) == tuple(recorded.shape), (size, kwargs)
+            return recorded.to(device)
+
+        with mock.patch.object(generators, "torch", _Proxy(torch, rand=rand)):
+            masks = self.inner(batch, grid, device)
+        if self.official_order:
+            # Masks.visible_index is a cached_property: its value put in the instance's __dict__ beforehand
+            order = D.keep_order(recorded, self.inner.ratio).to(masks.visible.device)
+            assert torch.equal(order.sort(dim=1).values, masks.visible_index)
+            masks.__dict__["visible_index"] = order
+        self.calls += 1
+        return masks
+
+
+class Recorder:
+    """``parity/recorder`` for MAE: observation only. ``steps[k]``: what step k (from 0) did, in the fixture's
+    keys; ``checksums``: the fixture's tensors (official names) before step 0 and after steps 0, 10, 20, 29.
+
+    * a forward hook on the loss: the loss (float64), the masks of the view (hidden count per image, the visible
+      patches);
+    * a forward hook on the decoder's output layer: the prediction of every patch (``pred``);
+    * a post-accumulate-grad hook on every parameter: the gradient norms (``grad_norm``: the 2-norm over the
+      parameters the official model trains, as ``get_grad_norm_`` returns it);
+    * an optimizer step pre-hook: lr and weight decay of the group of each parameter;
+    * ``clrun_step_end`` (``train.log_every: 1``, after the update): the checksums.
+    """
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.stop_after = stop_after
+        self.steps: list[dict] = [dict() for _ in range(STEPS)]
+        self.checksums: dict[str, dict] = {}
+        self.groups: dict[str, dict] = {}  # official name -> its cl-run group's settings at the start
+        self.group_names: list[list[str]] = []
+        self.dtypes: list[str] = []
+        self.run = None
+        self._norms: dict[str, float] = {}
+
+    def named(self) -> dict[str, torch.Tensor]:
+        """The online network's parameters under the official names."""
+        network = self.run.parts.network
+        return {official_name(f"{part}.{n}"): p for part in ("backbone", "token_head")
+                for n, p in getattr(network, part).named_parameters()}
+
+    def decoder_pos_embed(self) -> torch.Tensor:
+        """The table ``MAEDecoder`` adds (``position_embeddings`` of the grid), with the class token's zero row
+        prepended, as the official (1, 50, 32) parameter holds it."""
+        from clrun.plugins.heads.token_heads import position_embeddings
+
+        like = torch.zeros(1, W.DEC_EMBED, dtype=torch.float64)
+        table = position_embeddings((W.GRID, W.GRID), like)
+        return torch.cat([torch.zeros(1, W.DEC_EMBED, dtype=table.dtype), table]).unsqueeze(0)
+
+    def snapshot(self) -> dict:
+        state = {**self.named(), "decoder_pos_embed": self.decoder_pos_embed()}
+        out = {n: W.checksums(state[n]) for n in TENSORS}
+        pairs = [W.checksums(p) for p in state.values()]
+        out["all_parameters"] = [sum(p[0] for p in pairs), sum(p[1] for p in pairs)]
+        return out
+
+    def recorded_steps(self) -> int:
+        return sum(1 for s in self.steps if "lr" in s and "loss" in s)
+
+    # ---- cl-run's callback hooks
+    def clrun_run_start(self, run) -> None:
+        self.run = run
+        parts = run.parts  # cl-run's internal bundle (read only; see clrun_side.Recorder)
+        named = self.named()
+        self.names = {id(p): n for n, p in named.items()}
+        self.group_names = [[self.names[id(p)] for p in g["params"]] for g in parts.optimizer.param_groups]
+        for g in parts.optimizer.param_groups:
+            for p in g["params"]:
+                self.groups[self.names[id(p)]] = {k: v for k, v in g.items() if k != "params"}
+        self.dtypes = sorted({str(p.dtype) for p in parts.network.parameters()})
+        self.checksums["initial"] = self.snapshot()
+        parts.loss_fn.register_forward_hook(self.loss_hook)
+        parts.network.token_head.out.register_forward_hook(self.prediction_hook)
+        parts.optimizer.register_step_pre_hook(self.step_pre_hook)
+        for name, p in named.items():
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(lambda p, name=name: self.gradient_hook(name, p))
+
+    def loss_hook(self, module, inputs, output) -> None:
+        (out,) = inputs
+        loss = output["loss"] if isinstance(output, dict) else output
+        (masks,) = out.masks
+        self.steps[self.run.step].update({
+            "step": self.run.step, "epoch": self.run.epoch, "loss": float(loss.detach()),
+            "loss_dtype": str(loss.dtype),
+            "masked_per_image": [int(m) for m in masks.hidden.sum(1)],
+            "visible": masks.visible.detach().clone(),
+            "visible_index": masks.visible_index.detach().clone(),
+        })
+
+    def prediction_hook(self, module, inputs, output) -> None:
+        # (B, L, P): every patch's prediction, raster order (MAEDecoder then picks the hidden ones)
+        self.steps[self.run.step]["pred"] = W.checksums(output.detach())
+
+    def gradient_hook(self, name: str, p: torch.Tensor) -> None:
+        self._norms[name] = float(torch.linalg.vector_norm(p.grad.detach()))
+
+    def step_pre_hook(self, optimizer, *_) -> None:
+        norms, self._norms = self._norms, {}
+        groups = {}
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                groups[self.names[id(p)]] = (float(g["lr"]), float(g["weight_decay"]))
+        trained = [n for n in norms if n not in W.FIXED]  # the official model trains no position embedding
+        self.steps[self.run.step].update({
+            "grad_norm": math.sqrt(sum(norms[n] ** 2 for n in trained)),
+            "grad_norm_all": math.sqrt(sum(v * v for v in norms.values())),
+            "params_with_grad": sorted(norms),
+            "lr": {n: v[0] for n, v in groups.items()},
+            "weight_decay": {n: v[1] for n, v in groups.items()},
+        })
+
+    def clrun_step_end(self, run, step: int, metrics: dict) -> None:
+        k = step - 1  # counted from 1
+        if k in CHECKSUM_STEPS:
+            self.checksums[str(k)] = self.snapshot()
+        if self.stop_after is not None and k >= self.stop_after:
+            raise C.EnoughSteps(f"parity: stopped after step {k} on purpose")
+
+
+# ------------------------------------------------------------------------------------------------ a run
+@dataclass
+class Result:
+    recorder: Recorder
+    masks: NoiseMask
+    recipe: str
+    train_seconds: float
+
+
+def run_clrun(*, official_decay: bool = True, fixed_pos_embed: bool = True, overrides: Iterable[str] = (),
+              stop_after: int | None = None, patches: Iterable[Callable[[], ContextManager]] = (),
+              data_root: Path = DATA_ROOT, keep: Path | None = None) -> Result:
+    """cl-run's 30 MAE steps on the fixture's batches, noise and weights.
+
+    ``official_decay``, ``fixed_pos_embed``: the recipe with the lines that give the official weight decay and
+    the fixed position embedding (``recipe_text``; False: cl-run's default, what recipes/mae_*.yaml get);
+    ``overrides``: recipe lines ``key=value``; ``stop_after``: stop after that step (counted from 0; the
+    schedules stay those of 30 steps); ``patches``: context managers entered around the run; ``keep``: keep
+    the run folder there and show cl-run's output."""
+    import clrun
+
+    batches = rendered_batches(str(data_root))
+    recorder, masks = Recorder(stop_after), None
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+
+    def make_mask(ratio: float = 0.75) -> NoiseMask:
+        nonlocal masks
+        masks = NoiseMask(ratio)
+        return masks
+
+    with contextlib.ExitStack() as stack:
+        folder = keep if keep is not None else Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="clrun-parity-mae-")))
+        folder.mkdir(parents=True, exist_ok=True)
+        weights_file = folder / "checkpoint-official.pth"
+        torch.save({"model": official_state(0)}, weights_file)  # util/misc.py's checkpoint, "model" only
+        text = recipe_text(str(weights_file), str(folder / "runs"), official_decay, fixed_pos_embed)
+        (folder / "recipe.yaml").write_text(text)
+        mask_component = clrun.Component("mask", "parity/noise_mask", make_mask,
+                                         "clrun/random_mask on the MAE fixture's recorded noise")
+        stack.enter_context(C.parity_registry(batches, recorder, extra=[mask_component]))
+        recipe = clrun.load_recipe(folder / "recipe.yaml", list(overrides))
+        stack.callback(torch.set_num_threads, threads)
+        stack.callback(torch.set_default_dtype, dtype)
+        torch.set_default_dtype(torch.float64)
+        for patch in patches:
+            stack.enter_context(patch())
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")
+        if keep is None:
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        started = time.perf_counter()
+        try:
+            clrun.train(recipe)
+        except Exception as exc:
+            if stop_after is None or not C._caused_by(exc, C.EnoughSteps):
+                raise
+        seconds = time.perf_counter() - started
+    return Result(recorder, masks, text, seconds)
+
+
+# ------------------------------------------------------------------------------------------------ comparison
+def compare(fixture: dict, recorder: Recorder) -> dict[str, C.Row]:
+    """Per quantity, over the steps ``recorder`` recorded: a ``clrun_side.Row``. Lists (the masks, the group
+    members) are compared as 0 (same) or 1 (different)."""
+    rows: dict[str, C.Row] = {}
+
+    def add(quantity: str, step, a: float, b: float) -> None:
+        rows.setdefault(quantity, C.Row()).add(step, a, b)
+
+    official_groups = fixture["param_groups"]  # 0: not decayed, 1: decayed
+    labels = ("not decayed", "decayed")
+    # the groups: each officially trained parameter decayed as there, and nothing else trained by cl-run
+    trained = {n for g in official_groups for n in g["params"]}
+    wrong = [n for g in official_groups for n in g["params"]
+             if recorder.groups.get(n, {}).get("weight_decay") != g["weight_decay"]]
+    add("param_groups", "start", 0.0, float(bool(wrong)))
+    updated = {n for n, g in recorder.groups.items() if not g.get("frozen")}
+    add("trained_parameters", "start", 0.0, float(updated != trained))
+    for k in range(recorder.recorded_steps()):
+        official, ours = fixture["steps"][k], recorder.steps[k]
+        add("loss", k, official["loss"], ours["loss"])
+        add("grad_norm", k, official["grad_norm"], ours["grad_norm"])
+        for i, name in enumerate(("sum", "sumsq")):
+            add(f"pred.{name}", k, official["pred"][i], ours["pred"][i])
+        add("masked_per_image", k, 0.0, float(official["masked_per_image"] != ours["masked_per_image"]))
+        keep = torch.tensor(fixture["masks"]["ids_keep"][k])
+        add("visible_patches", k, 0.0, float(not torch.equal(keep.sort(dim=1).values,
+                                                               ours["visible_index"].sort(dim=1).values)))
+        for g, label in zip(official_groups, labels):
+            i = labels.index(label)
+            for key in ("lr", "weight_decay"):
+                # the worst of the group's members (cl-run may split an official group)
+                worst = max((ours[key][n] for n in g["params"]), key=lambda v: C.rel(official[key][i], v))
+                add(f"{key}[{label}]", k, official[key][i], worst)
+    for when, official in fixture["checksums"].items():
+        if when in recorder.checksums:
+            ours = C.flat("", recorder.checksums[when])
+            for name, a in C.flat("", official).items():
+                add(f"checksum {name}", when, a, ours[name])
+    return rows
+
+
+# ------------------------------------------------------------------------------------- the differences found
+@contextlib.contextmanager
+def official_keep_order() -> Iterator[None]:
+    """The encoder's kept patches in the official order (ascending noise, ``ids_shuffle[:, :len_keep]``) instead
+    of cl-run's raster order (``Masks.visible_index``): the backbone gathers and the decoder scatters back by
+    that index, so only the order of the encoder's sequence changes."""
+    from unittest import mock
+
+    with mock.patch.object(NoiseMask, "official_order", True):
+        yield
+
+
+# The changes to cl-run's code that the differences call for (they are not made here), as patches: with both
+# in place, cl-run's defaults (no recipe lines) give the official trajectory.
+@contextlib.contextmanager
+def mask_tokens_decayed() -> Iterator[None]:
+    """Proposed fix of "mask_token_not_decayed": a parameter named ``mask_token`` (a token head's, stored 1-D)
+    weight-decayed as the official (1, 1, E) one is, whatever its shape. Emulated by moving it from the default
+    no-decay group into the default decayed one after ``build_groups``
+    (core/training/optim/param_groups.py:40, ``decays = decay_all or parameter.ndim > 1``, is where the change
+    belongs)."""
+    from unittest import mock
+
+    from clrun.training.optim import optimization
+
+    original = optimization.build_groups
+
+    def build_groups(named, params, decay_all, layers, steps_per_epoch):
+        groups = original(named, params, decay_all, layers, steps_per_epoch)
+        if decay_all:
+            return groups
+        names = {id(p): n for n, p in named}
+        decayed, not_decayed = groups[0], groups[1]  # the default groups come first (build_groups' order)
+        assert "weight_decay" not in decayed and not_decayed["weight_decay"] == 0.0
+        moved = [p for p in not_decayed["params"] if names[id(p)].endswith("mask_token")]
+        not_decayed["params"] = [p for p in not_decayed["params"] if not any(p is q for q in moved)]
+        decayed["params"] = decayed["params"] + moved
+        return groups
+
+    with mock.patch.object(optimization, "build_groups", build_groups):
+        yield
+
+
+@contextlib.contextmanager
+def fixed_sincos_pos_embed() -> Iterator[None]:
+    """Proposed option for "pos_embed_trained" (e.g. ``backbone.pos_embed: sincos_fixed``): the timm ViT's
+    ``pos_embed`` set to MAE's 2-D sin-cos table (float32-rounded, the class token's row zero) and not trained
+    (``requires_grad=False``: in no parameter group, no gradient). Emulated by wrapping ``add_tokens``, which
+    ``create_timm_backbone`` calls on every model it builds (plugins/backbones/timm_backbone.py:76)."""
+    from unittest import mock
+
+    from clrun.plugins.backbones import timm_backbone
+
+    original = timm_backbone.add_tokens
+
+    def add_tokens(model, model_name, mask_token):
+        original(model, model_name, mask_token)
+        with torch.no_grad():
+            width = model.pos_embed.shape[-1]
+            grid = int(round(math.sqrt(model.pos_embed.shape[1] - model.num_prefix_tokens)))
+            assert model.num_prefix_tokens == 1 and (W.GRID, width) == (grid, W.EMBED)
+            model.pos_embed.copy_(W.sincos_pos_embed(width, grid))
+        model.pos_embed.requires_grad_(False)
+
+    with mock.patch.object(timm_backbone, "add_tokens", add_tokens):
+        yield
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A difference the comparison found: ``what``; ``recipe``: ``run_clrun``'s keywords that put cl-run's
+    default back (the recipe lines that express the official behaviour left out); ``cause``: where in cl-run;
+    ``fix``: the patch of the proposed change that removes it with cl-run's default recipe."""
+
+    what: str
+    recipe: dict
+    cause: str
+    fix: Callable[[], ContextManager]
+
+
+DIFFERENCES: dict[str, Difference] = {
+    "mask_token_not_decayed": Difference(
+        "the decoder's mask token gets no weight decay (cl-run's 1-D (E,) token; the official (1, 1, E) is decayed)",
+        {"official_decay": False},
+        "core/training/optim/param_groups.py:40 (ndim > 1 decays) with plugins/heads/token_heads.py:100 (the "
+        "token heads' mask_token is 1-D) and plugins/weights/official/heads.py:51 (reshape(-1))",
+        mask_tokens_decayed),
+    "pos_embed_trained": Difference(
+        "the encoder's position embeddings are trained (timm's ViT parameter); the official ones are fixed",
+        {"fixed_pos_embed": False},
+        "plugins/backbones/timm_backbone.py:62 (timm.create_model: pos_embed a trainable nn.Parameter, "
+        "trunc-normal initialized); no backbone option fixes it",
+        fixed_sincos_pos_embed),
+}
