@@ -13,8 +13,8 @@ cosine: flat at both ends); ``constant`` stays at ``start``. Before the span it 
 ``start``, and the span begins after the warm-up. ``per: epoch`` holds each epoch's first value through the
 epoch (a staircase, as the reference code of the self-distillation methods indexes its teacher-temperature
 schedule by epoch: their ``--warmup_teacher_temp_epochs W`` is ``{schedule: linear, ..., until_epoch: W - 1,
-per: epoch}``, which reaches ``end`` in epoch W - 1). The value at a step is a function of the step alone, so a resumed run
-continues the schedule exactly.
+per: epoch}``, which reaches ``end`` in epoch W - 1). The value at a step is a function of the step alone,
+so a resumed run continues the schedule exactly.
 """
 
 from __future__ import annotations
