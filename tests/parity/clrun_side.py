@@ -42,6 +42,7 @@ float64 (the step's own metrics are float32).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -77,6 +78,16 @@ CLIP = 3.0  # --clip_grad 3.0
 CLIP_EPSILON = 1e-6  # utils.clip_gradients: clip / (norm + 1e-6)
 
 # ------------------------------------------------------------------------------------------------ the recipe
+# What every parity recipe (MAE's too) ends with: no health checks, the recorder, the run folder.
+RECIPE_END = """\
+health:
+  enabled: false
+callbacks:
+  - name: parity/recorder
+run:
+  dir: {run_dir}
+"""
+
 # The official flags (fixture["official"]["flags"]) as recipe lines, spelled as the repository's ImageNet DINO
 # recipe spells them (recipes/dino_vits16.yaml).
 RECIPE = """\
@@ -136,13 +147,7 @@ train:
   grad_clip_mode: per_parameter      # utils.clip_gradients: each parameter's gradient on its own
   log_every: 1
   progress: false
-health:
-  enabled: false
-callbacks:
-  - name: parity/recorder
-run:
-  dir: {run_dir}
-"""
+""" + RECIPE_END
 
 
 def views_yaml(crops: int) -> str:
@@ -298,11 +303,7 @@ class Recorder:
         self.dtypes = sorted({str(p.dtype) for p in parts.network.parameters()} |
                              {str(p.dtype) for p in parts.target.parameters()} | {str(parts.loss_fn.center.dtype)})
         self.checksums["initial"] = self.snapshot()
-        parts.loss_fn.register_forward_hook(self.loss_hook)
-        parts.optimizer.register_step_pre_hook(self.step_pre_hook)
-        for name, p in named.items():
-            if p.requires_grad:
-                p.register_post_accumulate_grad_hook(lambda p, name=name: self.gradient_hook(name, p))
+        hook_up(self, parts, named)
 
     def loss_hook(self, module, inputs, output) -> None:
         (out,) = inputs
@@ -339,6 +340,17 @@ class Recorder:
             self.checksums[str(k)] = self.snapshot()
         if self.stop_after is not None and k >= self.stop_after:
             raise EnoughSteps(f"parity: stopped after step {k} on purpose")
+
+
+def hook_up(recorder, parts, named: dict[str, torch.Tensor]) -> None:
+    """A recorder's hooks into the run (``parts``: cl-run's bundle): ``recorder.loss_hook`` on the loss's forward,
+    ``recorder.step_pre_hook`` before each optimizer step, and ``recorder.gradient_hook(name, p)`` as the backward
+    writes the gradient of each trainable parameter of ``named``."""
+    parts.loss_fn.register_forward_hook(recorder.loss_hook)
+    parts.optimizer.register_step_pre_hook(recorder.step_pre_hook)
+    for name, p in named.items():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda p, name=name: recorder.gradient_hook(name, p))
 
 
 @contextlib.contextmanager
@@ -408,37 +420,50 @@ def run_clrun(variant: str, *, resample: bool = False, overrides: Iterable[str] 
 
     crops = rendered_crops(crops_of(variant), str(data_root))
     recorder = Recorder(stop_after)
-    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
     with contextlib.ExitStack() as stack:
-        folder = keep if keep is not None else Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="clrun-parity-dino-")))
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = run_folder(stack, keep, "clrun-parity-dino-")
         weights_file = folder / "initial.pt"
         torch.save({"network": clrun_names(W.initial_weights(0))}, weights_file)
         text = recipe_text(variant, str(weights_file), str(folder / "runs"))
         (folder / "recipe.yaml").write_text(text)
         stack.enter_context(parity_registry(crops, recorder))
         recipe = clrun.load_recipe(folder / "recipe.yaml", list(overrides))
-        stack.callback(torch.set_num_threads, threads)  # train.threads: 1 sets the process's threads
-        stack.callback(torch.set_default_dtype, dtype)
-        torch.set_default_dtype(torch.float64)
-        if resample:
-            stack.enter_context(official_resample())
-        for patch in patches:
-            stack.enter_context(patch())
-        # cl-run's warnings (the float64 parts, the stream's size) are about a real run, not this one
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore")
-        if keep is None:
-            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        started = time.perf_counter()
-        try:
-            clrun.train(recipe)
-        except Exception as exc:
-            if stop_after is None or not _caused_by(exc, EnoughSteps):
-                raise
-        seconds = time.perf_counter() - started
+        seconds = train_in_float64(stack, recipe, [official_resample, *patches] if resample else patches,
+                                   stop_after=stop_after, quiet=keep is None)
     return Result(variant, recorder, text, seconds)
+
+
+def run_folder(stack: contextlib.ExitStack, keep: Path | None, prefix: str) -> Path:
+    """The run's folder: ``keep`` (made if missing), else a temporary one that ``stack`` removes."""
+    folder = keep if keep is not None else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def train_in_float64(stack: contextlib.ExitStack, recipe, patches: Iterable[Callable[[], ContextManager]], *,
+                     stop_after: int | None, quiet: bool) -> float:
+    """``clrun.train(recipe)`` with torch's default dtype float64, ``patches`` entered (in order) and warnings
+    off, cl-run's output discarded when ``quiet``; returns the seconds it took. A run the recorder stops after
+    ``stop_after`` ends normally. The dtype, the thread count and the rest are put back as ``stack`` closes."""
+    import clrun
+
+    stack.callback(torch.set_num_threads, torch.get_num_threads())  # train.threads: 1 sets the process's threads
+    stack.callback(torch.set_default_dtype, torch.get_default_dtype())
+    torch.set_default_dtype(torch.float64)
+    for patch in patches:
+        stack.enter_context(patch())
+    # cl-run's warnings (the float64 parts, the stream's size) are about a real run, not this one
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    if quiet:
+        stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    started = time.perf_counter()
+    try:
+        clrun.train(recipe)
+    except Exception as exc:
+        if stop_after is None or not _caused_by(exc, EnoughSteps):
+            raise
+    return time.perf_counter() - started
 
 
 def _caused_by(exc: BaseException | None, kind: type) -> bool:
@@ -564,6 +589,31 @@ def table(rows: dict[str, Row], every: bool = False) -> str:
                      f"{fmt(row.official_at_first):>22}  {fmt(row.clrun_at_first):>22}  "
                      f"{row.max_rel:9.2e} {str(row.at):>6}  {row.max_abs:9.2e}")
     return "\n".join(lines)
+
+
+def verdict(rows: dict[str, Row], every: bool, started: float) -> int | None:
+    """What a harness prints after a run: the table (``every`` row or the departing ones), MATCH or the first
+    departure (-1: the start, the groups), the wall time since ``started``. Returns the first departing step
+    (None: everything matches)."""
+    print(table(rows, every=every))
+    step, quantities = first_departure(rows)
+    if step is None:
+        largest = max(r.max_rel for r in rows.values())
+        print(f"MATCH (relative tolerance {RTOL:g}; the largest deviation {largest:.2e})")
+    else:
+        print(f"DIFFERENT from step {'the start' if step < 0 else step}: {', '.join(quantities)}")
+    print(f"wall time {time.perf_counter() - started:.1f} s")
+    return step
+
+
+def harness_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both harnesses (harness_dino.py, harness_mae.py) take after their own."""
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="a recipe override")
+    parser.add_argument("--stop-after", type=int, help="stop after this step (from 0); the schedules stay 30 steps'")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    parser.add_argument("--keep", type=Path, help="keep the run folder here (and show cl-run's output)")
+    parser.add_argument("--json", type=Path, help="write the per-step records here")
+    parser.add_argument("-v", "--verbose", action="store_true", help="every quantity, also those that match")
 
 
 # ------------------------------------------------------------------------------------- the differences found

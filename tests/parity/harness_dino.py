@@ -33,12 +33,7 @@ def main() -> int:
                         help="multicrop with timm's position-embedding resampling (cl-run's) instead of the official")
     parser.add_argument("--reintroduce", action="append", default=[], choices=list(C.DIFFERENCES),
                         help="; ".join(f"{k}: {v.what}" for k, v in C.DIFFERENCES.items()))
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="a recipe override")
-    parser.add_argument("--stop-after", type=int, help="stop after this step (from 0); the schedules stay 30 steps'")
-    parser.add_argument("--data-root", type=Path, default=C.DATA_ROOT)
-    parser.add_argument("--keep", type=Path, help="keep the run folder here (and show cl-run's output)")
-    parser.add_argument("--json", type=Path, help="write the per-step records here")
-    parser.add_argument("-v", "--verbose", action="store_true", help="every quantity, also those that match")
+    C.harness_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     differences = [C.DIFFERENCES[name] for name in args.reintroduce]
@@ -52,14 +47,7 @@ def main() -> int:
     print(f"== {args.run}; {'timm' if args.run == 'multicrop' and args.timm_resample else 'official'} resampling; "
           f"reintroduced: {', '.join(args.reintroduce) or 'none'}; overrides: {', '.join(args.override) or 'none'}; "
           f"{recorder.recorded_steps()} steps in {result.train_seconds:.1f} s; dtypes {recorder.dtypes}")
-    print(C.table(rows, every=args.verbose))
-    step, quantities = C.first_departure(rows)
-    if step is None:
-        largest = max(r.max_rel for r in rows.values())
-        print(f"MATCH (relative tolerance {C.RTOL:g}; the largest deviation {largest:.2e})")
-    else:
-        print(f"DIFFERENT from step {step}: {', '.join(quantities)}")
-    print(f"wall time {time.perf_counter() - started:.1f} s")
+    step = C.verdict(rows, args.verbose, started)
     if args.json:
         args.json.write_text(json.dumps({"steps": recorder.steps, "checksums": recorder.checksums,
                                          "param_groups": recorder.param_groups}, indent=1, default=str))

@@ -37,12 +37,7 @@ def main() -> int:
                         help="the proposed changes to cl-run patched in (mae_clrun_side.DIFFERENCES[...].fix)")
     parser.add_argument("--official-order", action="store_true",
                         help="the encoder's kept patches in the official (noise) order instead of raster order")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="a recipe override")
-    parser.add_argument("--stop-after", type=int, help="stop after this step (from 0); the schedules stay 30 steps'")
-    parser.add_argument("--data-root", type=Path, default=C.DATA_ROOT)
-    parser.add_argument("--keep", type=Path, help="keep the run folder here (and show cl-run's output)")
-    parser.add_argument("--json", type=Path, help="write the per-step records here")
-    parser.add_argument("-v", "--verbose", action="store_true", help="every quantity, also those that match")
+    C.harness_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = list(M.DIFFERENCES) if args.clrun_defaults else args.reintroduce
@@ -59,14 +54,7 @@ def main() -> int:
     print(f"== MAE; reintroduced: {', '.join(names) or 'none'}; proposed fixes: {args.proposed_fixes}; "
           f"official order: {args.official_order}; overrides: {', '.join(args.override) or 'none'}; "
           f"{recorder.recorded_steps()} steps in {result.train_seconds:.1f} s; dtypes {recorder.dtypes}")
-    print(C.table(rows, every=args.verbose))
-    step, quantities = C.first_departure(rows)
-    if step is None:
-        largest = max(r.max_rel for r in rows.values())
-        print(f"MATCH (relative tolerance {C.RTOL:g}; the largest deviation {largest:.2e})")
-    else:
-        print(f"DIFFERENT from step {'the start' if step < 0 else step}: {', '.join(quantities)}")
-    print(f"wall time {time.perf_counter() - started:.1f} s")
+    step = C.verdict(rows, args.verbose, started)
     if args.json:
         steps = [{k: v for k, v in s.items() if not isinstance(v, torch.Tensor)} for s in recorder.steps]
         args.json.write_text(json.dumps({"steps": steps, "checksums": recorder.checksums,

@@ -41,12 +41,8 @@ docs/guides/parity.md have the measurements.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
-import tempfile
-import time
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -58,7 +54,8 @@ import torch
 from tests.parity import clrun_side as C
 from tests.parity import mae_data as D
 from tests.parity import mae_weights as W
-from tests.parity.make_mae import CHECKSUM_STEPS, EPOCHS, STEPS_PER_EPOCH, TENSORS, _Proxy
+from tests.parity.make_mae import CHECKSUM_STEPS, EPOCHS, STEPS_PER_EPOCH, TENSORS
+from tests.parity.official_code import Proxy
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "mae_official.json"
 STEPS = STEPS_PER_EPOCH * EPOCHS
@@ -112,13 +109,7 @@ train:
   precision: fp32                    # the dtype is float64 all the same: torch's default dtype, set here
 {train_extra}  log_every: 1
   progress: false
-health:
-  enabled: false
-callbacks:
-  - name: parity/recorder
-run:
-  dir: {run_dir}
-"""
+""" + C.RECIPE_END
 
 # Two official behaviours that cl-run's defaults do not have, in cl-run's existing options (DIFFERENCES):
 # * timm 0.3.2's add_weight_decay decays all but the 1-D tensors and the biases, so the official cls_token and
@@ -219,7 +210,7 @@ class NoiseMask:
             assert not kwargs and tuple(size) == tuple(recorded.shape), (size, kwargs)
             return recorded.to(device)
 
-        with mock.patch.object(generators, "torch", _Proxy(torch, rand=rand)):
+        with mock.patch.object(generators, "torch", Proxy(torch, rand=rand)):
             masks = self.inner(batch, grid, device)
         if self.official_order:
             # Masks.visible_index is a cached_property: its value put in the instance's __dict__ beforehand
@@ -290,12 +281,8 @@ class Recorder:
                 self.groups[self.names[id(p)]] = {k: v for k, v in g.items() if k != "params"}
         self.dtypes = sorted({str(p.dtype) for p in parts.network.parameters()})
         self.checksums["initial"] = self.snapshot()
-        parts.loss_fn.register_forward_hook(self.loss_hook)
+        C.hook_up(self, parts, named)
         parts.network.token_head.out.register_forward_hook(self.prediction_hook)
-        parts.optimizer.register_step_pre_hook(self.step_pre_hook)
-        for name, p in named.items():
-            if p.requires_grad:
-                p.register_post_accumulate_grad_hook(lambda p, name=name: self.gradient_hook(name, p))
 
     def loss_hook(self, module, inputs, output) -> None:
         (out,) = inputs
@@ -362,7 +349,6 @@ def run_clrun(*, official_decay: bool = True, fixed_pos_embed: bool = True, over
 
     batches = rendered_batches(str(data_root))
     recorder, masks = Recorder(stop_after), None
-    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
 
     def make_mask(ratio: float = 0.75) -> NoiseMask:
         nonlocal masks
@@ -370,9 +356,7 @@ def run_clrun(*, official_decay: bool = True, fixed_pos_embed: bool = True, over
         return masks
 
     with contextlib.ExitStack() as stack:
-        folder = keep if keep is not None else Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="clrun-parity-mae-")))
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = C.run_folder(stack, keep, "clrun-parity-mae-")
         weights_file = folder / "checkpoint-official.pth"
         torch.save({"model": official_state(0)}, weights_file)  # util/misc.py's checkpoint, "model" only
         text = recipe_text(str(weights_file), str(folder / "runs"), official_decay, fixed_pos_embed)
@@ -381,22 +365,7 @@ def run_clrun(*, official_decay: bool = True, fixed_pos_embed: bool = True, over
                                          "clrun/random_mask on the MAE fixture's recorded noise")
         stack.enter_context(C.parity_registry(batches, recorder, extra=[mask_component]))
         recipe = clrun.load_recipe(folder / "recipe.yaml", list(overrides))
-        stack.callback(torch.set_num_threads, threads)
-        stack.callback(torch.set_default_dtype, dtype)
-        torch.set_default_dtype(torch.float64)
-        for patch in patches:
-            stack.enter_context(patch())
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore")
-        if keep is None:
-            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        started = time.perf_counter()
-        try:
-            clrun.train(recipe)
-        except Exception as exc:
-            if stop_after is None or not C._caused_by(exc, C.EnoughSteps):
-                raise
-        seconds = time.perf_counter() - started
+        seconds = C.train_in_float64(stack, recipe, patches, stop_after=stop_after, quiet=keep is None)
     return Result(recorder, masks, text, seconds)
 
 

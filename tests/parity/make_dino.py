@@ -52,14 +52,11 @@ import argparse
 import contextlib
 import importlib
 import io
-import json
 import math
 import platform
-import subprocess
 import sys
 import tempfile
 import time
-import types
 import warnings
 from pathlib import Path
 
@@ -72,6 +69,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+from tests.parity import official_code as O  # noqa: E402
 from tests.parity import views as V  # noqa: E402
 from tests.parity import weights as W  # noqa: E402
 
@@ -104,42 +102,7 @@ def flags(local_crops: int, output_dir: str) -> list[str]:
     ]
 
 
-# ------------------------------------------------------------------------------------------- official imports
-@contextlib.contextmanager
-def official(repo: Path):
-    """Import from ``repo`` (first on sys.path); afterwards forget its top-level modules."""
-    before = set(sys.modules)
-    sys.path.insert(0, str(repo))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(repo))
-        for name in set(sys.modules) - before:
-            if (getattr(sys.modules[name], "__file__", None) or "").startswith(str(repo)):
-                del sys.modules[name]
-
-
-def commit_of(repo: Path) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        marker = repo / ".commit"
-        return marker.read_text().strip() if marker.is_file() else "unknown"
-
-
-class _Proxy(types.ModuleType):
-    """A module that is ``target`` except for the attributes given."""
-
-    def __init__(self, target: types.ModuleType, **overrides):
-        super().__init__(target.__name__)
-        self._target = target
-        self.__dict__.update(overrides)
-
-    def __getattr__(self, name):
-        return getattr(self._target, name)
-
-
+# --------------------------------------------------------------------------------------------- the patches
 class _OnHost:
     """A crop as the loader hands it out: ``.cuda(non_blocking=True)`` (main_dino.py) gives back the CPU tensor."""
 
@@ -157,27 +120,6 @@ def one_process_group(folder: str) -> None:
 
 def pair(t: torch.Tensor) -> list[float]:
     return W.checksums(t)
-
-
-def dumps(value, indent: int = 0) -> str:
-    """JSON with one line per dict entry, a list of scalars on one line (a nested one too while short); floats
-    as repr (json's), so they read back exactly."""
-    def numbers(v) -> bool:  # a list of scalars
-        return isinstance(v, list) and all(isinstance(x, (int, float, str)) for x in v)
-
-    def flat(v) -> bool:
-        return isinstance(v, list) and all(isinstance(x, (int, float)) or flat(x) for x in v)
-
-    pad = " " * (indent + 1)
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        items = [f"{pad}{json.dumps(str(k))}: {dumps(v, indent + 1)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
-    one_line = numbers(value) or (flat(value) and len(json.dumps(value)) <= 200)
-    if isinstance(value, list) and value and not one_line:
-        return "[\n" + ",\n".join(pad + dumps(v, indent + 1) for v in value) + "\n" + " " * indent + "]"
-    return json.dumps(value, separators=(",", ":"))
 
 
 # ------------------------------------------------------------------------------------------------------- a run
@@ -316,14 +258,8 @@ def run(main_dino, utils, vits, args, weights: dict[str, torch.Tensor], batches:
 
 # ------------------------------------------------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official", type=Path, required=True, help="a tree of facebookresearch/dino")
-    parser.add_argument("--data-root", type=Path, default=V.DEFAULT_ROOT)
-    parser.add_argument("--out", type=Path, default=HERE / "fixtures" / "dino_official.json")
-    parser.add_argument("--verbose", action="store_true", help="show the official MetricLogger's lines")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1, the fixture's: the same float64 reductions on every machine)")
-    cli = parser.parse_args()
+    cli = O.command_line(__doc__.split("\n\n")[0], "facebookresearch/dino",
+                         HERE / "fixtures" / "dino_official.json").parse_args()
     repo = cli.official.resolve()
     torch.set_num_threads(cli.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.cuda.amp.autocast, nn.utils.weight_norm
@@ -338,7 +274,7 @@ def main() -> None:
     fixture: dict = {
         "about": "Reference trajectory of the official DINO training step, tiny, CPU, float64: "
                  "tests/parity/make_dino.py (see tests/parity/README.md).",
-        "official": {"repository": "facebookresearch/dino", "commit": commit_of(repo)},
+        "official": {"repository": "facebookresearch/dino", "commit": O.commit_of(repo)},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "numpy": np.__version__, "timm": importlib.import_module("timm").__version__,
                         "torchvision": importlib.import_module("torchvision").__version__,
@@ -360,7 +296,7 @@ def main() -> None:
     }
 
     real_list = torch.hub.list
-    with tempfile.TemporaryDirectory(prefix="clrun-parity-") as tmp, official(repo):
+    with tempfile.TemporaryDirectory(prefix="clrun-parity-") as tmp, O.official(repo):
         torch.hub.list = lambda *a, **k: []  # get_args_parser lists XCiT's hub models (a download)
         try:
             main_dino = importlib.import_module("main_dino")
@@ -369,7 +305,7 @@ def main() -> None:
             official_parser = argparse.ArgumentParser("DINO", parents=[main_dino.get_args_parser()])
         finally:
             torch.hub.list = real_list
-        main_dino.torch = _Proxy(torch, cuda=_Proxy(torch.cuda, synchronize=lambda device=None: None))
+        main_dino.torch = O.Proxy(torch, cuda=O.Proxy(torch.cuda, synchronize=lambda device=None: None))
         utils.MetricLogger.synchronize_between_processes = lambda self: None
         one_process_group(tmp)
 
@@ -387,11 +323,7 @@ def main() -> None:
                 fixture["runs"][variant] = run(main_dino, utils, vits, args, weights, batches)
         dist.destroy_process_group()
 
-    cli.out.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(fixture) + "\n"
-    assert json.loads(text) == json.loads(json.dumps(fixture))
-    cli.out.write_text(text)
-    size = cli.out.stat().st_size
+    size = O.write_fixture(cli.out, fixture)
     print(f"wrote {cli.out} ({size / 1024:.1f} kB) in {time.time() - started:.1f} s; official commit "
           f"{fixture['official']['commit']}")
     for name, value in fixture["vit_equivalence"].items():

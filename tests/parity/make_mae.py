@@ -67,13 +67,10 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import importlib  # noqa: E402
 import io  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import types  # noqa: E402
 import warnings  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -90,6 +87,7 @@ if str(REPO) not in sys.path:
 from tests.parity import mae_data as D  # noqa: E402
 from tests.parity import mae_timm_shim as S  # noqa: E402
 from tests.parity import mae_weights as W  # noqa: E402
+from tests.parity import official_code as O  # noqa: E402
 from tests.parity import views as V  # noqa: E402
 
 STEPS_PER_EPOCH = 10
@@ -119,70 +117,8 @@ def flags(output_dir: str) -> list[str]:
     ]
 
 
-# ------------------------------------------------------------------------------------------- official imports
-@contextlib.contextmanager
-def official(repo: Path):
-    """Import from ``repo`` (first on sys.path); afterwards forget the modules it provided."""
-    before = set(sys.modules)
-    sys.path.insert(0, str(repo))
-
-    def from_repo(module) -> bool:
-        places = [getattr(module, "__file__", None) or ""] + list(getattr(module, "__path__", []) or [])
-        return any(str(p).startswith(str(repo)) for p in places)
-
-    try:
-        yield
-    finally:
-        sys.path.remove(str(repo))
-        for name in set(sys.modules) - before:
-            if from_repo(sys.modules[name]):
-                del sys.modules[name]
-
-
-def commit_of(repo: Path) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        marker = repo / ".commit"
-        return marker.read_text().strip() if marker.is_file() else "unknown"
-
-
-class _Proxy(types.ModuleType):
-    """A module that is ``target`` except for the attributes given."""
-
-    def __init__(self, target: types.ModuleType, **overrides):
-        super().__init__(target.__name__)
-        self._target = target
-        self.__dict__.update(overrides)
-
-    def __getattr__(self, name):
-        return getattr(self._target, name)
-
-
 def pair(t: torch.Tensor) -> list[float]:
     return W.checksums(t)
-
-
-def dumps(value, indent: int = 0) -> str:
-    """JSON with one line per dict entry, a list of scalars on one line (a nested one too while short); floats
-    as repr (json's), so they read back exactly. (As make_dino.py's.)"""
-    def numbers(v) -> bool:
-        return isinstance(v, list) and all(isinstance(x, (int, float, str)) for x in v)
-
-    def flat(v) -> bool:
-        return isinstance(v, list) and all(isinstance(x, (int, float)) or flat(x) for x in v)
-
-    pad = " " * (indent + 1)
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        items = [f"{pad}{json.dumps(str(k))}: {dumps(v, indent + 1)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
-    one_line = numbers(value) or (flat(value) and len(json.dumps(value)) <= 200)
-    if isinstance(value, list) and value and not one_line:
-        return "[\n" + ",\n".join(pad + dumps(v, indent + 1) for v in value) + "\n" + " " * indent + "]"
-    return json.dumps(value, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------------------------- the patches
@@ -302,7 +238,7 @@ def run(mods: dict, args, batches: list[torch.Tensor], noise: np.ndarray) -> dic
 
     # ---- the masking noise (patch) and the observation
     feed = NoiseFeed(noise)
-    models_mae.torch = _Proxy(torch, rand=feed)
+    models_mae.torch = O.Proxy(torch, rand=feed)
     names = {id(p): n for n, p in model.named_parameters()}
     steps: list[dict] = [{} for _ in range(args.epochs * STEPS_PER_EPOCH)]
     checksums: dict[str, dict] = {}
@@ -369,15 +305,9 @@ def run(mods: dict, args, batches: list[torch.Tensor], noise: np.ndarray) -> dic
 
 # ------------------------------------------------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official", type=Path, required=True, help="a tree of facebookresearch/mae")
+    parser = O.command_line(__doc__.split("\n\n")[0], "facebookresearch/mae", HERE / "fixtures" / "mae_official.json")
     parser.add_argument("--timm032", type=Path, default=None,
                         help="run on the genuine timm 0.3.2 from this directory instead of mae_timm_shim's")
-    parser.add_argument("--data-root", type=Path, default=V.DEFAULT_ROOT)
-    parser.add_argument("--out", type=Path, default=HERE / "fixtures" / "mae_official.json")
-    parser.add_argument("--verbose", action="store_true", help="show the official MetricLogger's lines")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1, the fixture's: the same float64 reductions on every machine)")
     cli = parser.parse_args()
     repo = cli.official.resolve()
     torch.set_num_threads(cli.threads)
@@ -403,7 +333,7 @@ def main() -> None:
     fixture: dict = {
         "about": "Reference trajectory of the official MAE pre-training step, tiny, CPU, float64: "
                  "tests/parity/make_mae.py (see tests/parity/README.md).",
-        "official": {"repository": "facebookresearch/mae", "commit": commit_of(repo), "license": "CC-BY-NC 4.0",
+        "official": {"repository": "facebookresearch/mae", "commit": O.commit_of(repo), "license": "CC-BY-NC 4.0",
                      "files": list(OFFICIAL_FILES)},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "numpy": np.__version__, "timm_installed": installed_timm.__version__,
@@ -421,13 +351,13 @@ def main() -> None:
         },
     }
 
-    with tempfile.TemporaryDirectory(prefix="clrun-parity-") as tmp, S.installed(timm_modules), official(repo):
+    with tempfile.TemporaryDirectory(prefix="clrun-parity-") as tmp, S.installed(timm_modules), O.official(repo):
         main_pretrain = importlib.import_module("main_pretrain")
         misc = importlib.import_module("util.misc")
         pos_embed = importlib.import_module("util.pos_embed")
-        pos_embed.np = _Proxy(np, float=float)  # np.float, removed in numpy 1.24, was the builtin float
+        pos_embed.np = O.Proxy(np, float=float)  # np.float, removed in numpy 1.24, was the builtin float
         engine = importlib.import_module("engine_pretrain")
-        engine.torch = _Proxy(torch, cuda=_Proxy(torch.cuda, synchronize=lambda device=None: None))
+        engine.torch = O.Proxy(torch, cuda=O.Proxy(torch.cuda, synchronize=lambda device=None: None))
         models_mae = importlib.import_module("models_mae")
         mods = {"models_mae": models_mae, "engine": engine, "misc": misc,
                 "optim_factory": main_pretrain.optim_factory, "NativeScaler": main_pretrain.NativeScaler}
@@ -458,11 +388,7 @@ def main() -> None:
     assert fixture["initial_weights_reimplementation"]["bitwise_equal"], "mae_weights.initial_weights drifted"
     fixture.update(result)
 
-    cli.out.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(fixture) + "\n"
-    assert json.loads(text) == json.loads(json.dumps(fixture))
-    cli.out.write_text(text)
-    size = cli.out.stat().st_size
+    size = O.write_fixture(cli.out, fixture)
     print(f"wrote {cli.out} ({size / 1024:.1f} kB) in {time.time() - started:.1f} s; official commit "
           f"{fixture['official']['commit']}; timm: {backend}")
     losses = [s["loss"] for s in fixture["steps"]]
