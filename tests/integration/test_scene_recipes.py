@@ -12,9 +12,9 @@ iBOT patch kNN -0.53 / -0.30 / -0.61, linear +0.19 / +0.29 / +0.06. The same ViT
 3.0 and 8.8: the task wants more steps than a CPU test can pay (see bench/RESULTS.md).
 
 So this file checks what does hold, in a short run of the iBOT recipe (16 steps of 64 scenes, the dense
-evaluators on 200 / 300 scenes; about 45 s with one torch thread; the DINO recipe's numbers below were
-measured the same way, and `python bench/dense_scenes.py --epochs 4 --scenes 256 --eval-scenes 200 300
---seeds 0` gives both):
+evaluators on 200 / 300 scenes; 58 s with one torch thread on 2 idle cores; the DINO recipe's numbers below
+were measured the same way, and `python bench/dense_scenes.py --epochs 4 --scenes 256 --eval-scenes 200
+300 --seeds 0` gives both):
 
 - the script trains each recipe end to end with both dense evaluators and writes its row;
 - the loss falls (epoch 1 -> 4, seeds 0 / 1 / 2: DINO by 0.15 / 0.08 / 0.19, iBOT by 0.25 / 0.22 / 0.16);
