@@ -234,6 +234,8 @@ def run(mods: dict, args, batches: list[torch.Tensor], noise: np.ndarray) -> dic
     optimizer = torch.optim.AdamW(param_groups, lr=args.lr, betas=(0.9, 0.95))
     loss_scaler = mods["NativeScaler"]()
     assert not loss_scaler._scaler.is_enabled(), "a GPU is visible: run make_mae.py as a script (it hides them)"
+    # main_pretrain.py's call, a no-op here: it unpickles a checkpoint (a full torch.load) only with --resume.
+    assert not args.resume, "make_mae.py never resumes: misc.load_model would unpickle args.resume"
     misc.load_model(args=args, model_without_ddp=model_without_ddp, optimizer=optimizer, loss_scaler=loss_scaler)
 
     # ---- the masking noise (patch) and the observation
