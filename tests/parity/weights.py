@@ -1,12 +1,19 @@
 """Initial weights of the parity tests' tiny DINO network, from a seed, in timm's layout (float64).
 
 The backbone is timm's ``vit_tiny_patch16_224`` made tiny (28 px images of 7 px patches: a 4 x 4 grid, width 64,
-depth 2, 2 heads, MLP ratio 4, qkv bias, LayerNorm eps 1e-6, one input channel, no classifier), initialized by
-timm under ``torch.manual_seed(seed)`` in float32 and then cast to float64. The head is DINO's ``DINOHead``
-(facebookresearch/dino vision_transformer.py) with in_dim 64, hidden 64, bottleneck 32, out_dim K = 64, 3 layers,
-no BatchNorm, ``norm_last_layer``: its Linear weights from a normal of std 0.02 truncated at +-2, zero biases,
-the weight-normed last layer's direction ``weight_v`` as ``nn.Linear``'s default (uniform in +-1/sqrt(32)) and its
-gains ``weight_g`` all 1 (fixed), drawn from ``torch.Generator().manual_seed(seed)`` in float32, cast to float64.
+depth 2, 2 heads, MLP ratio 4, qkv bias, LayerNorm eps 1e-6, one input channel, no classifier). The head is
+DINO's ``DINOHead`` (facebookresearch/dino vision_transformer.py) with in_dim 64, hidden 64, bottleneck 32,
+out_dim K = 64, 3 layers, no BatchNorm, ``norm_last_layer``.
+
+The values are drawn by NumPy (``numpy.random.default_rng(seed)``, float64), in the scales of timm's and DINO's
+initializations, not by either: the weight matrices, the patch embedding, the position embeddings and the
+head's Linear weights from a normal of std 0.02 clipped at +-2 std; the class token from a normal of std
+1e-6; biases zero; LayerNorm scales one; the weight-normed last layer's direction ``weight_v`` uniform in
++-1/sqrt(32) (``nn.Linear``'s default) and its gains ``weight_g`` all 1 (fixed). Why not timm's own
+initialization under ``torch.manual_seed``: torch draws a truncated normal through a vectorized ``erfinv``
+whose float32 results depend on the CPU's instruction set (an AVX-512 machine's differ from an AVX2 one's in
+the last bits), and the fixture's 1e-10 tolerance sees that. NumPy's generator and its normal (ziggurat) and
+uniform draws are the same on every machine.
 
 ``initial_weights(seed)`` is a flat dict: ``backbone.<timm name>`` and ``head.<official DINOHead name>``
 (``mlp.0/2/4.weight|bias``, ``last_layer.weight_g`` (K, 1), ``last_layer.weight_v`` (K, 32)). These are also the
@@ -14,8 +21,7 @@ official ``utils.MultiCropWrapper``'s names: for this configuration timm's ViT a
 ``vision_transformer.VisionTransformer`` name every tensor alike (``official_name`` checks that a name is one
 of them). cl-run's ``clrun/dino_head`` keeps the weight norm as a parametrization: ``HEAD_TO_PARAMETRIZED``.
 
-A timm upgrade that changes its ViT initialization moves these weights: the fixture stores checksums of every
-initial tensor (``checksums``) so that a test notices.
+The fixture stores checksums of every initial tensor (``checksums``): a test checks the draw is the same.
 
     python tests/parity/weights.py --official /tmp/dino-official   # official ViT vs timm's on the same weights
 """
@@ -58,29 +64,33 @@ def timm_backbone(dtype: torch.dtype = torch.float64) -> nn.Module:
 
 
 def initial_weights(seed: int) -> dict[str, torch.Tensor]:
-    """The initial student (= teacher) weights: ``backbone.<timm name>`` and ``head.<DINOHead name>``, float64."""
-    import timm
+    """The initial student (= teacher) weights: ``backbone.<timm name>`` and ``head.<DINOHead name>``, float64,
+    drawn by NumPy (the module's docstring says why and how)."""
+    import numpy as np
 
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)  # timm draws its initialization in float32 whatever the caller's default
-    try:
-        torch.manual_seed(seed)
-        model = timm.create_model(TIMM_MODEL, **TIMM_ARGS)
-        generator = torch.Generator().manual_seed(seed)
-        widths = [EMBED] + [HIDDEN] * (HEAD_LAYERS - 1) + [BOTTLENECK]
-        head: dict[str, torch.Tensor] = {}
-        for i in range(HEAD_LAYERS):  # Linear, GELU, Linear, GELU, Linear: Sequential indices 0, 2, 4
-            w = torch.empty(widths[i + 1], widths[i])
-            nn.init.trunc_normal_(w, std=0.02, a=-2.0, b=2.0, generator=generator)  # DINO's trunc_normal_
-            head[f"mlp.{2 * i}.weight"] = w
-            head[f"mlp.{2 * i}.bias"] = torch.zeros(widths[i + 1])
-        bound = 1.0 / BOTTLENECK ** 0.5  # nn.Linear's default init: kaiming_uniform_(a=sqrt(5))
-        head["last_layer.weight_v"] = torch.empty(OUT_DIM, BOTTLENECK).uniform_(-bound, bound, generator=generator)
-        head["last_layer.weight_g"] = torch.ones(OUT_DIM, 1)
-    finally:
-        torch.set_default_dtype(previous)
-    weights = {f"backbone.{k}": v.detach().to(torch.float64).clone() for k, v in model.state_dict().items()}
-    weights.update({f"head.{k}": v.to(torch.float64).clone() for k, v in head.items()})
+    rng = np.random.default_rng(seed)
+
+    def normal(shape, std: float = 0.02) -> torch.Tensor:
+        return torch.from_numpy(np.clip(rng.standard_normal(shape), -2.0, 2.0) * std)
+
+    def draw(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if name == "cls_token":
+            return torch.from_numpy(rng.standard_normal(shape) * 1e-6)
+        if name.endswith(".bias"):
+            return torch.zeros(shape, dtype=torch.float64)
+        if re.search(r"(^|\.)norm\d?\.weight$", name):
+            return torch.ones(shape, dtype=torch.float64)
+        return normal(shape)
+
+    shapes = {k: tuple(v.shape) for k, v in timm_backbone(torch.float32).state_dict().items()}
+    weights = {f"backbone.{k}": draw(k, shape) for k, shape in shapes.items()}
+    widths = [EMBED] + [HIDDEN] * (HEAD_LAYERS - 1) + [BOTTLENECK]
+    for i in range(HEAD_LAYERS):  # Linear, GELU, Linear, GELU, Linear: Sequential indices 0, 2, 4
+        weights[f"head.mlp.{2 * i}.weight"] = normal((widths[i + 1], widths[i]))  # DINO's trunc_normal_(std=.02)
+        weights[f"head.mlp.{2 * i}.bias"] = torch.zeros(widths[i + 1], dtype=torch.float64)
+    bound = 1.0 / BOTTLENECK ** 0.5  # nn.Linear's default init: kaiming_uniform_(a=sqrt(5))
+    weights["head.last_layer.weight_v"] = torch.from_numpy(rng.uniform(-bound, bound, (OUT_DIM, BOTTLENECK)))
+    weights["head.last_layer.weight_g"] = torch.ones(OUT_DIM, 1, dtype=torch.float64)
     for name in weights:
         official_name(name)
     return weights
@@ -132,12 +142,15 @@ def official_resample_abs_pos_embed(posemb: torch.Tensor, new_size, old_size=Non
 
 
 # --------------------------------------------------------------------------------- official model, comparison
-def official_backbone(vits, drop_path_rate: float = 0.0) -> nn.Module:
+def official_backbone(vits, drop_path_rate: float = 0.0, **options) -> nn.Module:
     """The official ``vision_transformer.VisionTransformer`` (``vits``: the imported official module) made as its
-    ``vit_tiny`` is (mlp_ratio 4, qkv_bias, LayerNorm eps 1e-6), tiny, one channel."""
+    ``vit_tiny`` is (mlp_ratio 4, qkv_bias, LayerNorm eps 1e-6), tiny, one channel. ``options``: the model's
+    other arguments (iBOT's ``models.VisionTransformer``, DINO's copy: ``return_all_tokens``,
+    ``masked_im_modeling``)."""
     return vits.VisionTransformer(img_size=[IMG], patch_size=PATCH, in_chans=1, embed_dim=EMBED, depth=DEPTH,
                                   num_heads=HEADS, mlp_ratio=MLP_RATIO, qkv_bias=True,
-                                  norm_layer=partial(nn.LayerNorm, eps=1e-6), drop_path_rate=drop_path_rate)
+                                  norm_layer=partial(nn.LayerNorm, eps=1e-6), drop_path_rate=drop_path_rate,
+                                  **options)
 
 
 def official_head(vits, norm_last_layer: bool = True, use_bn: bool = False) -> nn.Module:
