@@ -44,6 +44,8 @@ class Parts:
     # A sharded run's plain copy of the network (on the CPU): what its whole weights are gathered into.
     whole_template: Optional[OnlineNetwork] = None
     init: Optional[InitPlan] = None  # what the recipe's init: section loaded (clrun.weights.plan)
+    # The optimizer groups' parameters as format-1 checkpoints saved them, where they differ (Optimization).
+    format1_groups: Optional[list[list[nn.Parameter]]] = None
 
 
 def assemble(placed: Placed, optimization: Optimization) -> Parts:
@@ -54,4 +56,5 @@ def assemble(placed: Placed, optimization: Optimization) -> Parts:
                  schedules=optimization.schedules, scaler=optimization.scaler, masking=model.masking,
                  reads=model.reads, eval_size=model.eval_size, total_steps=model.total_steps,
                  feature_dim=model.feature_dim, projection_dim=model.projection_dim,
-                 whole_template=placed.whole_template, init=model.init)
+                 whole_template=placed.whole_template, init=model.init,
+                 format1_groups=optimization.format1_groups)

@@ -21,11 +21,14 @@ from clrun.callback import Stateful
 from clrun.errors import UserError
 from clrun.run_folder import RunFolder
 from clrun.training.checkpointing.random_state import rng_state, set_rng_state
+from clrun.training.checkpointing.regroup import regroup
 from clrun.training.parallel import compat
 from clrun.training.run import Run
 from clrun.training.seeding import seed_augmentations
 
-FORMAT = 1
+# 2: mask tokens are weight-decayed, in the decayed optimizer groups (format 1: with the biases; its optimizer
+# state is regrouped on load, clrun.training.checkpointing.regroup).
+FORMAT = 2
 REFIT = f"resume with the recipe the run was started with ({RunFolder('.').recipe.name} in its run folder)"
 # Recipe sections whose change makes the recipe's optimizer and schedule settings win over the saved ones.
 NEW_SETTINGS = frozenset({"optimizer", "scheduler", "data", "train"})
@@ -153,11 +156,15 @@ class Optimizer(StatePart):
         return {"optimizer": dcp.get_optimizer_state_dict(trained(self.parts), self.parts.optimizer)}
 
     def load_state_dict(self, saved: dict[str, Any], restoring: Restoring) -> None:
+        state = saved["optimizer"]
+        if saved.get("format", 1) < 2 and self.parts.format1_groups is not None and not restoring.sharded:
+            state = regroup(state, self.parts.format1_groups, self.parts.optimizer.param_groups, restoring.source,
+                            REFIT)
         if not restoring.new_settings:
-            self._load(saved["optimizer"], restoring.sharded)
+            self._load(state, restoring.sharded)
             return
         try:
-            self._load(saved["optimizer"], restoring.sharded)
+            self._load(state, restoring.sharded)
         except (ValueError, KeyError):  # another optimizer: its state does not carry over, it starts afresh
             pass
         for group, settings in zip(self.parts.optimizer.param_groups, self.recipe_settings):

@@ -16,7 +16,8 @@ from torch import nn
 
 from clrun.recipe.schema import Recipe
 from clrun.training.model.build_errors import BuildErrors
-from clrun.training.optim.param_groups import PinnedRates, build_groups, layer_scales, named_parameters, scale_learning_rates
+from clrun.training.optim.param_groups import (PinnedRates, build_groups, format1_groups, layer_scales, named_parameters,
+                                              scale_learning_rates)
 from clrun.training.optim.schedules import ScheduledScalars
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class Optimization:
     scheduler: Any  # None without a scheduler: section
     schedules: ScheduledScalars  # the recipe's scheduled settings, set before each step
     scaler: torch.amp.GradScaler  # fp16's loss scaler (disabled for other precisions), checkpointed with the run
+    # The groups' parameters as format-1 checkpoints saved them, where they differ (param_groups.format1_groups).
+    format1_groups: Optional[list[list[nn.Parameter]]] = None
 
 
 def build_optimization(placed: Placed, recipe: Recipe, steps_per_epoch: int) -> Optimization:
@@ -54,7 +57,9 @@ def build_optimization(placed: Placed, recipe: Recipe, steps_per_epoch: int) -> 
     errors.attempt(lambda: schedules.bind_optimizer(recipe.optimizer, optimizer, fixed, recipe.scheduler), None)
     errors.raise_any()
     scaler = torch.amp.GradScaler(placed.device.type, enabled=recipe.train.precision == "fp16")
-    return Optimization(optimizer, scheduler, schedules, scaler)
+    decay_all = not recipe.train.exclude_bias_and_norm_from_weight_decay
+    old_groups = format1_groups(named, recipe.params, decay_all, layers, steps_per_epoch, optimizer.param_groups)
+    return Optimization(optimizer, scheduler, schedules, scaler, old_groups)
 
 
 # The devices torch's fused optimizer kernels run on.

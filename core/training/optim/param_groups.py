@@ -8,6 +8,12 @@ key ``lr_scale``: timm's schedulers would apply it a second time); ``pinned_lr``
 must not move; ``frozen_steps`` the optimizer steps during which its parameters get no update
 (``frozen``: never). Without rules the groups are exactly the
 two of earlier releases (weights, then biases and norms without weight decay), so old checkpoints resume.
+
+Which tensors decay: those of more than one dimension (weights, not biases or norm scales) and the learned
+tokens that stand for an image patch, whatever their shape: the mask tokens (``...mask_token``), stored 1-D
+in cl-run but (1, D) or (1, 1, D) in the official code of every method that has one, which decays them.
+Checkpoints written before mask tokens decayed (format 1) group them with the biases; ``format1_groups``
+gives that grouping, so their optimizer state is moved to the groups of today (clrun.training.checkpointing).
 """
 
 from __future__ import annotations
@@ -27,9 +33,21 @@ def named_parameters(network: nn.Module, loss_fn: nn.Module) -> list[tuple[str, 
     return [(name, p) for name, p in named if p.requires_grad]
 
 
+# Parameters decayed whatever their shape (see the module's docstring).
+DECAYED_TOKENS = ("mask_token",)
+
+
+def decays(name: str, parameter: nn.Parameter, decay_all: bool, tokens_decay: bool = True) -> bool:
+    """Whether the default rule gives ``name`` weight decay; ``tokens_decay=False``: the rule of format-1
+    checkpoints (mask tokens as biases)."""
+    return decay_all or parameter.ndim > 1 or (tokens_decay and name.endswith(DECAYED_TOKENS))
+
+
 def build_groups(named: list[tuple[str, nn.Parameter]], params: ParamsSection, decay_all: bool,
-                 layers: Optional[dict[str, float]], steps_per_epoch: int) -> list[dict[str, Any]]:
-    """``layers``: each backbone parameter's lr scale from layer-wise decay (None: no decay)."""
+                 layers: Optional[dict[str, float]], steps_per_epoch: int,
+                 tokens_decay: bool = True) -> list[dict[str, Any]]:
+    """``layers``: each backbone parameter's lr scale from layer-wise decay (None: no decay);
+    ``tokens_decay=False``: the groups as format-1 checkpoints saved them (``decays``)."""
     groups: dict[tuple, dict[str, Any]] = {(-1, 1.0, True): {"params": []}}
     if not decay_all:
         groups[(-1, 1.0, False)] = {"params": [], "weight_decay": 0.0}
@@ -37,10 +55,10 @@ def build_groups(named: list[tuple[str, nn.Parameter]], params: ParamsSection, d
         rule_index, rule = next(((i, r) for i, r in enumerate(params.groups)
                                  if any(fnmatch.fnmatchcase(name, m) for m in r.match)), (-1, None))
         scale = (layers or {}).get(name, 1.0) * (rule.lr_scale if rule else 1.0)
-        decays = decay_all or parameter.ndim > 1
-        key = (rule_index, scale, decays)
+        decayed = decays(name, parameter, decay_all, tokens_decay)
+        key = (rule_index, scale, decayed)
         if key not in groups:
-            groups[key] = group_settings(rule, scale, decays, steps_per_epoch)
+            groups[key] = group_settings(rule, scale, decayed, steps_per_epoch)
         groups[key]["params"].append(parameter)
     for index, rule in enumerate(params.groups):
         for pattern in rule.match:
@@ -50,6 +68,18 @@ def build_groups(named: list[tuple[str, nn.Parameter]], params: ParamsSection, d
                                 f"with {', '.join(prefixes)}")
     ordered = sorted(groups.items(), key=lambda item: (item[0][0] >= 0, item[0][0], -item[0][1], not item[0][2]))
     return [group for key, group in ordered if group["params"] or key[0] == -1 and key[1] == 1.0]
+
+
+def format1_groups(named: list[tuple[str, nn.Parameter]], params: ParamsSection, decay_all: bool,
+                   layers: Optional[dict[str, float]], steps_per_epoch: int,
+                   live: list[dict[str, Any]]) -> Optional[list[list[nn.Parameter]]]:
+    """Each group's parameters as a format-1 checkpoint of this recipe holds them (mask tokens with the biases),
+    None where that is the grouping of ``live``, the optimizer's groups (no mask token, or every tensor decayed)."""
+    old = [group["params"] for group in build_groups(named, params, decay_all, layers, steps_per_epoch, tokens_decay=False)]
+    new = [group["params"] for group in live]
+    same = len(old) == len(new) and all(
+        len(a) == len(b) and all(x is y for x, y in zip(a, b)) for a, b in zip(old, new))
+    return None if same else old
 
 
 def group_settings(rule, scale: float, decays: bool, steps_per_epoch: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from clrun.training import checkpointing
 TINY = Path(__file__).parents[3] / "recipes" / "tiny.yaml"  # 64 images in batches of 16: 4 steps an epoch
 WARMUP = "scheduler={name: clrun/warmup_cosine, warmup_epochs: 1}"
 PROJECTOR_RULE = "params={groups: [{match: [projector.*], lr_scale: 0.5, weight_decay: 0.3, fixed_lr: true}]}"
+ADAMW = "optimizer={name: torch/AdamW, lr: 1.0e-3, weight_decay: 0.05}"
 # A 2-block ViT on the tiny recipe's 32 px images.
 VIT = ["backbone.name=timm/vit_tiny_patch16_224", "backbone.img_size=32", "backbone.model_args={patch_size: 8, depth: 2}"]
 
@@ -142,3 +143,45 @@ def test_a_rule_that_cannot_apply_is_refused(overrides, message, capsys):
     assert cl_run_main(["check", str(TINY), *overrides]) == 2
     err = capsys.readouterr().err
     assert message in err.splitlines(), err
+
+
+def test_mask_tokens_are_weight_decayed_whatever_their_shape(tmp_path, build_run):
+    """The official code of every method with a mask token (iBOT, MAE, I-JEPA, DINOv2) decays it: it is (1, D)
+    or (1, 1, D) there; cl-run stores it 1-D, which the rule alone would exempt with the biases."""
+    parts = build_run(recipe(tmp_path, *VIT, "backbone.mask_token=true", ADAMW)).parts
+    token = parts.network.backbone.pretext_mask_token
+    assert token.ndim == 1
+    decay, no_decay = parts.optimizer.param_groups
+    assert any(p is token for p in decay["params"]) and decay["weight_decay"] == 0.05
+    assert all(p.ndim <= 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_a_checkpoint_from_before_mask_tokens_decayed_gives_each_tensor_its_own_moments(
+        tmp_path, build_run, crash_after_first_checkpoint, monkeypatch):
+    """A format-1 checkpoint grouped the mask token with the biases: restored today, where it is in the decayed
+    group, every tensor gets the moments saved for it (torch pairs them by position in each group; without the
+    regrouping the load fails on the groups' sizes)."""
+    from clrun.run_folder import RunFolder
+    from clrun.training.checkpointing import Checkpointer, state
+    from clrun.training.optim import param_groups
+
+    overrides = [*VIT, "backbone.mask_token=true", "train.epochs=2", ADAMW]
+    with monkeypatch.context() as before:  # the grouping and format of earlier releases
+        before.setattr(param_groups, "DECAYED_TOKENS", ())
+        before.setattr(state, "FORMAT", 1)
+        folder = crash_after_first_checkpoint(recipe(tmp_path, *overrides))
+    saved = checkpointing.load(RunFolder(folder).checkpoint)
+    assert saved["format"] == 1
+    run = build_run(recipe(tmp_path, *overrides, "run.name=today"))
+    trainable = [p for m in (run.parts.network, run.parts.loss_fn) for p in m.parameters() if p.requires_grad]
+    as_saved = [p for p in trainable if p.ndim > 1] + [p for p in trainable if p.ndim <= 1]  # format 1's groups
+    saved_index = [i for group in saved["optimizer"]["param_groups"] for i in group["params"]]
+    assert len(saved_index) == len(as_saved)
+    Checkpointer(run).restore(RunFolder(folder).checkpoint)
+    for parameter, index in zip(as_saved, saved_index):  # no state: a tensor without gradients (the mask token)
+        expected, restored = saved["optimizer"]["state"].get(index, {}), run.parts.optimizer.state.get(parameter, {})
+        assert expected.keys() == restored.keys()
+        assert all(torch.equal(expected[k], restored[k]) for k in expected)
+    assert sum(1 for p in as_saved if p in run.parts.optimizer.state) == len(as_saved) - 1
+    token = run.parts.network.backbone.pretext_mask_token
+    assert group_of(run.parts.optimizer, token)["weight_decay"] == 0.05  # decayed from now on
