@@ -13,6 +13,7 @@ The public API (everything a recipe user or plugin author needs) is imported fro
     clrun.Masks                    what a mask generator returns: visible patches and patches to predict
     clrun.Tokens, clrun.offers_tokens  a ViT backbone's tokens (``backbone.forward_tokens``)
     clrun.patchify                 images as per-patch pixel vectors (a pixel target for masked modelling)
+    clrun.sincos_position_embeddings  fixed 2-D sine-cosine position embeddings for a patch grid
     clrun.create(kind, name, **p)  build one component, validated like a recipe entry
     clrun.components(kind=None)    the registered components
     clrun.load_recipe(path, overrides=())
@@ -52,7 +53,7 @@ from clrun.errors import (
 from clrun.hookspecs import hookimpl
 from clrun.masks import Masks
 from clrun.ranges import Range
-from clrun.tokens import Tokens, offers_tokens, patchify
+from clrun.tokens import Tokens, offers_tokens, patchify, sincos_position_embeddings
 from clrun.run_folder import RunFolder
 from clrun.version import __version__
 
@@ -93,6 +94,7 @@ __all__ = [
     "Tokens",
     "offers_tokens",
     "patchify",
+    "sincos_position_embeddings",
     "hookimpl",
     "create",
     "components",

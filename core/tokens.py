@@ -63,3 +63,24 @@ def patchify(images: Tensor, grid: tuple[int, int]) -> Tensor:
     ph, pw = height // rows, width // columns
     patches = images.reshape(batch, channels, rows, ph, columns, pw).permute(0, 2, 4, 3, 5, 1)
     return patches.reshape(batch, rows * columns, ph * pw * channels)
+
+
+def sincos_position_embeddings(grid: tuple[int, int], dim: int) -> Tensor:
+    """``(rows * columns, dim)`` float32 fixed 2-D sine-cosine position embeddings in raster order, the layout
+    of the published masked-modelling code (its ``get_2d_sincos_pos_embed``): the first half encodes the patch's
+    column, the second its row, each half as ``[sin(p w_i), cos(p w_i)]`` with ``w_i = 10000^(-i / (dim / 4))``,
+    computed in float64 and rounded once, as there. Any grid, so a table follows a dynamic image size."""
+    import torch
+
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
+    rows, columns = grid
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    row, column = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(columns, dtype=torch.float64),
+                                 indexing="ij")
+
+    def one_axis(position: Tensor) -> Tensor:
+        angles = position.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([one_axis(column), one_axis(row)], dim=1).float()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 from pathlib import Path
@@ -17,6 +18,8 @@ from torch import Tensor, nn
 
 from clrun import UserError
 from clrun.reading import load_weights
+from clrun.plugins.backbones.fixed_positions import use_sincos_positions
+from clrun.plugins.backbones.timm_hub import hub_config
 from clrun.plugins.backbones.vit_tokens import add_tokens
 
 
@@ -30,6 +33,7 @@ def create_timm_backbone(
     img_size: Optional[int] = None,
     model_args: Optional[dict] = None,
     mask_token: bool = False,
+    sincos_pos_embed: bool = False,
 ) -> nn.Module:
     """A timm model with its classifier removed (``num_classes=0``): ``forward(x)`` gives (B, F) features.
 
@@ -44,6 +48,9 @@ def create_timm_backbone(
                        (dynamic_img_size: one ViT takes global and local crops of different sizes).
     mask_token:        a learned token that replaces hidden patches (iBOT's masked patch modelling);
                        vision transformers only.
+    sincos_pos_embed:  fixed 2-D sine-cosine position embeddings, not trained (MAE's and I-JEPA's), instead of
+                       timm's learned ones; vision transformers only. A checkpoint_path or init: still loads
+                       its own table; downloaded weights' table (pretrained) is replaced.
 
     A timm vision transformer also offers ``forward_tokens`` (``clrun.tokens``): its class, register and
     patch tokens, with hidden patches replaced by the mask token or dropped.
@@ -71,10 +78,15 @@ def create_timm_backbone(
         ) from exc
     if small_image_stem:
         _use_small_image_stem(model, model_name, in_chans)
+    if sincos_pos_embed:
+        use_sincos_positions(model, model_name)
     if checkpoint_path is not None:
         _load_checkpoint(model, model_name, checkpoint_path)
     add_tokens(model, model_name, mask_token)  # after loading: timm's checkpoints have no mask token
     model.adapt_state_dict = types.MethodType(_adapt_state_dict, model)  # for a recipe's init: (clrun.weights)
+    # For `cl-run export --hub-folder` (clrun.commands.hub_folder): the folder timm builds this model from.
+    model.hub_config = types.MethodType(functools.partial(hub_config, model_name=model_name, args=kwargs,
+                                                          small_image_stem=small_image_stem), model)
     if hasattr(model, "group_matcher"):  # its layers, for layer-wise learning-rate decay (params.layer_decay)
         model.layer_ids = types.MethodType(_layer_ids, model)
     return model

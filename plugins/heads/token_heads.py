@@ -28,28 +28,9 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from clrun import ComponentError, Masks, Range, Tokens, checked, name_of
+from clrun import ComponentError, Masks, Range, Tokens, checked, name_of, sincos_position_embeddings
 
 Count = Annotated[int, Range(min=1)]  # a width, a depth, a number of heads
-
-
-def sincos_position_embeddings(grid: tuple[int, int], dim: int) -> Tensor:
-    """``(rows * columns, dim)`` fixed 2-D sin-cos embeddings in raster order, MAE's layout (its
-    ``get_2d_sincos_pos_embed``): the first half encodes the patch's column, the second its row, each half
-    as ``[sin(p w_i), cos(p w_i)]`` with ``w_i = 10000^(-i / (dim / 4))``. Computed for any grid, so a head
-    follows the backbone's dynamic image size."""
-    if dim % 4:
-        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
-    rows, columns = grid
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    row, column = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(columns, dtype=torch.float64),
-                                 indexing="ij")
-
-    def one_axis(position: Tensor) -> Tensor:
-        angles = position.reshape(-1, 1) * omega
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    return torch.cat([one_axis(column), one_axis(row)], dim=1).float()
 
 
 def position_embeddings(grid: tuple[int, int], like: Tensor) -> Tensor:

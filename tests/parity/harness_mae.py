@@ -7,9 +7,7 @@ where. Exit status 0 when everything matches.
 
     .venv/bin/python tests/parity/harness_mae.py                                   # the parity recipe
     .venv/bin/python tests/parity/harness_mae.py -v                                # every quantity
-    .venv/bin/python tests/parity/harness_mae.py --reintroduce pos_embed_trained   # cl-run's default, back
-    .venv/bin/python tests/parity/harness_mae.py --clrun-defaults                  # both differences
-    .venv/bin/python tests/parity/harness_mae.py --clrun-defaults --proposed-fixes # the proposed changes
+    .venv/bin/python tests/parity/harness_mae.py --reintroduce pos_embed_trained   # a difference put back
     .venv/bin/python tests/parity/harness_mae.py --official-order                  # kept patches in noise order
 """
 
@@ -32,26 +30,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reintroduce", action="append", default=[], choices=list(M.DIFFERENCES),
                         help="; ".join(f"{k}: {v.what}" for k, v in M.DIFFERENCES.items()))
-    parser.add_argument("--clrun-defaults", action="store_true", help="every difference reintroduced")
-    parser.add_argument("--proposed-fixes", action="store_true",
-                        help="the proposed changes to cl-run patched in (mae_clrun_side.DIFFERENCES[...].fix)")
     parser.add_argument("--official-order", action="store_true",
                         help="the encoder's kept patches in the official (noise) order instead of raster order")
     C.harness_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    names = list(M.DIFFERENCES) if args.clrun_defaults else args.reintroduce
-    recipe: dict = {}
-    for name in names:
-        recipe.update(M.DIFFERENCES[name].recipe)
-    patches = [M.DIFFERENCES[name].fix for name in names] if args.proposed_fixes else []
-    patches += [M.official_keep_order] if args.official_order else []
+    differences = [M.DIFFERENCES[name] for name in args.reintroduce]
+    overrides = [o for d in differences for o in d.base + d.overrides] + args.override
+    patches = [p for d in differences for p in d.patches] + ([M.official_keep_order] if args.official_order else [])
     started = time.perf_counter()
-    result = M.run_clrun(**recipe, overrides=args.override, patches=patches, stop_after=args.stop_after,
-                         data_root=args.data_root, keep=args.keep)
+    result = M.run_clrun(overrides=overrides, patches=patches, stop_after=args.stop_after, data_root=args.data_root,
+                         keep=args.keep)
     recorder = result.recorder
     rows = M.compare(M.load_fixture(), recorder)
-    print(f"== MAE; reintroduced: {', '.join(names) or 'none'}; proposed fixes: {args.proposed_fixes}; "
+    print(f"== MAE; reintroduced: {', '.join(args.reintroduce) or 'none'}; "
           f"official order: {args.official_order}; overrides: {', '.join(args.override) or 'none'}; "
           f"{recorder.recorded_steps()} steps in {result.train_seconds:.1f} s; dtypes {recorder.dtypes}")
     step = C.verdict(rows, args.verbose, started)

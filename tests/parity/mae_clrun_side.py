@@ -24,16 +24,12 @@ MAE adds:
   forward hook on the decoder's output layer (``token_head.out``), whose output is every patch's prediction
   before ``MAEDecoder`` selects the hidden ones.
 
-Two official behaviours are not cl-run's defaults; the recipe gives them with existing options (``recipe_text``):
-
-* the decoder's mask token is weight-decayed (official: a (1, 1, E) tensor, so ``add_weight_decay`` decays it;
-  cl-run's is 1-D and its rule exempts 1-D tensors): ``train.exclude_bias_and_norm_from_weight_decay: false``
-  and a ``params.groups`` rule giving the biases and LayerNorm weights weight decay 0;
-* the encoder's position embeddings are fixed (official ``requires_grad=False``; timm's ViT trains them): a
-  ``params.groups`` rule ``{match: [backbone.pos_embed], frozen: true}``.
-
-``DIFFERENCES`` holds both, each with the recipe keyword that puts cl-run's default back, its cause in cl-run's
-code and the patch of the change proposed for cl-run (``mask_tokens_decayed``, ``fixed_sincos_pos_embed``);
+The two official behaviours that cl-run lacked when this comparison was first run are cl-run's own now: the
+decoder's mask token is weight-decayed (official: a (1, 1, E) tensor, so ``add_weight_decay`` decays it;
+cl-run's 1-D one was exempt with the biases, until ``param_groups.DECAYED_TOKENS``), and the encoder's position
+embeddings are a fixed sin-cos table (official ``requires_grad=False``; the backbone option
+``sincos_pos_embed: true``, as recipes/mae_vitb16.yaml has it). ``DIFFERENCES`` puts each back (the bug with a
+patch, the option with a recipe line) for the tests that show the comparison catches them;
 ``official_keep_order`` puts the encoder's kept patches in the official order (rounding only). README.md and
 docs/guides/parity.md have the measurements.
 """
@@ -64,7 +60,7 @@ RTOL = C.RTOL  # 1e-10 relative, as DINO's
 
 # ------------------------------------------------------------------------------------------------ the recipe
 # The official flags (fixture["official"]["flags"]) as recipe lines, spelled as recipes/mae_vitb16.yaml spells
-# them. {params} and {train_extra} take the lines that put official behaviour in place (recipe_text).
+# them.
 RECIPE = """\
 seed: 0
 data:
@@ -81,6 +77,7 @@ backbone:                            # MaskedAutoencoderViT's encoder, tiny (mae
   img_size: 28                       # --input_size 28
   drop_path_rate: 0.0                # the official encoder has none
   model_args: {{patch_size: 4, embed_dim: 64, depth: 2, num_heads: 2}}
+  sincos_pos_embed: true             # the official encoder's fixed 2-D sin-cos table (requires_grad=False)
 projector:
   name: clrun/identity
 masking:
@@ -99,7 +96,7 @@ scheduler:                           # util/lr_sched.py: --warmup_epochs 1 --min
   name: clrun/warmup_cosine
   warmup_epochs: 1
   min_lr: 1.0e-5
-{params}init:                                # the official checkpoint layout: encoder and decoder
+init:                                # the official checkpoint layout: encoder and decoder
   backbone: {{source: {weights}, layout: clrun/mae}}
   token_head: {{source: {weights}, layout: clrun/mae}}
 train:
@@ -107,38 +104,9 @@ train:
   device: cpu
   threads: 1
   precision: fp32                    # the dtype is float64 all the same: torch's default dtype, set here
-{train_extra}  log_every: 1
+  log_every: 1
   progress: false
 """ + C.RECIPE_END
-
-# Two official behaviours that cl-run's defaults do not have, in cl-run's existing options (DIFFERENCES):
-# * timm 0.3.2's add_weight_decay decays all but the 1-D tensors and the biases, so the official cls_token and
-#   mask_token, (1, 1, D), are decayed. cl-run's rule also decays what has more than one dimension, but its
-#   decoder's mask token is 1-D, (E,): not decayed ("mask_token_not_decayed"). Recipe lines: every parameter
-#   decayed (train.exclude_bias_and_norm_from_weight_decay: false) unless a rule gives it 0: the biases and the
-#   LayerNorm weights, by name (the official no-decay group, exactly).
-# * the official position embeddings are fixed (requires_grad=False); timm's ViT trains its pos_embed
-#   ("pos_embed_trained"). Recipe lines: a rule that never updates it (frozen: true: its gradient is dropped
-#   before each step, so AdamW skips it, as it skips a parameter without a gradient).
-FIXED_POS_EMBED_RULE = """\
-    - match: [backbone.pos_embed]    # fixed in the official model (models_mae.py: requires_grad=False)
-      frozen: true
-"""
-OFFICIAL_DECAY_RULE = """\
-    - match: ["*.bias", "*norm*.weight"]   # add_weight_decay's no-decay group: the 1-D tensors and biases
-      weight_decay: 0.0
-"""
-OFFICIAL_DECAY_TRAIN = "  exclude_bias_and_norm_from_weight_decay: false   # the params rule decides\n"
-
-
-def recipe_text(weights_file: str, run_dir: str, official_decay: bool = True, fixed_pos_embed: bool = True) -> str:
-    """``RECIPE`` with the lines for the official weight decay and the fixed position embedding (both by default;
-    without them, cl-run's defaults, as recipes/mae_*.yaml have them)."""
-    rules = (FIXED_POS_EMBED_RULE if fixed_pos_embed else "") + (OFFICIAL_DECAY_RULE if official_decay else "")
-    return RECIPE.format(params=f"params:\n  groups:\n{rules}" if rules else "",
-                         train_extra=OFFICIAL_DECAY_TRAIN if official_decay else "", weights=weights_file,
-                         run_dir=run_dir)
-
 
 # -------------------------------------------------------------------------------------------- the fixture side
 def load_fixture() -> dict:
@@ -335,13 +303,11 @@ class Result:
     train_seconds: float
 
 
-def run_clrun(*, official_decay: bool = True, fixed_pos_embed: bool = True, overrides: Iterable[str] = (),
-              stop_after: int | None = None, patches: Iterable[Callable[[], ContextManager]] = (),
+def run_clrun(*, overrides: Iterable[str] = (), stop_after: int | None = None,
+              patches: Iterable[Callable[[], ContextManager]] = (),
               data_root: Path = DATA_ROOT, keep: Path | None = None) -> Result:
     """cl-run's 30 MAE steps on the fixture's batches, noise and weights.
 
-    ``official_decay``, ``fixed_pos_embed``: the recipe with the lines that give the official weight decay and
-    the fixed position embedding (``recipe_text``; False: cl-run's default, what recipes/mae_*.yaml get);
     ``overrides``: recipe lines ``key=value``; ``stop_after``: stop after that step (counted from 0; the
     schedules stay those of 30 steps); ``patches``: context managers entered around the run; ``keep``: keep
     the run folder there and show cl-run's output."""
@@ -359,7 +325,7 @@ def run_clrun(*, official_decay: bool = True, fixed_pos_embed: bool = True, over
         folder = C.run_folder(stack, keep, "clrun-parity-mae-")
         weights_file = folder / "checkpoint-official.pth"
         torch.save({"model": official_state(0)}, weights_file)  # util/misc.py's checkpoint, "model" only
-        text = recipe_text(str(weights_file), str(folder / "runs"), official_decay, fixed_pos_embed)
+        text = RECIPE.format(weights=weights_file, run_dir=folder / "runs")
         (folder / "recipe.yaml").write_text(text)
         mask_component = clrun.Component("mask", "parity/noise_mask", make_mask,
                                          "clrun/random_mask on the MAE fixture's recorded noise")
@@ -423,85 +389,25 @@ def official_keep_order() -> Iterator[None]:
         yield
 
 
-# The changes to cl-run's code that the differences call for (they are not made here), as patches: with both
-# in place, cl-run's defaults (no recipe lines) give the official trajectory.
+# The differences found, as the run puts them back (clrun_side.Difference).
 @contextlib.contextmanager
-def mask_tokens_decayed() -> Iterator[None]:
-    """Proposed fix of "mask_token_not_decayed": a parameter named ``mask_token`` (a token head's, stored 1-D)
-    weight-decayed as the official (1, 1, E) one is, whatever its shape. Emulated by moving it from the default
-    no-decay group into the default decayed one after ``build_groups``
-    (core/training/optim/param_groups.py:40, ``decays = decay_all or parameter.ndim > 1``, is where the change
-    belongs)."""
+def mask_tokens_with_the_biases() -> Iterator[None]:
+    """The bug fixed in core/training/optim/param_groups.py (``DECAYED_TOKENS``): the decoder's 1-D mask token
+    in the no-decay group with the biases and norms, as cl-run grouped it until checkpoint format 2."""
     from unittest import mock
 
-    from clrun.training.optim import optimization
+    from clrun.training.optim import param_groups
 
-    original = optimization.build_groups
-
-    def build_groups(named, params, decay_all, layers, steps_per_epoch):
-        groups = original(named, params, decay_all, layers, steps_per_epoch)
-        if decay_all:
-            return groups
-        names = {id(p): n for n, p in named}
-        decayed, not_decayed = groups[0], groups[1]  # the default groups come first (build_groups' order)
-        assert "weight_decay" not in decayed and not_decayed["weight_decay"] == 0.0
-        moved = [p for p in not_decayed["params"] if names[id(p)].endswith("mask_token")]
-        not_decayed["params"] = [p for p in not_decayed["params"] if not any(p is q for q in moved)]
-        decayed["params"] = decayed["params"] + moved
-        return groups
-
-    with mock.patch.object(optimization, "build_groups", build_groups):
+    with mock.patch.object(param_groups, "DECAYED_TOKENS", ()):
         yield
 
 
-@contextlib.contextmanager
-def fixed_sincos_pos_embed() -> Iterator[None]:
-    """Proposed option for "pos_embed_trained" (e.g. ``backbone.pos_embed: sincos_fixed``): the timm ViT's
-    ``pos_embed`` set to MAE's 2-D sin-cos table (float32-rounded, the class token's row zero) and not trained
-    (``requires_grad=False``: in no parameter group, no gradient). Emulated by wrapping ``add_tokens``, which
-    ``create_timm_backbone`` calls on every model it builds (plugins/backbones/timm_backbone.py:76)."""
-    from unittest import mock
-
-    from clrun.plugins.backbones import timm_backbone
-
-    original = timm_backbone.add_tokens
-
-    def add_tokens(model, model_name, mask_token):
-        original(model, model_name, mask_token)
-        with torch.no_grad():
-            width = model.pos_embed.shape[-1]
-            grid = int(round(math.sqrt(model.pos_embed.shape[1] - model.num_prefix_tokens)))
-            assert model.num_prefix_tokens == 1 and (W.GRID, width) == (grid, W.EMBED)
-            model.pos_embed.copy_(W.sincos_pos_embed(width, grid))
-        model.pos_embed.requires_grad_(False)
-
-    with mock.patch.object(timm_backbone, "add_tokens", add_tokens):
-        yield
-
-
-@dataclass(frozen=True)
-class Difference:
-    """A difference the comparison found: ``what``; ``recipe``: ``run_clrun``'s keywords that put cl-run's
-    default back (the recipe lines that express the official behaviour left out); ``cause``: where in cl-run;
-    ``fix``: the patch of the proposed change that removes it with cl-run's default recipe."""
-
-    what: str
-    recipe: dict
-    cause: str
-    fix: Callable[[], ContextManager]
-
-
-DIFFERENCES: dict[str, Difference] = {
-    "mask_token_not_decayed": Difference(
-        "the decoder's mask token gets no weight decay (cl-run's 1-D (E,) token; the official (1, 1, E) is decayed)",
-        {"official_decay": False},
-        "core/training/optim/param_groups.py:40 (ndim > 1 decays) with plugins/heads/token_heads.py:100 (the "
-        "token heads' mask_token is 1-D) and plugins/weights/official/heads.py:51 (reshape(-1))",
-        mask_tokens_decayed),
-    "pos_embed_trained": Difference(
-        "the encoder's position embeddings are trained (timm's ViT parameter); the official ones are fixed",
-        {"fixed_pos_embed": False},
-        "plugins/backbones/timm_backbone.py:62 (timm.create_model: pos_embed a trainable nn.Parameter, "
-        "trunc-normal initialized); no backbone option fixes it",
-        fixed_sincos_pos_embed),
+DIFFERENCES: dict[str, C.Difference] = {
+    "mask_token_not_decayed": C.Difference(
+        "the decoder's mask token gets no weight decay (cl-run's 1-D (E,) token with the biases; the official "
+        "(1, 1, E) one is decayed): the bug fixed in clrun.training.optim.param_groups",
+        patches=(mask_tokens_with_the_biases,)),
+    "pos_embed_trained": C.Difference(
+        "the encoder's position embeddings trained (timm's ViT parameter, cl-run's default) instead of fixed",
+        overrides=("backbone.sincos_pos_embed=false",)),
 }

@@ -9,10 +9,10 @@ quantity must agree within ``RTOL`` (1e-10 relative; the runs agree within 4.4e-
 the gradient norm, the prediction of every patch, the masks, lr and weight decay of each official group, and
 checksums of the weights before step 0 and after steps 0, 10, 20 and 29.
 
-Two official behaviours are not cl-run's defaults and take recipe lines (``mae_clrun_side.DIFFERENCES``): the
-decoder's mask token is weight-decayed, and the encoder's position embeddings are fixed. Each is put back
-once to show the comparison departs where it should, and the change to cl-run that each calls for, patched in,
-makes cl-run's default recipe match.
+The comparison found two differences (``mae_clrun_side.DIFFERENCES``), both removed from cl-run since: the
+decoder's mask token was not weight-decayed (a bug, fixed in clrun.training.optim.param_groups), and the
+encoder's position embeddings were trained (now fixed by the backbone option ``sincos_pos_embed: true``, which
+the MAE recipes set). Each is put back once to show the comparison departs where it should.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_the_decoder_position_table_is_the_officials():
     """``MAEDecoder``'s sin-cos table (computed, not loaded) is bit for bit the official ``decoder_pos_embed``
     (float64 from a float32 grid, rounded to float32; the class token's row zero): a float64 table would differ
     by up to 3e-8."""
-    from clrun.plugins.heads.token_heads import sincos_position_embeddings
+    from clrun import sincos_position_embeddings
 
     for width in (W.DEC_EMBED, W.EMBED):
         official = W.sincos_pos_embed(width)[0, 1:]
@@ -147,9 +147,9 @@ def test_the_kept_patches_are_in_raster_order_which_changes_only_rounding(run, r
 
 
 # --------------------------------------------------------------------- the comparison can fail: each undone
-# Each difference found (mae_clrun_side.DIFFERENCES), with cl-run's default back in place of the recipe lines:
-# the groups depart at the start, and the run (stopped after step 2) first departs at step 2: step 0 has lr 0,
-# so step 1 is the first update that the difference changes. Measured (relative):
+# Each difference found (mae_clrun_side.DIFFERENCES), put back: the groups depart at the start, and the run
+# (stopped after step 2) first departs at step 2: step 0 has lr 0, so step 1 is the first update that the
+# difference changes. Measured (relative):
 #   mask_token_not_decayed  the mask token in the no-decay group (weight decay 0, not 0.05, from step 0); the
 #                           loss at step 2 by 9.0e-9 (invisible at a 1e-8 tolerance), at most 1.7e-6 (step 12);
 #                           the mask token's sum of squares by 1.5e-3 at step 29
@@ -165,7 +165,7 @@ CAUGHT = {
 def test_each_difference_found_would_be_caught(reference, name):
     start_row, quantity, step = CAUGHT[name]
     difference = M.DIFFERENCES[name]
-    result = M.run_clrun(**difference.recipe, stop_after=2)
+    result = M.run_clrun(overrides=difference.overrides, patches=difference.patches, stop_after=2)
     rows = M.compare(reference, result.recorder)
     assert start_row in C.departures(rows), f"{difference.what}:\n{C.table(rows)}"
     per_step = {q: r for q, r in rows.items() if q not in ("param_groups", "trained_parameters")}
@@ -174,14 +174,8 @@ def test_each_difference_found_would_be_caught(reference, name):
     assert rows["loss"].first == 2, f"{difference.what}:\n{C.table(rows)}"
 
 
-def test_the_proposed_changes_make_clrun_defaults_match(reference):
-    """cl-run's default recipe (no recipe lines for the weight decay or the position embedding) with the two
-    proposed changes patched in (``mask_tokens_decayed``, ``fixed_sincos_pos_embed``) matches the whole
-    trajectory: nothing else stands between cl-run's MAE and the official one."""
-    fixes = [d.fix for d in M.DIFFERENCES.values()]
-    result = M.run_clrun(official_decay=False, fixed_pos_embed=False, patches=fixes)
-    assert result.recorder.recorded_steps() == M.STEPS
-    rows = M.compare(reference, result.recorder)
-    assert C.departures(rows) == {}, C.table(rows)
-    assert "pos_embed" not in result.recorder.groups  # in no parameter group: not trained at all
+def test_the_encoder_position_table_is_fixed(run):
+    """``sincos_pos_embed: true`` keeps the encoder's table out of every parameter group (not trained, no
+    weight decay), as the official ``requires_grad=False``; its values stay those ``init:`` loaded."""
+    assert "pos_embed" in run.recorder.names.values() and "pos_embed" not in run.recorder.groups  # official names
     assert torch.get_default_dtype() == torch.float32  # the run's float64 is undone

@@ -17,7 +17,8 @@ class IJEPALayout:
     code), then ``student``, the context
     encoder with the predictor. Parts: ``backbone``, the ``VisionTransformer`` (src/models/vision_transformer.
     py:329-380: timm's names, no class token; ``pos_embed``, fixed sin-cos, kept as the ViT's position
-    embeddings: a timm ViT with ``class_token: false``, ``global_pool: avg``); for the student also
+    embeddings: a timm ViT with ``class_token: false``, ``global_pool: avg``, ``fc_norm: false`` (the final
+    ``norm`` on every token, where I-JEPA has it) and ``sincos_pos_embed: true``); for the student also
     ``token_head``, the ``VisionTransformerPredictor`` (vision_transformer.py:220-258) in
     ``clrun/jepa_predictor``'s names (``predictor_embed`` -> ``embed``, ``mask_token`` -> ``mask_token``,
     ``predictor_blocks`` -> ``blocks``, ``predictor_norm`` -> ``norm``, ``predictor_proj`` -> ``out``). Left

@@ -10,7 +10,7 @@ import torch
 
 import clrun
 from clrun import ComponentError, Masks, Tokens
-from clrun.plugins.heads.token_heads import sincos_position_embeddings
+from clrun import sincos_position_embeddings
 
 torch.manual_seed(0)
 
