@@ -73,7 +73,8 @@ class BlockMask:
     """BEiT's block-wise masking as iBOT uses it (Bao et al. 2021; Zhou et al. 2022, ``ImageFolderMask``).
 
     Each image is masked with probability ``probability``; a masked image gets a ratio drawn uniformly
-    from ``ratio`` and rectangles are added until ``round(ratio L)`` patches are hidden: each rectangle
+    from ``ratio`` and rectangles are added while fewer than ``ratio L`` patches are hidden (a real number, as
+    iBOT's bound: no rectangle may pass it, so at most ``floor(ratio L)`` are hidden): each rectangle
     has an area uniform in ``[min_area, patches still to hide]`` (``min_area``: iBOT's
     ``(min(H, W) // 3) ** 2``) and a log-uniform aspect ratio in ``aspect``; it is kept when it hides
     at least one new patch and no more than are still to hide. Ten rejected rectangles in a row end the
@@ -93,7 +94,7 @@ class BlockMask:
     def __call__(self, batch: int, grid: tuple[int, int], device: torch.device | str = "cpu") -> Masks:
         h, w = _grid(grid)
         masked_image = torch.rand(batch) < self.probability
-        wanted = torch.round(_uniform(*self.ratio, (batch,)) * h * w) * masked_image
+        wanted = _uniform(*self.ratio, (batch,)) * h * w * masked_image  # a real bound, as iBOT's
         min_area = float((min(h, w) // 3) ** 2)
         log_aspect = [math.log(a) for a in self.aspect]
         mask = torch.zeros(batch, h * w, dtype=torch.bool)
