@@ -4,6 +4,8 @@
     cl-run check RECIPE [dotted.key=value ...]                          validate, build, one CPU batch
     cl-run eval RUN_OR_CHECKPOINT [dotted.key=value ...] [--with FILE] [-o DIR]  run the recipe's evaluators again
     cl-run export RUN_OR_CHECKPOINT [-o FILE.safetensors]               the encoder for timm and others
+    cl-run export RUN_OR_CHECKPOINT --hub-folder DIR [--push USER/REPO]  a Hugging Face model folder (and upload)
+    cl-run embed SOURCE IMAGES -o FILE.parquet [--nearest K]            a table of image embeddings
     cl-run sweep RECIPE key=v1,v2,... [dotted.key=value ...]            one run per value, one table
     cl-run report RUN [-o DIR]                                          (re)write a run's plots and report
     cl-run shards IMAGE_FOLDER OUTPUT [--shard-size N]                  an image folder as tar shards
@@ -52,7 +54,7 @@ LOCATED_ERROR = re.compile(r"^(<[^>]+>|\S+):\d+:\d+: error: ")
 # Options before the command, with the number of values each takes.
 GLOBAL_FLAGS = {"--strict-plugins": 0, "--no-plugins": 0, "--disable-plugin": 1}
 
-COMMANDS = ("train", "check", "eval", "export", "sweep", "report", "shards", "components", "plugins")
+COMMANDS = ("train", "check", "eval", "export", "embed", "sweep", "report", "shards", "components", "plugins")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,6 +87,31 @@ def parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a run's encoder as safetensors with its recipe as metadata")
     x.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     x.add_argument("-o", "--output", metavar="FILE", help="default: the encoder file in the run folder")
+    x.add_argument("--hub-folder", metavar="DIR", help="write a Hugging Face model folder instead: model.safetensors, "
+                   "config.json (timm.create_model('local-dir:DIR', pretrained=True) loads it) and a README.md model card")
+    x.add_argument("--license", metavar="ID",
+                   help="with --hub-folder: the model card's licence, a Hugging Face identifier (default: other, "
+                        "i.e. none chosen; e.g. apache-2.0, cc-by-4.0)")
+    x.add_argument("--push", metavar="USER/REPO", help="with --hub-folder: upload the folder to this Hub model repository "
+                   "(created if missing; the token comes from HF_TOKEN or the stored `hf auth login`)")
+    x.add_argument("--private", action="store_true", help="with --push: create the repository private")
+    m = sub.add_parser("embed", help="embed images with a trained encoder into a Parquet table (names, labels, embeddings)")
+    m.add_argument("source", metavar="SOURCE", help="a run folder, a checkpoint, an encoder .safetensors or a hub folder")
+    m.add_argument("images", metavar="IMAGES", help="a folder of images (one subfolder per class gives labels), a "
+                   "folder of shards (cl-run shards), or a data set as YAML: '{name: clrun/image_folder, root: DIR}'")
+    m.add_argument("-o", dest="out", required=True, metavar="FILE.parquet", help="the table to write")
+    m.add_argument("--features", choices=("backbone", "projector"), default="backbone",
+                   help="the backbone's pooled features (default), or the projector's outputs (run folders and "
+                        "checkpoints only)")
+    m.add_argument("--nearest", type=int, default=0, metavar="K",
+                   help="add each image's K nearest neighbours (rows of the table) and their cosine similarities")
+    m.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward (default 256)")
+    m.add_argument("--workers", type=int, metavar="N", help="image decoding processes (default: the recipe's data.num_workers)")
+    m.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1...")
+    m.add_argument("--part-size", type=int, default=10_000, metavar="N",
+                   help="images per part file: what a rerun after an interruption does again at most (default 10000)")
+    m.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable image (exit 2) instead of skipping and counting it")
     w = sub.add_parser("sweep", help="train one variant per value of key=v1,v2,... and tabulate them")
     w.add_argument("recipe")
     w.add_argument("overrides", nargs="+", help="key=v1,v2,... (swept) and key=value (fixed)")
@@ -310,9 +337,32 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from clrun.export import export
+    if args.hub_folder is None:
+        if args.push or args.private or args.license:
+            raise UserError("export: --push, --private and --license go with --hub-folder DIR (the folder to write and upload)")
+        from clrun.export import export
 
-    print(f"encoder: {export(args.checkpoint, args.output)}")
+        print(f"encoder: {export(args.checkpoint, args.output)}")
+        return 0
+    if args.output is not None:
+        raise UserError("export: -o writes the encoder file, --hub-folder a model folder: give one of them")
+    from clrun.commands.hub_folder import DEFAULT_LICENSE, push_folder, write_hub_folder
+
+    folder = write_hub_folder(args.checkpoint, args.hub_folder, args.license or DEFAULT_LICENSE, args.push)
+    print(f"hub folder: {folder}")
+    if args.push:
+        print(f"uploaded: {push_folder(folder, args.push, args.private)}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from clrun.commands.embed import embed
+
+    done = embed(args.source, args.images, args.out, features=args.features, nearest=args.nearest,
+                 batch_size=args.batch_size, workers=args.workers, device=args.device, part_size=args.part_size,
+                 strict=args.strict)
+    nearest = f", {args.nearest} nearest each" if args.nearest else ""
+    print(f"embeddings: {done.file} ({done.rows} images x {done.dim} {args.features} features{nearest})")
     return 0
 
 
@@ -405,6 +455,6 @@ def cmd_plugins(args) -> int:
 
 
 COMMAND_FUNCTIONS = {
-    "train": cmd_train, "check": cmd_check, "eval": cmd_eval, "export": cmd_export, "sweep": cmd_sweep,
+    "train": cmd_train, "check": cmd_check, "eval": cmd_eval, "export": cmd_export, "embed": cmd_embed, "sweep": cmd_sweep,
     "report": cmd_report, "shards": cmd_shards, "components": cmd_components, "plugins": cmd_plugins,
 }

@@ -99,16 +99,21 @@ def load_encoder(path: str | Path) -> nn.Module:
         model = create("backbone", name, **args)
     except UserError as exc:
         raise UserError(f"{file}: cannot rebuild its backbone {name} with {args}: {exc}") from exc
+    load_encoder_state(model, file, f"backbone {name} with {args}")
+    return model.eval()
+
+
+def load_encoder_state(model: nn.Module, file: Path, what: str) -> None:
+    """Load an encoder file's tensors into ``model`` (``what`` names it in the error): strict keys and shapes,
+    except the pre-training-only tensors the export leaves out, which keep the model's initial values."""
     with reading(file, "load_encoder", "cl-run encoder export"):
         state = safetensors.torch.load_file(str(file))
-    # Strict, except for the pre-training-only tensors the export leaves out (they keep their initial values).
     state.update({k: v for k, v in model.state_dict().items() if is_pretext(k) and k not in state})
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
-        raise UserError(f"{file}: its tensors do not fit backbone {name} with {args} ({detail})") from None
-    return model.eval()
+        raise UserError(f"{file}: its tensors do not fit {what} ({detail})") from None
 
 
 def _read_recipe(file: Path, checkpoint: Path) -> dict[str, Any]:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 import types
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 from clrun import UserError
 from clrun.reading import load_weights
 from clrun.plugins.backbones.fixed_positions import use_sincos_positions
-from clrun.plugins.backbones.timm_hub import hub_config
+from clrun.plugins.backbones.timm_hub import offer_hub_config
 from clrun.plugins.backbones.vit_tokens import add_tokens
 
 
@@ -84,9 +83,7 @@ def create_timm_backbone(
         _load_checkpoint(model, model_name, checkpoint_path)
     add_tokens(model, model_name, mask_token)  # after loading: timm's checkpoints have no mask token
     model.adapt_state_dict = types.MethodType(_adapt_state_dict, model)  # for a recipe's init: (clrun.weights)
-    # For `cl-run export --hub-folder` (clrun.commands.hub_folder): the folder timm builds this model from.
-    model.hub_config = types.MethodType(functools.partial(hub_config, model_name=model_name, args=kwargs,
-                                                          small_image_stem=small_image_stem), model)
+    offer_hub_config(model, model_name, kwargs, small_image_stem)  # for `cl-run export --hub-folder`
     if hasattr(model, "group_matcher"):  # its layers, for layer-wise learning-rate decay (params.layer_decay)
         model.layer_ids = types.MethodType(_layer_ids, model)
     return model

@@ -238,14 +238,21 @@ WRITING = {
         no_room(f"{a}/runs/tiny-sweep", NEW_RUN) if f == "full" else cannot_write("run folder", f"{a}/runs", f, NEW_RUN))),
     "shards": (["shards", "{images}", "{arena}/shards"], lambda a, f: cannot_write(
         "shards", f"{a}/shards", f, "write the shards to {place} instead (another OUTPUT)")),
+    # Its first write is its work folder; on a full disk, the folder is made and its progress record is not.
+    "embed": (["embed", "{arena}/r", "{images}", "-o", "{arena}/e.parquet"], lambda a, f: cannot_write(
+        "embed", f"{a}/e.parquet.parts" + ("/progress.json" if f == "full" else ""), f,
+        "write the embeddings to {place} instead (another -o FILE)")),
 }
 # The fixes the messages offer work: the same commands with -o write elsewhere ({out}, a writable folder).
 ELSEWHERE = {
     "export -o": ["export", "{arena}/r", "-o", "{out}/encoder.safetensors"],
     "eval -o": ["eval", "{arena}/r", "--with", "{evaluators}", "-o", "{out}/eval"],
     "report -o": ["report", "{arena}/r", "-o", "{out}/report"],
+    "embed -o": ["embed", "{arena}/r", "{images}", "-o", "{out}/e.parquet"],
+    "export --hub-folder": ["export", "{arena}/r", "--hub-folder", "{out}/hub"],
 }
-WRITTEN_ELSEWHERE = ["encoder.safetensors", "eval/eval.json", "eval/report.md", "report/report.md", "report/plots/loss.png"]
+WRITTEN_ELSEWHERE = ["encoder.safetensors", "eval/eval.json", "eval/report.md", "report/report.md", "report/plots/loss.png",
+                     "e.parquet", "hub/model.safetensors", "hub/config.json", "hub/README.md"]
 # The commands that write nothing: run from inside the faulty folder, they must still succeed.
 WRITES_NOTHING = {
     "check": ["check", str(TINY), "run.dir={arena}/runs"],
