@@ -4,7 +4,7 @@ The folder holds three files, the layout the Hub serves and a model library buil
 
 - ``model.safetensors``: the backbone's tensors under the library's own names. It is the encoder file
   (``clrun.encoder_file``) under the Hub's name, so its metadata (recipe, backbone, epoch, step) comes along,
-  and ``clrun.export.load_encoder`` and ``cl-run embed`` read it as they read ``encoder.safetensors``.
+  and ``clrun.export.load_encoder`` and ``cl-run embed`` read it as they read a run's encoder file.
 - ``config.json``: what the library needs to rebuild the model (for a timm backbone, timm's own config:
   ``architecture``, ``model_args``, ``num_classes: 0``, ``pretrained_cfg`` with input size, mean, std...), so
   that ``timm.create_model("local-dir:DIR", pretrained=True)`` gives the run's encoder, bit for bit.
@@ -33,6 +33,7 @@ from clrun.commands.encoder_source import HUB_WEIGHTS, Source, open_source, plai
 from clrun.commands.model_card import model_card
 from clrun.encoder_file import provenance, write_encoder
 from clrun.errors import UserError
+from clrun.run_folder import RunFolder
 from clrun.plugin_manager import default_registry
 from clrun.storage import elsewhere, make_folder, write_atomic
 
@@ -81,7 +82,7 @@ def describe(source: Source, **preprocessing: Any) -> dict[str, Any]:
         raise UserError(
             f"export --hub-folder: backbone {name} (from {provider}) cannot be written as a model folder: it offers "
             f"no hub_config() describing how a model library rebuilds it from a config.json. Share the encoder "
-            f"file instead (`cl-run export RUN` writes encoder.safetensors) and load it with "
+            f"file instead (`cl-run export RUN` writes {RunFolder('.').encoder.name}) and load it with "
             f"clrun.export.load_encoder, which rebuilds any backbone from its recipe")
     return hub_config(**preprocessing)
 

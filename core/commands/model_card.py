@@ -44,7 +44,8 @@ def model_card(*, hub: Mapping[str, Any], recipe: Mapping[str, Any], recipe_text
               "## Training", "", "| | |", "|---|---|", *training_rows(recipe, position, folder), "",
               "## Evaluation", "", *evaluation_section(folder, recipe), "",
               "## License", "", license_text(license, folder), "",
-              "## Recipe", "", "The resolved recipe (every setting the run used); `cl-run recipe.yaml` trains it again.",
+              "## Recipe", "",
+              f"The resolved recipe (every setting the run used); `cl-run {RunFolder('.').recipe.name}` trains it again.",
               "", "```yaml", recipe_text.rstrip(), "```", ""]
     return "\n".join(lines)
 
@@ -106,8 +107,8 @@ def plural(count: Any, noun: str) -> str:
 
 
 def evaluation_section(folder: Optional[RunFolder], recipe: Mapping[str, Any]) -> list[str]:
-    """The run's scores in percent, backbone and projector side by side: its final record (summary.json) and a
-    later ``cl-run eval`` (eval.json), which wins where both have a score."""
+    """The run's scores in percent, backbone and projector side by side: its final record (``RunFolder.summary``)
+    and a later ``cl-run eval`` (``RunFolder.evaluation``), which wins where both have a score."""
     if folder is None:
         return ["No evaluation recorded: this folder was exported from an encoder file, not a run folder."]
     results = dict(read_json(folder.summary))

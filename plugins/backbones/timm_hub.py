@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from timm.models._hub import save_config_for_hf  # what timm.models.push_to_hf_hub writes
 from torch import nn
 
-from clrun import UserError
+from clrun import RunFolder, UserError
 
 # How cl-run's image readers and its evaluation size an image: the shorter side resized to the input size
 # with a bilinear, antialiased filter, the center square kept (timm's crop_pct 1.0, crop_mode center).
@@ -56,7 +56,8 @@ def hub_config(model: nn.Module, *, size: Sequence[int], mean: Sequence[float], 
             f"timm/{model_name} with small_image_stem: true cannot be written as a timm model folder: its stem (a "
             f"3x3 stride-1 first convolution, no max-pool) is cl-run's change of the model, which timm cannot "
             f"build from a config.json; share the encoder file instead (`cl-run export RUN` writes "
-            f"encoder.safetensors) and load it with clrun.export.load_encoder, or train without small_image_stem")
+            f"{RunFolder('.').encoder.name}) and load it with clrun.export.load_encoder, or train without "
+            f"small_image_stem")
     # Reconstruction arguments only: drop rates change training, not the model that loads the weights.
     model_args = {k: v for k, v in args.items() if not k.endswith("drop_rate") and k != "drop_path_rate"}
     channels = int(model_args.get("in_chans", 3))
