@@ -24,10 +24,11 @@ The public API (everything a recipe user or plugin author needs) is imported fro
     clrun.RunFolder                a run folder's layout: one property per file
     clrun.Stream                   base class of a streamed data set (shards), split over processes and
                                    loader workers and resumable mid-epoch
+    clrun.space                    record the embedding map and retrieval grid the report draws (evaluators)
     clrun.testing                  contract checks for a plugin's components (import it explicitly)
 
 ``import clrun`` does not import torch: the names that need it (``Run``, ``StepOutputs``, ``Branch``,
-``Stream``, ``distributed``) are imported on first access (PEP 562), so ``cl-run --help`` and plugin discovery
+``Stream``, ``distributed``, ``space``) are imported on first access (PEP 562), so ``cl-run --help`` and plugin discovery
 answer without paying torch's import time.
 """
 
@@ -65,6 +66,7 @@ _IMPORTED_ON_FIRST_ACCESS: dict[str, tuple[str, str | None]] = {
     "Branch": ("clrun.training.model.branch", "Branch"),
     "Run": ("clrun.training.run", "Run"),
     "Stream": ("clrun.streams", "Stream"),
+    "space": ("clrun.space", None),
 }
 
 
@@ -109,6 +111,7 @@ __all__ = [
     "Branch",
     "Run",
     "Stream",
+    "space",
     "UserError",
     "DataError",
     "DataNotFoundError",

@@ -37,6 +37,7 @@ class RunFolder:
         "resumes.jsonl": "every resume that changed the recipe: what changed, from which step",
         "launch.json": "the torchrun job that started the run (its restarts resume the run)",
         "token_maps.npz": "a ViT backbone's patch-feature PCA and class-token attention on a few images (for the report)",
+        "space.npz": "the test features' map before training and at the last evaluation, and a retrieval grid (for the report)",
     }
 
     def __init__(self, path: str | Path) -> None:
@@ -102,6 +103,10 @@ class RunFolder:
     @property
     def token_maps(self) -> Path:
         return self.path / "token_maps.npz"
+
+    @property
+    def space(self) -> Path:
+        return self.path / "space.npz"
 
     @property
     def report(self) -> Path:

@@ -75,6 +75,14 @@ CAPTIONS = {
     "token_maps": ("Token maps", "For a few training images: the first three principal components of the patch "
                    "features as RGB (patches the model represents alike get alike colours) and the class token's "
                    "attention in the last block, per head (a model that found the object attends to it)."),
+    "embedding_map": ("Embedding map", "A fixed sample of the test images' backbone features before training and at "
+                      "the last evaluation, laid out in 2-D (UMAP where umap-learn is installed, else the first two "
+                      "principal components), coloured by class: classes that form their own regions are what a "
+                      "kNN or linear probe can separate; one blob of mixed colours is a representation that "
+                      "has not learned them (or has collapsed)."),
+    "retrievals": ("Nearest neighbours", "Test images (first column, one per class) and their nearest training "
+                   "images by cosine similarity of the backbone features at the last evaluation: framed green "
+                   "when of the query's class, red (✗) when not."),
 }
 
 def render(records: RunRecords, plots: dict[str, Path], at: Path | None = None) -> str:

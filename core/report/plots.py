@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from clrun.run_folder import RunFolder
+from clrun.report.space_plots import embedding_map_figure, retrieval_figure
 from clrun.storage import remove, write_atomic
 from clrun.report.records import (
     BRANCHES,
@@ -298,6 +299,8 @@ FIGURES: dict[str, Callable[[RunRecords], Figure | None]] = {
     "health": health_figure,
     "similarities": similarities_figure,
     "token_maps": token_maps_figure,
+    "embedding_map": lambda records: embedding_map_figure(records.space),
+    "retrievals": lambda records: retrieval_figure(records.space),
 }
 
 

@@ -36,6 +36,7 @@ class RunRecords:
     resumes: list[dict[str, Any]] = field(default_factory=list)  # resumes that changed the recipe
     init: dict[str, Any] | None = None  # what the recipe's init: section loaded (RunFolder.init)
     token_maps: dict[str, Any] | None = None  # the arrays of RunFolder.token_maps (a ViT backbone's PCA and attention)
+    space: dict[str, Any] | None = None  # the arrays of RunFolder.space (clrun.space: the map, the retrieval grid)
     missing: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -65,6 +66,7 @@ def read_run(run_dir: Path) -> RunRecords:
     records.resumes = _read_jsonl(folder.resumes, records, optional=True)
     use_evaluation(records, folder.evaluation)
     records.token_maps = _read_npz(folder.token_maps, records)
+    records.space = _read_npz(folder.space, records)
     init = _read_json(folder.init, records, optional=True)
     records.init = init if isinstance(init, dict) else None
     return records

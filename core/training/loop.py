@@ -64,7 +64,8 @@ def _train(setup: Setup, resume: str | Path | None, verbose: bool, allow_changes
 
 def _epochs(setup: Setup, run: Run, hooks: pluggy.HookRelay, checkpointer: Checkpointer,
             evaluations: EvaluationWait) -> Run:
-    hooks.clrun_run_start(run=run)
+    with whole_weights(run):  # a callback may embed images before training (clrun.space's first map)
+        hooks.clrun_run_start(run=run)
     try:
         with StopOnSignal(evaluations.group) as stop:
             epoch_metrics = _train_epochs(setup, run, hooks, checkpointer, stop, evaluations)

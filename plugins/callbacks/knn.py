@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+import clrun
 from clrun import Nested, Range, Run, UserError, checked
 from clrun.callback import Evaluator
 from clrun.plugins.callbacks.class_lists import check_same_classes
@@ -84,6 +85,9 @@ class KNNEvaluation(Evaluator):
                true or false
     features_dtype: what the embedded features are kept in: auto (fp32 on the CPU, bf16 on an
                accelerator), fp32, bf16 or fp16
+    space:     record the report's pictures of the embedding space (``clrun.space``): a map of a fixed
+               sample of the test features before training (embedding those few thousand images at the
+               run's start) and at each evaluation, and a retrieval grid of test images' nearest bank images
     """
 
     def __init__(
@@ -96,11 +100,16 @@ class KNNEvaluation(Evaluator):
         batch_size: Annotated[int, Range(min=1)] = 512,
         projector: Literal["auto", True, False] = "auto",
         features_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
+        space: bool = True,
     ) -> None:
         check_same_classes("clrun/knn", train, test)
         self.train, self.test = train, test
         self.k, self.temperature, self.every, self.batch_size = k, temperature, every, batch_size
-        self.projector, self.features_dtype = projector, features_dtype
+        self.projector, self.features_dtype, self.space = projector, features_dtype, space
+
+    def clrun_run_start(self, run: Run) -> None:
+        if self.space:
+            clrun.space.record_start(run, self.test, self.batch_size)
 
     def evaluate(self, run: Run) -> dict[str, float]:
         options = {"projector": self.projector, "dtype": self.features_dtype}
@@ -117,6 +126,8 @@ class KNNEvaluation(Evaluator):
             pred = knn_predict(bank, bank_y, test, num_classes, self.k, self.temperature, chunk=chunk,
                                bank_chunk=bank_chunk, device=run.device)
             accuracy[key] = (pred == test_y).float().mean().item()
+        if self.space:
+            clrun.space.record(run, self.test, test_f, test_y, self.train, bank_f, bank_y)
         return accuracy
 
     def describe(self, accuracy: dict[str, float]) -> str:

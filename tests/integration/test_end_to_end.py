@@ -59,8 +59,9 @@ def test_the_quickstart_recipe_keeps_the_readmes_promises(quickstart, untrained_
     assert "## Backbone vs projector" in report
     assert f"| kNN | {100 * s['knn_top1']:.2f} | {100 * s['knn_top1_projector']:.2f} |" in report
     assert not run.folder.token_maps.exists() and "Token maps" not in report  # a CNN has no tokens
-    for plot in ("loss", "accuracy", "alignment_uniformity", "health", "similarities"):
+    for plot in ("loss", "accuracy", "alignment_uniformity", "health", "similarities", "embedding_map", "retrievals"):
         assert f"(plots/{plot}.png)" in report and (run.directory / "plots" / f"{plot}.png").stat().st_size > 10_000
+    assert_the_space_pictures_show_learning(run)
 
     model = timm.create_model("resnet10t", num_classes=0, in_chans=1,
                               checkpoint_path=str(run.directory / "encoder.safetensors"))
@@ -69,6 +70,30 @@ def test_the_quickstart_recipe_keeps_the_readmes_promises(quickstart, untrained_
     run.encoder.eval()
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), run.encoder(x), rtol=1e-5, atol=1e-5)
+
+
+def assert_the_space_pictures_show_learning(run) -> None:
+    """The map's classes are apart after training and were not before (nearest-centroid accuracy of the
+    recorded points: 3,000 test images), and most neighbours in the retrieval grid share their query's class."""
+    import numpy as np
+
+    from clrun.report.records import read_run
+
+    saved = read_run(run.directory).space
+
+    def centroid_accuracy(when: str) -> float:
+        points, labels = saved[f"{when}_points"].astype(np.float64), saved[f"{when}_labels"]
+        centroids = np.stack([points[labels == c].mean(0) for c in range(10)])
+        nearest = ((points[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+        return float((nearest == labels).mean())
+
+    first, last = centroid_accuracy("first"), centroid_accuracy("last")
+    labels = saved["retrieval_labels"]
+    same = float((labels[:, 1:] == labels[:, :1]).mean())
+    print(f"quickstart map: nearest-centroid {first:.3f} before, {last:.3f} after; grid neighbours of the "
+          f"query's class {same:.2f}")
+    assert saved["first_points"].shape == (3000, 50) and int(saved["last_epoch"]) == 4
+    assert last > first + 0.05 and same >= 0.6
 
 
 @pytest.mark.slow

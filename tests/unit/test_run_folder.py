@@ -13,7 +13,7 @@ from clrun.run_folder import RunFolder, append_jsonl, jsonable, write_atomic
 REPO = Path(__file__).resolve().parents[2]
 LAYOUT = RunFolder("x")
 FILE_NAMES = [getattr(LAYOUT, name).name for name in
-              ("recipe", "metrics", "health", "summary", "evaluation", "checkpoint", "encoder", "report", "resumes", "token_maps", "launch", "sharded_checkpoint")]
+              ("recipe", "metrics", "health", "summary", "evaluation", "checkpoint", "encoder", "report", "resumes", "token_maps", "space", "launch", "sharded_checkpoint")]
 
 
 def test_every_file_has_a_property_and_a_description():
