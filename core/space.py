@@ -108,18 +108,18 @@ def _map_entries(when: str, run: "Run", features: Tensor, labels: Tensor, test: 
 
 def _retrievals(test: "Dataset", test_features: Tensor, test_labels: Tensor, bank: "Dataset", bank_features: Tensor,
                 bank_labels: Tensor) -> dict[str, np.ndarray]:
-    queries = _one_per_class(test_labels)
+    queries = one_per_class(test_labels)
     query = F.normalize(test_features[queries].float(), dim=1)
-    best, best_index = _nearest(query, bank_features, min(NEIGHBOURS, len(bank_features)))
+    best, best_index = nearest(query, bank_features, min(NEIGHBOURS, len(bank_features)))
     images = [image for q, row in zip(queries, best_index)
               for image in [test[int(q)][0]] + [bank[int(i)][0] for i in row]]
-    thumbnails = _thumbnails(images)
-    return {"retrieval_images": thumbnails.reshape(len(queries), -1, *thumbnails.shape[1:]),
+    pictures = thumbnails(images)
+    return {"retrieval_images": pictures.reshape(len(queries), -1, *pictures.shape[1:]),
             "retrieval_labels": torch.cat([test_labels[queries, None], bank_labels[best_index]], 1).numpy(),
             "retrieval_similarity": best.numpy().astype(np.float32), "retrieval_queries": queries.numpy()}
 
 
-def _one_per_class(labels: Tensor) -> Tensor:
+def one_per_class(labels: Tensor) -> Tensor:
     """The first test image of each class, in class order, ``QUERIES`` of them (repeating classes' later
     images when there are fewer classes)."""
     firsts = [int(torch.nonzero(labels == c)[0]) for c in torch.unique(labels).tolist()]
@@ -132,7 +132,7 @@ def _one_per_class(labels: Tensor) -> Tensor:
     return torch.tensor(chosen)
 
 
-def _nearest(query: Tensor, bank: Tensor, k: int, chunk: int = 16384) -> tuple[Tensor, Tensor]:
+def nearest(query: Tensor, bank: Tensor, k: int, chunk: int = 16384) -> tuple[Tensor, Tensor]:
     """Each query's ``k`` most similar bank rows (cosine), reading the bank ``chunk`` rows at a time."""
     best = torch.full((len(query), k), -torch.inf)
     best_index = torch.zeros((len(query), k), dtype=torch.long)
@@ -145,7 +145,7 @@ def _nearest(query: Tensor, bank: Tensor, k: int, chunk: int = 16384) -> tuple[T
     return best, best_index
 
 
-def _thumbnails(images: list[Tensor]) -> np.ndarray:
+def thumbnails(images: list[Tensor]) -> np.ndarray:
     """``(N, 3, S, S)`` uint8: each image scaled to fit ``S`` (the largest image's longer side, at most
     ``THUMBNAIL``) and placed top-left on black; gray images as three equal channels."""
     pictures = []

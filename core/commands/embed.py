@@ -60,12 +60,13 @@ class Embedded:
 
 def embed(source: str | Path, images: str, out: str | Path, *, features: str = "backbone", nearest: int = 0,
           batch_size: int = 256, workers: Optional[int] = None, device: str = "auto", part_size: int = 10_000,
-          strict: bool = False, progress: Optional[bool] = None) -> Embedded:
+          strict: bool = False, progress: Optional[bool] = None, report: str | Path | None = None) -> Embedded:
     """Embed ``images`` with ``source``'s encoder into the Parquet file ``out`` (see the module's text).
 
     ``features``: "backbone" or "projector"; ``nearest``: K neighbours per image (0: none); ``workers``:
     decoding processes (default: the recipe's ``data.num_workers``); ``part_size``: images per part file;
-    ``strict``: an unreadable image is an error; ``progress``: a progress bar (default: on a terminal)."""
+    ``strict``: an unreadable image is an error; ``progress``: a progress bar (default: on a terminal);
+    ``report``: a folder for the pictures of the embedding space (``clrun.commands.embed_report``)."""
     require_pyarrow()
     for flag, value, least in (("--batch-size", batch_size, 1), ("--part-size", part_size, 1), ("--nearest", nearest, 0),
                                ("--workers", 0 if workers is None else workers, 0)):
@@ -99,6 +100,11 @@ def embed(source: str | Path, images: str, out: str | Path, *, features: str = "
         metadata = provenance(opened, identity, images, found, skipped, nearest)
         extra = neighbour_columns(nearest, opened.run.device) if nearest else None
         parts.combine(metadata, extra)
+    if report is not None:
+        from clrun.commands.embed_report import write_embed_report
+
+        with elsewhere("write the report to {place} instead (another --report DIR)"):
+            write_embed_report(out, found, Path(report).expanduser())
     if skipped:
         first = skipped[0]
         print(f"cl-run: warning: embed: {len(skipped)} unreadable image(s) skipped (e.g. {first['name']}: "

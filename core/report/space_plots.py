@@ -51,8 +51,11 @@ def embedding_map_figure(space: dict[str, Any] | None) -> Figure | None:
             name = names[label] if 0 <= label < len(names) else ("unlabeled" if label < 0 else str(label))
             handles[name] = ax.scatter(xy[chosen, 0], xy[chosen, 1], s=4, alpha=0.7, color=_colour(label),
                                        label=name, rasterized=True)
-        epoch = int(space.get(f"{when}_epoch", -1))
-        ax.set_title(f"{title} (epoch {epoch}): {len(xy)} test images, {method}", fontsize="medium")
+        if f"{when}_title" in space:  # a map of other images (cl-run embed --report) says what they are
+            heading = f"{space[f'{when}_title']}: {len(xy)} images, {method}"
+        else:
+            heading = f"{title} (epoch {int(space.get(f'{when}_epoch', -1))}): {len(xy)} test images, {method}"
+        ax.set_title(heading, fontsize="medium")
         ax.set_xticks([])
         ax.set_yticks([])
     if 1 < len(handles) <= 20:
@@ -82,7 +85,10 @@ def retrieval_figure(space: dict[str, Any] | None) -> Figure | None:
             label = int(labels[row, col])
             name = names[label] if 0 <= label < len(names) else str(label)
             if col == 0:
-                ax.set_title(f"query: {name}", fontsize="x-small", fontweight="bold")
+                ax.set_title(f"query: {name}" if label >= 0 else "query", fontsize="x-small", fontweight="bold")
+                continue
+            if label < 0:  # unlabeled images: the similarity alone, no verdict
+                ax.set_title("" if similarity is None else f"{similarity[row, col - 1]:.2f}", fontsize="x-small")
                 continue
             same = label == int(labels[row, 0])
             colour = RIGHT if same else WRONG

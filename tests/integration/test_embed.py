@@ -242,3 +242,35 @@ def test_bad_input_is_named(trained, images, tmp_path, capsys):
     assert code == 2 and err.startswith("cl-run: error: embed: IMAGES flowers is not found; give a folder of images")
     code, _, err = cl_run(capsys, "embed", trained.directory, images, "-o", tmp_path / "e.parquet", "--nearest", "11")
     assert (code, err) == (2, f"cl-run: error: embed: --nearest 11 needs more than 11 images; {images} holds 11\n")
+
+
+def test_report_draws_the_map_and_each_querys_nearest_images(trained, images, embedded, tmp_path, capsys):
+    """``--report DIR``: the map of the table's rows coloured by label, and per class a query with its nearest
+    other rows of the table (never itself), the thumbnails being those rows' images."""
+    import torch.nn.functional as F
+
+    from clrun.report.records import _read_npz, RunRecords
+
+    out = tmp_path / "again.parquet"
+    code, printed, _ = cl_run(capsys, "embed", trained.directory, images, "-o", out, "--report", tmp_path / "pictures")
+    assert code == 0 and f"report: {tmp_path / 'pictures' / 'report.md'}" in printed
+    report = (tmp_path / "pictures" / "report.md").read_text(encoding="utf-8")
+    assert "10 images of" in report and "](plots/embedding_map.png)" in report and "](plots/retrievals.png)" in report
+    arrays = _read_npz(tmp_path / "pictures" / "space.npz", RunRecords(tmp_path))
+    table = pq.read_table(out)
+    labels = table.column("label").to_pylist()
+    assert arrays["last_points"].shape == (10, 10) and arrays["last_labels"].tolist() == labels
+    assert arrays["class_names"].tolist() == ["shirts", "shoes"]
+    vectors = F.normalize(torch.from_numpy(embeddings(table).copy()), dim=1)
+    reader = clrun.create("dataset", "clrun/image_folder", root=str(images), size=32, channels=1)
+    for row, query in enumerate(arrays["retrieval_queries"].tolist()):
+        similarity = vectors[query] @ vectors.T
+        similarity[query] = -2  # not its own neighbour
+        expected = similarity.topk(7).indices.tolist()
+        assert arrays["retrieval_labels"][row].tolist() == [labels[query]] + [labels[i] for i in expected]
+        np.testing.assert_allclose(arrays["retrieval_similarity"][row], similarity.topk(7).values.numpy(), rtol=1e-5)
+        name = table.column("name").to_pylist()[expected[0]]  # the image as embed read it: at the run's 32 px
+        picture = reader[[f.relative_to(images).as_posix() for f in reader.files].index(name)][0][0].numpy()
+        assert np.array_equal(arrays["retrieval_images"][row, 1, 0], picture)
+    # One per class first (the first shirt, row 0; the first shoe, row 5), then the next rows: eight queries.
+    assert arrays["retrieval_queries"].tolist() == [0, 5, 1, 2, 3, 4, 6, 7]
