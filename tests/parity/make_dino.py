@@ -197,27 +197,7 @@ def run(main_dino, utils, vits, args, weights: dict[str, torch.Tensor], batches:
         })
 
     dino_loss.register_forward_hook(loss_hook)
-    clip_gradients = utils.clip_gradients
-
-    def recording_clip_gradients(model, clip):
-        norms = clip_gradients(model, clip)  # per-parameter norms before clipping
-        steps[current["it"]].update({
-            "grad_norm_before_clip": math.sqrt(sum(n * n for n in norms)),
-            "params_clipped": sum(1 for n in norms if clip / (n + 1e-6) < 1),
-        })
-        return norms
-
-    utils.clip_gradients = recording_clip_gradients
-
-    def step_pre_hook(opt, *_):
-        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        steps[current["it"]].update({
-            "grad_norm_stepped": math.sqrt(sum(float((g * g).sum()) for g in grads)),
-            "params_without_grad": sorted(names[id(p)] for g in opt.param_groups for p in g["params"]
-                                          if p.grad is None),
-        })
-
-    optimizer.register_step_pre_hook(step_pre_hook)
+    clip_gradients = O.record_gradients(utils, optimizer, lambda: steps[current["it"]], names)
 
     def snapshot() -> dict:
         s = dict(student.module.named_parameters())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import subprocess
 import sys
 import types
@@ -96,3 +97,33 @@ def write_fixture(path: Path, fixture: dict) -> int:
     assert json.loads(text) == json.loads(json.dumps(fixture))
     path.write_text(text)
     return path.stat().st_size
+
+
+def record_gradients(utils, optimizer, step_record, names: dict[int, str]):
+    """Observe DINO's and iBOT's gradients, changing nothing: ``utils.clip_gradients`` wrapped to record the total
+    of the per-parameter norms it returns (before clipping) and how many it clipped, and an optimizer step
+    pre-hook recording the norm AdamW steps with (after clipping and the last layer's freezing) and the
+    parameters without a gradient (by ``names``). ``step_record()`` is the current step's record (a dict).
+    Returns the unwrapped ``clip_gradients``, for the caller to put back."""
+    clip_gradients = utils.clip_gradients
+
+    def recording_clip_gradients(model, clip):
+        norms = clip_gradients(model, clip)  # per-parameter norms before clipping
+        step_record().update({
+            "grad_norm_before_clip": math.sqrt(sum(n * n for n in norms)),
+            "params_clipped": sum(1 for n in norms if clip / (n + 1e-6) < 1),
+        })
+        return norms
+
+    utils.clip_gradients = recording_clip_gradients
+
+    def step_pre_hook(opt, *_):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        step_record().update({
+            "grad_norm_stepped": math.sqrt(sum(float((g * g).sum()) for g in grads)),
+            "params_without_grad": sorted(names[id(p)] for g in opt.param_groups for p in g["params"]
+                                          if p.grad is None),
+        })
+
+    optimizer.register_step_pre_hook(step_pre_hook)
+    return clip_gradients
