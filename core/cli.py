@@ -109,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--workers", type=int, metavar="N", help="image decoding processes (default: the recipe's data.num_workers)")
     m.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1...")
     m.add_argument("--report", metavar="DIR", help="also draw the embedding space into DIR: a map of the images "
-                   "coloured by label and a grid of images with their nearest neighbours (report.md, plots/)")
+                   "coloured by label and a grid of images with their nearest neighbours (a report and its plots)")
     m.add_argument("--part-size", type=int, default=10_000, metavar="N",
                    help="images per part file: what a rerun after an interruption does again at most (default 10000)")
     m.add_argument("--strict", action="store_true",
@@ -359,6 +359,7 @@ def cmd_export(args) -> int:
 
 def cmd_embed(args) -> int:
     from clrun.commands.embed import embed
+    from clrun.run_folder import RunFolder
 
     done = embed(args.source, args.images, args.out, features=args.features, nearest=args.nearest,
                  batch_size=args.batch_size, workers=args.workers, device=args.device, part_size=args.part_size,
@@ -366,7 +367,7 @@ def cmd_embed(args) -> int:
     nearest = f", {args.nearest} nearest each" if args.nearest else ""
     print(f"embeddings: {done.file} ({done.rows} images x {done.dim} {args.features} features{nearest})")
     if args.report:
-        print(f"report: {os.path.join(args.report, 'report.md')}")
+        print(f"report: {RunFolder(args.report).report}")
     return 0
 
 

@@ -1,8 +1,8 @@
 """``cl-run embed ... --report DIR``: the pictures of the embedded images' space, as a run's report has them
 (``clrun.space``, ``clrun.report.space_plots``): a map of a fixed sample of up to 3,000 rows of the table, coloured
 by label where the images have labels, and a retrieval grid, eight query images (one per class where labeled, else
-the first eight) with their nearest other images of the table. Written to ``DIR``: ``report.md``, ``plots/`` and
-``space.npz`` (the arrays drawn, as a run folder keeps them).
+the first eight) with their nearest other images of the table. Written to ``DIR`` as a run folder has them
+(``RunFolder``'s report, plots and space files: the arrays drawn).
 
 A streamed data set (shards) cannot be read by position: its report has the map and no grid.
 """
@@ -21,6 +21,7 @@ from clrun import space
 from clrun.commands.embed_images import Images
 from clrun.report.plots import save_figure
 from clrun.report.space_plots import embedding_map_figure, retrieval_figure
+from clrun.run_folder import RunFolder
 from clrun.storage import make_folder, write_atomic
 
 PLOTS = {"embedding_map": ("Embedding map", embedding_map_figure),
@@ -44,25 +45,25 @@ def write_embed_report(table_file: Path, found: Images, out: Path) -> Path:
         arrays["class_names"] = np.array(found.classes)
     if not found.streamed and len(table) > 1:
         arrays.update(retrievals(found, positions, embeddings, labels))
-    folder = make_folder(Path(out), "embed --report")
+    folder = RunFolder(make_folder(Path(out), "embed --report"))
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    write_atomic(folder / "space.npz", buffer.getvalue(), "embed --report")
+    write_atomic(folder.space, buffer.getvalue(), "embed --report")
     blocks = []
     for name, (heading, draw) in PLOTS.items():
         figure = draw(arrays)
         if figure is None:
             continue
-        path = folder / "plots" / f"{name}.png"
+        path = folder.plots / f"{name}.png"
         save_figure(figure, path)
-        blocks.append(f"## {heading}\n\n![{heading}]({Path(os.path.relpath(path, folder)).as_posix()})")
+        blocks.append(f"## {heading}\n\n![{heading}]({Path(os.path.relpath(path, folder.path)).as_posix()})")
     metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     lines = [f"# Embeddings: `{Path(table_file).name}`", "",
              f"{len(table)} images of `{metadata.get('images', '?')}`, {metadata.get('features', 'backbone')} features "
              f"({embeddings.shape[1]} wide) of `{metadata.get('source', '?')}` (encoder SHA-256 "
              f"`{metadata.get('encoder_sha256', '?')[:12]}`).", ""]
     report = "\n".join(lines) + "\n" + "\n\n".join(blocks) + "\n"
-    return write_atomic(folder / "report.md", report, "embed --report")
+    return write_atomic(folder.report, report, "embed --report")
 
 
 def retrievals(found: Images, positions: list[int], embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
