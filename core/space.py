@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 MAP_POINTS = 3000
 MAP_DIMS = 50
-QUERIES = 8
+QUERIES = 10  # one per class of a 10-class set (Fashion-MNIST, CIFAR-10)
 NEIGHBOURS = 7
 THUMBNAIL = 64
 SAMPLE_SEED = 2718  # the map's sample of the test set: fixed, whatever the recipe's seed

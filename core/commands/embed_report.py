@@ -1,7 +1,7 @@
 """``cl-run embed ... --report DIR``: the pictures of the embedded images' space, as a run's report has them
 (``clrun.space``, ``clrun.report.space_plots``): a map of a fixed sample of up to 3,000 rows of the table, coloured
-by label where the images have labels, and a retrieval grid, eight query images (one per class where labeled, else
-the first eight) with their nearest other images of the table. Written to ``DIR`` as a run folder has them
+by label where the images have labels, and a retrieval grid, ten query images (one per class where labeled, else
+the first ten) with their nearest other images of the table. Written to ``DIR`` as a run folder has them
 (``RunFolder``'s report, plots and space files: the arrays drawn).
 
 A streamed data set (shards) cannot be read by position: its report has the map and no grid.

@@ -272,5 +272,5 @@ def test_report_draws_the_map_and_each_querys_nearest_images(trained, images, em
         name = table.column("name").to_pylist()[expected[0]]  # the image as embed read it: at the run's 32 px
         picture = reader[[f.relative_to(images).as_posix() for f in reader.files].index(name)][0][0].numpy()
         assert np.array_equal(arrays["retrieval_images"][row, 1, 0], picture)
-    # One per class first (the first shirt, row 0; the first shoe, row 5), then the next rows: eight queries.
-    assert arrays["retrieval_queries"].tolist() == [0, 5, 1, 2, 3, 4, 6, 7]
+    # One per class first (the first shirt, row 0; the first shoe, row 5), then the next rows: all ten rows.
+    assert arrays["retrieval_queries"].tolist() == [0, 5, 1, 2, 3, 4, 6, 7, 8, 9]

@@ -73,7 +73,7 @@ def test_the_retrieval_grid_holds_each_querys_nearest_bank_images(tmp_path):
     space.record(run, test, test_f, test_y, bank, bank_f, bank_y)
     saved = read_run(tmp_path).space
     queries = saved["retrieval_queries"]
-    assert queries.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]  # one per class first, then the next images
+    assert queries.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]  # one per class first, then the next images
     cosine = torch.nn.functional.normalize(test_f, dim=1) @ torch.nn.functional.normalize(bank_f, dim=1).T
     for row, q in enumerate(queries):
         top = cosine[q].topk(space.NEIGHBOURS)
@@ -81,7 +81,7 @@ def test_the_retrieval_grid_holds_each_querys_nearest_bank_images(tmp_path):
         assert saved["retrieval_labels"][row].tolist() == [int(test_y[q])] + bank_y[top.indices].tolist()
         pixels = saved["retrieval_images"][row, :, 0, 0, 0].tolist()  # the pixel value is the image's index
         assert pixels == [int(q)] + top.indices.tolist()
-    assert saved["retrieval_images"].shape == (8, 1 + space.NEIGHBOURS, 3, 12, 12)  # letterboxed, 3 channels
+    assert saved["retrieval_images"].shape == (space.QUERIES, 1 + space.NEIGHBOURS, 3, 12, 12)  # letterboxed, 3 channels
     assert saved["last_points"].shape == (30, 16) and saved["last_labels"].tolist() == test_y.tolist()
     assert saved["class_names"].tolist() == CLASSES and int(saved["last_epoch"]) == 0
 
@@ -125,7 +125,7 @@ def test_the_report_draws_the_map_and_the_grid(tmp_path):
     titles = [ax.get_title() for ax in map_figure.axes]
     assert titles == ["before training (epoch 0): 60 test images, PCA", "last evaluation (epoch 2): 60 test images, PCA"]
     grid = retrieval_figure(read_run(tmp_path).space)
-    assert len(grid.axes) == 8 * (1 + space.NEIGHBOURS)
+    assert len(grid.axes) == space.QUERIES * (1 + space.NEIGHBOURS)
     marked = [ax.get_title() for ax in grid.axes if ax.get_title().startswith("✗")]
     saved = read_run(tmp_path).space["retrieval_labels"]
     assert len(marked) == int((saved[:, 1:] != saved[:, :1]).sum())  # every wrong-class neighbour, no other
