@@ -1,5 +1,6 @@
-"""What ``make_dino.py`` and ``make_mae.py`` share: the official code imported from a tree by path, the tree's
-commit, module proxies (the patches), the fixture's command line and the fixture written as JSON."""
+"""What ``make_dino.py``, ``make_mae.py``, ``make_ibot.py`` and ``make_ijepa.py`` share: the official code imported
+from a tree by path, the tree's commit, module proxies (the patches), the fixture's command line and the fixture
+written as JSON."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ def official(repo: Path):
         yield
     finally:
         sys.path.remove(str(repo))
-        for name in set(sys.modules) - before:
-            if from_repo(sys.modules[name]):
-                del sys.modules[name]
+        # all decided before any is removed: a namespace package's path is recomputed from its parent's
+        provided = [name for name in set(sys.modules) - before if from_repo(sys.modules[name])]
+        for name in provided:
+            del sys.modules[name]
 
 
 def commit_of(repo: Path) -> str:
