@@ -13,8 +13,9 @@ cosine: flat at both ends); ``constant`` stays at ``start``. Before the span it 
 ``start``, and the span begins after the warm-up. ``per: epoch`` holds each epoch's first value through the
 epoch (a staircase, as the reference code of the self-distillation methods indexes its teacher-temperature
 schedule by epoch: their ``--warmup_teacher_temp_epochs W`` is ``{schedule: linear, ..., until_epoch: W - 1,
-per: epoch}``, which reaches ``end`` in epoch W - 1). The value at a step is a function of the step alone,
-so a resumed run continues the schedule exactly.
+per: epoch}``, which reaches ``end`` in epoch W - 1). ``offset_steps: N`` gives step k the value at k + N
+(I-JEPA's weight-decay schedule is stepped before each update and counts first: ``offset_steps: 1``). The
+value at a step is a function of the step alone, so a resumed run continues the schedule exactly.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Schedule:
     warmup_steps: Optional[int] = None
     warmup_start: float = 0.0
     per: Literal["step", "epoch"] = "step"  # epoch: each epoch's first value, held through the epoch
+    offset_steps: int = 0  # step k gets the value at k + offset_steps (a schedule stepped before its update)
 
     def __post_init__(self) -> None:
         if self.end is None and self.schedule != "constant":
@@ -57,6 +59,8 @@ class Schedule:
             for name in (epochs, steps):
                 if (getattr(self, name) or 0) < 0:
                     raise ScheduleError(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.offset_steps < 0:
+            raise ScheduleError("offset_steps", f"must be >= 0, got {self.offset_steps}")
 
     @property
     def initial(self) -> float:
@@ -65,6 +69,7 @@ class Schedule:
 
     def at(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
         """The value for the step after ``step`` completed ones."""
+        step += self.offset_steps
         if self.per == "epoch":
             step -= step % max(steps_per_epoch, 1)
         warmup = self._steps(self.warmup_epochs, self.warmup_steps, steps_per_epoch, 0)
@@ -102,6 +107,8 @@ class Schedule:
             warmup = f"warm-up {self.warmup_start:g} -> {self.start:g} over {length}, then "
         if self.per == "epoch":
             span.append("per epoch")
+        if self.offset_steps:
+            span.append(f"{self.offset_steps} step(s) ahead")
         return f"{warmup}{self.schedule} {self.start:g} -> {self.end:g}" + (f" ({', '.join(span)})" if span else "")
 
     def plain(self) -> dict:
@@ -111,4 +118,6 @@ class Schedule:
             del fields["warmup_start"]
         if fields.get("per") == "step":
             del fields["per"]
+        if fields.get("offset_steps") == 0:
+            del fields["offset_steps"]
         return fields

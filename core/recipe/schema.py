@@ -216,13 +216,14 @@ class TargetSection:
     After every optimizer step its weights move towards the online ones,
     ``target = m * target + (1 - m) * online``, with ``m`` going from ``momentum`` to ``final_momentum``
     over the run (``cosine``: ``m = final - (final - momentum) * (cos(pi * step / total_steps) + 1) / 2``;
-    ``constant``: ``m = momentum`` throughout). It sees the global views only; losses get its projector
+    ``linear``: ``m = momentum + (final - momentum) * step / total_steps``, I-JEPA's; ``constant``:
+    ``m = momentum`` throughout). It sees the global views only; losses get its projector
     outputs as ``target_projections``.
     """
 
     momentum: float = 0.996
     final_momentum: float = 1.0
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
     # A frozen, now and then refreshed copy of the target's backbone (SnapshotSection); None: no such copy.
     snapshot: Optional[SnapshotSection] = None
 

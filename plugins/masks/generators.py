@@ -127,7 +127,9 @@ class MultiBlockMask:
     ``target_aspect``, one uniform number for both, as the official collator) and one context size
     (scale in ``context_scale``, square). Per image: ``targets`` target blocks at uniform positions
     (they may overlap each other), and a context block at a uniform position minus every target block;
-    of a few context positions the first that keeps ``min_keep`` patches is taken. Contexts are then cut
+    of ``CONTEXT_TRIES`` context positions the first that keeps more than ``min_keep`` patches is taken, and
+    when none does, the last target block is no longer cut out and fresh positions are tried, then the last
+    two, ... (the official ``constrain_mask(mask, tries)``). Contexts are then cut
     to the batch's smallest (the last patches in raster order go), so every image keeps the same count.
     Drawn on the host, which knows that count without waiting for the device.
     """
@@ -167,13 +169,21 @@ class MultiBlockMask:
             return rectangles(_offsets(size * (h - bh)), _offsets(size * (w - bw)), size * bh, size * bw, (h, w))
 
         targets = blocks(self.targets, th, tw)  # (B, M, L)
-        allowed = ~targets.any(dim=1)  # (B, L)
-        contexts = blocks(self.CONTEXT_TRIES, ch, cw) & allowed.unsqueeze(1)  # (B, tries, L)
-        kept = contexts.sum(dim=2)
-        enough = kept >= self.min_keep
-        # The first try that keeps enough patches; when none does, the one that keeps the most.
-        choice = torch.where(enough.any(dim=1), enough.float().argmax(dim=1), kept.argmax(dim=1))
-        context = contexts[torch.arange(batch), choice]
+        rows = torch.arange(batch)
+        context = torch.zeros(batch, h * w, dtype=torch.bool)
+        found = torch.zeros(batch, dtype=torch.bool)
+        for excluded in range(self.targets, -1, -1):  # all target blocks cut out, then all but the last, ...
+            allowed = ~targets[:, :excluded].any(dim=1)  # (B, L)
+            contexts = blocks(self.CONTEXT_TRIES, ch, cw) & allowed.unsqueeze(1)  # fresh positions: (B, tries, L)
+            kept = contexts.sum(dim=2)
+            enough = kept > self.min_keep
+            pick = enough.any(dim=1) & ~found  # the first try that keeps more than min_keep
+            context = torch.where(pick.unsqueeze(1), contexts[rows, enough.float().argmax(dim=1)], context)
+            found |= pick
+            if bool(found.all()):
+                break
+        if not bool(found.all()):  # none keeps enough even uncut (a tiny grid): the last level's fullest try
+            context = torch.where(found.unsqueeze(1), context, contexts[rows, kept.argmax(dim=1)])
         smallest = int(context.sum(dim=1).min())
         context &= context.cumsum(dim=1) <= smallest
         return Masks(context, targets, visible_count=smallest, target_count=th * tw).to(device)

@@ -19,26 +19,27 @@ RATE = Range(min=0)
 
 
 class PerStepSchedule:
-    """Adapts a timm scheduler (``step_update(num_updates)``) to the loop's ``step()`` per optimizer step.
+    """Adapts a timm scheduler (``step_update(num_updates)``) to the loop's ``step()`` per optimizer step;
+    ``offset`` steps ahead (step k gets the scheduler's value at k + offset).
 
     The step count is the whole state: restoring it from a checkpoint restores the exact learning rate.
     """
 
-    def __init__(self, scheduler: Any) -> None:
-        self.scheduler = scheduler
+    def __init__(self, scheduler: Any, offset: int = 0) -> None:
+        self.scheduler, self.offset = scheduler, offset
         self.steps = 0
-        self.scheduler.step_update(0)
+        self.scheduler.step_update(self.offset)
 
     def step(self) -> None:
         self.steps += 1
-        self.scheduler.step_update(self.steps)
+        self.scheduler.step_update(self.steps + self.offset)
 
     def state_dict(self) -> dict:
         return {"steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
-        self.scheduler.step_update(self.steps)
+        self.scheduler.step_update(self.steps + self.offset)
 
 
 class WarmupToPeakCosine(CosineLRScheduler):
@@ -61,6 +62,7 @@ def warmup_cosine(
     warmup_lr: Annotated[float, RATE] = 0.0,
     min_lr: Annotated[float, RATE] = 0.0,
     warmup_ends_at_peak: bool = False,
+    offset_steps: Annotated[int, Range(min=0, hint="I-JEPA's schedulers: 1")] = 0,
 ) -> PerStepSchedule:
     """Linear warmup from ``warmup_lr`` for ``warmup_epochs``, then cosine decay to ``min_lr`` (SimCLR).
 
@@ -68,6 +70,9 @@ def warmup_cosine(
     ``warmup_lr + t (lr - warmup_lr) / W`` (timm's and MAE's); with ``warmup_ends_at_peak`` it has
     ``... / (W - 1)``, so its last step is at the peak (DINO's, iBOT's and DINOv2's ``cosine_scheduler``).
     The cosine then spans the remaining steps and never quite reaches ``min_lr``, as in both.
+    ``offset_steps``: step k gets the schedule's value at k + offset_steps. I-JEPA's ``WarmupCosineSchedule``
+    is stepped before each update and counts first, so its step k has the value at k + 1 (its first lr is
+    ``warmup_lr + (lr - warmup_lr) / W``, not ``warmup_lr``): ``offset_steps: 1``.
     """
     warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps // 2)
     schedule = WarmupToPeakCosine if warmup_ends_at_peak else CosineLRScheduler
@@ -80,7 +85,7 @@ def warmup_cosine(
         warmup_prefix=True,  # the cosine starts after warmup, so it spans the remaining steps
         t_in_epochs=False,
     )
-    return PerStepSchedule(scheduler)
+    return PerStepSchedule(scheduler, offset_steps)
 
 
 @checked

@@ -24,11 +24,11 @@ I-JEPA adds:
 
 The official ViT's fixed sin-cos positions and final norm on every token are the backbone options
 ``sincos_pos_embed: true`` and ``model_args.fc_norm: false``, as recipes/ijepa_vith14.yaml has them. Three official
-behaviours have no cl-run option (yet): the schedulers are stepped before each step (train.py:291-292, so step k
-uses the lr and weight decay of position k + 1), and the momentum is linear (train.py:228-229). ``PROPOSED`` are
-context managers that give cl-run each of them as the proposed option would (README.md, "Differences found
-(I-JEPA)"); the run enters all three unless told otherwise, and ``DIFFERENCES`` leaves one out (or puts an option
-back to cl-run's default) to show the comparison departs where it should.
+schedule behaviours took options cl-run gained for them: the schedulers are stepped before each step
+(train.py:291-292, so step k uses the lr and weight decay of position k + 1: ``offset_steps: 1`` on
+``clrun/warmup_cosine`` and on the weight decay's schedule), and the momentum is linear (train.py:228-229:
+``target.schedule: linear``). ``DIFFERENCES`` puts each difference found back (an option at cl-run's default, a
+fixed bug) to show the comparison departs where it should.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ RTOL = C.RTOL  # 1e-10 relative, as DINO's
 
 # ------------------------------------------------------------------------------------------------ the recipe
 # The official config (fixture["official"]["config"]) as recipe lines, spelled as recipes/ijepa_vith14.yaml spells
-# them. The lines marked "proposed" are options cl-run does not have yet: PROPOSED emulates them.
+# them.
 RECIPE = """\
 seed: 0
 data:
@@ -87,7 +87,7 @@ projector:
 target:                              # optimization.ema [0.996, 1.0]
   momentum: 0.996
   final_momentum: 1.0
-  # schedule: linear                 # proposed (train.py:228-229); emulated by linear_target_momentum
+  schedule: linear                   # train.py:228-229: ema[0] + i (ema[1] - ema[0]) / (ipe epochs ipe_scale)
 masking:
   generator: {{name: parity/fixed_mask}}   # the official MaskCollator's masks, recorded in the fixture
   hidden: drop                       # allow_overlap false: the context encoder sees the context block only
@@ -97,15 +97,14 @@ loss:
 optimizer:
   name: torch/AdamW                  # init_opt: torch.optim.AdamW(param_groups), its defaults
   lr: 1.0e-3                         # optimization.lr
-  # optimization.weight_decay 0.04, final_weight_decay 0.4 (CosineWDSchedule); offset_steps: 1 proposed
-  # (stepped before the step); emulated by weight_decay_one_step_ahead
-  weight_decay: {{schedule: cosine, start: 0.04, end: 0.4}}
+  # optimization.weight_decay 0.04, final_weight_decay 0.4 (CosineWDSchedule, stepped before the step)
+  weight_decay: {{schedule: cosine, start: 0.04, end: 0.4, offset_steps: 1}}
 scheduler:                           # WarmupCosineSchedule, stepped before the step
   name: clrun/warmup_cosine
   warmup_epochs: 1                   # optimization.warmup 1
   warmup_lr: 2.0e-4                  # optimization.start_lr
   min_lr: 1.0e-6                     # optimization.final_lr
-  # offset_steps: 1                  # proposed; emulated by lr_one_step_ahead
+  offset_steps: 1                    # stepped before the step: step k has the value at k + 1
 init:                                # the official checkpoint: encoder, predictor; the target: target_encoder
   backbone: {{source: {weights}, layout: clrun/ijepa, network: student}}
   token_head: {{source: {weights}, layout: clrun/ijepa, network: student}}
@@ -283,70 +282,6 @@ def grad_stats(norms: dict[str, float]) -> dict[str, float]:
             "avg": sum(plain) / len(plain), "count": len(plain)}
 
 
-# ------------------------------------------------------------------------------- the proposed options, emulated
-@contextlib.contextmanager
-def lr_one_step_ahead() -> Iterator[None]:
-    """The proposed ``offset_steps: 1`` of ``clrun/warmup_cosine`` (plugins/optim/lr_schedules.py): step k uses the
-    schedule's value at k + 1, as the official ``WarmupCosineSchedule``, whose ``step()`` (``_step += 1``, then the
-    value) train_step calls before the optimizer step (train.py:291). ``PerStepSchedule`` steps timm's scheduler
-    at ``steps + 1`` here."""
-    from unittest import mock
-
-    from clrun.plugins.optim import lr_schedules
-
-    def init(self, scheduler) -> None:
-        self.scheduler, self.steps = scheduler, 0
-        self.scheduler.step_update(1)
-
-    def step(self) -> None:
-        self.steps += 1
-        self.scheduler.step_update(self.steps + 1)
-
-    with mock.patch.object(lr_schedules.PerStepSchedule, "__init__", init), \
-            mock.patch.object(lr_schedules.PerStepSchedule, "step", step):
-        yield
-
-
-@contextlib.contextmanager
-def weight_decay_one_step_ahead() -> Iterator[None]:
-    """The proposed ``offset_steps: 1`` of a schedule (core/schedule.py, ``Schedule``): the value for step k is the
-    schedule's at k + 1, as the official ``CosineWDSchedule`` (``_step += 1``, then ``progress = _step / T_max``),
-    stepped before the optimizer step (train.py:292). Every ``Schedule`` of the run (only the weight decay's here)
-    is evaluated at ``step + 1``."""
-    from unittest import mock
-
-    from clrun.schedule import Schedule
-
-    at = Schedule.at
-    with mock.patch.object(Schedule, "at", lambda self, step, *args: at(self, step + 1, *args)):
-        yield
-
-
-@contextlib.contextmanager
-def linear_target_momentum() -> Iterator[None]:
-    """The proposed ``target.schedule: linear`` (core/recipe/schema.py ``TargetSection``, core/training/model/
-    target.py ``momentum_at``): update i uses ``momentum + i (final_momentum - momentum) / total_steps``, as the
-    official ``momentum_scheduler`` generator (train.py:228-229, ``ema[0] + i * (ema[1] - ema[0]) / (ipe *
-    num_epochs * ipe_scale)``, ``ipe_scale`` 1 in every official config)."""
-    from unittest import mock
-
-    from clrun.training.model import target
-
-    def linear(settings, step: int, total_steps: int) -> float:
-        progress = min(step / max(total_steps, 1), 1.0)
-        return settings.momentum + (settings.final_momentum - settings.momentum) * progress
-
-    with mock.patch.object(target, "momentum_at", linear):
-        yield
-
-
-PROPOSED: dict[str, Callable[[], ContextManager]] = {
-    "lr_one_step_ahead": lr_one_step_ahead,
-    "weight_decay_one_step_ahead": weight_decay_one_step_ahead,
-    "linear_target_momentum": linear_target_momentum,
-}
-
-
 # ------------------------------------------------------------------------------------------------ a run
 @dataclass
 class Result:
@@ -356,13 +291,11 @@ class Result:
     train_seconds: float
 
 
-def run_clrun(*, proposed: Iterable[str] = tuple(PROPOSED), overrides: Iterable[str] = (),
-              stop_after: int | None = None, patches: Iterable[Callable[[], ContextManager]] = (),
+def run_clrun(*, overrides: Iterable[str] = (), stop_after: int | None = None, patches: Iterable[Callable[[], ContextManager]] = (),
               data_root: Path = DATA_ROOT, keep: Path | None = None) -> Result:
     """cl-run's 30 I-JEPA steps on the fixture's batches, masks and weights.
 
-    ``proposed``: the names of ``PROPOSED`` to enter (default all: the official behaviour); ``overrides``: recipe
-    lines ``key=value``; ``stop_after``: stop after that step (counted from 0; the schedules stay those of 30
+    ``overrides``: recipe lines ``key=value``; ``stop_after``: stop after that step (counted from 0; the schedules stay those of 30
     steps); ``patches``: more context managers entered around the run; ``keep``: keep the run folder there and
     show cl-run's output."""
     import clrun
@@ -380,8 +313,7 @@ def run_clrun(*, proposed: Iterable[str] = tuple(PROPOSED), overrides: Iterable[
                                          "the I-JEPA fixture's official masks, in order")
         stack.enter_context(C.parity_registry(batches, recorder, extra=[mask_component]))
         recipe = clrun.load_recipe(folder / "recipe.yaml", list(overrides))
-        entered = [PROPOSED[name] for name in proposed] + list(patches)
-        seconds = C.train_in_float64(stack, recipe, entered, stop_after=stop_after, quiet=keep is None)
+        seconds = C.train_in_float64(stack, recipe, list(patches), stop_after=stop_after, quiet=keep is None)
     return Result(recorder, masks, text, seconds)
 
 
@@ -457,14 +389,13 @@ def mask_tokens_with_the_biases() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Difference:
-    """A difference the comparison found, put back: ``without``, the names of ``PROPOSED`` left out (cl-run as it
-    is); ``overrides`` (an option set back to cl-run's default) and ``patches`` (a fixed bug put back); ``departs``:
+    """A difference the comparison found, put back: ``overrides`` (an option set back to cl-run's default) and
+    ``patches`` (a fixed bug put back); ``departs``:
     for each quantity named, the step it must first depart at (``"start"``: the groups; None: not before the run
     stops, after the last step named)."""
 
     what: str
     departs: dict
-    without: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
     patches: tuple[Callable[[], ContextManager], ...] = ()
 
@@ -474,8 +405,7 @@ class Difference:
 
     def keywords(self) -> dict:
         """``run_clrun``'s keywords for this difference."""
-        return {"proposed": tuple(n for n in PROPOSED if n not in self.without), "overrides": self.overrides,
-                "patches": self.patches}
+        return {"overrides": self.overrides, "patches": self.patches}
 
 
 DIFFERENCES: dict[str, Difference] = {
@@ -486,20 +416,20 @@ DIFFERENCES: dict[str, Difference] = {
         {"trained_parameters": "start", "loss": 0, "targets.sum_abs": 0, "predictions.sum": 0},
         overrides=("backbone.model_args.fc_norm=null", "init.backbone.strict=false")),
     "lr_one_step_behind": Difference(
-        "clrun/warmup_cosine as it is: step k has the schedule's lr at k (the official scheduler is stepped before "
+        "clrun/warmup_cosine's default offset_steps 0: step k has the schedule's lr at k (the official scheduler is stepped before "
         "the step: position k + 1); its first lr is warmup_lr (2e-4), the official start_lr + (lr - start_lr) / 10",
         {"lr[encoder, decayed]": 0, "loss": 1, "weight_decay[encoder, decayed]": None, "momentum": None},
-        without=("lr_one_step_ahead",)),
+        overrides=("scheduler.offset_steps=0",)),
     "weight_decay_one_step_behind": Difference(
-        "the weight decay's cosine as cl-run evaluates it (step k at position k; the official CosineWDSchedule is "
+        "the weight decay's cosine without offset_steps (step k at position k; the official CosineWDSchedule is "
         "stepped first: position k + 1): 0.04 at step 0 instead of 0.04099",
         {"weight_decay[encoder, decayed]": 0, "loss": 1, "lr[encoder, decayed]": None},
-        without=("weight_decay_one_step_ahead",)),
+        overrides=("optimizer.weight_decay={schedule: cosine, start: 0.04, end: 0.4}",)),
     "cosine_target_momentum": Difference(
         "cl-run's cosine momentum (0.996 -> 1) instead of the official linear one: equal at step 0, apart from "
         "step 1; the target's tokens from the step after",
         {"momentum": 1, "targets.sum_abs": 2, "loss": 2, "predictions.sum": None},
-        without=("linear_target_momentum",)),
+        overrides=("target.schedule=cosine",)),
     "mask_token_not_decayed": Difference(
         "the predictor's mask token gets no weight decay (cl-run's 1-D token with the biases, as before "
         "DECAYED_TOKENS; the official (1, 1, E) one is decayed by init_opt)",
@@ -532,55 +462,6 @@ def official_block_positions() -> Iterator[None]:
 
     offsets = generators._offsets
     with mock.patch.object(generators, "_offsets", lambda room: offsets((room - 1).clamp(min=0))):
-        yield
-
-
-def official_context_choice_call(self, batch: int, grid: tuple[int, int], device="cpu"):
-    """``MultiBlockMask.__call__`` (plugins/masks/generators.py:158-179) with the official collator's choice of the
-    context (the proposed change; everything else as it is): a context position is valid when it keeps **more**
-    than ``min_keep`` patches (multiblock.py:98, ``len(mask) > self.min_keep``; cl-run: at least ``min_keep``),
-    and when none of ``CONTEXT_TRIES`` positions is, the exclusion of the last target block is dropped and fresh
-    positions are tried, then of the last two, ... (multiblock.py:77-104: ``constrain_mask(mask, tries)``), where
-    cl-run took the position that kept the most, however few (0 included)."""
-    from clrun import Masks
-    from clrun.plugins.masks import generators
-
-    h, w = generators._grid(grid)
-    draws = torch.rand(2).tolist()
-    th, tw = self.block_size(draws[0], self.target_scale, self.target_aspect, (h, w))
-    ch, cw = self.block_size(draws[1], self.context_scale, (1.0, 1.0), (h, w))
-
-    def blocks(n: int, bh: int, bw: int) -> torch.Tensor:
-        size = torch.full((batch, n), 1, dtype=torch.long)
-        return generators.rectangles(generators._offsets(size * (h - bh)), generators._offsets(size * (w - bw)),
-                                     size * bh, size * bw, (h, w))
-
-    targets = blocks(self.targets, th, tw)  # (B, M, L)
-    context = torch.zeros(batch, h * w, dtype=torch.bool)
-    found = torch.zeros(batch, dtype=torch.bool)
-    for excluded in range(self.targets, -1, -1):  # all target blocks excluded, then one fewer, ...
-        if bool(found.all()):
-            break
-        allowed = ~targets[:, :excluded].any(dim=1)
-        contexts = blocks(self.CONTEXT_TRIES, ch, cw) & allowed.unsqueeze(1)  # fresh positions at each level
-        enough = contexts.sum(dim=2) > self.min_keep
-        first = contexts[torch.arange(batch), enough.float().argmax(dim=1)]
-        pick = enough.any(dim=1) & ~found
-        context = torch.where(pick.unsqueeze(1), first, context)
-        found |= pick
-    smallest = int(context.sum(dim=1).min())
-    context &= context.cumsum(dim=1) <= smallest
-    return Masks(context, targets, visible_count=smallest, target_count=th * tw).to(device)
-
-
-@contextlib.contextmanager
-def official_context_choice() -> Iterator[None]:
-    """``clrun/multiblock_mask`` choosing its contexts as the official collator (``official_context_choice_call``)."""
-    from unittest import mock
-
-    from clrun.plugins.masks.generators import MultiBlockMask
-
-    with mock.patch.object(MultiBlockMask, "__call__", official_context_choice_call):
         yield
 
 

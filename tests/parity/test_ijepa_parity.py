@@ -3,8 +3,8 @@
 ``fixtures/ijepa_official.json`` holds 30 steps of the official ``src/train.py`` ``main`` (a tiny ViT and predictor,
 float64, injected views, the official ``MaskCollator``'s masks and seeded weights; README.md). Here cl-run's own loop
 (``clrun.train``) runs the same 30 steps on ``ijepa_clrun_side.RECIPE``, the official config in cl-run's options,
-with the three official schedule behaviours cl-run has no option for yet given by ``ijepa_clrun_side.PROPOSED``
-(the lr and the weight decay one step ahead, a linear momentum), and every recorded quantity must agree within
+with the three official schedule behaviours in the options cl-run gained for them (``offset_steps: 1`` on the lr
+and on the weight decay's schedule, ``target.schedule: linear``), and every recorded quantity must agree within
 ``RTOL`` (1e-10 relative; the runs agree within a few 1e-15) at every step: the loss, the momentum, the
 predictions and the targets the loss compares, the masks, the gradient norms of both networks and the official
 ``grad_logger``'s statistics, lr and weight decay of each official group, and checksums of the weights of the
@@ -205,20 +205,18 @@ def test_clrun_multiblock_mask_places_blocks_everywhere(reference):
     assert torch.get_default_dtype() == torch.float32
 
 
-def test_the_official_context_keeps_more_than_min_keep(reference):
+def test_the_context_keeps_more_than_min_keep_as_the_officials(reference):
     """The official collator takes a context position only if it keeps more than ``min_keep`` patches and, when
     20 positions fail, drops the exclusion of the last target block, then the last two, ... so its contexts keep
-    at least 5 here (``min_keep`` 4). cl-run's takes a position that keeps at least ``min_keep`` and, when none
-    does, the one that keeps the most: 4 here (with the official positions, whose context block cannot move on
-    a 7 x 7 grid, down to 0). With the official choice (``official_context_choice``) and positions, 5 and the
-    official contexts' map within sampling error (measured: total variation 0.014, the official collator against
-    itself on another seed about as much)."""
+    at least 5 here (``min_keep`` 4). cl-run's ``clrun/multiblock_mask`` does the same since this comparison (it
+    took at least ``min_keep`` and, when no position did, the one that kept the most: 4 here, and with the
+    official positions, whose context block cannot move on a 7 x 7 grid, down to 0). With the official positions
+    too, its contexts' and targets' maps are the official ones within sampling error (measured: total variation
+    0.014, the official collator against itself on another seed about as much)."""
     probe = reference["masks"]["probe"]
-    assert min(int(k) for k in J.clrun_probe(probe["batches"])["context_counts"]) == 4
+    assert min(int(k) for k in J.clrun_probe(probe["batches"])["context_counts"]) == 5
     with J.official_block_positions():
-        assert min(int(k) for k in J.clrun_probe(probe["batches"])["context_counts"]) == 0
-        with J.official_context_choice():
-            ours = J.clrun_probe(probe["batches"])
+        ours = J.clrun_probe(probe["batches"])
     assert min(int(k) for k in ours["context_counts"]) == 5
     assert total_variation(ours["context_per_patch"], probe["context_per_patch"]) < 0.03
     assert total_variation(ours["target_per_patch"], probe["target_per_patch"]) < 0.03

@@ -29,6 +29,8 @@ def momentum_at(settings: TargetSection, step: int, total_steps: int) -> float:
         return settings.momentum
     progress = min(step / max(total_steps, 1), 1.0)
     start, end = settings.momentum, settings.final_momentum
+    if settings.schedule == "linear":
+        return start + (end - start) * progress
     return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
 
 

@@ -92,7 +92,9 @@ def test_block_mask_statistics_match_beits_loop(grid, settings):
 
 
 def ijepa_batch(rng: random.Random, batch: int, h: int, w: int, min_keep: int = 10) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """The official MaskCollator's masks for one batch (``allow_overlap=False``), as boolean grids."""
+    """The official MaskCollator's masks for one batch (``allow_overlap=False``), as boolean grids; the block
+    positions as cl-run draws them (every position: the official ``torch.randint(0, H - h)`` never reaches the
+    last row or column, facebookresearch/ijepa#40, which cl-run does not copy)."""
     def size(scale, aspect):
         r = rng.random()
         keep = int(h * w * (scale[0] + r * (scale[1] - scale[0])))
@@ -111,16 +113,17 @@ def ijepa_batch(rng: random.Random, batch: int, h: int, w: int, min_keep: int = 
     targets = np.stack([np.stack([block(th, tw) for _ in range(4)]) for _ in range(batch)])
     contexts = []
     for i in range(batch):
-        allowed = ~targets[i].any(axis=0)
-        best = None
-        for _ in range(20):
-            c = block(ch, cw) & allowed
-            if best is None or c.sum() > best.sum():
-                best = c
-            if c.sum() >= min_keep:
-                best = c
+        context = None
+        for excluded in range(4, -1, -1):  # constrain_mask(mask, tries): after 20 tries, one target fewer cut out
+            allowed = ~targets[i][:excluded].any(axis=0)
+            for _ in range(20):
+                c = block(ch, cw) & allowed
+                if c.sum() > min_keep:  # multiblock.py: len(mask) > self.min_keep
+                    context = c
+                    break
+            if context is not None:
                 break
-        contexts.append(best.reshape(-1))
+        contexts.append(context.reshape(-1))
     contexts = np.stack(contexts)
     smallest = contexts.sum(axis=1).min()
     contexts &= np.cumsum(contexts, axis=1) <= smallest

@@ -107,6 +107,14 @@ def test_cosine_schedule_goes_from_momentum_to_final():
     assert [momentum_at(constant, k, 100) for k in (0, 50, 100)] == [0.99, 0.99, 0.99]
 
 
+def test_linear_schedule_is_ijepas_momentum_scheduler():
+    """I-JEPA's train.py:228-229: ``ema[0] + i * (ema[1] - ema[0]) / (ipe * num_epochs * ipe_scale)``."""
+    s = TargetSection(momentum=0.996, final_momentum=1.0, schedule="linear")
+    official = [0.996 + i * (1.0 - 0.996) / 300 for i in range(300)]
+    assert [momentum_at(s, i, 300) for i in range(300)] == pytest.approx(official, rel=1e-15)
+    assert momentum_at(s, 400, 300) == 1.0
+
+
 def test_step_outputs_carry_predictions_and_targets_of_global_views_only(tmp_path):
     recipe = recipe_with(tmp_path, HEADS, local=True)
     recorder = Recorder()

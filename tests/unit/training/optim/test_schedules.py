@@ -192,3 +192,45 @@ def test_a_per_epoch_schedule_is_dinos_teacher_temperature():
     assert values == pytest.approx([official[step // per_epoch] for step in range(epochs * per_epoch)], rel=1e-15)
     assert schedule.describe() == "linear 0.04 -> 0.07 (until epoch 3, per epoch)"
     assert schedule.plain()["per"] == "epoch" and "per" not in Schedule("linear", 0.04, 0.07).plain()
+
+
+def ijepa_schedules(lr: float, start_lr: float, final_lr: float, wd: float, final_wd: float, warmup: int, total: int):
+    """I-JEPA's WarmupCosineSchedule and CosineWDSchedule (src/utils/schedulers.py) as train.py steps them: step()
+    before each update, counting first, so update k has the value at position k + 1."""
+    lrs, wds = [], []
+    for position in range(1, total + 1):
+        if position < warmup:
+            lrs.append(start_lr + position / warmup * (lr - start_lr))
+        else:
+            progress = (position - warmup) / (total - warmup)
+            lrs.append(max(final_lr, final_lr + (lr - final_lr) * 0.5 * (1 + math.cos(math.pi * progress))))
+        progress = position / total
+        value = final_wd + (wd - final_wd) * 0.5 * (1 + math.cos(math.pi * progress))
+        wds.append(max(final_wd, value) if final_wd <= wd else min(final_wd, value))
+    return lrs, wds
+
+
+def test_a_step_ahead_is_ijepas_learning_rate_and_weight_decay():
+    epochs, per_epoch = 3, 10
+    total = epochs * per_epoch
+    official_lr, official_wd = ijepa_schedules(1e-3, 2e-4, 1e-6, 0.04, 0.4, warmup=per_epoch, total=total)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = clrun.create("scheduler", "clrun/warmup_cosine", optimizer=optimizer, total_steps=total,
+                             steps_per_epoch=per_epoch, warmup_epochs=1, warmup_lr=2e-4, min_lr=1e-6, offset_steps=1)
+    weight_decay = Schedule("cosine", 0.04, 0.4, offset_steps=1)
+    lrs, wds = [], []
+    for step in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        wds.append(weight_decay.at(step, per_epoch, total))
+        scheduler.step()
+    assert lrs == pytest.approx(official_lr, rel=1e-12)
+    assert lrs[0] == pytest.approx(2.8e-4) and wds[0] == pytest.approx(0.0409860588)  # never start_lr, never 0.04
+    assert wds[:-1] == pytest.approx(official_wd[:-1], rel=1e-12)
+    assert wds[-1] == 0.4
+    resumed_at = {"steps": 12}  # a resume continues one step ahead: step 12 has position 13's lr
+    scheduler.load_state_dict(resumed_at)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(official_lr[12], rel=1e-12)
+    assert weight_decay.describe() == "cosine 0.04 -> 0.4 (1 step(s) ahead)"
+    assert weight_decay.plain()["offset_steps"] == 1 and "offset_steps" not in Schedule("cosine", 0.04, 0.4).plain()
+    with pytest.raises(ScheduleError, match="must be >= 0, got -1"):
+        Schedule("cosine", 0.04, 0.4, offset_steps=-1)
