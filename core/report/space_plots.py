@@ -88,12 +88,12 @@ def retrieval_figure(space: dict[str, Any] | None) -> Figure | None:
                 ax.set_title(f"query: {name}" if label >= 0 else "query", fontsize="x-small", fontweight="bold")
                 continue
             if label < 0:  # unlabeled images: the similarity alone, no verdict
-                ax.set_title("" if similarity is None else f"{similarity[row, col - 1]:.2f}", fontsize="x-small")
+                ax.set_title("" if similarity is None else f"{similarity[row, col - 1]:.3f}", fontsize="x-small")
                 continue
             same = label == int(labels[row, 0])
             colour = RIGHT if same else WRONG
             ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, lw=4, edgecolor=colour))
-            text = name if similarity is None else f"{similarity[row, col - 1]:.2f} {name}"
+            text = name if similarity is None else f"{similarity[row, col - 1]:.3f} {name}"
             ax.set_title(text if same else f"✗ {text}", fontsize="x-small", color=colour)
     return fig
 
