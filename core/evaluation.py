@@ -15,7 +15,7 @@ from clrun.errors import UserError
 from clrun.plugin_manager import default_registry
 from clrun.recipe import load_recipe
 from clrun.run_folder import RunFolder
-from clrun.storage import elsewhere, make_folder
+from clrun.storage import elsewhere, make_folder, write_atomic
 from clrun.training import checkpointing
 from clrun.training.run import Run
 from clrun.training.setup import prepare
@@ -40,7 +40,8 @@ def evaluate(run_or_checkpoint: str | Path, overrides: Iterable[str] = (), secti
     state = checkpointing.load(saved, "eval", parts=("network",))
     checkpointing.load_module(setup.parts.network, state["network"], f"eval: {saved}: its network",
                            "evaluate it with the recipe it was trained with")
-    run = Run(recipe, setup.parts, setup.device, folder, steps_per_epoch=1, epoch=int(state["epoch"]), step=int(state["step"]))
+    run = Run(recipe, setup.parts, setup.device, folder, steps_per_epoch=1, epoch=int(state["epoch"]), step=int(state["step"]),
+              deferred_files={})  # the evaluators' pictures (clrun.space) go where the evaluation goes
     callbacks = [spec.build() for spec in recipe.callbacks]
     checkpointing.restore_callbacks(state, callbacks, f"eval: {saved}", required=False)  # e.g. an online probe's heads
     evaluators = [cb for cb in callbacks if isinstance(cb, Evaluator)]
@@ -56,10 +57,12 @@ def evaluate(run_or_checkpoint: str | Path, overrides: Iterable[str] = (), secti
         results.update(own)
         print(cb.describe(own), flush=True)  # each evaluator's line, as at the end of a run
     with elsewhere(EVAL_ELSEWHERE):
-        written_to(folder, out).write_evaluation({"checkpoint": str(saved), "epoch": run.epoch, "step": run.step,
-                                                  "overrides": list(overrides),
-                                                  "with": str(sections_from) if sections_from else None,
-                                                  "results": results})
+        target = written_to(folder, out)
+        target.write_evaluation({"checkpoint": str(saved), "epoch": run.epoch, "step": run.step,
+                                 "overrides": list(overrides), "with": str(sections_from) if sections_from else None,
+                                 "results": results})
+        for name, content in run.deferred_files.items():
+            write_atomic(getattr(target, name), content, "eval")
     return results
 
 

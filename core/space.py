@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 MAP_POINTS = 3000
 MAP_DIMS = 50
-QUERIES = 10  # one per class of a 10-class set (Fashion-MNIST, CIFAR-10)
+QUERIES = 10  # one per class of a 10-class data set
 NEIGHBOURS = 7
 THUMBNAIL = 64
 SAMPLE_SEED = 2718  # the map's sample of the test set: fixed, whatever the recipe's seed
@@ -61,9 +61,9 @@ def principal_components(features: Tensor, dims: int = MAP_DIMS) -> np.ndarray:
 
 
 def record_start(run: "Run", test: "Dataset", batch_size: int = 512) -> None:
-    """The map of the encoder before training (``first``), unless the run folder has one (a resumed run, or
-    ``cl-run eval`` on a trained run). Embeds only the map's sample of ``test``."""
-    if run.folder is None or "first_points" in _read(run):
+    """The map of the encoder before training (``first``): at a run's first step only (not on a resume, nor in
+    ``cl-run eval``), and unless the run folder has one. Embeds only the map's sample of ``test``."""
+    if run.folder is None or run.step > 0 or "first_points" in _read(run):
         return
     with _only_warning():
         sample = torch.utils.data.Subset(test, map_indices(len(test)).tolist())
@@ -180,4 +180,7 @@ def _read(run: "Run") -> dict[str, np.ndarray]:
 def _write(run: "Run", entries: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **entries)
+    if run.deferred_files is not None:  # cl-run eval writes it where the evaluation goes
+        run.deferred_files["space"] = buffer.getvalue()
+        return
     write_atomic(run.folder.space, buffer.getvalue(), "embedding space")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from clrun.report.markdown import render
 from clrun.report.plots import write_plots
-from clrun.report.records import read_run, use_evaluation
+from clrun.report.records import read_npz, read_run, use_evaluation
 from clrun.report.sweep import sweep_figure, write_sweep_report
 from clrun.run_folder import RunFolder
 from clrun.storage import make_folder, write_atomic
@@ -25,6 +25,8 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     target = folder if out is None else RunFolder(make_folder(Path(out), "report"))
     if out is not None:
         use_evaluation(records, target.evaluation)
+        if target.space.is_file():  # the evaluated checkpoint's pictures (cl-run eval -o)
+            records.space = read_npz(target.space, records)
     plots = write_plots(records, target.plots)
     write_atomic(target.report, render(records, plots, target.path), "report")
     return target.report

@@ -65,8 +65,8 @@ def read_run(run_dir: Path) -> RunRecords:
     records.health = [h for h in _read_jsonl(folder.health, records) if isinstance(h.get("metrics"), dict)]
     records.resumes = _read_jsonl(folder.resumes, records, optional=True)
     use_evaluation(records, folder.evaluation)
-    records.token_maps = _read_npz(folder.token_maps, records)
-    records.space = _read_npz(folder.space, records)
+    records.token_maps = read_npz(folder.token_maps, records)
+    records.space = read_npz(folder.space, records)
     init = _read_json(folder.init, records, optional=True)
     records.init = init if isinstance(init, dict) else None
     return records
@@ -79,7 +79,7 @@ def use_evaluation(records: RunRecords, path: Path) -> None:
         records.evaluation = evaluation
 
 
-def _read_npz(path: Path, records: RunRecords) -> dict[str, Any] | None:
+def read_npz(path: Path, records: RunRecords) -> dict[str, Any] | None:
     """The arrays of an optional ``.npz`` file (no pickled objects: ``allow_pickle=False``); None if absent."""
     if not path.is_file():
         return None

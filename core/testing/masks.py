@@ -38,11 +38,18 @@ def shapes_and_dtypes(kind: str, name: str, **settings: Any) -> None:
 
 def targets_are_hidden(kind: str, name: str, **settings: Any) -> None:
     """No patch to predict is visible to the online network (else the task is a copy), and every image
-    shows the network at least one patch."""
-    for grid in GRIDS:
+    shows the network at least one patch. A generator that copies a reference sampler which, when nothing else
+    fits, lets the context show some target patches says so (a bool class attribute ``targets_always_hidden``
+    set to False): then only the second holds, and it must still hide targets on a grid the size of the
+    reference's (the first grid)."""
+    generator = create("mask", name, **settings)
+    always = bool(getattr(generator, "targets_always_hidden", True))
+    for grid in GRIDS if always else GRIDS[:1]:
         masks = _draw(name, grid, **settings)
         require(not bool((masks.targets & masks.visible.unsqueeze(1)).any()),
                 f"{name} on a {grid} grid: some target patches are also visible")
+    for grid in GRIDS:
+        masks = _draw(name, grid, **settings)
         require(bool(masks.visible.any(dim=1).all()), f"{name} on a {grid} grid: an image has no visible patch")
 
 

@@ -50,6 +50,9 @@ class Run:
     _feature_cache: dict = field(default_factory=dict, repr=False)
     # What callbacks added to the current step's metrics (add_step_metric); the loop collects it.
     step_metrics: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    # Files a callback made, by RunFolder property name, for the caller to write (None: written at once).
+    # `cl-run eval` collects them so that they go where its evaluation goes, under its error handling.
+    deferred_files: dict[str, bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.folder is not None and not isinstance(self.folder, RunFolder):

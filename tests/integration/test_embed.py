@@ -249,14 +249,14 @@ def test_report_draws_the_map_and_each_querys_nearest_images(trained, images, em
     other rows of the table (never itself), the thumbnails being those rows' images."""
     import torch.nn.functional as F
 
-    from clrun.report.records import _read_npz, RunRecords
+    from clrun.report.records import RunRecords, read_npz
 
     out = tmp_path / "again.parquet"
     code, printed, _ = cl_run(capsys, "embed", trained.directory, images, "-o", out, "--report", tmp_path / "pictures")
     assert code == 0 and f"report: {tmp_path / 'pictures' / 'report.md'}" in printed
     report = (tmp_path / "pictures" / "report.md").read_text(encoding="utf-8")
     assert "10 images of" in report and "](plots/embedding_map.png)" in report and "](plots/retrievals.png)" in report
-    arrays = _read_npz(tmp_path / "pictures" / "space.npz", RunRecords(tmp_path))
+    arrays = read_npz(tmp_path / "pictures" / "space.npz", RunRecords(tmp_path))
     table = pq.read_table(out)
     labels = table.column("label").to_pylist()
     assert arrays["last_points"].shape == (10, 10) and arrays["last_labels"].tolist() == labels
