@@ -35,13 +35,13 @@ class Labeled(torch.utils.data.Dataset):
         return torch.full((1, 12, 10), i % 256, dtype=torch.uint8), i % 3
 
 
-def fake_run(folder, features: dict, epoch: int = 0):
-    """What ``clrun.space`` reads of a run: its folder, its epoch and ``features`` (by data set length)."""
+def fake_run(folder, features: dict, epoch: int = 0, step: int = 0):
+    """What ``clrun.space`` reads of a run: its folder, epoch and step, and ``features`` (of a Subset's rows)."""
     def embed(dataset, batch_size, projector=None):
         rows = torch.tensor(dataset.indices)
         return features["test"][rows], None, torch.tensor([dataset[i][1] for i in range(len(dataset))])
 
-    return SimpleNamespace(folder=RunFolder(folder), epoch=epoch, features=embed)
+    return SimpleNamespace(folder=RunFolder(folder), epoch=epoch, step=step, features=embed, deferred_files=None)
 
 
 def test_the_map_sample_is_fixed_and_sorted():
@@ -91,12 +91,15 @@ def test_the_first_map_is_kept_by_a_resumed_run_and_the_last_one_moves(tmp_path)
     space.record_start(fake_run(tmp_path, features, epoch=0), Labeled(40))
     first = read_run(tmp_path).space["first_points"].copy()
     features["test"] = features["test"] * 2 + 1  # the encoder trained on
-    space.record_start(fake_run(tmp_path, features, epoch=3), Labeled(40))  # a resume: the first map stays
+    space.record_start(fake_run(tmp_path, features, epoch=3, step=12), Labeled(40))  # a resume: no new first map
     space.record(fake_run(tmp_path, features, epoch=5), Labeled(40), features["test"], torch.arange(40) % 3)
     saved = read_run(tmp_path).space
     assert np.array_equal(saved["first_points"], first) and int(saved["first_epoch"]) == 0
     assert int(saved["last_epoch"]) == 5 and not np.array_equal(saved["last_points"], first)
     assert "retrieval_images" not in saved  # no bank given
+    trained = tmp_path / "evaluated"  # cl-run eval, or a run resumed from a folder without a map: no "before"
+    space.record_start(fake_run(trained, features, epoch=5, step=20), Labeled(40))
+    assert not RunFolder(trained).space.exists()
 
 
 def test_a_failure_to_record_is_a_warning_not_a_failed_run(tmp_path):
