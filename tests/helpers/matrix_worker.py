@@ -35,9 +35,10 @@ import json
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +104,24 @@ CASES: dict[str, tuple[str, list[str]]] = {
         "loss={name: clrun/gram_anchoring, weight: 1.0, loss: {name: clrun/ibot}}",
         "target.snapshot={every: 1, scale: 2.0}"]),
 }
+# Cases computed in float64 (torch's default dtype around the case, both sides): NNCLR's nearest neighbour is an
+# argmax over the queue, and at step 1 the queue holds step 0's projections of an untrained network, nearly equal:
+# in float32 the reference's and the ranks' rounding may pick different neighbours (seen on an AVX-512 CPU: the
+# step-1 gradients 44x the tolerance apart), in float64 they agree.
+FLOAT64 = frozenset({"nnclr"})
+
+
+@contextmanager
+def dtype_of(case: str) -> Iterator[None]:
+    method = SPLIT_CASES[case][0] if case in SPLIT_CASES else case
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if method in FLOAT64 else torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 # A batch in parts under each strategy: case -> (method, setting, BatchNorm batches per process of the online
 # network, of the target network). Each process's share in 2 parts: the online network's BatchNorm batches are
 # those parts (quarters of the batch); a cached step's target network sees the process's whole share at once,
@@ -391,9 +410,10 @@ def main(out: str, strategy: str) -> None:
     for case in CASES:
         began = time.perf_counter()
         try:
-            setup = prepare(recipe_of(case, strategy), "train", torch.device("cpu"))
-            inputs = draw_inputs(setup)
-            references[case] = {**train(setup, inputs, slice(0, BATCH), per_rank=world), "inputs": inputs}
+            with dtype_of(case):
+                setup = prepare(recipe_of(case, strategy), "train", torch.device("cpu"))
+                inputs = draw_inputs(setup)
+                references[case] = {**train(setup, inputs, slice(0, BATCH), per_rank=world), "inputs": inputs}
             if case == "simclr" and strategy == "ddp":
                 setup = prepare(recipe_of(case, strategy), "train", torch.device("cpu"))
                 references[CONTROL] = train(setup, inputs, slice(0, BATCH), per_rank=1)
@@ -423,9 +443,10 @@ def main(out: str, strategy: str) -> None:
         try:
             if "error" in reference:
                 raise RuntimeError(f"the reference failed:\n{reference['error']}")
-            setup = prepare(recipe_of(method, strategy, extra), "train", torch.device("cpu"))
-            report["placed"] = placed(setup)
-            got = train(setup, reference["inputs"], rows_of(rank, world))
+            with dtype_of(case):
+                setup = prepare(recipe_of(method, strategy, extra), "train", torch.device("cpu"))
+                report["placed"] = placed(setup)
+                got = train(setup, reference["inputs"], rows_of(rank, world))
             for against, name in ((reference, case), (references.get(CONTROL), CONTROL)):
                 if name == CONTROL and (case != "simclr" or against is None):
                     continue
