@@ -65,7 +65,9 @@ def record_start(run: "Run", test: "Dataset", batch_size: int = 512) -> None:
     ``cl-run eval``), and unless the run folder has one. Embeds only the map's sample of ``test``."""
     if run.folder is None or run.step > 0 or "first_points" in _read(run):
         return
-    with _only_warning():
+    # A picture must not change the training: the loader's seed draw comes from a forked global generator (the
+    # evaluators run on rank 0 only, and a run with the callback would otherwise draw its masks differently).
+    with _only_warning(), torch.random.fork_rng(devices=[]):
         sample = torch.utils.data.Subset(test, map_indices(len(test)).tolist())
         features, _, labels = run.features(sample, batch_size, projector=False)
         _write(run, {**_read(run), **_map_entries("first", run, features, labels, test)})

@@ -88,7 +88,19 @@ def test_the_retrieval_grid_holds_each_querys_nearest_bank_images(tmp_path):
 
 def test_the_first_map_is_kept_by_a_resumed_run_and_the_last_one_moves(tmp_path):
     features = {"test": torch.randn(40, 8, generator=torch.Generator().manual_seed(2))}
-    space.record_start(fake_run(tmp_path, features, epoch=0), Labeled(40))
+    run = fake_run(tmp_path, features, epoch=0)
+
+    def drawing_features(dataset, *args, **kwargs):
+        torch.rand(1)  # as a data loader draws its seed from the global stream
+        rows = torch.tensor(dataset.indices)
+        return features["test"][rows], None, rows % 3
+
+    run.features = drawing_features
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
+    space.record_start(run, Labeled(40))
+    assert torch.equal(torch.rand(1), expected)  # the picture left training's random stream as it was
     first = read_run(tmp_path).space["first_points"].copy()
     features["test"] = features["test"] * 2 + 1  # the encoder trained on
     space.record_start(fake_run(tmp_path, features, epoch=3, step=12), Labeled(40))  # a resume: no new first map
