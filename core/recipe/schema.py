@@ -71,8 +71,15 @@ class ViewSection:
     # Local views (multi-crop) feed the online branch only; global views also define the eval input size.
     local: bool = False
 
+    # More views of one image than any method draws (multi-crop: 2 global and up to 10 local), far below what
+    # would exhaust memory before the first step.
+    MAX_COUNT = 64
+
     def __post_init__(self) -> None:
         _at_least(self.count, 1, "count")
+        if self.count > self.MAX_COUNT:
+            raise FieldError("count", f"must be <= {self.MAX_COUNT} (multi-crop recipes draw 2 global and 6-10 local "
+                                      f"views), got {self.count}")
 
 
 @dataclass

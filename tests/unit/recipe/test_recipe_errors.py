@@ -273,6 +273,15 @@ def test_section_check_names_the_field(tmp_path):
     assert "must be >= 1, got 0" in line
 
 
+def test_a_view_count_no_memory_could_hold_is_refused_before_anything_is_built(tmp_path):
+    """Found by the mutation test: a count of 1e23 raised an OverflowError from building the views."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(edited(("    count: 2\n", "    count: 99999999999999999999999\n")), encoding="utf-8")
+    (line,) = str(problems_of(path)).splitlines()
+    assert line == (f"{path}:14:12: error: views.0.count: must be <= 64 (multi-crop recipes draw 2 global and 6-10 "
+                    f"local views), got 99999999999999999999999")
+
+
 def test_empty_file_lists_every_required_section(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing yet\n", encoding="utf-8")
