@@ -51,13 +51,20 @@ def map_indices(size: int, points: int = MAP_POINTS) -> Tensor:
     return torch.randperm(size, generator=torch.Generator().manual_seed(SAMPLE_SEED))[:points].sort().values
 
 
-def principal_components(features: Tensor, dims: int = MAP_DIMS) -> np.ndarray:
-    """``(n, min(dims, n, width))`` float16: the features' coordinates on their leading principal axes, in
-    decreasing variance (so the first two columns are the PCA map). Computed in float64."""
-    x = features.double()
+def leading_components(rows: Tensor, k: int) -> Tensor:
+    """``(n, min(k, n, width))`` float64: the rows' coordinates on their ``k`` leading principal axes (the rows
+    centered, then projected on the top right-singular vectors), in decreasing variance. The token maps'
+    colours (``clrun.health.token_maps``) are the first three of a ViT's patch tokens."""
+    x = rows.double()
     x = x - x.mean(dim=0)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
-    return (x @ vh[:dims].T).to(torch.float16).numpy()
+    return x @ vh[:k].T
+
+
+def principal_components(features: Tensor, dims: int = MAP_DIMS) -> np.ndarray:
+    """``leading_components`` of the features as the map keeps them: float16 (the first two columns are the PCA
+    map)."""
+    return leading_components(features, dims).to(torch.float16).numpy()
 
 
 def record_start(run: "Run", test: "Dataset", batch_size: int = 512) -> None:

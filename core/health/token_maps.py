@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from clrun.health.monitor import fixed_sample
 from clrun.hookspecs import hookimpl
+from clrun.space import leading_components
 from clrun.storage import write_atomic
 from clrun.tokens import offers_tokens
 
@@ -28,10 +29,7 @@ def principal_components(patches: Tensor, grid: tuple[int, int], k: int = 3) -> 
     """``(N, rows, cols, k)`` in [0, 1]: the top ``k`` principal components of every patch token of the
     ``N`` images, fitted over all of them, each component min-max scaled."""
     n, _, width = patches.shape
-    x = patches.reshape(-1, width).double()
-    x = x - x.mean(dim=0)
-    _, _, vh = torch.linalg.svd(x, full_matrices=False)
-    components = x @ vh[:k].T
+    components = leading_components(patches.reshape(-1, width), k)
     low, high = components.min(dim=0).values, components.max(dim=0).values
     scaled = (components - low) / (high - low).clamp_min(1e-12)
     return scaled.reshape(n, grid[0], grid[1], -1).float().numpy()
