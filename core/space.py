@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import warnings
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -117,15 +117,30 @@ def _map_entries(when: str, run: "Run", features: Tensor, labels: Tensor, test: 
 
 def _retrievals(test: "Dataset", test_features: Tensor, test_labels: Tensor, bank: "Dataset", bank_features: Tensor,
                 bank_labels: Tensor) -> dict[str, np.ndarray]:
-    queries = one_per_class(test_labels)
-    query = F.normalize(test_features[queries].float(), dim=1)
-    best, best_index = nearest(query, bank_features, min(NEIGHBOURS, len(bank_features)))
-    images = [image for q, row in zip(queries, best_index)
-              for image in [test[int(q)][0]] + [bank[int(i)][0] for i in row]]
+    return retrieval_grid(test_features, test_labels, lambda i: test[i][0], bank_features, bank_labels,
+                          lambda i: bank[i][0])
+
+
+def retrieval_grid(features: Tensor, labels: Tensor, image: Callable[[int], Tensor], bank_features: Tensor,
+                   bank_labels: Tensor, bank_image: Callable[[int], Tensor], same_set: bool = False) -> dict[str, np.ndarray]:
+    """The grid's arrays: ``QUERIES`` rows of ``features`` (``one_per_class``) and each one's ``NEIGHBOURS`` nearest
+    bank rows by cosine, with their images (``image(i)``, ``bank_image(j)``), labels and similarities.
+    ``same_set``: the bank is the queries' own set (``cl-run embed --report``), and a query is not its own
+    neighbour."""
+    queries = one_per_class(labels)
+    own = int(same_set)
+    k = min(NEIGHBOURS, len(bank_features) - own)
+    similarity, rows = nearest(F.normalize(features[queries].float(), dim=1), bank_features, k + own)
+    if same_set:  # each query's own row is among its k + 1 nearest (similarity 1): left out
+        others = rows != queries.unsqueeze(1)
+        first = others.cumsum(dim=1) <= k
+        similarity, rows = similarity[others & first].view(len(queries), k), rows[others & first].view(len(queries), k)
+    images = [picture for q, row in zip(queries.tolist(), rows.tolist())
+              for picture in [image(q)] + [bank_image(j) for j in row]]
     pictures = thumbnails(images)
     return {"retrieval_images": pictures.reshape(len(queries), -1, *pictures.shape[1:]),
-            "retrieval_labels": torch.cat([test_labels[queries, None], bank_labels[best_index]], 1).numpy(),
-            "retrieval_similarity": best.numpy().astype(np.float32), "retrieval_queries": queries.numpy()}
+            "retrieval_labels": torch.cat([labels[queries, None], bank_labels[rows]], 1).numpy(),
+            "retrieval_similarity": similarity.numpy().astype(np.float32), "retrieval_queries": queries.numpy()}
 
 
 def one_per_class(labels: Tensor) -> Tensor:

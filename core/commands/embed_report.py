@@ -68,17 +68,7 @@ def write_embed_report(table_file: Path, found: Images, out: Path) -> Path:
 
 def retrievals(found: Images, positions: list[int], embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """The retrieval grid's arrays: queries among the table's rows, their nearest other rows."""
-    queries = space.one_per_class(labels)
-    k = min(space.NEIGHBOURS, len(embeddings) - 1)
-    query = torch.nn.functional.normalize(embeddings[queries].float(), dim=1)
-    similarity, rows = space.nearest(query, embeddings, k + 1)  # the query itself is among them: dropped below
-    kept = [[(s, r) for s, r in zip(sims.tolist(), found_rows.tolist()) if r != int(q)][:k]
-            for q, sims, found_rows in zip(queries, similarity, rows)]
-    neighbours = torch.tensor([[r for _, r in row] for row in kept])
-    images = [found.dataset[positions[int(r)]][0]
-              for q, row in zip(queries, neighbours) for r in [int(q), *row.tolist()]]
-    pictures = space.thumbnails(images)
-    return {"retrieval_images": pictures.reshape(len(queries), k + 1, *pictures.shape[1:]),
-            "retrieval_labels": torch.cat([labels[queries, None], labels[neighbours]], 1).numpy(),
-            "retrieval_similarity": np.array([[s for s, _ in row] for row in kept], dtype=np.float32),
-            "retrieval_queries": queries.numpy()}
+    def image(row: int) -> torch.Tensor:
+        return found.dataset[positions[row]][0]
+
+    return space.retrieval_grid(embeddings, labels, image, embeddings, labels, image, same_set=True)
